@@ -1,0 +1,293 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is berth's TOML configuration. Zero values mean the defaults
+// noted on each field (applied by setDefaults).
+type Config struct {
+	DataDir           string             `toml:"data_dir"`           // default "./berth-data"
+	Listen            string             `toml:"listen"`             // default ":5000"
+	DefaultRepository string             `toml:"default_repository"` // default: the first repository
+	TLSCert           string             `toml:"tls_cert"`
+	TLSKey            string             `toml:"tls_key"`
+	LogLevel          string             `toml:"log_level"`  // debug, info (default), warn, error
+	LogFormat         string             `toml:"log_format"` // text (default) or json
+	Storage           StorageConfig      `toml:"storage"`
+	Repositories      []RepositoryConfig `toml:"repository"`
+	Listeners         []ListenerConfig   `toml:"listener"`
+}
+
+// StorageConfig limits the store.
+type StorageConfig struct {
+	MaxSize   Size    `toml:"max_size"`   // 0: no limit
+	HighWater float64 `toml:"high_water"` // fraction of max_size; default 0.9
+	LowWater  float64 `toml:"low_water"`  // default 0.8
+}
+
+// RepositoryConfig is one [[repository]].
+type RepositoryConfig struct {
+	Name          string   `toml:"name"`
+	Kind          string   `toml:"kind"` // proxy | hosted | group
+	URL           string   `toml:"url"`
+	Username      string   `toml:"username"`
+	Password      string   `toml:"password"` // ${ENV} is expanded
+	PasswordFile  string   `toml:"password_file"`
+	TagTTL        Duration `toml:"tag_ttl"`       // default 1h
+	NotFoundTTL   Duration `toml:"not_found_ttl"` // default 1m
+	ServeStale    *bool    `toml:"serve_stale"`   // default true
+	AnonymousPull *bool    `toml:"anonymous_pull"`
+	NSAliases     []string `toml:"ns_aliases"`
+	// LibraryPrefix adds "library/" to one-segment names, as Docker Hub
+	// needs. Default: true when the upstream host is Docker Hub's.
+	LibraryPrefix *bool    `toml:"library_prefix"`
+	Members       []string `toml:"members"`
+	PushTo        string   `toml:"push_to"`
+}
+
+// ListenerConfig binds another address to a repository.
+type ListenerConfig struct {
+	Listen     string `toml:"listen"`
+	Repository string `toml:"repository"`
+}
+
+// Duration is a time.Duration written as "90s", "1h", "7d".
+type Duration time.Duration
+
+// UnmarshalText parses Go durations plus a "d" (day) suffix.
+func (d *Duration) UnmarshalText(b []byte) error {
+	s := string(b)
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.ParseFloat(n, 64)
+		if err != nil || days < 0 {
+			return fmt.Errorf("invalid duration %q", s)
+		}
+		*d = Duration(time.Duration(days * float64(24*time.Hour)))
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("invalid duration %q (use e.g. 30s, 5m, 1h, 7d)", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// Size is a byte count written as "100GiB", "500MB" or a plain number.
+type Size int64
+
+var sizeRe = regexp.MustCompile(`^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?i?B?)\s*$`)
+
+// UnmarshalText parses sizes with decimal (KB, MB, GB, TB) or binary (KiB,
+// MiB, GiB, TiB) units.
+func (s *Size) UnmarshalText(b []byte) error {
+	m := sizeRe.FindStringSubmatch(strings.ToUpper(string(b)))
+	if m == nil {
+		return fmt.Errorf("invalid size %q (use e.g. 500GB, 100GiB)", b)
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		return fmt.Errorf("invalid size %q", b)
+	}
+	unit := strings.TrimSuffix(m[2], "B")
+	mult := map[string]float64{"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+		"KI": 1 << 10, "MI": 1 << 20, "GI": 1 << 30, "TI": 1 << 40, "PI": 1 << 50}[unit]
+	if mult == 0 {
+		return fmt.Errorf("invalid size unit in %q", b)
+	}
+	*s = Size(v * mult)
+	return nil
+}
+
+func (s Size) String() string {
+	if s == 0 {
+		return "unlimited"
+	}
+	for _, u := range []struct {
+		n string
+		v int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if int64(s) >= u.v {
+			return fmt.Sprintf("%.1f%s", float64(s)/float64(u.v), u.n)
+		}
+	}
+	return fmt.Sprintf("%dB", int64(s))
+}
+
+// defaultConfig is what `berth serve` runs with no config file: a Docker
+// Hub proxy on :5000 with data in ./berth-data.
+func defaultConfig() *Config {
+	return &Config{
+		Repositories: []RepositoryConfig{{Name: "dockerhub", Kind: "proxy", URL: "https://registry-1.docker.io"}},
+	}
+}
+
+// loadConfig reads a TOML file. Unknown keys are errors naming the key.
+func loadConfig(r io.Reader) (*Config, error) {
+	var c Config
+	md, err := toml.NewDecoder(r).Decode(&c)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("config: unknown key(s): %s", strings.Join(keys, ", "))
+	}
+	return &c, nil
+}
+
+func loadConfigFile(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	c, err := loadConfig(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+var repoNameRe = regexp.MustCompile(`^[a-z0-9]+(?:[._-][a-z0-9]+)*$`)
+
+// setDefaults fills in defaults and validates; errors name the key.
+func (c *Config) setDefaults() error {
+	if c.DataDir == "" {
+		c.DataDir = "./berth-data"
+	}
+	if c.Listen == "" {
+		c.Listen = ":5000"
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("config: tls_cert and tls_key go together")
+	}
+	switch c.LogLevel {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("config: log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "", "text", "json":
+	default:
+		return fmt.Errorf("config: log_format %q: want text or json", c.LogFormat)
+	}
+	if c.Storage.MaxSize < 0 {
+		return errors.New("config: storage.max_size must not be negative")
+	}
+	if c.Storage.HighWater == 0 {
+		c.Storage.HighWater = 0.9
+	}
+	if c.Storage.LowWater == 0 {
+		c.Storage.LowWater = 0.8
+	}
+	if c.Storage.HighWater <= 0 || c.Storage.HighWater > 1 || c.Storage.LowWater <= 0 || c.Storage.LowWater >= c.Storage.HighWater {
+		return errors.New("config: storage: want 0 < low_water < high_water <= 1")
+	}
+	if len(c.Repositories) == 0 {
+		return errors.New("config: no [[repository]]")
+	}
+	seen := map[string]bool{}
+	for i := range c.Repositories {
+		r := &c.Repositories[i]
+		where := fmt.Sprintf("repository[%d]", i)
+		if r.Name != "" {
+			where = fmt.Sprintf("repository %q", r.Name)
+		}
+		if !repoNameRe.MatchString(r.Name) {
+			return fmt.Errorf("config: %s: name must be lowercase letters, digits and . _ - (no slash)", where)
+		}
+		if seen[r.Name] {
+			return fmt.Errorf("config: %s: duplicate name", where)
+		}
+		seen[r.Name] = true
+		if r.TagTTL == 0 {
+			r.TagTTL = Duration(time.Hour)
+		}
+		if r.NotFoundTTL == 0 {
+			r.NotFoundTTL = Duration(time.Minute)
+		}
+		if r.ServeStale == nil {
+			r.ServeStale = ptr(true)
+		}
+		switch r.Kind {
+		case "proxy":
+			if r.AnonymousPull == nil {
+				r.AnonymousPull = ptr(true)
+			}
+			if r.URL == "" {
+				return fmt.Errorf("config: %s: url is required for a proxy", where)
+			}
+			u, err := url.Parse(r.URL)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+				return fmt.Errorf("config: %s: url %q: want http(s)://host[:port]", where, r.URL)
+			}
+			if r.Password != "" && r.PasswordFile != "" {
+				return fmt.Errorf("config: %s: password and password_file are exclusive", where)
+			}
+			if len(r.Members) > 0 || r.PushTo != "" {
+				return fmt.Errorf("config: %s: members and push_to are for groups", where)
+			}
+		case "hosted", "group":
+			return fmt.Errorf("config: %s: kind %q is not supported yet (only proxy)", where, r.Kind)
+		case "":
+			return fmt.Errorf("config: %s: kind is required (proxy, hosted or group)", where)
+		default:
+			return fmt.Errorf("config: %s: kind %q: want proxy, hosted or group", where, r.Kind)
+		}
+	}
+	if c.DefaultRepository == "" {
+		c.DefaultRepository = c.Repositories[0].Name
+	}
+	if !seen[c.DefaultRepository] {
+		return fmt.Errorf("config: default_repository %q is not a configured repository", c.DefaultRepository)
+	}
+	for i, l := range c.Listeners {
+		if l.Listen == "" || !seen[l.Repository] {
+			return fmt.Errorf("config: listener[%d]: needs listen and a configured repository", i)
+		}
+	}
+	return nil
+}
+
+// password returns the upstream password: password_file's first line, or
+// password with ${ENV} references expanded.
+func (r *RepositoryConfig) password() (string, error) {
+	if r.PasswordFile != "" {
+		b, err := os.ReadFile(r.PasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("repository %q: password_file: %w", r.Name, err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	}
+	var missing []string
+	out := os.Expand(r.Password, func(k string) string {
+		v, ok := os.LookupEnv(k)
+		if !ok {
+			missing = append(missing, k)
+		}
+		return v
+	})
+	if len(missing) > 0 {
+		return "", fmt.Errorf("repository %q: password: environment variable(s) not set: %s", r.Name, strings.Join(missing, ", "))
+	}
+	return out, nil
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,334 @@
+// Command berth is a pull-through cache and private registry for container
+// images. See README.md.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/berth-registry/berth/server"
+	"github.com/berth-registry/berth/store"
+	"github.com/berth-registry/berth/upstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/urfave/cli/v2"
+)
+
+// version is set with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if err := newApp(os.Stdout, os.Stderr).Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "berth:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	configFlag := &cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"BERTH_CONFIG"}, Usage: "TOML config `FILE`"}
+	return &cli.App{
+		Name:      "berth",
+		Usage:     "pull-through cache and private registry for container images",
+		Writer:    stdout,
+		ErrWriter: stderr,
+		Commands: []*cli.Command{
+			{
+				Name:  "serve",
+				Usage: "run the registry",
+				Flags: []cli.Flag{
+					configFlag,
+					&cli.StringFlag{Name: "listen", Usage: "listen `ADDR` (overrides the file)"},
+					&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` (overrides the file)"},
+					&cli.StringFlag{Name: "upstream", Usage: "proxy the registry at `URL` instead of Docker Hub (no config file)"},
+				},
+				Action: func(c *cli.Context) error {
+					cfg, err := configFromFlags(c)
+					if err != nil {
+						return err
+					}
+					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+					defer stop()
+					m, err := NewMain(cfg, newLogger(cfg, stderr))
+					if err != nil {
+						return err
+					}
+					defer m.Close()
+					return m.Run(ctx)
+				},
+			},
+			{
+				Name:      "check-config",
+				Usage:     "validate a config file and print what it would serve",
+				ArgsUsage: "FILE",
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return errors.New("check-config needs one FILE")
+					}
+					cfg, err := loadConfigFile(c.Args().First())
+					if err != nil {
+						return err
+					}
+					if err := cfg.setDefaults(); err != nil {
+						return err
+					}
+					for i := range cfg.Repositories {
+						if _, err := cfg.Repositories[i].password(); err != nil {
+							return err
+						}
+					}
+					printConfig(stdout, cfg)
+					return nil
+				},
+			},
+			{
+				Name:  "version",
+				Usage: "print version and build information",
+				Action: func(c *cli.Context) error {
+					fmt.Fprintf(stdout, "berth %s\n", version)
+					if bi, ok := debug.ReadBuildInfo(); ok {
+						fmt.Fprintf(stdout, "go %s\n", bi.GoVersion)
+						for _, s := range bi.Settings {
+							if strings.HasPrefix(s.Key, "vcs.") {
+								fmt.Fprintf(stdout, "%s %s\n", s.Key, s.Value)
+							}
+						}
+					}
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func configFromFlags(c *cli.Context) (*Config, error) {
+	cfg := defaultConfig()
+	if path := c.String("config"); path != "" {
+		if c.IsSet("upstream") {
+			return nil, errors.New("--upstream is for running without a config file")
+		}
+		var err error
+		if cfg, err = loadConfigFile(path); err != nil {
+			return nil, err
+		}
+	} else if u := c.String("upstream"); u != "" {
+		cfg.Repositories = []RepositoryConfig{{Name: "upstream", Kind: "proxy", URL: u}}
+	}
+	if v := c.String("listen"); v != "" {
+		cfg.Listen = v
+	}
+	if v := c.String("data-dir"); v != "" {
+		cfg.DataDir = v
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func newLogger(cfg *Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func printConfig(w io.Writer, cfg *Config) {
+	fmt.Fprintf(w, "data_dir: %s\nmax_size: %s (evict above %.0f%% down to %.0f%%)\n",
+		cfg.DataDir, cfg.Storage.MaxSize, cfg.Storage.HighWater*100, cfg.Storage.LowWater*100)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nREPOSITORY\tKIND\tUPSTREAM\tTAG TTL\tNOT FOUND TTL\tSERVE STALE\tANONYMOUS PULL\tCREDENTIALS")
+	for _, r := range cfg.Repositories {
+		cred := "-"
+		if r.Username != "" {
+			cred = r.Username + ":****"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%t\t%t\t%s\n", r.Name, r.Kind, r.URL, r.TagTTL, r.NotFoundTTL, *r.ServeStale, *r.AnonymousPull, cred)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nROUTING")
+	fmt.Fprintf(w, "  listener %s → %s\n", cfg.Listen, cfg.DefaultRepository)
+	for _, l := range cfg.Listeners {
+		fmt.Fprintf(w, "  listener %s → %s\n", l.Listen, l.Repository)
+	}
+	for _, r := range cfg.Repositories {
+		fmt.Fprintf(w, "  path prefix /v2/%s/… → %s\n", r.Name, r.Name)
+		if r.Kind == "proxy" {
+			host := upstreamHost(r.URL)
+			fmt.Fprintf(w, "  ?ns=%s and path prefix /v2/%s/… → %s\n", host, host, r.Name)
+			for _, a := range r.NSAliases {
+				fmt.Fprintf(w, "  ?ns=%s → %s\n", a, r.Name)
+			}
+		}
+	}
+}
+
+func upstreamHost(u string) string {
+	u = strings.TrimPrefix(strings.TrimPrefix(u, "https://"), "http://")
+	return strings.TrimSuffix(u, "/")
+}
+
+// Main is a running berth: store, upstream clients, server and listeners.
+type Main struct {
+	cfg   *Config
+	log   *slog.Logger
+	store *store.Store
+	srv   *server.Server
+
+	mu        sync.Mutex
+	listeners []net.Listener
+	servers   []*http.Server
+	ready     chan struct{}
+}
+
+// NewMain opens the store and builds the server. It does not listen yet.
+func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
+	st, err := store.Open(cfg.DataDir, store.Options{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	upReqs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_upstream_http_requests_total", Help: "HTTP exchanges with upstream registries by repository, method and status (0: no answer).",
+	}, []string{"repository", "method", "code"})
+	upLatency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "berth_upstream_http_duration_seconds", Help: "Time to upstream response headers.", Buckets: prometheus.DefBuckets,
+	}, []string{"repository"})
+	reg.MustRegister(upReqs, upLatency)
+
+	var repos []server.Repository
+	for _, rc := range cfg.Repositories {
+		r := server.Repository{
+			Name: rc.Name, Kind: rc.Kind, TagTTL: time.Duration(rc.TagTTL), NotFoundTTL: time.Duration(rc.NotFoundTTL),
+			ServeStale: *rc.ServeStale, AnonymousPull: *rc.AnonymousPull, NSAliases: rc.NSAliases,
+		}
+		if rc.Kind == "proxy" {
+			pw, err := rc.password()
+			if err != nil {
+				st.Close()
+				return nil, err
+			}
+			name := rc.Name
+			up, err := upstream.New(upstream.Options{
+				URL: rc.URL, Username: rc.Username, Password: pw, UserAgent: "berth/" + version, Logger: log,
+				Observe: func(method string, status int, d time.Duration, err error) {
+					upReqs.WithLabelValues(name, method, fmt.Sprint(status)).Inc()
+					upLatency.WithLabelValues(name).Observe(d.Seconds())
+				},
+			})
+			if err != nil {
+				st.Close()
+				return nil, fmt.Errorf("repository %q: %w", rc.Name, err)
+			}
+			r.Upstream, r.UpstreamHost = up, up.Host()
+			r.DockerHub = map[string]bool{"registry-1.docker.io": true, "index.docker.io": true, "docker.io": true}[up.Host()]
+			if rc.LibraryPrefix != nil {
+				r.DockerHub = *rc.LibraryPrefix
+			}
+		}
+		repos = append(repos, r)
+	}
+	srv, err := server.New(server.Options{
+		Repositories: repos, DefaultRepository: cfg.DefaultRepository, Store: st, Logger: log, Registry: reg,
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return &Main{cfg: cfg, log: log, store: st, srv: srv, ready: make(chan struct{})}, nil
+}
+
+// Run listens on every configured address and serves until ctx ends, then
+// drains in-flight requests (up to 30s) and returns.
+func (m *Main) Run(ctx context.Context) error {
+	binds := []ListenerConfig{{Listen: m.cfg.Listen, Repository: m.cfg.DefaultRepository}}
+	binds = append(binds, m.cfg.Listeners...)
+	var tlsCfg *tls.Config
+	if m.cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(m.cfg.TLSCert, m.cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
+	}
+	errc := make(chan error, len(binds))
+	m.mu.Lock()
+	for _, b := range binds {
+		ln, err := net.Listen("tcp", b.Listen)
+		if err != nil {
+			m.mu.Unlock()
+			m.shutdown()
+			return err
+		}
+		if tlsCfg != nil {
+			ln = tls.NewListener(ln, tlsCfg)
+		}
+		hs := &http.Server{
+			Handler:           m.srv.Handler(b.Repository),
+			ReadHeaderTimeout: 30 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
+		}
+		m.listeners = append(m.listeners, ln)
+		m.servers = append(m.servers, hs)
+		m.log.Info("listening", "addr", ln.Addr().String(), "repository", b.Repository, "tls", tlsCfg != nil)
+		go func() { errc <- hs.Serve(ln) }()
+	}
+	m.mu.Unlock()
+	close(m.ready)
+	select {
+	case <-ctx.Done():
+		m.log.Info("shutting down: draining requests")
+		return m.shutdown()
+	case err := <-errc:
+		m.shutdown()
+		return err
+	}
+}
+
+func (m *Main) shutdown() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var errs []error
+	for _, hs := range m.servers {
+		if err := hs.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Addrs waits until Run listens and returns the listener addresses, the
+// main one first.
+func (m *Main) Addrs() []string {
+	<-m.ready
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for _, ln := range m.listeners {
+		out = append(out, ln.Addr().String())
+	}
+	return out
+}
+
+// Close releases the store. Call it after Run returns.
+func (m *Main) Close() error { return m.store.Close() }

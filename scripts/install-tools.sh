@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs every tool the end-to-end tests and benchmarks use, at pinned
+# versions, from the Go module proxy and Debian's archive only. Idempotent:
+# a tool already at its pinned version is not rebuilt.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+TOOLS="${TOOLS_DIR:-$ROOT/build/tools}"
+mkdir -p "$TOOLS/bin"
+
+DISTRIBUTION_VERSION=v3.1.2
+CRANE_VERSION=v0.22.1
+REGCTL_VERSION=v0.11.7
+ORAS_VERSION=v1.3.6
+CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
+
+go_tool() { # name module version
+  local name=$1 mod=$2 ver=$3 stamp="$TOOLS/bin/.$1.version"
+  if [[ -x "$TOOLS/bin/$name" && "$(cat "$stamp" 2>/dev/null)" == "$ver" ]]; then return; fi
+  echo "install-tools: $name $ver" >&2
+  GOBIN="$TOOLS/bin" CGO_ENABLED=0 go install "$mod@$ver"
+  echo "$ver" >"$stamp"
+}
+
+go_tool registry github.com/distribution/distribution/v3/cmd/registry "$DISTRIBUTION_VERSION"
+go_tool crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
+go_tool regctl github.com/regclient/regclient/cmd/regctl "$REGCTL_VERSION"
+go_tool oras oras.land/oras/cmd/oras "$ORAS_VERSION"
+
+# The OCI distribution-spec conformance suite is a Go test package; build its
+# test binary from the module cache.
+if [[ ! -x "$TOOLS/bin/conformance.test" || "$(cat "$TOOLS/bin/.conformance.version" 2>/dev/null)" != "$CONFORMANCE_VERSION" ]]; then
+  echo "install-tools: conformance $CONFORMANCE_VERSION" >&2
+  work="$(mktemp -d)"
+  (cd "$work" && go mod init conformancebuild >/dev/null 2>&1 &&
+    go get "github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION" >/dev/null 2>&1 &&
+    dir="$(go list -m -f '{{.Dir}}' github.com/opencontainers/distribution-spec/conformance)" &&
+    cd "$dir" && go test -c -o "$TOOLS/bin/conformance.test" .)
+  rm -rf "$work"
+  echo "$CONFORMANCE_VERSION" >"$TOOLS/bin/.conformance.version"
+fi
+
+# Debian packages: skopeo (client), docker.io (a private dockerd for the seed
+# scenario), containerd, nginx (benchmark reference).
+need=()
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v containerd >/dev/null || need+=(containerd)
+command -v nginx >/dev/null || need+=(nginx-light)
+if ((${#need[@]})); then
+  echo "install-tools: apt-get install ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y --no-install-recommends "${need[@]}" >/dev/null 2>&1; then
+    apt-get update >/dev/null
+    apt-get install -y --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
+echo "install-tools: ok ($TOOLS/bin)" >&2

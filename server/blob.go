@@ -1,0 +1,188 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/berth-registry/berth/store"
+	"github.com/berth-registry/berth/upstream"
+)
+
+// serveBlobFile writes a stored blob with http.ServeContent (Range, HEAD,
+// conditional requests, sendfile) (end-2).
+func serveBlobFile(w http.ResponseWriter, r *http.Request, d store.Digest, f io.ReadSeeker) {
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Etag", `"`+d.String()+`"`)
+	h.Set("Cache-Control", "max-age=31536000, immutable")
+	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+// proxyBlob: GET/HEAD /v2/<name>/blobs/<digest> through the cache. A blob
+// on disk is served from repository R only when R is known to hold it
+// (linked); otherwise an upstream HEAD confirms it first. A miss joins (or
+// starts) the one download of that digest and streams from its temp file.
+func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest) error {
+	ctx := r.Context()
+	path := rp.Name + "/" + image
+	linked, err := s.store.HasLink(ctx, path, d)
+	if err != nil {
+		return err
+	}
+	if f, info, err := s.store.OpenBlob(ctx, d); err == nil {
+		defer f.Close()
+		if !linked {
+			if err := s.confirmBlob(ctx, rp, image, d); err != nil {
+				return err
+			}
+		}
+		s.cacheResult(r, rp, "blob", resultHit, "cache")
+		_ = info
+		serveBlobFile(w, r, d, f)
+		return nil
+	} else if !store.IsNotFound(err) {
+		return err
+	}
+
+	if r.Method == http.MethodHead {
+		resp, err := rp.Upstream.Blob(ctx, http.MethodHead, image, d.String())
+		if err != nil {
+			return s.blobUpstreamError(rp, err, d)
+		}
+		resp.Body.Close()
+		s.store.Link(ctx, path, d, store.LinkConfirmed)
+		s.cacheResult(r, rp, "blob", resultMiss, "upstream")
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Docker-Content-Digest", d.String())
+		w.Header().Set("Etag", `"`+d.String()+`"`)
+		if resp.ContentLength >= 0 {
+			w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+		}
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+
+	dl, leader, err := s.fetches.join(d.String(),
+		func() (*store.BlobWriter, error) { return s.store.NewBlobWriter(ctx, d.Algorithm()) },
+		s.blobFetcher(rp, image, d),
+		func(ctx context.Context, bw *store.BlobWriter) error {
+			_, err := bw.Commit(ctx, d, -1, store.Link{Repo: path, Kind: store.LinkFetched})
+			return err
+		},
+		func(err error) {
+			switch {
+			case err == nil:
+			case errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch):
+				s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
+				s.upstreamError(rp, err)
+				s.log.Error("upstream blob corrupt, not cached", "repository", rp.Name, "name", image, "digest", d, "err", err)
+			case !errors.Is(err, upstream.ErrNotFound):
+				s.upstreamError(rp, err)
+				s.log.Warn("upstream blob download failed", "repository", rp.Name, "name", image, "digest", d, "err", err)
+			}
+		})
+	if err != nil {
+		return err
+	}
+	defer dl.release()
+	result, source := resultMiss, "upstream"
+	if !leader {
+		result, source = resultCoalesced, "cache"
+		if !linked {
+			if err := s.confirmBlob(ctx, rp, image, d); err != nil {
+				return err
+			}
+		}
+	}
+	size, err := dl.wait(ctx)
+	if err != nil {
+		return downloadError(err, d)
+	}
+	s.cacheResult(r, rp, "blob", result, source)
+	if size < 0 {
+		// No Content-Length upstream: serve once complete and verified.
+		if err := dl.waitDone(ctx); err != nil {
+			return downloadError(err, d)
+		}
+		f, _, err := s.store.OpenBlob(ctx, d)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		serveBlobFile(w, r, d, f)
+		return nil
+	}
+	ra := dl.readerAt(ctx)
+	serveBlobFile(w, r, d, io.NewSectionReader(ra, 0, size))
+	if ra.err != nil && !errors.Is(ra.err, context.Canceled) {
+		// The body is cut short: abort the connection so the client sees
+		// an error rather than a clean short response.
+		s.log.Warn("blob stream ended early", "repository", rp.Name, "name", image, "digest", d, "err", ra.err)
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// blobFetcher returns the function that GETs blob d of image upstream,
+// counting bytes and mismatches.
+func (s *Server) blobFetcher(rp *repo, image string, d store.Digest) fetchFunc {
+	return func(ctx context.Context) (io.ReadCloser, int64, error) {
+		resp, err := rp.Upstream.Blob(ctx, http.MethodGet, image, d.String())
+		if err != nil {
+			return nil, -1, err
+		}
+		return &countingBody{ReadCloser: resp.Body, add: s.m.upstreamBytes.WithLabelValues(rp.Name).Add}, resp.ContentLength, nil
+	}
+}
+
+type countingBody struct {
+	io.ReadCloser
+	add func(float64)
+}
+
+func (c *countingBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	if n > 0 {
+		c.add(float64(n))
+	}
+	return n, err
+}
+
+// confirmBlob asks upstream with HEAD whether image holds d, and links it
+// when it does.
+func (s *Server) confirmBlob(ctx context.Context, rp *repo, image string, d store.Digest) error {
+	resp, err := rp.Upstream.Blob(ctx, http.MethodHead, image, d.String())
+	if err != nil {
+		return s.blobUpstreamError(rp, err, d)
+	}
+	resp.Body.Close()
+	return s.store.Link(ctx, rp.Name+"/"+image, d, store.LinkConfirmed)
+}
+
+// blobUpstreamError maps and counts the failure of a request's own
+// upstream call (HEAD).
+func (s *Server) blobUpstreamError(rp *repo, err error, d store.Digest) error {
+	if !errors.Is(err, upstream.ErrNotFound) && !errors.Is(err, context.Canceled) {
+		s.upstreamError(rp, err)
+	}
+	return downloadError(err, d)
+}
+
+// downloadError maps the failure of a shared download (counted once, by
+// the download itself).
+func downloadError(err error, d store.Digest) error {
+	var re *regError
+	switch {
+	case errors.As(err, &re), errors.Is(err, context.Canceled):
+		return err
+	case errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch):
+		return errf(codeUnavailable, "upstream sent corrupt content for %s; not cached", d)
+	}
+	return fromUpstream(err, codeBlobUnknown, fmt.Sprintf("blob %s", d))
+}

@@ -1,0 +1,256 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/berth-registry/berth/store"
+)
+
+// fetchGroup decides how upstream blob downloads are shared: at most one
+// download per digest is under way; every request for that digest, the
+// first and any later one, reads from the same growing temp file as bytes
+// arrive. The download runs on a detached context bounded by timeout, so it
+// finishes (and is cached) even when the client that started it hangs up.
+//
+// Readers never see the last byte of a blob before its digest is verified:
+// a corrupt download ends every reader with an error, one byte short, so no
+// client ever receives a complete wrong blob.
+type fetchGroup struct {
+	timeout time.Duration
+	onStart func()
+	onEnd   func()
+
+	mu     sync.Mutex
+	active map[string]*download
+}
+
+func newFetchGroup(timeout time.Duration, onStart, onEnd func()) *fetchGroup {
+	if onStart == nil {
+		onStart = func() {}
+	}
+	if onEnd == nil {
+		onEnd = func() {}
+	}
+	return &fetchGroup{timeout: timeout, onStart: onStart, onEnd: onEnd, active: map[string]*download{}}
+}
+
+// fetchFunc starts the upstream transfer: it returns the body and its
+// length (-1 when unknown).
+type fetchFunc func(ctx context.Context) (body io.ReadCloser, size int64, err error)
+
+// commitFunc verifies and stores the finished temp file.
+type commitFunc func(ctx context.Context, w *store.BlobWriter) error
+
+// errDownloadFailed ends readers of a download that failed.
+var errDownloadFailed = errors.New("upstream download failed")
+
+// download is one upstream transfer into one temp file.
+type download struct {
+	g   *fetchGroup
+	key string
+	w   *store.BlobWriter
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every state change
+	started bool          // size known (or err set)
+	size    int64
+	written int64
+	done    bool
+	err     error
+	refs    int // guarded by g.mu
+}
+
+// join returns the download for key, starting one when none is under way.
+// leader is true for the caller that started it. The caller must call
+// release when done reading. newWriter makes the temp file.
+func (g *fetchGroup) join(key string, newWriter func() (*store.BlobWriter, error), fetch fetchFunc, commit commitFunc, onDone func(error)) (d *download, leader bool, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if d, ok := g.active[key]; ok {
+		d.refs++
+		return d, false, nil
+	}
+	w, err := newWriter()
+	if err != nil {
+		return nil, false, err
+	}
+	d = &download{g: g, key: key, w: w, changed: make(chan struct{}), size: -1, refs: 2} // caller + runner
+	g.active[key] = d
+	g.onStart()
+	go d.run(fetch, commit, onDone)
+	return d, true, nil
+}
+
+func (d *download) run(fetch fetchFunc, commit commitFunc, onDone func(error)) {
+	ctx, cancel := context.WithTimeout(context.Background(), d.g.timeout)
+	defer cancel()
+	err := d.transfer(ctx, fetch)
+	if err == nil {
+		err = commit(ctx, d.w)
+	}
+	if onDone != nil {
+		onDone(err)
+	}
+	d.update(func() { d.done, d.err = true, err })
+	d.g.mu.Lock()
+	delete(d.g.active, d.key)
+	d.g.mu.Unlock()
+	d.g.onEnd()
+	d.release()
+}
+
+func (d *download) transfer(ctx context.Context, fetch fetchFunc) error {
+	body, size, err := fetch(ctx)
+	if err != nil {
+		d.update(func() { d.started, d.err = true, err })
+		return err
+	}
+	defer body.Close()
+	d.update(func() { d.started, d.size = true, size })
+	buf := make([]byte, 256<<10)
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if _, werr := d.w.Write(buf[:n]); werr != nil {
+				return fmt.Errorf("write temp file: %w", werr)
+			}
+			d.update(func() { d.written += int64(n) })
+			if size >= 0 && d.written > size {
+				return fmt.Errorf("%w: upstream sent more than its Content-Length %d", store.ErrSizeMismatch, size)
+			}
+		}
+		if rerr == io.EOF {
+			if size >= 0 && d.written != size {
+				return fmt.Errorf("%w: upstream sent %d of %d bytes", store.ErrSizeMismatch, d.written, size)
+			}
+			return nil
+		}
+		if rerr != nil {
+			return fmt.Errorf("read upstream: %w", rerr)
+		}
+	}
+}
+
+// update changes state under the lock and wakes every waiter.
+func (d *download) update(f func()) {
+	d.mu.Lock()
+	f()
+	close(d.changed)
+	d.changed = make(chan struct{})
+	d.mu.Unlock()
+}
+
+// release drops one reference; the temp file is closed with the last.
+func (d *download) release() {
+	d.g.mu.Lock()
+	d.refs--
+	last := d.refs == 0
+	d.g.mu.Unlock()
+	if last {
+		d.w.Close()
+	}
+}
+
+// wait blocks until the upstream answered: it returns the blob size (-1
+// when unknown) or the upstream's error.
+func (d *download) wait(ctx context.Context) (int64, error) {
+	for {
+		d.mu.Lock()
+		started, size, err, ch := d.started, d.size, d.err, d.changed
+		d.mu.Unlock()
+		if started {
+			if err != nil && size < 0 {
+				return -1, err
+			}
+			return size, nil
+		}
+		select {
+		case <-ctx.Done():
+			return -1, ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// waitDone blocks until the download is over and returns its result.
+func (d *download) waitDone(ctx context.Context) error {
+	for {
+		d.mu.Lock()
+		done, err, ch := d.done, d.err, d.changed
+		d.mu.Unlock()
+		if done {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// Err returns the download's error once it is done, else nil.
+func (d *download) Err() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.err
+}
+
+// readerAt returns an io.ReaderAt over the blob that blocks until the bytes
+// asked for have arrived (or ctx ends, or the download fails).
+func (d *download) readerAt(ctx context.Context) *dlReaderAt { return &dlReaderAt{d: d, ctx: ctx} }
+
+type dlReaderAt struct {
+	d   *download
+	ctx context.Context
+	err error // the first error other than io.EOF returned
+}
+
+func (r *dlReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := r.readAt(p, off)
+	if err != nil && err != io.EOF && r.err == nil {
+		r.err = err
+	}
+	return n, err
+}
+
+func (r *dlReaderAt) readAt(p []byte, off int64) (int, error) {
+	d := r.d
+	for {
+		d.mu.Lock()
+		written, done, err, ch := d.written, d.done, d.err, d.changed
+		d.mu.Unlock()
+		ok := done && err == nil
+		// Until the digest is verified the last byte is held back.
+		limit := written
+		if !ok {
+			limit = written - 1
+		}
+		end := off + int64(len(p))
+		switch {
+		case end <= limit:
+			return d.w.ReadAt(p, off)
+		case ok:
+			if off >= written {
+				return 0, io.EOF
+			}
+			n, rerr := d.w.ReadAt(p[:written-off], off)
+			if rerr == nil {
+				rerr = io.EOF
+			}
+			return n, rerr
+		case done || err != nil:
+			return 0, fmt.Errorf("%w: %v", errDownloadFailed, err)
+		}
+		select {
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		case <-ch:
+		}
+	}
+}

@@ -1,0 +1,84 @@
+package server
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are berth's Prometheus collectors, registered on a registry the
+// caller makes (no globals).
+type metrics struct {
+	requests        *prometheus.CounterVec   // repository, kind, method, code
+	requestDuration *prometheus.HistogramVec // kind, method
+	cache           *prometheus.CounterVec   // repository, kind, result
+	servedBytes     *prometheus.CounterVec   // repository, source
+	upstreamReqs    *prometheus.CounterVec   // repository, method, code
+	upstreamLatency *prometheus.HistogramVec // repository
+	upstreamBytes   *prometheus.CounterVec   // repository
+	upstreamErrors  *prometheus.CounterVec   // repository, reason
+	inflight        prometheus.Gauge
+	digestMismatch  *prometheus.CounterVec // repository
+	passThrough     *prometheus.CounterVec // repository, reason
+}
+
+// Cache results.
+const (
+	resultHit         = "hit"         // served from the cache, fresh
+	resultMiss        = "miss"        // fetched from upstream
+	resultStale       = "stale"       // upstream failed, stale copy served
+	resultRevalidated = "revalidated" // stale tag confirmed by upstream HEAD
+	resultCoalesced   = "coalesced"   // joined a download already under way
+	resultNegative    = "negative"    // remembered upstream 404
+)
+
+func newMetrics(reg prometheus.Registerer, st statser) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_http_requests_total", Help: "Registry API requests by repository, endpoint kind, method and status code.",
+		}, []string{"repository", "kind", "method", "code"}),
+		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "berth_http_request_duration_seconds", Help: "Time to answer registry API requests.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"kind", "method"}),
+		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_cache_results_total", Help: "Cache lookups by repository, kind (manifest, blob) and result (hit, miss, stale, revalidated, coalesced, negative).",
+		}, []string{"repository", "kind", "result"}),
+		servedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_served_bytes_total", Help: "Bytes of manifests and blobs sent to clients, by where they came from (cache, upstream).",
+		}, []string{"repository", "source"}),
+		upstreamReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_upstream_requests_total", Help: "HTTP exchanges with upstream registries (auth and redirects included).",
+		}, []string{"repository", "method", "code"}),
+		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "berth_upstream_request_duration_seconds", Help: "Time to upstream response headers.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"repository"}),
+		upstreamBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_upstream_bytes_total", Help: "Bytes of manifests and blobs read from upstream registries.",
+		}, []string{"repository"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_upstream_errors_total", Help: "Failed upstream operations by reason (unavailable, denied, digest, size, timeout, other).",
+		}, []string{"repository", "reason"}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "berth_inflight_downloads", Help: "Upstream blob downloads under way.",
+		}),
+		digestMismatch: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_digest_mismatches_total", Help: "Upstream content that did not match its digest or size; never cached.",
+		}, []string{"repository"}),
+		passThrough: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_pass_through_total", Help: "Responses served from upstream without caching, by reason (store_error).",
+		}, []string{"repository", "reason"}),
+	}
+	reg.MustRegister(m.requests, m.requestDuration, m.cache, m.servedBytes, m.upstreamReqs,
+		m.upstreamLatency, m.upstreamBytes, m.upstreamErrors, m.inflight, m.digestMismatch, m.passThrough)
+	if st != nil {
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_store_bytes", Help: "Bytes of blobs and manifests in the store."},
+				func() float64 { b, _ := st.Stats(); return float64(b) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_store_blobs", Help: "Blobs and manifests in the store."},
+				func() float64 { _, n := st.Stats(); return float64(n) }),
+		)
+	}
+	return m
+}
+
+type statser interface{ Stats() (bytes, count int64) }

@@ -1,0 +1,403 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/berth-registry/berth/store"
+	"github.com/berth-registry/berth/upstream"
+)
+
+// serveProxy answers a pull from a proxy repository. Proxies are read-only.
+func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, rp *repo, image string, rt route) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return errf(codeUnsupported, "repository %q is a %s repository (read-only); push to a hosted repository", rp.Name, rp.Kind)
+	}
+	switch rt.kind {
+	case routeManifest:
+		return s.proxyManifest(w, r, rp, image, rt)
+	case routeBlob:
+		return s.proxyBlob(w, r, rp, image, rt.digest)
+	case routeTags:
+		return s.proxyTags(w, r, rp, image)
+	case routeUploads, routeUpload:
+		return errf(codeUnsupported, "repository %q is a %s repository (read-only)", rp.Name, rp.Kind)
+	}
+	return errf(codeNotFound, "%s is not served by %s repositories", rt.kind, rp.Kind)
+}
+
+func (s *Server) cacheResult(r *http.Request, rp *repo, kind, result, source string) {
+	info := infoOf(r.Context())
+	info.result, info.source = result, source
+	s.m.cache.WithLabelValues(rp.Name, kind, result).Inc()
+}
+
+// proxyManifest: GET/HEAD /v2/<name>/manifests/<ref> (end-3) through the
+// cache rules of DESIGN.md: digests are immutable; tags are fresh for
+// tag_ttl, then revalidated with HEAD; stale copies are served when the
+// upstream fails; 404s are remembered for not_found_ttl.
+func (s *Server) proxyManifest(w http.ResponseWriter, r *http.Request, rp *repo, image string, rt route) error {
+	ctx := r.Context()
+	path := rp.Name + "/" + image
+	negKey := path + "@" + rt.ref
+
+	if !rt.digest.IsZero() {
+		if m, err := s.store.GetManifest(ctx, path, rt.digest); err == nil {
+			s.cacheResult(r, rp, "manifest", resultHit, "cache")
+			return serveManifest(w, r, m)
+		} else if !store.IsNotFound(err) {
+			return err
+		}
+		return s.manifestMiss(w, r, rp, image, rt.ref, "", negKey)
+	}
+
+	tag := rt.ref
+	ti, err := s.store.ResolveTag(ctx, path, tag)
+	if err != nil && !store.IsNotFound(err) {
+		return err
+	}
+	if err == nil {
+		m, err := s.store.GetManifest(ctx, path, ti.Digest)
+		if err != nil && !store.IsNotFound(err) {
+			return err
+		}
+		if err == nil {
+			if time.Since(ti.Checked) < rp.TagTTL {
+				s.cacheResult(r, rp, "manifest", resultHit, "cache")
+				return serveManifest(w, r, m)
+			}
+			return s.revalidateTag(w, r, rp, image, tag, m)
+		}
+	}
+	return s.manifestMiss(w, r, rp, image, tag, tag, negKey)
+}
+
+// revalidateTag asks upstream with HEAD whether a stale cached tag still
+// points at m (HEAD does not count against Docker Hub's pull limit).
+func (s *Server) revalidateTag(w http.ResponseWriter, r *http.Request, rp *repo, image, tag string, m store.Manifest) error {
+	ctx := r.Context()
+	path := rp.Name + "/" + image
+	v, err, _ := s.flight.Do("head\x00"+path+":"+tag, func() (any, error) {
+		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, image, tag)
+		if err != nil {
+			return "", err
+		}
+		resp.Body.Close()
+		return resp.Header.Get("Docker-Content-Digest"), nil
+	})
+	if err != nil {
+		switch {
+		case errors.Is(err, upstream.ErrNotFound):
+			s.store.DeleteTag(ctx, path, tag)
+			rp.neg.add(path+"@"+tag, rp.NotFoundTTL)
+			s.cacheResult(r, rp, "manifest", resultMiss, "")
+			return errf(codeManifestUnknown, "manifest %s:%s not found upstream", image, tag)
+		case rp.ServeStale && errors.Is(err, upstream.ErrUnavailable):
+			s.upstreamError(rp, err)
+			s.log.Warn("upstream unavailable, serving stale tag", "repository", rp.Name, "name", image, "tag", tag, "err", err)
+			s.cacheResult(r, rp, "manifest", resultStale, "cache")
+			return serveManifest(w, r, m)
+		}
+		s.upstreamError(rp, err)
+		return fromUpstream(err, codeManifestUnknown, "manifest "+image+":"+tag)
+	}
+	if dg := v.(string); dg == m.Digest.String() {
+		if err := s.store.TagChecked(ctx, path, tag, m.Digest, time.Now()); err != nil {
+			return err
+		}
+		s.cacheResult(r, rp, "manifest", resultRevalidated, "cache")
+		return serveManifest(w, r, m)
+	}
+	return s.manifestMiss(w, r, rp, image, tag, tag, path+"@"+tag)
+}
+
+// manifestMiss fetches a manifest from upstream (GET) and caches it, or
+// relays an upstream HEAD without caching anything.
+func (s *Server) manifestMiss(w http.ResponseWriter, r *http.Request, rp *repo, image, ref, tag, negKey string) error {
+	ctx := r.Context()
+	if rp.neg.has(negKey) {
+		s.cacheResult(r, rp, "manifest", resultNegative, "")
+		return errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered)", image, ref)
+	}
+	if r.Method == http.MethodHead {
+		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, image, ref)
+		if err != nil {
+			return s.manifestUpstreamError(rp, err, image, ref, negKey)
+		}
+		resp.Body.Close()
+		dg := resp.Header.Get("Docker-Content-Digest")
+		if strings.Contains(ref, ":") && dg != "" && dg != ref {
+			s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
+			return fmt.Errorf("upstream HEAD %s@%s answered digest %s", image, ref, dg)
+		}
+		s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
+		for _, h := range []string{"Content-Type", "Docker-Content-Digest", "Content-Length"} {
+			if v := resp.Header.Get(h); v != "" {
+				w.Header().Set(h, v)
+			}
+		}
+		if dg != "" {
+			w.Header().Set("Etag", `"`+dg+`"`)
+		}
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	path := rp.Name + "/" + image
+	v, err, _ := s.flight.Do("get\x00"+path+"@"+ref, func() (any, error) {
+		return s.fetchManifest(context.WithoutCancel(ctx), rp, image, ref, tag)
+	})
+	if err != nil {
+		return s.manifestUpstreamError(rp, err, image, ref, negKey)
+	}
+	s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
+	return serveManifest(w, r, v.(store.Manifest))
+}
+
+func (s *Server) manifestUpstreamError(rp *repo, err error, image, ref, negKey string) error {
+	var re *regError
+	if errors.As(err, &re) {
+		return err
+	}
+	if errors.Is(err, upstream.ErrNotFound) {
+		rp.neg.add(negKey, rp.NotFoundTTL)
+	} else {
+		s.upstreamError(rp, err)
+	}
+	return fromUpstream(err, codeManifestUnknown, "manifest "+image+":"+ref)
+}
+
+// fetchManifest GETs a manifest, checks its size, digest and shape, and
+// stores it (with the tag, when fetched by tag).
+func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag string) (store.Manifest, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	resp, err := rp.Upstream.Manifest(ctx, http.MethodGet, image, ref)
+	if err != nil {
+		return store.Manifest{}, err
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength > maxManifestSize {
+		return store.Manifest{}, &regError{Code: codeManifestInvalid, Status: http.StatusRequestEntityTooLarge,
+			Message: fmt.Sprintf("upstream manifest is %d bytes, over the %d byte limit", resp.ContentLength, maxManifestSize)}
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+	s.m.upstreamBytes.WithLabelValues(rp.Name).Add(float64(len(body)))
+	if err != nil {
+		return store.Manifest{}, fmt.Errorf("read upstream manifest: %w", err)
+	}
+	if len(body) > maxManifestSize {
+		return store.Manifest{}, &regError{Code: codeManifestInvalid, Status: http.StatusRequestEntityTooLarge,
+			Message: fmt.Sprintf("upstream manifest is over the %d byte limit", maxManifestSize)}
+	}
+	var dg store.Digest
+	if strings.Contains(ref, ":") {
+		dg = store.MustDigest(ref) // validated by parsePath
+	} else {
+		dg = store.DigestOf(body)
+		if h := resp.Header.Get("Docker-Content-Digest"); h != "" {
+			if hd, err := store.ParseDigest(h); err == nil && hd.Algorithm() != "sha256" {
+				dg = hd
+			}
+		}
+	}
+	if !dg.Verify(body) {
+		s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
+		s.m.upstreamErrors.WithLabelValues(rp.Name, "digest").Inc()
+		return store.Manifest{}, fmt.Errorf("upstream manifest %s@%s does not match digest %s", image, ref, dg)
+	}
+	if h := resp.Header.Get("Docker-Content-Digest"); h != "" && h != dg.String() {
+		s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
+		s.m.upstreamErrors.WithLabelValues(rp.Name, "digest").Inc()
+		return store.Manifest{}, fmt.Errorf("upstream manifest %s:%s: header digest %s, content %s", image, ref, h, dg)
+	}
+	pm, err := parseManifest(body, resp.Header.Get("Content-Type"))
+	if err != nil {
+		return store.Manifest{}, err
+	}
+	m := store.Manifest{Digest: dg, MediaType: pm.mediaType, Body: body, ArtifactType: pm.artifactType, Annotations: pm.annotations}
+	if pm.subject != nil {
+		m.Subject = pm.subject.Digest
+	}
+	if err := s.store.PutManifest(ctx, rp.Name+"/"+image, m, tag, pm.refs()); err != nil {
+		// Pass through: serve what upstream sent even if it cannot be kept.
+		s.m.passThrough.WithLabelValues(rp.Name, "store_error").Inc()
+		s.log.Error("cache manifest", "repository", rp.Name, "name", image, "ref", ref, "err", err)
+	}
+	return m, nil
+}
+
+// serveManifest writes a stored manifest with its headers (end-3).
+func serveManifest(w http.ResponseWriter, r *http.Request, m store.Manifest) error {
+	h := w.Header()
+	h.Set("Content-Type", m.MediaType)
+	h.Set("Docker-Content-Digest", m.Digest.String())
+	h.Set("Etag", `"`+m.Digest.String()+`"`)
+	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatch(inm, m.Digest.String()) {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		w.Write(m.Body)
+	}
+	return nil
+}
+
+func etagMatch(header, digest string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+		if t == "*" || strings.Trim(t, `"`) == digest {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) upstreamError(rp *repo, err error) {
+	reason := "other"
+	switch {
+	case errors.Is(err, upstream.ErrUnavailable):
+		reason = "unavailable"
+	case errors.Is(err, upstream.ErrDenied):
+		reason = "denied"
+	case errors.Is(err, context.DeadlineExceeded):
+		reason = "timeout"
+	case errors.Is(err, store.ErrDigestMismatch):
+		reason = "digest"
+	case errors.Is(err, store.ErrSizeMismatch):
+		reason = "size"
+	}
+	s.m.upstreamErrors.WithLabelValues(rp.Name, reason).Inc()
+}
+
+// proxyTags: GET /v2/<name>/tags/list (end-8a/b) from upstream, rewritten
+// to the client's name; the cached tags when the upstream is unavailable.
+func (s *Server) proxyTags(w http.ResponseWriter, r *http.Request, rp *repo, image string) error {
+	ctx := r.Context()
+	q := url.Values{}
+	for _, k := range []string{"n", "last"} {
+		if v := r.URL.Query().Get(k); v != "" {
+			q.Set(k, v)
+		}
+	}
+	clientName := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/v2/"), "/tags/list")
+	resp, err := rp.Upstream.Tags(ctx, image, q)
+	if err != nil {
+		if rp.ServeStale && errors.Is(err, upstream.ErrUnavailable) {
+			s.upstreamError(rp, err)
+			tags, serr := s.store.Tags(ctx, rp.Name+"/"+image)
+			if serr != nil {
+				return serr
+			}
+			if len(tags) > 0 {
+				s.cacheResult(r, rp, "tags", resultStale, "cache")
+				return writeTagList(w, r, clientName, tags)
+			}
+		}
+		if !errors.Is(err, upstream.ErrNotFound) {
+			s.upstreamError(rp, err)
+		}
+		return fromUpstream(err, codeNameUnknown, "repository "+image)
+	}
+	defer resp.Body.Close()
+	var list struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 32<<20)).Decode(&list); err != nil {
+		return fmt.Errorf("upstream tag list: %w", err)
+	}
+	if link := resp.Header.Get("Link"); link != "" && len(list.Tags) > 0 {
+		next := url.Values{"last": {list.Tags[len(list.Tags)-1]}}
+		if n := q.Get("n"); n != "" {
+			next.Set("n", n)
+		}
+		w.Header().Set("Link", fmt.Sprintf(`</v2/%s/tags/list?%s>; rel="next"`, clientName, next.Encode()))
+	}
+	s.cacheResult(r, rp, "tags", resultMiss, "upstream")
+	return writeTagList(w, r, clientName, list.Tags)
+}
+
+func writeTagList(w http.ResponseWriter, r *http.Request, name string, tags []string) error {
+	if tags == nil {
+		tags = []string{}
+	}
+	return writeJSON(w, r, map[string]any{"name": name, "tags": tags})
+}
+
+func writeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		w.Write(body)
+	}
+	return nil
+}
+
+// catalog: GET /v2/_catalog (end-... optional) of the listener's
+// repository: the images it has cached or hosts, with n/last pagination.
+func (s *Server) catalog(w http.ResponseWriter, r *http.Request, rp *repo) error {
+	paths, err := s.store.Repositories(r.Context(), rp.Name+"/")
+	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(paths))
+	for _, p := range paths {
+		names = append(names, strings.TrimPrefix(p, rp.Name+"/"))
+	}
+	page, next, err := paginate(names, r.URL.Query())
+	if err != nil {
+		return err
+	}
+	if next != "" {
+		w.Header().Set("Link", fmt.Sprintf(`</v2/_catalog?%s>; rel="next"`, next))
+	}
+	return writeJSON(w, r, map[string]any{"repositories": page})
+}
+
+// paginate applies n and last to a sorted list; next is the query of the
+// following page, empty on the last one.
+func paginate(all []string, q url.Values) (page []string, next string, err error) {
+	start := 0
+	if last := q.Get("last"); last != "" {
+		for start < len(all) && all[start] <= last {
+			start++
+		}
+	}
+	page = all[start:]
+	if ns := q.Get("n"); ns != "" {
+		n, err := strconv.Atoi(ns)
+		if err != nil || n < 0 {
+			return nil, "", errf(codeUnsupported, "invalid n %q", ns).withStatus(http.StatusBadRequest)
+		}
+		if n < len(page) {
+			page = page[:n]
+			if n > 0 {
+				next = url.Values{"n": {ns}, "last": {page[n-1]}}.Encode()
+			}
+		}
+	}
+	if page == nil {
+		page = []string{}
+	}
+	return page, next, nil
+}
+
+func (e *regError) withStatus(s int) *regError { e.Status = s; return e }
+
+var _ = bytes.NewReader

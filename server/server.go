@@ -1,0 +1,439 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berth-registry/berth/store"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/singleflight"
+)
+
+// Repository kinds.
+const (
+	KindProxy  = "proxy"
+	KindHosted = "hosted"
+	KindGroup  = "group"
+)
+
+// Store is what the server needs of the content store (store.Store).
+type Store interface {
+	StatBlob(ctx context.Context, d store.Digest) (store.BlobInfo, error)
+	OpenBlob(ctx context.Context, d store.Digest) (*os.File, store.BlobInfo, error)
+	NewBlobWriter(ctx context.Context, alg string) (*store.BlobWriter, error)
+	Link(ctx context.Context, repo string, d store.Digest, kind string) error
+	HasLink(ctx context.Context, repo string, d store.Digest) (bool, error)
+	PutManifest(ctx context.Context, repo string, m store.Manifest, tag string, refs []store.Digest) error
+	GetManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
+	ResolveTag(ctx context.Context, repo, tag string) (store.TagInfo, error)
+	TagChecked(ctx context.Context, repo, tag string, d store.Digest, t time.Time) error
+	DeleteTag(ctx context.Context, repo, tag string) error
+	Tags(ctx context.Context, repo string) ([]string, error)
+	Repositories(ctx context.Context, prefix string) ([]string, error)
+	Stats() (bytes, count int64)
+	Ping(ctx context.Context) error
+}
+
+// Upstream is what a proxy repository needs of its remote registry
+// (upstream.Client). Successful calls return a 2xx response whose body the
+// caller closes; failures are upstream errors.
+type Upstream interface {
+	Manifest(ctx context.Context, method, image, ref string) (*http.Response, error)
+	Blob(ctx context.Context, method, image, dgst string) (*http.Response, error)
+	Tags(ctx context.Context, image string, query url.Values) (*http.Response, error)
+	Ping(ctx context.Context) error
+}
+
+// Repository is one configured repository.
+type Repository struct {
+	Name string
+	Kind string // KindProxy, KindHosted or KindGroup
+
+	// Proxy settings.
+	Upstream     Upstream
+	UpstreamHost string   // host[:port] of the upstream, for ?ns= and path routing
+	NSAliases    []string // more hosts this proxy answers ?ns= for
+	DockerHub    bool     // one-segment names get "library/"
+	TagTTL       time.Duration
+	NotFoundTTL  time.Duration
+	ServeStale   bool
+
+	AnonymousPull bool
+}
+
+// Options configure a Server.
+type Options struct {
+	Repositories []Repository
+	// DefaultRepository answers requests no other rule routes.
+	DefaultRepository string
+	Store             Store
+	Logger            *slog.Logger
+	// Registry receives berth's metrics and is served on /metrics.
+	Registry *prometheus.Registry
+	// FetchTimeout bounds one upstream blob download. Zero means 1h.
+	FetchTimeout time.Duration
+}
+
+// Server answers the registry API for a set of repositories.
+type Server struct {
+	opts    Options
+	repos   map[string]*repo
+	order   []*repo
+	store   Store
+	log     *slog.Logger
+	m       *metrics
+	fetches *fetchGroup
+	flight  singleflight.Group
+}
+
+type repo struct {
+	Repository
+	neg *negCache
+}
+
+// maxManifestSize is the largest manifest berth accepts or caches.
+const maxManifestSize = 4 << 20
+
+// New checks opts and returns a Server.
+func New(opts Options) (*Server, error) {
+	if opts.Store == nil {
+		return nil, errors.New("server: no store")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.FetchTimeout <= 0 {
+		opts.FetchTimeout = time.Hour
+	}
+	s := &Server{opts: opts, repos: map[string]*repo{}, store: opts.Store, log: opts.Logger}
+	for _, r := range opts.Repositories {
+		if _, dup := s.repos[r.Name]; dup {
+			return nil, fmt.Errorf("server: duplicate repository %q", r.Name)
+		}
+		if r.Kind == KindProxy && r.Upstream == nil {
+			return nil, fmt.Errorf("server: proxy repository %q has no upstream", r.Name)
+		}
+		rp := &repo{Repository: r, neg: newNegCache(100_000)}
+		s.repos[r.Name] = rp
+		s.order = append(s.order, rp)
+	}
+	if _, ok := s.repos[opts.DefaultRepository]; !ok && opts.DefaultRepository != "" {
+		return nil, fmt.Errorf("server: default repository %q is not configured", opts.DefaultRepository)
+	}
+	s.m = newMetrics(opts.Registry, opts.Store)
+	s.fetches = newFetchGroup(opts.FetchTimeout, s.m.inflight.Inc, s.m.inflight.Dec)
+	return s, nil
+}
+
+// Handler returns the HTTP handler of a listener whose requests, when no
+// other rule routes them, go to repository listenerRepo.
+func (s *Server) Handler(listenerRepo string) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/v2/", s.v2Handler(listenerRepo))
+	mux.Handle("/v2", s.v2Handler(listenerRepo))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	return mux
+}
+
+// reqInfo is what a handler learned, for the request's log line and
+// metrics.
+type reqInfo struct {
+	repo, image, ref string
+	kind             string
+	result           string // cache result
+	source           string // "cache" or "upstream" for bytes served
+}
+
+type infoKey struct{}
+
+func infoOf(ctx context.Context) *reqInfo {
+	if i, ok := ctx.Value(infoKey{}).(*reqInfo); ok {
+		return i
+	}
+	return &reqInfo{}
+}
+
+func (s *Server) v2Handler(listenerRepo string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		info := &reqInfo{repo: "-", kind: "other"}
+		sw := &statusWriter{ResponseWriter: w}
+		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, info))
+		sw.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		aborted := true
+		defer func() {
+			status := sw.status
+			if status == 0 {
+				status = http.StatusOK
+			}
+			code := fmt.Sprint(status)
+			if aborted {
+				code = "aborted"
+			}
+			s.m.requests.WithLabelValues(info.repo, info.kind, r.Method, code).Inc()
+			s.m.requestDuration.WithLabelValues(info.kind, r.Method).Observe(time.Since(start).Seconds())
+			if info.source != "" && sw.bytes > 0 {
+				s.m.servedBytes.WithLabelValues(info.repo, info.source).Add(float64(sw.bytes))
+			}
+			s.log.Info("request", "method", r.Method, "path", r.URL.Path, "repository", info.repo,
+				"name", info.image, "ref", info.ref, "result", info.result, "status", code,
+				"bytes", sw.bytes, "duration", time.Since(start).Round(time.Microsecond), "remote", r.RemoteAddr)
+		}()
+		if err := s.dispatch(sw, r, listenerRepo); err != nil {
+			var re *regError
+			if !errors.As(err, &re) && !errors.Is(err, store.ErrDigestInvalid) {
+				s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			}
+			if sw.status == 0 {
+				writeError(sw, r, err)
+			}
+		}
+		aborted = false
+	})
+}
+
+// dispatch routes one /v2 request (DESIGN: "Which repository answers").
+func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo string) error {
+	info := infoOf(r.Context())
+	rt, err := parsePath(r.URL.Path)
+	if err != nil {
+		return err
+	}
+	info.kind = rt.kind.String()
+	switch rt.kind {
+	case routeBase:
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return errf(codeUnsupported, "method %s not allowed on /v2/", r.Method)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "2")
+		if r.Method == http.MethodGet {
+			io.WriteString(w, "{}")
+		}
+		return nil
+	case routeCatalog:
+		rp := s.repos[listenerRepo]
+		if rp == nil {
+			return errf(codeNameUnknown, "no repository on this listener")
+		}
+		info.repo = rp.Name
+		return s.catalog(w, r, rp)
+	}
+	rp, image, err := s.resolve(r, listenerRepo, rt.name)
+	if err != nil {
+		return err
+	}
+	info.repo, info.image, info.ref = rp.Name, image, rt.ref
+	switch rp.Kind {
+	case KindProxy:
+		return s.serveProxy(w, r, rp, image, rt)
+	}
+	return errf(codeUnsupported, "repository %q of kind %s cannot serve this yet", rp.Name, rp.Kind)
+}
+
+// resolve picks the repository for a request and the image name within it:
+// (1) ?ns=<host> picks the proxy of that upstream host; (2) a first path
+// segment naming a repository or an upstream host picks it and is
+// stripped; (3) else the listener's repository.
+func (s *Server) resolve(r *http.Request, listenerRepo, name string) (*repo, string, error) {
+	var rp *repo
+	image := name
+	if ns := r.URL.Query().Get("ns"); ns != "" {
+		rp = s.proxyForHost(ns)
+		if rp == nil {
+			return nil, "", errf(codeNameUnknown, "no repository serves namespace %q", ns)
+		}
+	} else if first, rest, ok := strings.Cut(name, "/"); ok {
+		if p := s.repos[first]; p != nil {
+			rp, image = p, rest
+		} else if p := s.proxyForHost(first); p != nil && strings.Contains(first, ".") {
+			rp, image = p, rest
+		}
+	}
+	if rp == nil {
+		rp = s.repos[listenerRepo]
+		if rp == nil {
+			return nil, "", errf(codeNameUnknown, "no repository for %q", name)
+		}
+	}
+	if rp.DockerHub && !strings.Contains(image, "/") {
+		image = "library/" + image
+	}
+	return rp, image, nil
+}
+
+// dockerHubHosts are the names Docker Hub's registry goes by.
+var dockerHubHosts = map[string]bool{"docker.io": true, "registry-1.docker.io": true, "index.docker.io": true}
+
+// proxyForHost returns the first proxy whose upstream is host (Docker
+// Hub's names are one) or lists it in ns_aliases.
+func (s *Server) proxyForHost(host string) *repo {
+	host = strings.ToLower(host)
+	for _, rp := range s.order {
+		if rp.Kind != KindProxy {
+			continue
+		}
+		up := strings.ToLower(rp.UpstreamHost)
+		if up == host || (dockerHubHosts[up] && dockerHubHosts[host]) {
+			return rp
+		}
+		for _, a := range rp.NSAliases {
+			if strings.EqualFold(a, host) {
+				return rp
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	status := map[string]string{}
+	ready := true
+	if err := s.store.Ping(ctx); err != nil {
+		status["store"] = err.Error()
+		ready = false
+	} else {
+		status["store"] = "ok"
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	_, cached := s.store.Stats()
+	for _, rp := range s.order {
+		if rp.Kind != KindProxy {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v := "ok"
+			if err := rp.Upstream.Ping(ctx); err != nil {
+				v = "unreachable, serving cache"
+				if cached == 0 {
+					v = "unreachable, nothing cached"
+				}
+			}
+			mu.Lock()
+			status["upstream "+rp.Name] = v
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	w.Header().Set("Content-Type", "application/json")
+	if !ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	json.NewEncoder(w).Encode(status)
+}
+
+// statusWriter records the status and body bytes of a response. It keeps
+// io.ReaderFrom so that files are still sent with sendfile.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(w.ResponseWriter, r)
+	}
+	w.bytes += n
+	return n, err
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// negCache remembers upstream 404s for a while.
+type negCache struct {
+	mu  sync.Mutex
+	m   map[string]time.Time
+	max int
+}
+
+func newNegCache(max int) *negCache { return &negCache{m: map[string]time.Time{}, max: max} }
+
+func (n *negCache) add(key string, ttl time.Duration) {
+	if ttl <= 0 {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.m) >= n.max {
+		now := time.Now()
+		for k, exp := range n.m {
+			if now.After(exp) {
+				delete(n.m, k)
+			}
+		}
+		if len(n.m) >= n.max {
+			n.m = map[string]time.Time{}
+		}
+	}
+	n.m[key] = time.Now().Add(ttl)
+}
+
+func (n *negCache) has(key string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	exp, ok := n.m[key]
+	if ok && time.Now().After(exp) {
+		delete(n.m, key)
+		return false
+	}
+	return ok
+}
+
+func (n *negCache) del(key string) {
+	n.mu.Lock()
+	delete(n.m, key)
+	n.mu.Unlock()
+}

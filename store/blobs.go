@@ -1,0 +1,299 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// BlobInfo describes a stored blob.
+type BlobInfo struct {
+	Digest  Digest
+	Size    int64
+	Created time.Time
+}
+
+type blobRecord struct {
+	Size    int64 `json:"size"`
+	Created int64 `json:"created"`
+}
+
+// Link kinds: how a repository came to hold a blob. A blob is served from a
+// repository only when it is linked there.
+const (
+	LinkPushed     = "pushed"     // uploaded to this repository
+	LinkMounted    = "mounted"    // mounted from another repository
+	LinkFetched    = "fetched"    // downloaded through this repository's upstream
+	LinkConfirmed  = "confirmed"  // upstream answered HEAD for it in this repository
+	LinkReferenced = "referenced" // named by a manifest this repository holds
+)
+
+type linkRecord struct {
+	Kind    string `json:"kind"`
+	Created int64  `json:"created"`
+}
+
+// Link records that repo holds d. An existing link is kept as it is.
+func (s *Store) Link(ctx context.Context, repo string, d Digest, kind string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return putLink(tx, repo, d, kind) })
+}
+
+// HasLink reports whether repo is known to hold d.
+func (s *Store) HasLink(ctx context.Context, repo string, d Digest) (bool, error) {
+	var ok bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketLinks).Get(repoKey(repo, d.String())) != nil
+		return nil
+	})
+	return ok, err
+}
+
+func putLink(tx *bolt.Tx, repo string, d Digest, kind string) error {
+	b := tx.Bucket(bucketLinks)
+	k := repoKey(repo, d.String())
+	if b.Get(k) != nil {
+		return nil
+	}
+	v, _ := json.Marshal(linkRecord{Kind: kind, Created: time.Now().UnixNano()})
+	return b.Put(k, v)
+}
+
+func getBlob(tx *bolt.Tx, d Digest) (blobRecord, error) {
+	var rec blobRecord
+	v := tx.Bucket(bucketBlobs).Get([]byte(d.String()))
+	if v == nil {
+		return rec, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	return rec, json.Unmarshal(v, &rec)
+}
+
+// StatBlob returns the index entry of d, or ErrNotFound.
+func (s *Store) StatBlob(ctx context.Context, d Digest) (BlobInfo, error) {
+	var info BlobInfo
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rec, err := getBlob(tx, d)
+		info = BlobInfo{Digest: d, Size: rec.Size, Created: time.Unix(0, rec.Created)}
+		return err
+	})
+	return info, err
+}
+
+// OpenBlob opens the file of d for reading and records the access. The
+// caller closes the file. A blob whose file is missing or of the wrong size
+// is reported as ErrNotFound and never served.
+func (s *Store) OpenBlob(ctx context.Context, d Digest) (*os.File, BlobInfo, error) {
+	info, err := s.StatBlob(ctx, d)
+	if err != nil {
+		return nil, info, err
+	}
+	f, err := os.Open(filepath.Join(s.dir, d.relPath()))
+	if err != nil {
+		s.log.Error("blob file missing", "digest", d, "err", err)
+		return nil, info, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	if st, err := f.Stat(); err != nil || st.Size() != info.Size {
+		f.Close()
+		s.log.Error("blob file has wrong size", "digest", d, "want", info.Size)
+		return nil, info, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	s.touch(d)
+	return f, info, nil
+}
+
+// BlobWriter writes one blob into tmp/, hashing as it goes. Commit moves it
+// into place; Close releases it and, if it was not committed, deletes the
+// temp file. ReadAt may be called concurrently with Write, so readers can
+// follow a blob while it is being written.
+type BlobWriter struct {
+	s    *Store
+	f    *os.File
+	path string
+	alg  string
+	h    hash.Hash
+
+	mu        sync.Mutex
+	n         int64
+	committed bool
+	closed    bool
+}
+
+// NewBlobWriter starts a blob whose digest will use alg ("sha256" or
+// "sha512"; "" means sha256).
+func (s *Store) NewBlobWriter(ctx context.Context, alg string) (*BlobWriter, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	if alg == "" {
+		alg = "sha256"
+	}
+	var rnd [12]byte
+	rand.Read(rnd[:])
+	path := filepath.Join(s.dir, "tmp", "blob-"+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return &BlobWriter{s: s, f: f, path: path, alg: alg, h: newHash(alg)}, nil
+}
+
+// Write appends p to the blob.
+func (w *BlobWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	w.mu.Lock()
+	w.n += int64(n)
+	w.mu.Unlock()
+	return n, err
+}
+
+// Size returns the number of bytes written so far.
+func (w *BlobWriter) Size() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.n
+}
+
+// ReadAt reads already written bytes; it is safe during Write.
+func (w *BlobWriter) ReadAt(p []byte, off int64) (int, error) { return w.f.ReadAt(p, off) }
+
+// Digest returns the digest of the bytes written so far, in the writer's
+// algorithm.
+func (w *BlobWriter) Digest() Digest {
+	return Digest{alg: w.alg, hex: hex.EncodeToString(w.h.Sum(nil))}
+}
+
+// Commit checks that the blob is want (and, if wantSize >= 0, that long),
+// makes it durable, moves it into blobs/ and enters it in the index with
+// the given links. On ErrDigestMismatch or ErrSizeMismatch nothing is
+// stored. Committing a blob that is already stored only adds the links.
+func (w *BlobWriter) Commit(ctx context.Context, want Digest, wantSize int64, links ...Link) (BlobInfo, error) {
+	size := w.Size()
+	if wantSize >= 0 && size != wantSize {
+		return BlobInfo{}, fmt.Errorf("%w: wrote %d bytes, expected %d", ErrSizeMismatch, size, wantSize)
+	}
+	got := w.Digest()
+	if want.alg != w.alg {
+		var err error
+		if got, err = w.rehash(want.alg); err != nil {
+			return BlobInfo{}, err
+		}
+	}
+	if got != want {
+		return BlobInfo{}, fmt.Errorf("%w: content is %s, expected %s", ErrDigestMismatch, got, want)
+	}
+	return w.s.commitFile(w, want, size, links)
+}
+
+func (w *BlobWriter) rehash(alg string) (Digest, error) {
+	h := newHash(alg)
+	if _, err := io.Copy(h, io.NewSectionReader(w.f, 0, w.Size())); err != nil {
+		return Digest{}, fmt.Errorf("store: rehash: %w", err)
+	}
+	return Digest{alg: alg, hex: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// Close releases the writer. An uncommitted blob's temp file is removed.
+// Readers that use ReadAt must be done before Close.
+func (w *BlobWriter) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	err := w.f.Close()
+	if !w.committed {
+		os.Remove(w.path)
+	}
+	return err
+}
+
+// Link names a repository that holds a blob being committed.
+type Link struct {
+	Repo string
+	Kind string
+}
+
+func (s *Store) commitFile(w *BlobWriter, d Digest, size int64, links []Link) (BlobInfo, error) {
+	if s.closed.Load() {
+		return BlobInfo{}, ErrClosed
+	}
+	final := filepath.Join(s.dir, d.relPath())
+	info := BlobInfo{Digest: d, Size: size, Created: time.Now()}
+	if existing, err := s.StatBlob(context.Background(), d); err == nil {
+		if st, err := os.Stat(final); err == nil && st.Size() == existing.Size {
+			// Already stored: only the links are new.
+			err := s.db.Update(func(tx *bolt.Tx) error { return putLinks(tx, d, links) })
+			return existing, err
+		}
+	}
+	if err := w.f.Sync(); err != nil {
+		return info, fmt.Errorf("store: sync: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(final), 0o750); err != nil {
+		return info, fmt.Errorf("store: %w", err)
+	}
+	if err := os.Rename(w.path, final); err != nil {
+		return info, fmt.Errorf("store: %w", err)
+	}
+	w.mu.Lock()
+	w.committed = true
+	w.mu.Unlock()
+	if err := syncDir(filepath.Dir(final)); err != nil {
+		return info, fmt.Errorf("store: sync dir: %w", err)
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBlobs)
+		if b.Get([]byte(d.String())) == nil {
+			v, _ := json.Marshal(blobRecord{Size: size, Created: info.Created.UnixNano()})
+			if err := b.Put([]byte(d.String()), v); err != nil {
+				return err
+			}
+			tx.OnCommit(func() {
+				s.count.Add(1)
+				s.bytes.Add(size)
+			})
+		}
+		return putLinks(tx, d, links)
+	})
+	if err != nil {
+		return info, fmt.Errorf("store: index %s: %w", d, err)
+	}
+	return info, nil
+}
+
+func putLinks(tx *bolt.Tx, d Digest, links []Link) error {
+	for _, l := range links {
+		if err := putLink(tx, l.Repo, d, l.Kind); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PutBlob stores b, which must hash to d, with the given links.
+func (s *Store) PutBlob(ctx context.Context, d Digest, b []byte, links ...Link) (BlobInfo, error) {
+	w, err := s.NewBlobWriter(ctx, d.Algorithm())
+	if err != nil {
+		return BlobInfo{}, err
+	}
+	defer w.Close()
+	if _, err := w.Write(b); err != nil {
+		return BlobInfo{}, fmt.Errorf("store: %w", err)
+	}
+	return w.Commit(ctx, d, int64(len(b)), links...)
+}
+
+// errStop ends a bbolt ForEach early.
+var errStop = errors.New("stop")

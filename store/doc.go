@@ -1,0 +1,34 @@
+// Package store keeps berth's content on local disk: a bbolt index of
+// repositories, tags, manifests and blob links, and content-addressed blob
+// files. It knows nothing of HTTP or upstream registries.
+//
+// Layout of a data directory:
+//
+//	data_dir/
+//	├── index.db                      bbolt: see the buckets below
+//	├── blobs/
+//	│   ├── sha256/ab/<hex>           blob and manifest bytes, one file each
+//	│   └── sha512/cd/<hex>
+//	└── tmp/                          downloads and uploads in progress;
+//	                                  emptied at start
+//
+// Buckets of index.db (keys use "\x00" between a repository path and the
+// rest; repository paths never contain it):
+//
+//	blobs      "<alg>:<hex>"            → blobRecord (size, created)
+//	links      "<repo>\x00<digest>"     → linkRecord (how repo came to hold it)
+//	manifests  "<repo>\x00<digest>"     → manifestRecord (media type, size)
+//	tags       "<repo>\x00<tag>"        → tagRecord (digest, last checked)
+//	access     "<alg>:<hex>"            → last access time (unix nanos)
+//
+// A repository path is "<berth repository>/<image name>", for example
+// "dockerhub/library/nginx".
+//
+// Writes are durable and atomic: a blob is written to tmp/, hashed while it
+// is written, fsynced, renamed into blobs/, the directory fsynced, and only
+// then is it entered in the index. A crash at any instant leaves at worst a
+// file without an index entry, never an index entry without a whole file.
+//
+// The warm read path writes nothing to bbolt: access times are kept in
+// memory and flushed in one transaction every few seconds.
+package store

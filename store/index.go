@@ -1,0 +1,193 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Manifest is a stored manifest of one repository.
+type Manifest struct {
+	Digest    Digest
+	MediaType string
+	Body      []byte
+	// Subject and ArtifactType are kept for the referrers API.
+	Subject      string
+	ArtifactType string
+	Annotations  map[string]string
+}
+
+type manifestRecord struct {
+	MediaType    string            `json:"mediaType"`
+	Size         int64             `json:"size"`
+	Subject      string            `json:"subject,omitempty"`
+	ArtifactType string            `json:"artifactType,omitempty"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
+	Created      int64             `json:"created"`
+}
+
+type tagRecord struct {
+	Digest  string `json:"digest"`
+	Checked int64  `json:"checked"`
+}
+
+// TagInfo is what a tag points at and when that was last confirmed.
+type TagInfo struct {
+	Digest  Digest
+	Checked time.Time
+}
+
+func repoKey(repo, rest string) []byte {
+	return []byte(repo + "\x00" + rest)
+}
+
+// PutManifest stores m in repo: its bytes as a blob, an index entry, a link
+// for it and for every digest in refs (the blobs and child manifests it
+// names), and, when tag is not empty, the tag pointing at it.
+func (s *Store) PutManifest(ctx context.Context, repo string, m Manifest, tag string, refs []Digest) error {
+	if _, err := s.PutBlob(ctx, m.Digest, m.Body); err != nil {
+		return err
+	}
+	rec := manifestRecord{
+		MediaType: m.MediaType, Size: int64(len(m.Body)), Subject: m.Subject,
+		ArtifactType: m.ArtifactType, Annotations: m.Annotations, Created: time.Now().UnixNano(),
+	}
+	v, _ := json.Marshal(rec)
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketManifests).Put(repoKey(repo, m.Digest.String()), v); err != nil {
+			return err
+		}
+		if err := putLink(tx, repo, m.Digest, LinkPushed); err != nil {
+			return err
+		}
+		for _, r := range refs {
+			if err := putLink(tx, repo, r, LinkReferenced); err != nil {
+				return err
+			}
+		}
+		if tag != "" {
+			return putTag(tx, repo, tag, m.Digest, time.Now())
+		}
+		return nil
+	})
+}
+
+func putTag(tx *bolt.Tx, repo, tag string, d Digest, checked time.Time) error {
+	v, _ := json.Marshal(tagRecord{Digest: d.String(), Checked: checked.UnixNano()})
+	return tx.Bucket(bucketTags).Put(repoKey(repo, tag), v)
+}
+
+// HasManifest reports whether repo holds the manifest d.
+func (s *Store) HasManifest(ctx context.Context, repo string, d Digest) (bool, error) {
+	var ok bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketManifests).Get(repoKey(repo, d.String())) != nil
+		return nil
+	})
+	return ok, err
+}
+
+// GetManifest returns the manifest d of repo, or ErrNotFound.
+func (s *Store) GetManifest(ctx context.Context, repo string, d Digest) (Manifest, error) {
+	var rec manifestRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketManifests).Get(repoKey(repo, d.String()))
+		if v == nil {
+			return fmt.Errorf("manifest %s@%s: %w", repo, d, ErrNotFound)
+		}
+		return json.Unmarshal(v, &rec)
+	})
+	if err != nil {
+		return Manifest{}, err
+	}
+	body, err := os.ReadFile(filepath.Join(s.dir, d.relPath()))
+	if err != nil || int64(len(body)) != rec.Size {
+		s.log.Error("manifest file missing or wrong size", "digest", d, "err", err)
+		return Manifest{}, fmt.Errorf("manifest %s: %w", d, ErrNotFound)
+	}
+	s.touch(d)
+	return Manifest{
+		Digest: d, MediaType: rec.MediaType, Body: body, Subject: rec.Subject,
+		ArtifactType: rec.ArtifactType, Annotations: rec.Annotations,
+	}, nil
+}
+
+// ResolveTag returns what tag points at in repo, or ErrNotFound.
+func (s *Store) ResolveTag(ctx context.Context, repo, tag string) (TagInfo, error) {
+	var rec tagRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketTags).Get(repoKey(repo, tag))
+		if v == nil {
+			return fmt.Errorf("tag %s:%s: %w", repo, tag, ErrNotFound)
+		}
+		return json.Unmarshal(v, &rec)
+	})
+	if err != nil {
+		return TagInfo{}, err
+	}
+	d, err := ParseDigest(rec.Digest)
+	return TagInfo{Digest: d, Checked: time.Unix(0, rec.Checked)}, err
+}
+
+// TagChecked records that tag still points at d as of t.
+func (s *Store) TagChecked(ctx context.Context, repo, tag string, d Digest, t time.Time) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return putTag(tx, repo, tag, d, t) })
+}
+
+// DeleteTag removes tag from repo. A missing tag is ErrNotFound.
+func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTags)
+		k := repoKey(repo, tag)
+		if b.Get(k) == nil {
+			return fmt.Errorf("tag %s:%s: %w", repo, tag, ErrNotFound)
+		}
+		return b.Delete(k)
+	})
+}
+
+// Tags returns the tags of repo, sorted.
+func (s *Store) Tags(ctx context.Context, repo string) ([]string, error) {
+	var tags []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		prefix := repoKey(repo, "")
+		c := tx.Bucket(bucketTags).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			tags = append(tags, string(k[len(prefix):]))
+		}
+		return nil
+	})
+	sort.Strings(tags)
+	return tags, err
+}
+
+// Repositories returns the repository paths that hold at least one
+// manifest and start with prefix, sorted.
+func (s *Store) Repositories(ctx context.Context, prefix string) ([]string, error) {
+	var out []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketManifests).Cursor()
+		last := ""
+		for k, _ := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, _ = c.Next() {
+			repo, _, ok := strings.Cut(string(k), "\x00")
+			if ok && repo != last {
+				out = append(out, repo)
+				last = repo
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// IsNotFound reports whether err means something is not in the store.
+func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }

@@ -1,0 +1,257 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Errors returned by Store methods; match them with errors.Is.
+var (
+	// ErrNotFound is returned when a blob, manifest, tag or link is not in
+	// the index (or its file is gone).
+	ErrNotFound = errors.New("not found")
+	// ErrDigestMismatch is returned by BlobWriter.Commit when the written
+	// bytes do not hash to the expected digest. Nothing is stored.
+	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrSizeMismatch is returned by BlobWriter.Commit when the number of
+	// bytes written differs from the expected size. Nothing is stored.
+	ErrSizeMismatch = errors.New("size mismatch")
+	// ErrClosed is returned by methods called after Close.
+	ErrClosed = errors.New("store closed")
+)
+
+var (
+	bucketBlobs     = []byte("blobs")
+	bucketLinks     = []byte("links")
+	bucketManifests = []byte("manifests")
+	bucketTags      = []byte("tags")
+	bucketAccess    = []byte("access")
+	allBuckets      = [][]byte{bucketBlobs, bucketLinks, bucketManifests, bucketTags, bucketAccess}
+)
+
+// Options tune a Store. The zero value is ready to use.
+type Options struct {
+	// Logger receives the store's log lines. Nil discards them.
+	Logger *slog.Logger
+	// FlushInterval is how often in-memory access times are written to
+	// the index. Zero means 5s.
+	FlushInterval time.Duration
+}
+
+// Store is berth's local content store. It is safe for concurrent use.
+type Store struct {
+	dir string
+	db  *bolt.DB
+	log *slog.Logger
+
+	bytes atomic.Int64 // sum of blob sizes in the index
+	count atomic.Int64 // number of blobs in the index
+
+	accessMu sync.Mutex
+	access   map[string]int64 // digest → unix nanos, not yet flushed
+
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	closed atomic.Bool
+}
+
+// Open opens (creating if needed) the store in dir. It empties dir/tmp,
+// which holds only work in progress, and starts the access-time flusher.
+func Open(dir string, opts Options) (*Store, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	for _, sub := range []string{"blobs", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o750); err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+	}
+	if err := emptyDir(filepath.Join(dir, "tmp")); err != nil {
+		return nil, fmt.Errorf("store: empty tmp: %w", err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("store: open index: %w", err)
+	}
+	s := &Store{dir: dir, db: db, log: log, access: map[string]int64{}, stop: make(chan struct{})}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		var n, total int64
+		err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+			var rec blobRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("blob record %s: %w", k, err)
+			}
+			n++
+			total += rec.Size
+			return nil
+		})
+		s.count.Store(n)
+		s.bytes.Store(total)
+		return err
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	interval := opts.FlushInterval
+	if interval <= 0 {
+		interval = 5 * time.Second
+	}
+	s.wg.Add(1)
+	go s.flushLoop(interval)
+	return s, nil
+}
+
+// Close flushes access times and closes the index. Blob files already
+// opened by callers stay readable.
+func (s *Store) Close() error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	close(s.stop)
+	s.wg.Wait()
+	s.flushAccess()
+	return s.db.Close()
+}
+
+// Dir returns the data directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Stats returns the total size and number of blobs (manifests included).
+func (s *Store) Stats() (bytes, count int64) { return s.bytes.Load(), s.count.Load() }
+
+// Ping reports whether the index is open and readable.
+func (s *Store) Ping(ctx context.Context) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return s.db.View(func(tx *bolt.Tx) error { return nil })
+}
+
+func (s *Store) touch(d Digest) {
+	now := time.Now().UnixNano()
+	s.accessMu.Lock()
+	s.access[d.String()] = now
+	s.accessMu.Unlock()
+}
+
+func (s *Store) flushLoop(every time.Duration) {
+	defer s.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.flushAccess()
+		}
+	}
+}
+
+// flushAccess writes the access times gathered since the last flush in one
+// transaction.
+func (s *Store) flushAccess() {
+	s.accessMu.Lock()
+	pending := s.access
+	s.access = map[string]int64{}
+	s.accessMu.Unlock()
+	if len(pending) == 0 {
+		return
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		blobs, acc := tx.Bucket(bucketBlobs), tx.Bucket(bucketAccess)
+		for k, t := range pending {
+			if blobs.Get([]byte(k)) == nil {
+				continue // evicted or deleted since
+			}
+			if err := acc.Put([]byte(k), encodeInt(t)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Error("flush access times", "err", err)
+	}
+}
+
+// LastAccess returns when d was last read, or its creation time when it
+// was never read. It includes access times not yet flushed.
+func (s *Store) LastAccess(ctx context.Context, d Digest) (time.Time, error) {
+	s.accessMu.Lock()
+	t, ok := s.access[d.String()]
+	s.accessMu.Unlock()
+	if ok {
+		return time.Unix(0, t), nil
+	}
+	var out time.Time
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rec, err := getBlob(tx, d)
+		if err != nil {
+			return err
+		}
+		out = time.Unix(0, rec.Created)
+		if v := tx.Bucket(bucketAccess).Get([]byte(d.String())); len(v) == 8 {
+			out = time.Unix(0, decodeInt(v))
+		}
+		return nil
+	})
+	return out, err
+}
+
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+func encodeInt(v int64) []byte {
+	b := make([]byte, 8)
+	for i := 7; i >= 0; i-- {
+		b[i] = byte(v)
+		v >>= 8
+	}
+	return b
+}
+
+func decodeInt(b []byte) int64 {
+	var v int64
+	for _, c := range b {
+		v = v<<8 | int64(c)
+	}
+	return v
+}

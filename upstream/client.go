@@ -1,0 +1,318 @@
+package upstream
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"golang.org/x/sync/singleflight"
+)
+
+// ManifestAccept is the Accept header sent for manifests: every type berth
+// stores and serves.
+var ManifestAccept = strings.Join([]string{
+	"application/vnd.oci.image.index.v1+json",
+	"application/vnd.oci.image.manifest.v1+json",
+	"application/vnd.docker.distribution.manifest.list.v2+json",
+	"application/vnd.docker.distribution.manifest.v2+json",
+}, ", ")
+
+// Options configure a Client. Only URL is required.
+type Options struct {
+	// URL of the registry, "https://host[:port]" or "http://host:port".
+	URL string
+	// Username and Password for the registry; empty means anonymous.
+	Username, Password string
+	// HeaderTimeout bounds the wait for response headers of each HTTP
+	// exchange. Zero means 30s.
+	HeaderTimeout time.Duration
+	// Attempts is the number of tries for idempotent requests. Zero means 3.
+	Attempts int
+	// UserAgent is sent with every request. Empty means "berth".
+	UserAgent string
+	// Observe, if set, is called once per HTTP exchange.
+	Observe func(method string, status int, d time.Duration, err error)
+	// Logger receives debug lines. Nil discards them.
+	Logger *slog.Logger
+	// Transport is the base transport. Nil means a pooled http.Transport.
+	Transport http.RoundTripper
+}
+
+// Client talks to one upstream registry. It is safe for concurrent use.
+type Client struct {
+	url  *url.URL
+	reg  name.Registry
+	auth authn.Authenticator
+	base http.RoundTripper
+	opts Options
+	log  *slog.Logger
+
+	flight singleflight.Group
+
+	mu        sync.Mutex
+	challenge *transport.Challenge
+	images    map[string]*imageTransport
+}
+
+type imageTransport struct {
+	rt       http.RoundTripper
+	lastUsed time.Time
+}
+
+// maxImageTransports bounds the per-image token cache.
+const maxImageTransports = 4096
+
+// New returns a client for the registry at opts.URL. It does no I/O.
+func New(opts Options) (*Client, error) {
+	u, err := url.Parse(opts.URL)
+	if err != nil {
+		return nil, fmt.Errorf("upstream url: %w", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("upstream url %q: scheme must be http or https", opts.URL)
+	}
+	if u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return nil, fmt.Errorf("upstream url %q: want scheme://host[:port] with no path, query or credentials", opts.URL)
+	}
+	var nopts []name.Option
+	if u.Scheme == "http" {
+		nopts = append(nopts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(u.Host, nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("upstream url %q: %w", opts.URL, err)
+	}
+	if opts.HeaderTimeout <= 0 {
+		opts.HeaderTimeout = 30 * time.Second
+	}
+	if opts.Attempts <= 0 {
+		opts.Attempts = 3
+	}
+	if opts.UserAgent == "" {
+		opts.UserAgent = "berth"
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	base := opts.Transport
+	if base == nil {
+		base = &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			ForceAttemptHTTP2:     true,
+			MaxIdleConns:          256,
+			MaxIdleConnsPerHost:   64,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   10 * time.Second,
+			ResponseHeaderTimeout: opts.HeaderTimeout,
+			ExpectContinueTimeout: time.Second,
+		}
+	}
+	if opts.Observe != nil {
+		base = &observeTransport{inner: base, observe: opts.Observe}
+	}
+	base = transport.NewUserAgent(base, opts.UserAgent)
+	var auth authn.Authenticator = authn.Anonymous
+	if opts.Username != "" || opts.Password != "" {
+		auth = &authn.Basic{Username: opts.Username, Password: opts.Password}
+	}
+	return &Client{
+		url: u, reg: reg, auth: auth, base: base, opts: opts, log: log,
+		images: map[string]*imageTransport{},
+	}, nil
+}
+
+// Host returns the upstream's host[:port].
+func (c *Client) Host() string { return c.url.Host }
+
+// URL returns the upstream's base URL.
+func (c *Client) URL() string { return c.url.Scheme + "://" + c.url.Host }
+
+// Ping asks GET /v2/ and remembers the auth challenge. A 200 or a 401 with
+// a challenge is a healthy upstream.
+func (c *Client) Ping(ctx context.Context) error {
+	_, err := c.ping(ctx, true)
+	return err
+}
+
+func (c *Client) ping(ctx context.Context, force bool) (*transport.Challenge, error) {
+	c.mu.Lock()
+	ch := c.challenge
+	c.mu.Unlock()
+	if ch != nil && !force {
+		return ch, nil
+	}
+	v, err, _ := c.flight.Do("\x00ping", func() (any, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL()+"/v2/", nil)
+		if err != nil {
+			return nil, err
+		}
+		rt := &retryTransport{inner: c.base, attempts: c.opts.Attempts, base: 200 * time.Millisecond, maxWait: 5 * time.Second}
+		resp, err := rt.RoundTrip(req)
+		if err != nil {
+			return nil, &transportError{err}
+		}
+		ch := &transport.Challenge{Insecure: c.url.Scheme == "http"}
+		switch resp.StatusCode {
+		case http.StatusOK:
+			resp.Body.Close()
+		case http.StatusUnauthorized:
+			ch.Scheme, ch.Parameters = parseChallenge(resp.Header.Get("WWW-Authenticate"))
+			resp.Body.Close()
+		default:
+			return nil, errorFrom(resp)
+		}
+		c.mu.Lock()
+		c.challenge = ch
+		c.mu.Unlock()
+		return ch, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*transport.Challenge), nil
+}
+
+// transportFor returns an authenticated transport for pulls of image,
+// exchanging a token on first use. Tokens refresh themselves on 401.
+func (c *Client) transportFor(ctx context.Context, image string) (http.RoundTripper, error) {
+	c.mu.Lock()
+	if it, ok := c.images[image]; ok {
+		it.lastUsed = time.Now()
+		c.mu.Unlock()
+		return it.rt, nil
+	}
+	c.mu.Unlock()
+	v, err, _ := c.flight.Do(image, func() (any, error) {
+		ch, err := c.ping(ctx, false)
+		if err != nil {
+			return nil, err
+		}
+		var rt http.RoundTripper
+		if strings.EqualFold(ch.Scheme, "bearer") {
+			repo := c.reg.Repo(image)
+			tok, err := transport.Exchange(ctx, c.reg, c.auth, c.base, []string{repo.Scope(transport.PullScope)}, ch)
+			if err != nil {
+				// A stale challenge (the upstream moved its realm) is
+				// refreshed on the next call.
+				c.mu.Lock()
+				c.challenge = nil
+				c.mu.Unlock()
+				return nil, classify(fmt.Errorf("upstream token for %s: %w", image, err))
+			}
+			if rt, err = transport.FromToken(c.reg, c.auth, c.base, ch, tok); err != nil {
+				return nil, err
+			}
+		} else {
+			var err error
+			if rt, err = transport.FromToken(c.reg, c.auth, c.base, ch, &transport.Token{}); err != nil {
+				return nil, err
+			}
+		}
+		rt = &retryTransport{inner: rt, attempts: c.opts.Attempts, base: 200 * time.Millisecond, maxWait: 5 * time.Second}
+		c.mu.Lock()
+		if len(c.images) >= maxImageTransports {
+			c.evictOldestLocked()
+		}
+		c.images[image] = &imageTransport{rt: rt, lastUsed: time.Now()}
+		c.mu.Unlock()
+		return rt, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(http.RoundTripper), nil
+}
+
+func (c *Client) evictOldestLocked() {
+	var oldest string
+	var t time.Time
+	for k, v := range c.images {
+		if oldest == "" || v.lastUsed.Before(t) {
+			oldest, t = k, v.lastUsed
+		}
+	}
+	delete(c.images, oldest)
+}
+
+// classify marks token-exchange failures: transport errors from ggcr carry
+// a status; anything else is a network failure.
+func classify(err error) error {
+	var te *transport.Error
+	if ok := asTransportError(err, &te); ok {
+		e := &Error{StatusCode: te.StatusCode, Method: http.MethodGet, URL: "token"}
+		return fmt.Errorf("%w (%v)", e, err)
+	}
+	return &transportError{err}
+}
+
+// do sends one request for image and returns a 2xx response or an error.
+func (c *Client) do(ctx context.Context, image, method, path string, hdr http.Header) (*http.Response, error) {
+	rt, err := c.transportFor(ctx, image)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.URL()+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	client := &http.Client{
+		Transport: rt,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= 10 {
+				return fmt.Errorf("stopped after 10 redirects")
+			}
+			// The bearer transport adds Authorization only for the
+			// registry host; drop anything else that could leak.
+			if req.URL.Host != c.url.Host {
+				req.Header.Del("Authorization")
+			}
+			return nil
+		},
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &transportError{err}
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return nil, errorFrom(resp)
+	}
+	return resp, nil
+}
+
+// Manifest asks for image's manifest ref (tag or digest) with GET or HEAD.
+// On success the response carries Content-Type and usually
+// Docker-Content-Digest; the caller closes its body.
+func (c *Client) Manifest(ctx context.Context, method, image, ref string) (*http.Response, error) {
+	return c.do(ctx, image, method, "/v2/"+image+"/manifests/"+ref, http.Header{"Accept": {ManifestAccept}})
+}
+
+// Blob asks for image's blob dgst with GET or HEAD, following redirects.
+func (c *Client) Blob(ctx context.Context, method, image, dgst string) (*http.Response, error) {
+	return c.do(ctx, image, method, "/v2/"+image+"/blobs/"+dgst, nil)
+}
+
+// Tags asks for image's tag list; query carries n and last.
+func (c *Client) Tags(ctx context.Context, image string, query url.Values) (*http.Response, error) {
+	p := "/v2/" + image + "/tags/list"
+	if len(query) > 0 {
+		p += "?" + query.Encode()
+	}
+	return c.do(ctx, image, http.MethodGet, p, nil)
+}
