@@ -118,12 +118,12 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 		serveBlobFile(w, r, d, f)
 		return nil
 	}
-	ra := dl.readerAt(ctx)
-	serveBlobFile(w, r, d, io.NewSectionReader(ra, 0, size))
-	if ra.err != nil && !errors.Is(ra.err, context.Canceled) {
+	rd := dl.reader(ctx, size)
+	serveBlobFile(w, r, d, rd)
+	if rd.err != nil && !errors.Is(rd.err, context.Canceled) {
 		// The body is cut short: abort the connection so the client sees
 		// an error rather than a clean short response.
-		s.log.Warn("blob stream ended early", "repository", rp.Name, "name", image, "digest", d, "err", ra.err)
+		s.log.Warn("blob stream ended early", "repository", rp.Name, "name", image, "digest", d, "err", rd.err)
 		panic(http.ErrAbortHandler)
 	}
 	return nil

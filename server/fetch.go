@@ -201,25 +201,55 @@ func (d *download) Err() error {
 	return d.err
 }
 
-// readerAt returns an io.ReaderAt over the blob that blocks until the bytes
-// asked for have arrived (or ctx ends, or the download fails).
-func (d *download) readerAt(ctx context.Context) *dlReaderAt { return &dlReaderAt{d: d, ctx: ctx} }
-
-type dlReaderAt struct {
-	d   *download
-	ctx context.Context
-	err error // the first error other than io.EOF returned
+// reader returns an io.ReadSeeker over the blob (size bytes, known from
+// the upstream's Content-Length). Read returns the bytes that have arrived
+// and blocks only when none past the offset have (or ctx ends, or the
+// download fails), so clients stream at the upstream's pace.
+func (d *download) reader(ctx context.Context, size int64) *dlReader {
+	return &dlReader{d: d, ctx: ctx, size: size}
 }
 
-func (r *dlReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	n, err := r.readAt(p, off)
+type dlReader struct {
+	d    *download
+	ctx  context.Context
+	size int64
+	off  int64
+	err  error // the first error other than io.EOF returned
+}
+
+func (r *dlReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.off
+	case io.SeekEnd:
+		offset += r.size
+	default:
+		return 0, errors.New("seek: invalid whence")
+	}
+	if offset < 0 {
+		return 0, errors.New("seek: negative position")
+	}
+	r.off = offset
+	return offset, nil
+}
+
+func (r *dlReader) Read(p []byte) (int, error) {
+	n, err := r.read(p)
+	r.off += int64(n)
 	if err != nil && err != io.EOF && r.err == nil {
 		r.err = err
 	}
 	return n, err
 }
 
-func (r *dlReaderAt) readAt(p []byte, off int64) (int, error) {
+func (r *dlReader) read(p []byte) (int, error) {
+	if r.off >= r.size {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > r.size-r.off {
+		p = p[:r.size-r.off]
+	}
 	d := r.d
 	for {
 		d.mu.Lock()
@@ -231,20 +261,16 @@ func (r *dlReaderAt) readAt(p []byte, off int64) (int, error) {
 		if !ok {
 			limit = written - 1
 		}
-		end := off + int64(len(p))
-		switch {
-		case end <= limit:
-			return d.w.ReadAt(p, off)
-		case ok:
-			if off >= written {
-				return 0, io.EOF
+		if r.off < limit {
+			if avail := limit - r.off; int64(len(p)) > avail {
+				p = p[:avail]
 			}
-			n, rerr := d.w.ReadAt(p[:written-off], off)
-			if rerr == nil {
-				rerr = io.EOF
-			}
-			return n, rerr
-		case done || err != nil:
+			return d.w.ReadAt(p, r.off)
+		}
+		if ok {
+			return 0, io.EOF
+		}
+		if done || err != nil {
 			return 0, fmt.Errorf("%w: %v", errDownloadFailed, err)
 		}
 		select {

@@ -317,7 +317,10 @@ func (s *Server) proxyTags(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 32<<20)).Decode(&list); err != nil {
 		return fmt.Errorf("upstream tag list: %w", err)
 	}
-	if link := resp.Header.Get("Link"); link != "" && len(list.Tags) > 0 {
+	// A next page may exist when upstream says so, or when this page is
+	// as long as asked (some registries send no Link header).
+	full := q.Get("n") != "" && strconv.Itoa(len(list.Tags)) == q.Get("n")
+	if (resp.Header.Get("Link") != "" || full) && len(list.Tags) > 0 {
 		next := url.Values{"last": {list.Tags[len(list.Tags)-1]}}
 		if n := q.Get("n"); n != "" {
 			next.Set("n", n)
