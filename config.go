@@ -89,7 +89,7 @@ func (d Duration) String() string { return time.Duration(d).String() }
 // Size is a byte count written as "100GiB", "500MB" or a plain number.
 type Size int64
 
-var sizeRe = regexp.MustCompile(`^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?i?B?)\s*$`)
+var sizeRe = regexp.MustCompile(`^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?I?B?)\s*$`)
 
 // UnmarshalText parses sizes with decimal (KB, MB, GB, TB) or binary (KiB,
 // MiB, GiB, TiB) units.

@@ -139,6 +139,9 @@ func (s *Server) manifestMiss(w http.ResponseWriter, r *http.Request, rp *repo, 
 			s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
 			return fmt.Errorf("upstream HEAD %s@%s answered digest %s", image, ref, dg)
 		}
+		if !strings.Contains(ref, ":") && dg != "" {
+			rp.pending.add(rp.Name+"/"+image, ref, dg)
+		}
 		s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
 		for _, h := range []string{"Content-Type", "Docker-Content-Digest", "Content-Length"} {
 			if v := resp.Header.Get(h); v != "" {
@@ -227,10 +230,20 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 	if pm.subject != nil {
 		m.Subject = pm.subject.Digest
 	}
-	if err := s.store.PutManifest(ctx, rp.Name+"/"+image, m, tag, pm.refs()); err != nil {
+	path := rp.Name + "/" + image
+	if err := s.store.PutManifest(ctx, path, m, tag, pm.refs()); err != nil {
 		// Pass through: serve what upstream sent even if it cannot be kept.
 		s.m.passThrough.WithLabelValues(rp.Name, "store_error").Inc()
 		s.log.Error("cache manifest", "repository", rp.Name, "name", image, "ref", ref, "err", err)
+		return m, nil
+	}
+	if tag == "" {
+		tags, checked := rp.pending.take(path, dg.String())
+		for _, t := range tags {
+			if err := s.store.TagChecked(ctx, path, t, dg, checked); err != nil {
+				return m, err
+			}
+		}
 	}
 	return m, nil
 }

@@ -731,3 +731,24 @@ func TestMetricsEndpoint(t *testing.T) {
 		}
 	}
 }
+
+// TestHeadThenDigestCachesTag: Docker's pull is HEAD manifests/<tag>, then
+// GET manifests/<digest>; the tag must end up cached so that it can be
+// served (stale) when the upstream is down.
+func TestHeadThenDigestCachesTag(t *testing.T) {
+	up := newFakeUpstream(t)
+	want := up.push("app", "v1", randomImage(t, 512, 1))
+	b := newTestBerth(t, up, func(r *Repository, o *Options) { r.TagTTL = time.Millisecond })
+	resp := b.get("HEAD", "/v2/app/manifests/v1")
+	readAll(t, resp)
+	readAll(t, b.get("GET", "/v2/app/manifests/"+resp.Header.Get("Docker-Content-Digest")))
+	up.srv.Close()
+	time.Sleep(2 * time.Millisecond)
+	for _, method := range []string{"HEAD", "GET"} {
+		resp = b.get(method, "/v2/app/manifests/v1")
+		readAll(t, resp)
+		if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != want.String() {
+			t.Fatalf("%s with upstream down: %d", method, resp.StatusCode)
+		}
+	}
+}

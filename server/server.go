@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -99,7 +100,8 @@ type Server struct {
 
 type repo struct {
 	Repository
-	neg *negCache
+	neg     *negCache
+	pending *pendingTags
 }
 
 // maxManifestSize is the largest manifest berth accepts or caches.
@@ -127,7 +129,7 @@ func New(opts Options) (*Server, error) {
 		if r.Kind == KindProxy && r.Upstream == nil {
 			return nil, fmt.Errorf("server: proxy repository %q has no upstream", r.Name)
 		}
-		rp := &repo{Repository: r, neg: newNegCache(100_000)}
+		rp := &repo{Repository: r, neg: newNegCache(100_000), pending: newPendingTags(10_000)}
 		s.repos[r.Name] = rp
 		s.order = append(s.order, rp)
 	}
@@ -436,4 +438,51 @@ func (n *negCache) del(key string) {
 	n.mu.Lock()
 	delete(n.m, key)
 	n.mu.Unlock()
+}
+
+// pendingTags remembers, for a short while, what an upstream HEAD said a
+// tag points at. Docker asks HEAD manifests/<tag>, then GET
+// manifests/<digest>; when that manifest is fetched the tag is recorded
+// with it, so that the tag is cached (and can be served stale) too.
+type pendingTags struct {
+	mu  sync.Mutex
+	m   map[string]pendingTag // "<path>@<digest>" → tag
+	max int
+}
+
+type pendingTag struct {
+	tags    []string
+	checked time.Time
+}
+
+const pendingTagTTL = 5 * time.Minute
+
+func newPendingTags(max int) *pendingTags { return &pendingTags{m: map[string]pendingTag{}, max: max} }
+
+func (p *pendingTags) add(path, tag, digest string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.m) >= p.max {
+		p.m = map[string]pendingTag{}
+	}
+	k := path + "@" + digest
+	pt := p.m[k]
+	if !slices.Contains(pt.tags, tag) {
+		pt.tags = append(pt.tags, tag)
+	}
+	pt.checked = time.Now()
+	p.m[k] = pt
+}
+
+// take returns and forgets the tags last seen pointing at digest.
+func (p *pendingTags) take(path, digest string) ([]string, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := path + "@" + digest
+	pt, ok := p.m[k]
+	delete(p.m, k)
+	if !ok || time.Since(pt.checked) > pendingTagTTL {
+		return nil, time.Time{}
+	}
+	return pt.tags, pt.checked
 }

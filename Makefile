@@ -1,0 +1,46 @@
+# berth — see README.md.
+GO      ?= go
+BIN     := build/berth
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+ARGS    ?=
+
+.PHONY: all build run tools test unit e2e lint fuzz bench soak clean
+
+all: build
+
+## build: the static binary in build/berth
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) .
+
+## run: build and serve with the default config (Docker Hub proxy on :5000, data in ./berth-data)
+run: build
+	./$(BIN) serve $(ARGS)
+
+## tools: install the pinned test tools (registry, crane, regctl, oras, conformance, skopeo, docker.io)
+tools:
+	./scripts/install-tools.sh
+
+## lint: gofmt and go vet
+lint:
+	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags e2e ./e2e/
+
+## unit: unit and integration tests (in-process upstream), with the race detector
+unit:
+	$(GO) test -race -count=1 ./...
+
+## e2e: the built binary against real registries, clients and a Docker daemon
+e2e: tools build
+	BERTH_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -timeout 15m -v ./e2e/
+
+## test: everything CI runs
+test: lint unit e2e
+
+## fuzz: a short run of each fuzz target
+fuzz:
+	$(GO) test ./server/ -run '^$$' -fuzz FuzzParsePath -fuzztime 30s
+
+clean:
+	rm -rf build

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigErrorsNameTheKey(t *testing.T) {
+	base := `[[repository]]
+name = "hub"
+kind = "proxy"
+url = "https://registry-1.docker.io"
+`
+	tests := []struct {
+		name, toml, want string
+	}{
+		{"unknown top key", "colour = 1\n" + base, "unknown key(s): colour"},
+		{"unknown repo key", base + "tagttl = \"1h\"\n", "repository.tagttl"},
+		{"bad duration", base + "tag_ttl = \"soon\"\n", `invalid duration "soon"`},
+		{"negative duration", base + "not_found_ttl = \"-1s\"\n", "invalid duration"},
+		{"bad size", "[storage]\nmax_size = \"lots\"\n" + base, `invalid size "lots"`},
+		{"bad size unit", "[storage]\nmax_size = \"10XB\"\n" + base, "invalid size"},
+		{"water marks", "[storage]\nhigh_water = 0.5\nlow_water = 0.7\n" + base, "low_water < high_water"},
+		{"duplicate", base + base, `repository "hub": duplicate name`},
+		{"no url", "[[repository]]\nname = \"x\"\nkind = \"proxy\"\n", `repository "x": url is required`},
+		{"bad url", "[[repository]]\nname = \"x\"\nkind = \"proxy\"\nurl = \"ftp://x\"\n", `url "ftp://x"`},
+		{"url with path", "[[repository]]\nname = \"x\"\nkind = \"proxy\"\nurl = \"https://x/v2\"\n", `want http(s)://host[:port]`},
+		{"bad name", "[[repository]]\nname = \"Hub/x\"\nkind = \"proxy\"\nurl = \"https://x\"\n", "name must be lowercase"},
+		{"no kind", "[[repository]]\nname = \"x\"\n", "kind is required"},
+		{"bad kind", "[[repository]]\nname = \"x\"\nkind = \"mirror\"\n", `kind "mirror"`},
+		{"no repositories", "listen = \":1\"\n", "no [[repository]]"},
+		{"default unknown", "default_repository = \"nope\"\n" + base, `default_repository "nope"`},
+		{"tls half", "tls_cert = \"a\"\n" + base, "tls_cert and tls_key go together"},
+		{"listener", base + "[[listener]]\nlisten = \":1\"\nrepository = \"nope\"\n", "listener[0]"},
+		{"password twice", base + "password = \"a\"\npassword_file = \"/x\"\n", "exclusive"},
+		{"not toml", "[[repository\n", "config:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := loadConfig(strings.NewReader(tt.toml))
+			if err == nil {
+				err = c.setDefaults()
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	c := defaultConfig()
+	if err := c.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	r := c.Repositories[0]
+	if c.Listen != ":5000" || c.DataDir != "./berth-data" || c.DefaultRepository != "dockerhub" ||
+		r.URL != "https://registry-1.docker.io" || time.Duration(r.TagTTL) != time.Hour ||
+		time.Duration(r.NotFoundTTL) != time.Minute || !*r.ServeStale || !*r.AnonymousPull {
+		t.Fatalf("defaults: %+v %+v", c, r)
+	}
+}
+
+func TestSizesAndDurations(t *testing.T) {
+	for in, want := range map[string]Size{"100GiB": 100 << 30, "500GB": 500e9, "1.5TiB": 3 << 39, "42": 42, "10 MiB": 10 << 20, "1kb": 1000} {
+		var s Size
+		if err := s.UnmarshalText([]byte(in)); err != nil || s != want {
+			t.Errorf("size %q = %d, %v; want %d", in, s, err, want)
+		}
+	}
+	for in, want := range map[string]time.Duration{"90s": 90 * time.Second, "7d": 7 * 24 * time.Hour, "1h30m": 90 * time.Minute} {
+		var d Duration
+		if err := d.UnmarshalText([]byte(in)); err != nil || time.Duration(d) != want {
+			t.Errorf("duration %q = %v, %v", in, d, err)
+		}
+	}
+}
+
+func TestPasswordSources(t *testing.T) {
+	t.Setenv("BERTH_TEST_PW", "from-env")
+	r := RepositoryConfig{Name: "x", Password: "${BERTH_TEST_PW}"}
+	if pw, err := r.password(); err != nil || pw != "from-env" {
+		t.Fatalf("env: %q %v", pw, err)
+	}
+	r.Password = "${BERTH_TEST_UNSET_VAR}"
+	if _, err := r.password(); err == nil || !strings.Contains(err.Error(), "BERTH_TEST_UNSET_VAR") {
+		t.Fatalf("unset env: %v", err)
+	}
+	f := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(f, []byte("from-file\n"), 0o600)
+	r = RepositoryConfig{Name: "x", PasswordFile: f}
+	if pw, err := r.password(); err != nil || pw != "from-file" {
+		t.Fatalf("file: %q %v", pw, err)
+	}
+}
+
+func TestCheckConfigMasksCredentials(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "berth.toml")
+	os.WriteFile(f, []byte(`[[repository]]
+name = "private"
+kind = "proxy"
+url = "https://registry.example"
+username = "robot"
+password = "hunter2"
+`), 0o600)
+	var out, errOut bytes.Buffer
+	if err := newApp(&out, &errOut).Run([]string{"berth", "check-config", f}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "hunter2") || !strings.Contains(out.String(), "robot:****") {
+		t.Fatalf("check-config output:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "?ns=registry.example") {
+		t.Errorf("no routing table:\n%s", out.String())
+	}
+}

@@ -1,0 +1,363 @@
+//go:build e2e
+
+// Package e2e drives the built berth binary with real parts: distribution's
+// registry as the upstream, real clients (crane, regctl, skopeo, oras) and
+// a private Docker daemon. Tools come from scripts/install-tools.sh.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+var (
+	toolsBin string // crane, regctl, oras, registry
+	berthBin string
+)
+
+func TestMain(m *testing.M) {
+	root, _ := filepath.Abs("..")
+	toolsBin = os.Getenv("TOOLS_BIN")
+	if toolsBin == "" {
+		toolsBin = filepath.Join(root, "build", "tools", "bin")
+	}
+	berthBin = os.Getenv("BERTH_BIN")
+	if berthBin == "" {
+		berthBin = filepath.Join(root, "build", "berth")
+		cmd := exec.Command("go", "build", "-o", berthBin, ".")
+		cmd.Dir, cmd.Stdout, cmd.Stderr = root, os.Stderr, os.Stderr
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build berth:", err)
+			os.Exit(1)
+		}
+	}
+	os.Exit(m.Run())
+}
+
+func tool(name string) string {
+	if p := filepath.Join(toolsBin, name); fileExists(p) {
+		return p
+	}
+	return name
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// proc is a started process whose output goes to a log file; it is
+// stopped at cleanup.
+type proc struct {
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	err  error
+}
+
+func start(t *testing.T, env []string, bin string, args ...string) *proc {
+	t.Helper()
+	logf, err := os.CreateTemp(t.TempDir(), filepath.Base(bin)+"-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", bin, err)
+	}
+	p := &proc{cmd: cmd, log: logf.Name(), done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); logf.Close(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop(syscall.SIGTERM, 20*time.Second)
+		if t.Failed() {
+			b, _ := os.ReadFile(p.log)
+			t.Logf("---- %s log (last 3000 bytes) ----\n%s", filepath.Base(bin), tail(string(b), 3000))
+		}
+	})
+	return p
+}
+
+// stop signals the process group and waits; after timeout it kills it.
+func (p *proc) stop(sig syscall.Signal, timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return p.err
+	default:
+	}
+	syscall.Kill(-p.cmd.Process.Pid, sig)
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+	return p.err
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func waitHTTP(t *testing.T, url string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode < 500 {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s not up after %s", url, timeout)
+}
+
+// run runs a command with a time limit and returns its stdout; it fails
+// the test on error.
+func run(t *testing.T, timeout time.Duration, env []string, bin string, args ...string) string {
+	t.Helper()
+	out, err := runErr(timeout, env, bin, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", filepath.Base(bin), strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func runErr(timeout time.Duration, env []string, bin string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// upstreamRegistry is distribution's registry on a free port, behind a
+// reverse proxy that counts blob GETs.
+type upstreamRegistry struct {
+	proc  *proc
+	addr  string // the registry itself
+	proxy string // the counting proxy berth talks to
+
+	mu       sync.Mutex
+	blobGets map[string]int
+	down     bool
+}
+
+func startRegistry(t *testing.T) *upstreamRegistry {
+	t.Helper()
+	dir := t.TempDir()
+	port := freePort(t)
+	cfg := fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:%d
+`, filepath.Join(dir, "data"), port)
+	os.WriteFile(filepath.Join(dir, "config.yml"), []byte(cfg), 0o644)
+	u := &upstreamRegistry{addr: fmt.Sprintf("127.0.0.1:%d", port), blobGets: map[string]int{}}
+	u.proc = start(t, nil, tool("registry"), "serve", filepath.Join(dir, "config.yml"))
+	waitHTTP(t, "http://"+u.addr+"/v2/", 20*time.Second)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.proxy = ln.Addr().String()
+	blobRe := regexp.MustCompile(`/blobs/(sha256:[0-9a-f]{64})$`)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		down := u.down
+		if m := blobRe.FindStringSubmatch(r.URL.Path); m != nil && r.Method == "GET" {
+			u.blobGets[m[1]]++
+		}
+		u.mu.Unlock()
+		if down {
+			hj, _ := w.(http.Hijacker)
+			conn, _, _ := hj.Hijack()
+			conn.Close()
+			return
+		}
+		forward(w, r, u.addr)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return u
+}
+
+// forward relays r to addr (plain HTTP), copying status, headers and body.
+func forward(w http.ResponseWriter, r *http.Request, addr string) {
+	req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://"+addr+r.URL.RequestURI(), r.Body)
+	req.Header = r.Header.Clone()
+	req.ContentLength = r.ContentLength
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(w, resp.Body)
+}
+
+func (u *upstreamRegistry) gets(d string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.blobGets[d]
+}
+
+func (u *upstreamRegistry) setDown(v bool) {
+	u.mu.Lock()
+	u.down = v
+	u.mu.Unlock()
+}
+
+func (u *upstreamRegistry) ref(t *testing.T, s string) name.Reference {
+	ref, err := name.ParseReference(u.addr+"/"+s, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// testImage is a linux image of random layers (real gzip'd tars), so that
+// Docker can unpack it.
+func testImage(t *testing.T, arch string, layers int, size int64) v1.Image {
+	t.Helper()
+	img := empty.Image
+	for i := 0; i < layers; i++ {
+		l, err := random.Layer(size, "application/vnd.docker.image.rootfs.diff.tar.gzip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img, err = mutate.AppendLayers(img, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", arch
+	cf.Config.Cmd = []string{"/bin/true"}
+	img, err := mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func (u *upstreamRegistry) push(t *testing.T, repo string, img v1.Image) v1.Hash {
+	t.Helper()
+	if err := remote.Write(u.ref(t, repo), img); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	return d
+}
+
+func (u *upstreamRegistry) pushIndex(t *testing.T, repo string, imgs map[string]v1.Image) v1.Hash {
+	t.Helper()
+	var idx v1.ImageIndex = empty.Index
+	for arch, img := range imgs {
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+	}
+	if err := remote.WriteIndex(u.ref(t, repo), idx); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := idx.Digest()
+	return d
+}
+
+// berth is the built binary, started with a config file.
+type berth struct {
+	proc *proc
+	addr string
+	dir  string
+}
+
+func startBerth(t *testing.T, config string) *berth {
+	t.Helper()
+	dir := t.TempDir()
+	port := freePort(t)
+	cfgPath := filepath.Join(dir, "berth.toml")
+	os.WriteFile(cfgPath, []byte(config), 0o644)
+	b := &berth{addr: fmt.Sprintf("127.0.0.1:%d", port), dir: dir}
+	b.proc = start(t, nil, berthBin, "serve", "--config", cfgPath, "--listen", b.addr, "--data-dir", filepath.Join(dir, "data"))
+	waitHTTP(t, "http://"+b.addr+"/healthz", 20*time.Second)
+	return b
+}
+
+// metric sums the samples of a metric whose labels include all of want.
+func (b *berth) metric(t *testing.T, name string, want ...string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + b.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for _, w := range want {
+			if !strings.Contains(line, w) {
+				ok = false
+			}
+		}
+		if ok {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
+}
