@@ -34,6 +34,9 @@ type StorageConfig struct {
 	MaxSize   Size    `toml:"max_size"`   // 0: no limit
 	HighWater float64 `toml:"high_water"` // fraction of max_size; default 0.9
 	LowWater  float64 `toml:"low_water"`  // default 0.8
+	// UploadTTL is how long an unfinished push may sit idle before its
+	// session and bytes are removed. Default 24h.
+	UploadTTL Duration `toml:"upload_ttl"`
 }
 
 // RepositoryConfig is one [[repository]].
@@ -197,6 +200,9 @@ func (c *Config) setDefaults() error {
 	if c.Storage.LowWater == 0 {
 		c.Storage.LowWater = 0.8
 	}
+	if c.Storage.UploadTTL == 0 {
+		c.Storage.UploadTTL = Duration(24 * time.Hour)
+	}
 	if c.Storage.HighWater <= 0 || c.Storage.HighWater > 1 || c.Storage.LowWater <= 0 || c.Storage.LowWater >= c.Storage.HighWater {
 		return errors.New("config: storage: want 0 < low_water < high_water <= 1")
 	}
@@ -244,12 +250,28 @@ func (c *Config) setDefaults() error {
 			if len(r.Members) > 0 || r.PushTo != "" {
 				return fmt.Errorf("config: %s: members and push_to are for groups", where)
 			}
-		case "hosted", "group":
-			return fmt.Errorf("config: %s: kind %q is not supported yet (only proxy)", where, r.Kind)
+		case "hosted":
+			if r.AnonymousPull == nil {
+				r.AnonymousPull = ptr(true)
+			}
+			if r.URL != "" || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
+				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
+			}
+			if len(r.Members) > 0 || r.PushTo != "" {
+				return fmt.Errorf("config: %s: members and push_to are for groups", where)
+			}
+		case "group":
+			return fmt.Errorf("config: %s: kind %q is not supported yet (proxy and hosted are)", where, r.Kind)
 		case "":
 			return fmt.Errorf("config: %s: kind is required (proxy, hosted or group)", where)
 		default:
 			return fmt.Errorf("config: %s: kind %q: want proxy, hosted or group", where, r.Kind)
+		}
+	}
+	for _, r := range c.Repositories {
+		if !*r.AnonymousPull {
+			return fmt.Errorf("config: repository %q: anonymous_pull = false needs access control, which berth does not have yet; "+
+				"until then every repository is open to anyone who can reach it", r.Name)
 		}
 	}
 	if c.DefaultRepository == "" {

@@ -38,6 +38,9 @@ url = "https://registry-1.docker.io"
 		{"listener", base + "[[listener]]\nlisten = \":1\"\nrepository = \"nope\"\n", "listener[0]"},
 		{"password twice", base + "password = \"a\"\npassword_file = \"/x\"\n", "exclusive"},
 		{"not toml", "[[repository\n", "config:"},
+		{"hosted with url", "[[repository]]\nname = \"h\"\nkind = \"hosted\"\nurl = \"https://x\"\n", "are for proxies"},
+		{"group not yet", "[[repository]]\nname = \"g\"\nkind = \"group\"\n", "not supported yet"},
+		{"private pull without auth", base + "anonymous_pull = false\n", "needs access control"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

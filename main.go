@@ -293,6 +293,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.mu.Unlock()
 	close(m.ready)
+	go m.expireUploads(ctx)
 	select {
 	case <-ctx.Done():
 		m.log.Info("shutting down: draining requests")
@@ -315,6 +316,24 @@ func (m *Main) shutdown() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// expireUploads removes abandoned push sessions now and then.
+func (m *Main) expireUploads(ctx context.Context) {
+	ttl := time.Duration(m.cfg.Storage.UploadTTL)
+	every := min(ttl/4, time.Hour)
+	for {
+		if n, err := m.store.ExpireUploads(ctx, ttl); err != nil {
+			m.log.Error("expire uploads", "err", err)
+		} else if n > 0 {
+			m.log.Info("expired abandoned uploads", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
 }
 
 // Addrs waits until Run listens and returns the listener addresses, the

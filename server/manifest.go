@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"mime"
 	"strconv"
+	"strings"
 
 	"github.com/berth-registry/berth/store"
 )
@@ -125,11 +126,20 @@ func parseManifest(body []byte, contentType string) (*parsedManifest, error) {
 			return nil, err
 		}
 		for i, d := range doc.Layers {
+			if nonDistributable(d.MediaType) {
+				// Foreign layers live elsewhere; the digest is still checked.
+				if _, err := store.ParseDigest(d.Digest); err != nil {
+					return nil, errf(codeManifestInvalid, "layers[%d]: %v", i, err)
+				}
+				continue
+			}
 			if err := add(&p.blobs, d, fmt.Sprintf("layers[%d]", i)); err != nil {
 				return nil, err
 			}
 		}
-		if mt == mtOCIManifest && p.artifactType == "" && doc.Config.MediaType != "application/vnd.oci.image.config.v1+json" {
+		// end-12: an image manifest's artifactType defaults to its config
+		// media type.
+		if mt == mtOCIManifest && p.artifactType == "" {
 			p.artifactType = doc.Config.MediaType
 		}
 	}
@@ -139,4 +149,9 @@ func parseManifest(body []byte, contentType string) (*parsedManifest, error) {
 		}
 	}
 	return p, nil
+}
+
+// nonDistributable reports layer types that registries need not hold.
+func nonDistributable(mediaType string) bool {
+	return strings.Contains(mediaType, ".nondistributable.") || strings.Contains(mediaType, ".foreign.")
 }

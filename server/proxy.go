@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -352,11 +351,16 @@ func writeTagList(w http.ResponseWriter, r *http.Request, name string, tags []st
 }
 
 func writeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	return writeJSONTyped(w, r, v)
+}
+
+// writeJSONTyped writes v as JSON with the Content-Type already set.
+func writeJSONTyped(w http.ResponseWriter, r *http.Request, v any) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
@@ -415,5 +419,3 @@ func paginate(all []string, q url.Values) (page []string, next string, err error
 }
 
 func (e *regError) withStatus(s int) *regError { e.Status = s; return e }
-
-var _ = bytes.NewReader

@@ -37,6 +37,15 @@ type Store interface {
 	HasLink(ctx context.Context, repo string, d store.Digest) (bool, error)
 	PutManifest(ctx context.Context, repo string, m store.Manifest, tag string, refs []store.Digest) error
 	GetManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
+	HasManifest(ctx context.Context, repo string, d store.Digest) (bool, error)
+	DeleteManifest(ctx context.Context, repo string, d store.Digest) error
+	Unlink(ctx context.Context, repo string, d store.Digest) error
+	Referrers(ctx context.Context, repo string, subject store.Digest) ([]store.Referrer, error)
+	CreateUpload(ctx context.Context, repo string) (store.Upload, error)
+	GetUpload(ctx context.Context, repo, id string) (store.Upload, error)
+	AppendUpload(ctx context.Context, repo, id string, start int64, r io.Reader, size int64) (store.Upload, error)
+	FinishUpload(ctx context.Context, repo, id string, r io.Reader, size int64, want store.Digest) (store.BlobInfo, error)
+	DeleteUpload(ctx context.Context, repo, id string) error
 	ResolveTag(ctx context.Context, repo, tag string) (store.TagInfo, error)
 	TagChecked(ctx context.Context, repo, tag string, d store.Digest, t time.Time) error
 	DeleteTag(ctx context.Context, repo, tag string) error
@@ -158,6 +167,7 @@ func (s *Server) Handler(listenerRepo string) http.Handler {
 // reqInfo is what a handler learned, for the request's log line and
 // metrics.
 type reqInfo struct {
+	listener         string // the listener's repository
 	repo, image, ref string
 	kind             string
 	result           string // cache result
@@ -176,7 +186,7 @@ func infoOf(ctx context.Context) *reqInfo {
 func (s *Server) v2Handler(listenerRepo string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		info := &reqInfo{repo: "-", kind: "other"}
+		info := &reqInfo{repo: "-", kind: "other", listener: listenerRepo}
 		sw := &statusWriter{ResponseWriter: w}
 		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, info))
 		sw.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
@@ -247,6 +257,8 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 	switch rp.Kind {
 	case KindProxy:
 		return s.serveProxy(w, r, rp, image, rt)
+	case KindHosted:
+		return s.serveHosted(w, r, rp, image, rt)
 	}
 	return errf(codeUnsupported, "repository %q of kind %s cannot serve this yet", rp.Name, rp.Kind)
 }

@@ -9,8 +9,11 @@
 //	├── blobs/
 //	│   ├── sha256/ab/<hex>           blob and manifest bytes, one file each
 //	│   └── sha512/cd/<hex>
-//	└── tmp/                          downloads and uploads in progress;
-//	                                  emptied at start
+//	├── uploads/<id>                  pushes in progress (chunked uploads);
+//	                                  they survive a restart, expire after
+//	                                  the upload TTL
+//	└── tmp/                          downloads in progress and monolithic
+//	                                  uploads; emptied at start
 //
 // Buckets of index.db (keys use "\x00" between a repository path and the
 // rest; repository paths never contain it):
@@ -20,6 +23,8 @@
 //	manifests  "<repo>\x00<digest>"     → manifestRecord (media type, size)
 //	tags       "<repo>\x00<tag>"        → tagRecord (digest, last checked)
 //	access     "<alg>:<hex>"            → last access time (unix nanos)
+//	uploads    "<id>"                   → Upload (repo, offset, hash state)
+//	referrers  "<repo>\x00<subject>\x00<digest>" → referrer descriptor
 //
 // A repository path is "<berth repository>/<image name>", for example
 // "dockerhub/library/nginx".

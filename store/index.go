@@ -74,10 +74,100 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m Manifest, tag st
 				return err
 			}
 		}
+		if m.Subject != "" {
+			ref, _ := json.Marshal(Referrer{Digest: m.Digest.String(), MediaType: m.MediaType, Size: int64(len(m.Body)),
+				ArtifactType: m.ArtifactType, Annotations: m.Annotations})
+			if err := tx.Bucket(bucketReferrers).Put(repoKey(repo, m.Subject+"\x00"+m.Digest.String()), ref); err != nil {
+				return err
+			}
+		}
 		if tag != "" {
 			return putTag(tx, repo, tag, m.Digest, time.Now())
 		}
 		return nil
+	})
+}
+
+// Referrer describes a manifest whose subject is another manifest.
+type Referrer struct {
+	Digest       string            `json:"digest"`
+	MediaType    string            `json:"mediaType"`
+	Size         int64             `json:"size"`
+	ArtifactType string            `json:"artifactType,omitempty"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
+}
+
+// Referrers returns the manifests of repo whose subject is subject.
+func (s *Store) Referrers(ctx context.Context, repo string, subject Digest) ([]Referrer, error) {
+	var out []Referrer
+	err := s.db.View(func(tx *bolt.Tx) error {
+		prefix := repoKey(repo, subject.String()+"\x00")
+		c := tx.Bucket(bucketReferrers).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var r Referrer
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// DeleteManifest removes manifest d from repo with every tag pointing at
+// it. Its bytes stay until garbage collection. Returns ErrNotFound when
+// repo does not hold it.
+func (s *Store) DeleteManifest(ctx context.Context, repo string, d Digest) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		mb := tx.Bucket(bucketManifests)
+		k := repoKey(repo, d.String())
+		v := mb.Get(k)
+		if v == nil {
+			return fmt.Errorf("manifest %s@%s: %w", repo, d, ErrNotFound)
+		}
+		var rec manifestRecord
+		json.Unmarshal(v, &rec)
+		if err := mb.Delete(k); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketLinks).Delete(k); err != nil {
+			return err
+		}
+		if rec.Subject != "" {
+			if err := tx.Bucket(bucketReferrers).Delete(repoKey(repo, rec.Subject+"\x00"+d.String())); err != nil {
+				return err
+			}
+		}
+		tags := tx.Bucket(bucketTags)
+		prefix := repoKey(repo, "")
+		var drop [][]byte
+		c := tags.Cursor()
+		for tk, tv := c.Seek(prefix); tk != nil && bytes.HasPrefix(tk, prefix); tk, tv = c.Next() {
+			var tr tagRecord
+			if json.Unmarshal(tv, &tr) == nil && tr.Digest == d.String() {
+				drop = append(drop, bytes.Clone(tk))
+			}
+		}
+		for _, tk := range drop {
+			if err := tags.Delete(tk); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Unlink removes repo's link to blob d (its bytes stay until garbage
+// collection). Returns ErrNotFound when there was no link.
+func (s *Store) Unlink(ctx context.Context, repo string, d Digest) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketLinks)
+		k := repoKey(repo, d.String())
+		if b.Get(k) == nil {
+			return fmt.Errorf("blob %s@%s: %w", repo, d, ErrNotFound)
+		}
+		return b.Delete(k)
 	})
 }
 

@@ -37,7 +37,8 @@ var (
 	bucketManifests = []byte("manifests")
 	bucketTags      = []byte("tags")
 	bucketAccess    = []byte("access")
-	allBuckets      = [][]byte{bucketBlobs, bucketLinks, bucketManifests, bucketTags, bucketAccess}
+	bucketReferrers = []byte("referrers")
+	allBuckets      = [][]byte{bucketBlobs, bucketLinks, bucketManifests, bucketTags, bucketAccess, bucketUploads, bucketReferrers}
 )
 
 // Options tune a Store. The zero value is ready to use.
@@ -61,6 +62,8 @@ type Store struct {
 	accessMu sync.Mutex
 	access   map[string]int64 // digest → unix nanos, not yet flushed
 
+	uploads uploadLocks
+
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	closed atomic.Bool
@@ -73,7 +76,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	for _, sub := range []string{"blobs", "tmp"} {
+	for _, sub := range []string{"blobs", "tmp", "uploads"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o750); err != nil {
 			return nil, fmt.Errorf("store: %w", err)
 		}
