@@ -27,9 +27,12 @@ func startDockerd(t *testing.T, mirror string) *dockerd {
 	sock := "unix://" + dir + "/docker.sock"
 	noNet := []string{"HTTP_PROXY=http://127.0.0.1:9", "HTTPS_PROXY=http://127.0.0.1:9", "NO_PROXY=127.0.0.1,localhost",
 		"http_proxy=http://127.0.0.1:9", "https_proxy=http://127.0.0.1:9", "no_proxy=127.0.0.1,localhost"}
-	start(t, noNet, "dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
-		"--data-root", dir+"/data", "--exec-root", dir+"/exec", "--pidfile", dir+"/docker.pid", "-H", sock,
-		"--registry-mirror", "http://"+mirror)
+	args := []string{"--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
+		"--data-root", dir + "/data", "--exec-root", dir + "/exec", "--pidfile", dir + "/docker.pid", "-H", sock}
+	if mirror != "" {
+		args = append(args, "--registry-mirror", "http://"+mirror)
+	}
+	start(t, noNet, "dockerd", args...)
 	d := &dockerd{env: append(noNet, "DOCKER_HOST="+sock)}
 	deadline := time.Now().Add(60 * time.Second)
 	for {

@@ -29,6 +29,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 var (
@@ -161,9 +162,14 @@ func run(t *testing.T, timeout time.Duration, env []string, bin string, args ...
 }
 
 func runErr(timeout time.Duration, env []string, bin string, args ...string) (string, error) {
+	return runErrDir("", timeout, env, bin, args...)
+}
+
+func runErrDir(dir string, timeout time.Duration, env []string, bin string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -301,7 +307,8 @@ func (u *upstreamRegistry) push(t *testing.T, repo string, img v1.Image) v1.Hash
 
 func (u *upstreamRegistry) pushIndex(t *testing.T, repo string, imgs map[string]v1.Image) v1.Hash {
 	t.Helper()
-	var idx v1.ImageIndex = empty.Index
+	// A Docker manifest list of Docker manifests, as on Docker Hub.
+	var idx v1.ImageIndex = mutate.IndexMediaType(empty.Index, types.DockerManifestList)
 	for arch, img := range imgs {
 		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
 	}
