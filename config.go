@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -261,11 +262,39 @@ func (c *Config) setDefaults() error {
 				return fmt.Errorf("config: %s: members and push_to are for groups", where)
 			}
 		case "group":
-			return fmt.Errorf("config: %s: kind %q is not supported yet (proxy and hosted are)", where, r.Kind)
+			if r.AnonymousPull == nil {
+				r.AnonymousPull = ptr(true)
+			}
+			if r.URL != "" || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
+				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
+			}
+			if len(r.Members) == 0 {
+				return fmt.Errorf("config: %s: members is required for a group", where)
+			}
 		case "":
 			return fmt.Errorf("config: %s: kind is required (proxy, hosted or group)", where)
 		default:
 			return fmt.Errorf("config: %s: kind %q: want proxy, hosted or group", where, r.Kind)
+		}
+	}
+	kinds := map[string]string{}
+	for _, r := range c.Repositories {
+		kinds[r.Name] = r.Kind
+	}
+	for _, r := range c.Repositories {
+		if r.Kind != "group" {
+			continue
+		}
+		for _, m := range r.Members {
+			if kinds[m] == "" {
+				return fmt.Errorf("config: repository %q: member %q is not a configured repository", r.Name, m)
+			}
+		}
+		if r.PushTo != "" && (kinds[r.PushTo] != "hosted" || !slices.Contains(r.Members, r.PushTo)) {
+			return fmt.Errorf("config: repository %q: push_to %q must be one of its hosted members", r.Name, r.PushTo)
+		}
+		if cycle := findCycle(c.Repositories, r.Name, nil); cycle != nil {
+			return fmt.Errorf("config: group cycle: %s", strings.Join(cycle, " → "))
 		}
 	}
 	for _, r := range c.Repositories {
@@ -313,3 +342,21 @@ func (r *RepositoryConfig) password() (string, error) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// findCycle returns a path of group memberships that comes back to a group
+// already on it, or nil.
+func findCycle(repos []RepositoryConfig, name string, path []string) []string {
+	if i := slices.Index(path, name); i >= 0 {
+		return append(path[i:], name)
+	}
+	for _, r := range repos {
+		if r.Name == name && r.Kind == "group" {
+			for _, m := range r.Members {
+				if c := findCycle(repos, m, append(path, name)); c != nil {
+					return c
+				}
+			}
+		}
+	}
+	return nil
+}

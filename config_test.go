@@ -39,7 +39,11 @@ url = "https://registry-1.docker.io"
 		{"password twice", base + "password = \"a\"\npassword_file = \"/x\"\n", "exclusive"},
 		{"not toml", "[[repository\n", "config:"},
 		{"hosted with url", "[[repository]]\nname = \"h\"\nkind = \"hosted\"\nurl = \"https://x\"\n", "are for proxies"},
-		{"group not yet", "[[repository]]\nname = \"g\"\nkind = \"group\"\n", "not supported yet"},
+		{"group without members", "[[repository]]\nname = \"g\"\nkind = \"group\"\n", "members is required"},
+		{"group unknown member", base + "[[repository]]\nname = \"g\"\nkind = \"group\"\nmembers = [\"hub\", \"nope\"]\n", `member "nope"`},
+		{"push_to a proxy", base + "[[repository]]\nname = \"g\"\nkind = \"group\"\nmembers = [\"hub\"]\npush_to = \"hub\"\n", "push_to \"hub\" must be one of its hosted members"},
+		{"group cycle", base + "[[repository]]\nname = \"a\"\nkind = \"group\"\nmembers = [\"hub\", \"b\"]\n[[repository]]\nname = \"b\"\nkind = \"group\"\nmembers = [\"a\"]\n", "group cycle: a → b → a"},
+		{"group self", "[[repository]]\nname = \"a\"\nkind = \"group\"\nmembers = [\"a\"]\n", "group cycle: a → a"},
 		{"private pull without auth", base + "anonymous_pull = false\n", "needs access control"},
 	}
 	for _, tt := range tests {

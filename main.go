@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -153,13 +154,24 @@ func printConfig(w io.Writer, cfg *Config) {
 	fmt.Fprintf(w, "data_dir: %s\nmax_size: %s (evict above %.0f%% down to %.0f%%)\n",
 		cfg.DataDir, cfg.Storage.MaxSize, cfg.Storage.HighWater*100, cfg.Storage.LowWater*100)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nREPOSITORY\tKIND\tUPSTREAM\tTAG TTL\tNOT FOUND TTL\tSERVE STALE\tANONYMOUS PULL\tCREDENTIALS")
+	fmt.Fprintln(tw, "\nREPOSITORY\tKIND\tUPSTREAM / MEMBERS\tTAG TTL\tNOT FOUND TTL\tSERVE STALE\tANONYMOUS PULL\tCREDENTIALS")
 	for _, r := range cfg.Repositories {
 		cred := "-"
-		if r.Username != "" {
+		if r.Username != "" || r.Password != "" || r.PasswordFile != "" {
 			cred = r.Username + ":****"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%t\t%t\t%s\n", r.Name, r.Kind, r.URL, r.TagTTL, r.NotFoundTTL, *r.ServeStale, *r.AnonymousPull, cred)
+		target, ttl, nf, stale := r.URL, r.TagTTL.String(), r.NotFoundTTL.String(), fmt.Sprint(*r.ServeStale)
+		switch r.Kind {
+		case "group":
+			target = strings.Join(r.Members, " → ")
+			if r.PushTo != "" {
+				target += " (push to " + r.PushTo + ")"
+			}
+			ttl, nf, stale = "-", "-", "-"
+		case "hosted":
+			target, ttl, nf, stale = "-", "-", "-", "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%t\t%s\n", r.Name, r.Kind, target, ttl, nf, stale, *r.AnonymousPull, cred)
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "\nROUTING")
@@ -168,15 +180,28 @@ func printConfig(w io.Writer, cfg *Config) {
 		fmt.Fprintf(w, "  listener %s → %s\n", l.Listen, l.Repository)
 	}
 	for _, r := range cfg.Repositories {
-		fmt.Fprintf(w, "  path prefix /v2/%s/… → %s\n", r.Name, r.Name)
+		prefixes := []string{"/v2/" + r.Name + "/…"}
+		var ns []string
 		if r.Kind == "proxy" {
 			host := upstreamHost(r.URL)
-			fmt.Fprintf(w, "  ?ns=%s and path prefix /v2/%s/… → %s\n", host, host, r.Name)
-			for _, a := range r.NSAliases {
-				fmt.Fprintf(w, "  ?ns=%s → %s\n", a, r.Name)
+			prefixes = append(prefixes, "/v2/"+host+"/…")
+			ns = append(ns, host)
+			if dockerHubHost(host) {
+				ns = append(ns, "docker.io", "index.docker.io", "registry-1.docker.io")
 			}
+			ns = append(ns, r.NSAliases...)
+			slices.Sort(ns)
+			ns = slices.Compact(ns)
+		}
+		fmt.Fprintf(w, "  path prefix %s → %s\n", strings.Join(prefixes, ", "), r.Name)
+		if len(ns) > 0 {
+			fmt.Fprintf(w, "  ?ns=%s → %s\n", strings.Join(ns, ", ?ns="), r.Name)
 		}
 	}
+}
+
+func dockerHubHost(h string) bool {
+	return h == "registry-1.docker.io" || h == "index.docker.io" || h == "docker.io"
 }
 
 func upstreamHost(u string) string {
@@ -218,6 +243,7 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 		r := server.Repository{
 			Name: rc.Name, Kind: rc.Kind, TagTTL: time.Duration(rc.TagTTL), NotFoundTTL: time.Duration(rc.NotFoundTTL),
 			ServeStale: *rc.ServeStale, AnonymousPull: *rc.AnonymousPull, NSAliases: rc.NSAliases,
+			Members: rc.Members, PushTo: rc.PushTo,
 		}
 		if rc.Kind == "proxy" {
 			pw, err := rc.password()
@@ -238,7 +264,7 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 				return nil, fmt.Errorf("repository %q: %w", rc.Name, err)
 			}
 			r.Upstream, r.UpstreamHost = up, up.Host()
-			r.DockerHub = map[string]bool{"registry-1.docker.io": true, "index.docker.io": true, "docker.io": true}[up.Host()]
+			r.DockerHub = dockerHubHost(up.Host())
 			if rc.LibraryPrefix != nil {
 				r.DockerHub = *rc.LibraryPrefix
 			}

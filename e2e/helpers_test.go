@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -182,12 +183,18 @@ type upstreamRegistry struct {
 	addr  string // the registry itself
 	proxy string // the counting proxy berth talks to
 
+	auth bool
+
 	mu       sync.Mutex
 	blobGets map[string]int
 	down     bool
 }
 
-func startRegistry(t *testing.T) *upstreamRegistry {
+func startRegistry(t *testing.T) *upstreamRegistry { return startRegistryAuth(t, "") }
+
+// startRegistryAuth starts distribution's registry; with an htpasswd file
+// it demands basic auth.
+func startRegistryAuth(t *testing.T, htpasswd string) *upstreamRegistry {
 	t.Helper()
 	dir := t.TempDir()
 	port := freePort(t)
@@ -202,10 +209,14 @@ storage:
 http:
   addr: 127.0.0.1:%d
 `, filepath.Join(dir, "data"), port)
+	if htpasswd != "" {
+		cfg += fmt.Sprintf("auth:\n  htpasswd:\n    realm: e2e\n    path: %s\n", htpasswd)
+	}
 	os.WriteFile(filepath.Join(dir, "config.yml"), []byte(cfg), 0o644)
 	u := &upstreamRegistry{addr: fmt.Sprintf("127.0.0.1:%d", port), blobGets: map[string]int{}}
 	u.proc = start(t, nil, tool("registry"), "serve", filepath.Join(dir, "config.yml"))
 	waitHTTP(t, "http://"+u.addr+"/v2/", 20*time.Second)
+	u.auth = htpasswd != ""
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -305,6 +316,16 @@ func (u *upstreamRegistry) push(t *testing.T, repo string, img v1.Image) v1.Hash
 	return d
 }
 
+// pushAuth pushes with basic credentials.
+func (u *upstreamRegistry) pushAuth(t *testing.T, repo string, img v1.Image, user, pass string) v1.Hash {
+	t.Helper()
+	if err := remote.Write(u.ref(t, repo), img, remote.WithAuth(&authn.Basic{Username: user, Password: pass})); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	return d
+}
+
 func (u *upstreamRegistry) pushIndex(t *testing.T, repo string, imgs map[string]v1.Image) v1.Hash {
 	t.Helper()
 	// A Docker manifest list of Docker manifests, as on Docker Hub.
@@ -328,12 +349,17 @@ type berth struct {
 
 func startBerth(t *testing.T, config string) *berth {
 	t.Helper()
+	return startBerthEnv(t, config)
+}
+
+func startBerthEnv(t *testing.T, config string, env ...string) *berth {
+	t.Helper()
 	dir := t.TempDir()
 	port := freePort(t)
 	cfgPath := filepath.Join(dir, "berth.toml")
 	os.WriteFile(cfgPath, []byte(config), 0o644)
 	b := &berth{addr: fmt.Sprintf("127.0.0.1:%d", port), dir: dir}
-	b.proc = start(t, nil, berthBin, "serve", "--config", cfgPath, "--listen", b.addr, "--data-dir", filepath.Join(dir, "data"))
+	b.proc = start(t, env, berthBin, "serve", "--config", cfgPath, "--listen", b.addr, "--data-dir", filepath.Join(dir, "data"))
 	waitHTTP(t, "http://"+b.addr+"/healthz", 20*time.Second)
 	return b
 }

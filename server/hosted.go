@@ -20,7 +20,12 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 	read := m == http.MethodGet || m == http.MethodHead
 	switch {
 	case rt.kind == routeManifest && read:
-		return s.hostedGetManifest(w, r, path, rt)
+		m, err := s.hostedManifest(r.Context(), path, rt)
+		if err != nil {
+			return err
+		}
+		infoOf(r.Context()).source = "cache"
+		return serveManifest(w, r, m)
 	case rt.kind == routeManifest && m == http.MethodPut:
 		return s.putManifest(w, r, path, rt)
 	case rt.kind == routeManifest && m == http.MethodDelete:
@@ -68,23 +73,21 @@ func notFoundAs(err error, code, format string, args ...any) error {
 	return err
 }
 
-// hostedGetManifest: GET/HEAD /v2/<name>/manifests/<ref> (end-3).
-func (s *Server) hostedGetManifest(w http.ResponseWriter, r *http.Request, path string, rt route) error {
-	ctx := r.Context()
+// hostedManifest finds /v2/<name>/manifests/<ref> (end-3) in the store.
+func (s *Server) hostedManifest(ctx context.Context, path string, rt route) (store.Manifest, error) {
 	d := rt.digest
 	if d.IsZero() {
 		ti, err := s.store.ResolveTag(ctx, path, rt.ref)
 		if err != nil {
-			return notFoundAs(err, codeManifestUnknown, "manifest %s unknown", rt.ref)
+			return store.Manifest{}, notFoundAs(err, codeManifestUnknown, "manifest %s unknown", rt.ref)
 		}
 		d = ti.Digest
 	}
 	m, err := s.store.GetManifest(ctx, path, d)
 	if err != nil {
-		return notFoundAs(err, codeManifestUnknown, "manifest %s unknown", rt.ref)
+		return store.Manifest{}, notFoundAs(err, codeManifestUnknown, "manifest %s unknown", rt.ref)
 	}
-	infoOf(ctx).source = "cache"
-	return serveManifest(w, r, m)
+	return m, nil
 }
 
 // putManifest: PUT /v2/<name>/manifests/<ref> (end-7). The body is at most
@@ -276,12 +279,18 @@ func (s *Server) mountable(r *http.Request, from string, d store.Digest) bool {
 	if err != nil {
 		return false
 	}
-	ok, err := s.store.HasLink(r.Context(), src.Name+"/"+image, d)
-	if err != nil || !ok {
-		return false
+	holders := []*repo{src}
+	if src.Kind == KindGroup {
+		holders = src.leaves
 	}
-	_, err = s.store.StatBlob(r.Context(), d)
-	return err == nil
+	for _, h := range holders {
+		ok, err := s.store.HasLink(r.Context(), h.Name+"/"+memberImage(h, image), d)
+		if err == nil && ok {
+			_, err = s.store.StatBlob(r.Context(), d)
+			return err == nil
+		}
+	}
+	return false
 }
 
 func uploadHeaders(w http.ResponseWriter, name string, u store.Upload) {
@@ -445,6 +454,11 @@ func (s *Server) referrers(w http.ResponseWriter, r *http.Request, path string, 
 	if err != nil {
 		return err
 	}
+	return writeReferrers(w, r, refs)
+}
+
+// writeReferrers answers an OCI index of refs, filtered by ?artifactType.
+func writeReferrers(w http.ResponseWriter, r *http.Request, refs []store.Referrer) error {
 	want := r.URL.Query().Get("artifactType")
 	list := make([]store.Referrer, 0, len(refs))
 	for _, ref := range refs {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,7 +24,11 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, rp *repo, im
 	}
 	switch rt.kind {
 	case routeManifest:
-		return s.proxyManifest(w, r, rp, image, rt)
+		a, err := s.proxyManifest(r, rp, image, rt)
+		if err != nil {
+			return err
+		}
+		return a.write(w, r)
 	case routeBlob:
 		return s.proxyBlob(w, r, rp, image, rt.digest)
 	case routeTags:
@@ -44,7 +49,7 @@ func (s *Server) cacheResult(r *http.Request, rp *repo, kind, result, source str
 // cache rules of DESIGN.md: digests are immutable; tags are fresh for
 // tag_ttl, then revalidated with HEAD; stale copies are served when the
 // upstream fails; 404s are remembered for not_found_ttl.
-func (s *Server) proxyManifest(w http.ResponseWriter, r *http.Request, rp *repo, image string, rt route) error {
+func (s *Server) proxyManifest(r *http.Request, rp *repo, image string, rt route) (manifestAnswer, error) {
 	ctx := r.Context()
 	path := rp.Name + "/" + image
 	negKey := path + "@" + rt.ref
@@ -52,37 +57,37 @@ func (s *Server) proxyManifest(w http.ResponseWriter, r *http.Request, rp *repo,
 	if !rt.digest.IsZero() {
 		if m, err := s.store.GetManifest(ctx, path, rt.digest); err == nil {
 			s.cacheResult(r, rp, "manifest", resultHit, "cache")
-			return serveManifest(w, r, m)
+			return manifestAnswer{m: m}, nil
 		} else if !store.IsNotFound(err) {
-			return err
+			return manifestAnswer{}, err
 		}
-		return s.manifestMiss(w, r, rp, image, rt.ref, "", negKey)
+		return s.manifestMiss(r, rp, image, rt.ref, "", negKey)
 	}
 
 	tag := rt.ref
 	ti, err := s.store.ResolveTag(ctx, path, tag)
 	if err != nil && !store.IsNotFound(err) {
-		return err
+		return manifestAnswer{}, err
 	}
 	if err == nil {
 		m, err := s.store.GetManifest(ctx, path, ti.Digest)
 		if err != nil && !store.IsNotFound(err) {
-			return err
+			return manifestAnswer{}, err
 		}
 		if err == nil {
 			if time.Since(ti.Checked) < rp.TagTTL {
 				s.cacheResult(r, rp, "manifest", resultHit, "cache")
-				return serveManifest(w, r, m)
+				return manifestAnswer{m: m}, nil
 			}
-			return s.revalidateTag(w, r, rp, image, tag, m)
+			return s.revalidateTag(r, rp, image, tag, m)
 		}
 	}
-	return s.manifestMiss(w, r, rp, image, tag, tag, negKey)
+	return s.manifestMiss(r, rp, image, tag, tag, negKey)
 }
 
 // revalidateTag asks upstream with HEAD whether a stale cached tag still
 // points at m (HEAD does not count against Docker Hub's pull limit).
-func (s *Server) revalidateTag(w http.ResponseWriter, r *http.Request, rp *repo, image, tag string, m store.Manifest) error {
+func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m store.Manifest) (manifestAnswer, error) {
 	ctx := r.Context()
 	path := rp.Name + "/" + image
 	v, err, _ := s.flight.Do("head\x00"+path+":"+tag, func() (any, error) {
@@ -99,69 +104,69 @@ func (s *Server) revalidateTag(w http.ResponseWriter, r *http.Request, rp *repo,
 			s.store.DeleteTag(ctx, path, tag)
 			rp.neg.add(path+"@"+tag, rp.NotFoundTTL)
 			s.cacheResult(r, rp, "manifest", resultMiss, "")
-			return errf(codeManifestUnknown, "manifest %s:%s not found upstream", image, tag)
+			return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream", image, tag)
 		case rp.ServeStale && errors.Is(err, upstream.ErrUnavailable):
 			s.upstreamError(rp, err)
 			s.log.Warn("upstream unavailable, serving stale tag", "repository", rp.Name, "name", image, "tag", tag, "err", err)
 			s.cacheResult(r, rp, "manifest", resultStale, "cache")
-			return serveManifest(w, r, m)
+			return manifestAnswer{m: m}, nil
 		}
 		s.upstreamError(rp, err)
-		return fromUpstream(err, codeManifestUnknown, "manifest "+image+":"+tag)
+		return manifestAnswer{}, fromUpstream(err, codeManifestUnknown, "manifest "+image+":"+tag)
 	}
 	if dg := v.(string); dg == m.Digest.String() {
 		if err := s.store.TagChecked(ctx, path, tag, m.Digest, time.Now()); err != nil {
-			return err
+			return manifestAnswer{}, err
 		}
 		s.cacheResult(r, rp, "manifest", resultRevalidated, "cache")
-		return serveManifest(w, r, m)
+		return manifestAnswer{m: m}, nil
 	}
-	return s.manifestMiss(w, r, rp, image, tag, tag, path+"@"+tag)
+	return s.manifestMiss(r, rp, image, tag, tag, path+"@"+tag)
 }
 
 // manifestMiss fetches a manifest from upstream (GET) and caches it, or
 // relays an upstream HEAD without caching anything.
-func (s *Server) manifestMiss(w http.ResponseWriter, r *http.Request, rp *repo, image, ref, tag, negKey string) error {
+func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey string) (manifestAnswer, error) {
 	ctx := r.Context()
 	if rp.neg.has(negKey) {
 		s.cacheResult(r, rp, "manifest", resultNegative, "")
-		return errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered)", image, ref)
+		return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered)", image, ref)
 	}
 	if r.Method == http.MethodHead {
 		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, image, ref)
 		if err != nil {
-			return s.manifestUpstreamError(rp, err, image, ref, negKey)
+			return manifestAnswer{}, s.manifestUpstreamError(rp, err, image, ref, negKey)
 		}
 		resp.Body.Close()
 		dg := resp.Header.Get("Docker-Content-Digest")
 		if strings.Contains(ref, ":") && dg != "" && dg != ref {
 			s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
-			return fmt.Errorf("upstream HEAD %s@%s answered digest %s", image, ref, dg)
+			return manifestAnswer{}, fmt.Errorf("upstream HEAD %s@%s answered digest %s", image, ref, dg)
 		}
 		if !strings.Contains(ref, ":") && dg != "" {
 			rp.pending.add(rp.Name+"/"+image, ref, dg)
 		}
 		s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
+		head := http.Header{}
 		for _, h := range []string{"Content-Type", "Docker-Content-Digest", "Content-Length"} {
 			if v := resp.Header.Get(h); v != "" {
-				w.Header().Set(h, v)
+				head.Set(h, v)
 			}
 		}
 		if dg != "" {
-			w.Header().Set("Etag", `"`+dg+`"`)
+			head.Set("Etag", `"`+dg+`"`)
 		}
-		w.WriteHeader(http.StatusOK)
-		return nil
+		return manifestAnswer{head: head}, nil
 	}
 	path := rp.Name + "/" + image
 	v, err, _ := s.flight.Do("get\x00"+path+"@"+ref, func() (any, error) {
 		return s.fetchManifest(context.WithoutCancel(ctx), rp, image, ref, tag)
 	})
 	if err != nil {
-		return s.manifestUpstreamError(rp, err, image, ref, negKey)
+		return manifestAnswer{}, s.manifestUpstreamError(rp, err, image, ref, negKey)
 	}
 	s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
-	return serveManifest(w, r, v.(store.Manifest))
+	return manifestAnswer{m: v.(store.Manifest)}, nil
 }
 
 func (s *Server) manifestUpstreamError(rp *repo, err error, image, ref, negKey string) error {
@@ -247,6 +252,31 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 	return m, nil
 }
 
+// manifestAnswer is a manifest to send: a stored one, or only the headers
+// an upstream HEAD gave for one not cached.
+type manifestAnswer struct {
+	m    store.Manifest
+	head http.Header
+}
+
+func (a manifestAnswer) digest() string {
+	if a.head != nil {
+		return a.head.Get("Docker-Content-Digest")
+	}
+	return a.m.Digest.String()
+}
+
+func (a manifestAnswer) write(w http.ResponseWriter, r *http.Request) error {
+	if a.head != nil {
+		for k, v := range a.head {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	return serveManifest(w, r, a.m)
+}
+
 // serveManifest writes a stored manifest with its headers (end-3).
 func serveManifest(w http.ResponseWriter, r *http.Request, m store.Manifest) error {
 	h := w.Header()
@@ -326,7 +356,7 @@ func (s *Server) proxyTags(w http.ResponseWriter, r *http.Request, rp *repo, ima
 		Name string   `json:"name"`
 		Tags []string `json:"tags"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 32<<20)).Decode(&list); err != nil {
+	if err := decodeJSON(resp.Body, &list); err != nil {
 		return fmt.Errorf("upstream tag list: %w", err)
 	}
 	// A next page may exist when upstream says so, or when this page is
@@ -341,6 +371,11 @@ func (s *Server) proxyTags(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	}
 	s.cacheResult(r, rp, "tags", resultMiss, "upstream")
 	return writeTagList(w, r, clientName, list.Tags)
+}
+
+// decodeJSON reads an upstream JSON body of at most 32 MiB.
+func decodeJSON(r io.Reader, v any) error {
+	return json.NewDecoder(io.LimitReader(r, 32<<20)).Decode(v)
 }
 
 func writeTagList(w http.ResponseWriter, r *http.Request, name string, tags []string) error {
@@ -372,14 +407,25 @@ func writeJSONTyped(w http.ResponseWriter, r *http.Request, v any) error {
 // catalog: GET /v2/_catalog (end-... optional) of the listener's
 // repository: the images it has cached or hosts, with n/last pagination.
 func (s *Server) catalog(w http.ResponseWriter, r *http.Request, rp *repo) error {
-	paths, err := s.store.Repositories(r.Context(), rp.Name+"/")
-	if err != nil {
-		return err
+	members := []*repo{rp}
+	if rp.Kind == KindGroup {
+		members = rp.leaves
 	}
-	names := make([]string, 0, len(paths))
-	for _, p := range paths {
-		names = append(names, strings.TrimPrefix(p, rp.Name+"/"))
+	set := map[string]bool{}
+	for _, m := range members {
+		paths, err := s.store.Repositories(r.Context(), m.Name+"/")
+		if err != nil {
+			return err
+		}
+		for _, p := range paths {
+			set[strings.TrimPrefix(p, m.Name+"/")] = true
+		}
 	}
+	names := make([]string, 0, len(set))
+	for n := range set {
+		names = append(names, n)
+	}
+	slices.Sort(names)
 	page, next, err := paginate(names, r.URL.Query())
 	if err != nil {
 		return err

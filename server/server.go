@@ -80,6 +80,11 @@ type Repository struct {
 	ServeStale   bool
 
 	AnonymousPull bool
+
+	// Group settings: members in the order pulls try them, and the hosted
+	// member that receives pushes ("" refuses pushes).
+	Members []string
+	PushTo  string
 }
 
 // Options configure a Server.
@@ -111,6 +116,8 @@ type repo struct {
 	Repository
 	neg     *negCache
 	pending *pendingTags
+	leaves  []*repo      // group: proxy and hosted members, nested groups flattened, in order
+	served  *memberCache // group: which member served an image's manifest
 }
 
 // maxManifestSize is the largest manifest berth accepts or caches.
@@ -141,6 +148,21 @@ func New(opts Options) (*Server, error) {
 		rp := &repo{Repository: r, neg: newNegCache(100_000), pending: newPendingTags(10_000)}
 		s.repos[r.Name] = rp
 		s.order = append(s.order, rp)
+	}
+	for _, rp := range s.order {
+		if rp.Kind != KindGroup {
+			continue
+		}
+		leaves, err := s.flatten(rp, nil)
+		if err != nil {
+			return nil, err
+		}
+		rp.leaves, rp.served = leaves, newMemberCache(100_000)
+		if rp.PushTo != "" {
+			if p := s.repos[rp.PushTo]; p == nil || p.Kind != KindHosted || !slices.Contains(rp.Members, rp.PushTo) {
+				return nil, fmt.Errorf("server: group %q: push_to %q must be one of its hosted members", rp.Name, rp.PushTo)
+			}
+		}
 	}
 	if _, ok := s.repos[opts.DefaultRepository]; !ok && opts.DefaultRepository != "" {
 		return nil, fmt.Errorf("server: default repository %q is not configured", opts.DefaultRepository)
@@ -247,6 +269,9 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 			return errf(codeNameUnknown, "no repository on this listener")
 		}
 		info.repo = rp.Name
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return errf(codeUnsupported, "method %s not allowed on /v2/_catalog", r.Method)
+		}
 		return s.catalog(w, r, rp)
 	}
 	rp, image, err := s.resolve(r, listenerRepo, rt.name)
@@ -259,6 +284,8 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 		return s.serveProxy(w, r, rp, image, rt)
 	case KindHosted:
 		return s.serveHosted(w, r, rp, image, rt)
+	case KindGroup:
+		return s.serveGroup(w, r, rp, image, rt)
 	}
 	return errf(codeUnsupported, "repository %q of kind %s cannot serve this yet", rp.Name, rp.Kind)
 }

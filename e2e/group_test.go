@@ -1,0 +1,162 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// nexusSetup starts two upstream registries (the second demanding basic
+// auth, standing in for ghcr.io) and berth with examples/nexus-style/
+// berth.toml, only the upstream URLs and ports changed.
+type nexusSetup struct {
+	hub, ghcr *upstreamRegistry
+	b         *berth
+	ghcrPort  string // the extra listener bound to the ghcr proxy
+	certsDir  string // the example hosts.toml files, pointed at berth
+}
+
+func startNexusSetup(t *testing.T) *nexusSetup {
+	t.Helper()
+	hash, _ := bcrypt.GenerateFromPassword([]byte("robot-token"), bcrypt.DefaultCost)
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	os.WriteFile(htpasswd, []byte("ci-robot:"+string(hash)+"\n"), 0o644)
+	n := &nexusSetup{hub: startRegistry(t), ghcr: startRegistryAuth(t, htpasswd)}
+	example, err := os.ReadFile("../examples/nexus-style/berth.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.ghcrPort = fmt.Sprint(freePort(t))
+	cfg := strings.NewReplacer(
+		"https://registry-1.docker.io", "http://"+n.hub.proxy,
+		"https://ghcr.io", "http://"+n.ghcr.proxy,
+		`listen = ":5001"`, `listen = "127.0.0.1:`+n.ghcrPort+`"`,
+	).Replace(string(example))
+	n.b = startBerthEnv(t, cfg, "GHCR_TOKEN=robot-token")
+
+	n.certsDir = t.TempDir()
+	for _, ns := range []string{"docker.io", "ghcr.io"} {
+		b, err := os.ReadFile(filepath.Join("../examples/nexus-style/certs.d", ns, "hosts.toml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.MkdirAll(filepath.Join(n.certsDir, ns), 0o755)
+		os.WriteFile(filepath.Join(n.certsDir, ns, "hosts.toml"), []byte(strings.ReplaceAll(string(b), "berth.internal:5000", n.b.addr)), 0o644)
+	}
+	return n
+}
+
+// TestNexusStyleContainerd: containerd with one hosts.toml per upstream
+// namespace, both naming one berth; ?ns= routes each pull to its proxy.
+func TestNexusStyleContainerd(t *testing.T) {
+	n := startNexusSetup(t)
+	hubImg := n.hub.push(t, "library/e2e-ctr:v1", testImage(t, "amd64", 2, 256<<10))
+	ghcrImg := n.ghcr.pushAuth(t, "team/tool:v1", testImage(t, "amd64", 1, 256<<10), "ci-robot", "robot-token")
+
+	dir, err := os.MkdirTemp("/tmp", "cd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := dir + "/containerd.sock"
+	os.WriteFile(dir+"/config.toml", []byte(fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+`, dir+"/root", dir+"/state", sock)), 0o644)
+	noNet := []string{"HTTP_PROXY=http://127.0.0.1:9", "HTTPS_PROXY=http://127.0.0.1:9", "NO_PROXY=127.0.0.1,localhost",
+		"http_proxy=http://127.0.0.1:9", "https_proxy=http://127.0.0.1:9", "no_proxy=127.0.0.1,localhost"}
+	start(t, noNet, "containerd", "--config", dir+"/config.toml")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := runErr(5*time.Second, nil, "ctr", "-a", sock, "version"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("containerd did not start")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	ctr := func(args ...string) string {
+		return run(t, 3*time.Minute, noNet, "ctr", append([]string{"-a", sock, "-n", "e2e"}, args...)...)
+	}
+	for _, tc := range []struct{ ref, repo, digest string }{
+		{"docker.io/library/e2e-ctr:v1", "dockerhub", hubImg.String()},
+		{"ghcr.io/team/tool:v1", "ghcr", ghcrImg.String()},
+	} {
+		before := n.b.metric(t, "berth_cache_results_total", `repository="`+tc.repo+`"`, `kind="manifest"`)
+		ctr("images", "pull", "--hosts-dir", n.certsDir, "--snapshotter", "native", tc.ref)
+		if out := ctr("images", "ls", "-q"); !strings.Contains(out, tc.ref) {
+			t.Fatalf("ctr images: %s", out)
+		}
+		if out := ctr("images", "ls"); !strings.Contains(out, tc.digest) {
+			t.Fatalf("%s: digest %s not in\n%s", tc.ref, tc.digest, out)
+		}
+		if after := n.b.metric(t, "berth_cache_results_total", `repository="`+tc.repo+`"`, `kind="manifest"`); after <= before {
+			t.Errorf("%s was not routed to %s by ?ns=", tc.ref, tc.repo)
+		}
+	}
+}
+
+// TestNexusStyleDockerAndClients: a Docker daemon using the group as its
+// mirror, pushes through the group, path prefixes and the extra listener.
+func TestNexusStyleDockerAndClients(t *testing.T) {
+	n := startNexusSetup(t)
+	hubImg := n.hub.push(t, "library/e2e-grp:latest", testImage(t, "amd64", 2, 256<<10))
+	ghcrImg := n.ghcr.pushAuth(t, "team/tool:v1", testImage(t, "amd64", 1, 128<<10), "ci-robot", "robot-token")
+	env := []string{"HOME=" + t.TempDir()}
+	digest := func(ref string) string {
+		return strings.TrimSpace(run(t, time.Minute, env, tool("crane"), "digest", "--insecure", ref))
+	}
+
+	d := startDockerd(t, n.b.addr)
+	d.docker(t, "pull", "e2e-grp:latest") // mirror → group → dockerhub
+	if out := d.docker(t, "image", "inspect", "--format", "{{json .RepoDigests}}", "e2e-grp:latest"); !strings.Contains(out, hubImg.String()) {
+		t.Fatalf("docker pull through group: %s", out)
+	}
+	// Push through the group lands in the hosted member.
+	d.docker(t, "tag", "e2e-grp:latest", n.b.addr+"/team/pushed:1")
+	d.docker(t, "push", n.b.addr+"/team/pushed:1")
+	pushed := digest(n.b.addr + "/team/pushed:1")
+	if got := digest(n.b.addr + "/internal/team/pushed:1"); got != pushed {
+		t.Fatalf("pushed image not in internal: %s vs %s", got, pushed)
+	}
+
+	// Path prefixes by repository name and by upstream host.
+	if got := digest(n.b.addr + "/dockerhub/library/e2e-grp:latest"); got != hubImg.String() {
+		t.Errorf("crane via /dockerhub/: %s", got)
+	}
+	run(t, time.Minute, env, tool("regctl"), "registry", "set", "--tls", "disabled", n.b.addr)
+	if got := strings.TrimSpace(run(t, time.Minute, env, tool("regctl"), "image", "digest", n.b.addr+"/ghcr/team/tool:v1")); got != ghcrImg.String() {
+		t.Errorf("regctl via /ghcr/: %s", got)
+	}
+	out := run(t, time.Minute, env, "skopeo", "inspect", "--tls-verify=false", "docker://"+n.b.addr+"/team/tool:v1")
+	if !strings.Contains(out, ghcrImg.String()) {
+		t.Errorf("skopeo through the group: %s", out)
+	}
+	// The extra listener serves only the ghcr proxy.
+	if got := digest("127.0.0.1:" + n.ghcrPort + "/team/tool:v1"); got != ghcrImg.String() {
+		t.Errorf("ghcr listener: %s", got)
+	}
+	if _, err := runErr(time.Minute, env, tool("crane"), "digest", "--insecure", "127.0.0.1:"+n.ghcrPort+"/library/e2e-grp:latest"); err == nil {
+		t.Error("the ghcr listener served a Docker Hub image")
+	}
+}
+
+// TestConformanceGroup runs the conformance suite through the group:
+// pulls try the members, pushes go to push_to.
+func TestConformanceGroup(t *testing.T) {
+	n := startNexusSetup(t)
+	runConformance(t, "group", n.b.addr,
+		"OCI_API_BLOBS_UPLOAD_CANCEL=true", "OCI_API_MANIFESTS_TAG_PARAM=true",
+		"OCI_API_BLOBS_DIGEST_HEADER=true", "OCI_API_MANIFESTS_DIGEST_HEADER=true")
+}

@@ -1,0 +1,284 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/berth-registry/berth/store"
+	"github.com/berth-registry/berth/upstream"
+)
+
+// flatten lists the proxy and hosted repositories of group g in pull
+// order, nested groups expanded, each once. A cycle is an error.
+func (s *Server) flatten(g *repo, path []string) ([]*repo, error) {
+	if slices.Contains(path, g.Name) {
+		return nil, fmt.Errorf("server: group cycle: %s → %s", strings.Join(path, " → "), g.Name)
+	}
+	path = append(path, g.Name)
+	if len(g.Members) == 0 {
+		return nil, fmt.Errorf("server: group %q has no members", g.Name)
+	}
+	var out []*repo
+	for _, name := range g.Members {
+		m := s.repos[name]
+		if m == nil {
+			return nil, fmt.Errorf("server: group %q: member %q is not configured", g.Name, name)
+		}
+		var add []*repo
+		if m.Kind == KindGroup {
+			sub, err := s.flatten(m, path)
+			if err != nil {
+				return nil, err
+			}
+			add = sub
+		} else {
+			add = []*repo{m}
+		}
+		for _, a := range add {
+			if !slices.Contains(out, a) {
+				out = append(out, a)
+			}
+		}
+	}
+	return out, nil
+}
+
+// memberImage is how member m names image (Docker Hub proxies add
+// library/ to one-segment names).
+func memberImage(m *repo, image string) string {
+	if m.DockerHub && !strings.Contains(image, "/") {
+		return "library/" + image
+	}
+	return image
+}
+
+// memberCache remembers which member served an image's manifest, so its
+// blobs are asked of that member first.
+type memberCache struct {
+	mu  sync.Mutex
+	m   map[string]*repo
+	max int
+}
+
+func newMemberCache(max int) *memberCache { return &memberCache{m: map[string]*repo{}, max: max} }
+
+func (c *memberCache) get(image string) *repo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[image]
+}
+
+func (c *memberCache) set(image string, m *repo) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= c.max {
+		c.m = map[string]*repo{}
+	}
+	c.m[image] = m
+}
+
+// serveGroup answers a request to a group: pulls try the members in
+// order; pushes and other writes go to the push_to member.
+func (s *Server) serveGroup(w http.ResponseWriter, r *http.Request, g *repo, image string, rt route) error {
+	read := r.Method == http.MethodGet || r.Method == http.MethodHead
+	if !read || rt.kind == routeUploads || rt.kind == routeUpload {
+		if g.PushTo == "" {
+			return errf(codeUnsupported, "group %q has no push_to repository; push to a hosted repository", g.Name)
+		}
+		target := s.repos[g.PushTo]
+		infoOf(r.Context()).repo = target.Name
+		return s.serveHosted(w, r, target, image, rt)
+	}
+	switch rt.kind {
+	case routeManifest:
+		return s.groupManifest(w, r, g, image, rt)
+	case routeBlob:
+		return s.groupBlob(w, r, g, image, rt.digest)
+	case routeTags:
+		return s.groupTags(w, r, g, image, rt.name)
+	case routeReferrers:
+		return s.groupReferrers(w, r, g, image, rt.digest)
+	}
+	return errf(codeNotFound, "%s is not served by groups", rt.kind)
+}
+
+// memberMiss reports whether err means "try the next member": not found
+// there, or its upstream unreachable or refusing.
+func memberMiss(err error) bool {
+	var re *regError
+	if errors.As(err, &re) {
+		switch re.Code {
+		case codeManifestUnknown, codeBlobUnknown, codeNameUnknown, codeUnavailable, codeTooManyRequests, codeDenied:
+			return true
+		}
+	}
+	return errors.Is(err, upstream.ErrUnavailable) || errors.Is(err, upstream.ErrNotFound)
+}
+
+type memberTry struct {
+	Member string `json:"member"`
+	Result string `json:"result"`
+}
+
+func tryResult(err error) string {
+	var re *regError
+	if errors.As(err, &re) {
+		return re.Code
+	}
+	return err.Error()
+}
+
+// groupManifest: the first member that has the manifest answers; the
+// member is remembered for the image's blobs.
+func (s *Server) groupManifest(w http.ResponseWriter, r *http.Request, g *repo, image string, rt route) error {
+	var tried []memberTry
+	for _, m := range g.leaves {
+		img := memberImage(m, image)
+		var a manifestAnswer
+		var err error
+		switch m.Kind {
+		case KindHosted:
+			var man store.Manifest
+			man, err = s.hostedManifest(r.Context(), m.Name+"/"+img, rt)
+			a = manifestAnswer{m: man}
+		case KindProxy:
+			a, err = s.proxyManifest(r, m, img, rt)
+		}
+		if err != nil {
+			if !memberMiss(err) {
+				return err
+			}
+			tried = append(tried, memberTry{m.Name, tryResult(err)})
+			continue
+		}
+		g.served.set(image, m)
+		info := infoOf(r.Context())
+		info.repo = g.Name
+		if info.source == "" {
+			info.source = "cache"
+		}
+		return a.write(w, r)
+	}
+	return errf(codeManifestUnknown, "manifest %s:%s not found in group %q", image, rt.ref, g.Name).withDetail(map[string]any{"tried": tried})
+}
+
+// groupBlob asks the member that served the image's manifest first, then
+// the others in order.
+func (s *Server) groupBlob(w http.ResponseWriter, r *http.Request, g *repo, image string, d store.Digest) error {
+	order := g.leaves
+	if first := g.served.get(image); first != nil {
+		order = append([]*repo{first}, slices.DeleteFunc(slices.Clone(g.leaves), func(m *repo) bool { return m == first })...)
+	}
+	var tried []memberTry
+	for _, m := range order {
+		img := memberImage(m, image)
+		var err error
+		switch m.Kind {
+		case KindHosted:
+			err = s.hostedGetBlob(w, r, m.Name+"/"+img, d)
+		case KindProxy:
+			err = s.proxyBlob(w, r, m, img, d)
+		}
+		if err == nil || !memberMiss(err) {
+			return err
+		}
+		tried = append(tried, memberTry{m.Name, tryResult(err)})
+	}
+	return errf(codeBlobUnknown, "blob %s not found in group %q", d, g.Name).withDetail(map[string]any{"tried": tried})
+}
+
+// groupTags merges the members' tags (deduplicated, sorted, paginated).
+func (s *Server) groupTags(w http.ResponseWriter, r *http.Request, g *repo, image, clientName string) error {
+	ctx := r.Context()
+	set := map[string]bool{}
+	found := false
+	for _, m := range g.leaves {
+		tags, err := s.memberTags(ctx, m, memberImage(m, image))
+		if err != nil {
+			if memberMiss(err) || store.IsNotFound(err) {
+				continue
+			}
+			return err
+		}
+		found = true
+		for _, t := range tags {
+			set[t] = true
+		}
+	}
+	if !found {
+		return errf(codeNameUnknown, "repository %s unknown in group %q", clientName, g.Name)
+	}
+	all := make([]string, 0, len(set))
+	for t := range set {
+		all = append(all, t)
+	}
+	slices.Sort(all)
+	page, next, err := paginate(all, r.URL.Query())
+	if err != nil {
+		return err
+	}
+	if next != "" {
+		w.Header().Set("Link", fmt.Sprintf(`</v2/%s/tags/list?%s>; rel="next"`, clientName, next))
+	}
+	return writeTagList(w, r, clientName, page)
+}
+
+// memberTags lists a member's tags: a hosted repository's from the store;
+// a proxy's from its upstream, or what it cached when that fails.
+func (s *Server) memberTags(ctx context.Context, m *repo, image string) ([]string, error) {
+	path := m.Name + "/" + image
+	if m.Kind == KindHosted {
+		tags, err := s.store.Tags(ctx, path)
+		if err == nil && len(tags) == 0 {
+			return nil, errf(codeNameUnknown, "no tags")
+		}
+		return tags, err
+	}
+	resp, err := m.Upstream.Tags(ctx, image, nil)
+	if err != nil {
+		if errors.Is(err, upstream.ErrNotFound) {
+			return nil, err
+		}
+		s.upstreamError(m, err)
+		tags, serr := s.store.Tags(ctx, path)
+		if serr != nil || len(tags) == 0 {
+			return nil, errf(codeUnavailable, "upstream unavailable")
+		}
+		return tags, nil
+	}
+	defer resp.Body.Close()
+	var list struct {
+		Tags []string `json:"tags"`
+	}
+	if err := decodeJSON(resp.Body, &list); err != nil {
+		return nil, fmt.Errorf("upstream tag list: %w", err)
+	}
+	return list.Tags, nil
+}
+
+// groupReferrers merges the referrers its hosted members hold.
+func (s *Server) groupReferrers(w http.ResponseWriter, r *http.Request, g *repo, image string, d store.Digest) error {
+	var all []store.Referrer
+	seen := map[string]bool{}
+	for _, m := range g.leaves {
+		if m.Kind != KindHosted {
+			continue
+		}
+		refs, err := s.store.Referrers(r.Context(), m.Name+"/"+memberImage(m, image), d)
+		if err != nil {
+			return err
+		}
+		for _, ref := range refs {
+			if !seen[ref.Digest] {
+				seen[ref.Digest] = true
+				all = append(all, ref)
+			}
+		}
+	}
+	return writeReferrers(w, r, all)
+}
