@@ -35,7 +35,7 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	if err != nil {
 		return err
 	}
-	if f, info, err := s.store.OpenBlob(ctx, d); err == nil {
+	if f, err := s.store.OpenBlob(ctx, d); err == nil {
 		defer f.Close()
 		if !linked {
 			if err := s.confirmBlob(ctx, rp, image, d); err != nil {
@@ -43,8 +43,7 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 			}
 		}
 		s.cacheResult(r, rp, "blob", resultHit, "cache")
-		_ = info
-		serveBlobFile(w, r, d, f)
+		serveBlobFile(w, r, d, f.File)
 		return nil
 	} else if !store.IsNotFound(err) {
 		return err
@@ -110,12 +109,12 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 		if err := dl.waitDone(ctx); err != nil {
 			return downloadError(err, d)
 		}
-		f, _, err := s.store.OpenBlob(ctx, d)
+		f, err := s.store.OpenBlob(ctx, d)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		serveBlobFile(w, r, d, f)
+		serveBlobFile(w, r, d, f.File)
 		return nil
 	}
 	rd := dl.reader(ctx, size)

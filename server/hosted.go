@@ -154,7 +154,7 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, path string
 			return errf(codeManifestBlobUnknown, "manifest %s is not in the repository", c).withDetail(map[string]string{"digest": c.String()})
 		}
 	}
-	m := store.Manifest{Digest: d, MediaType: pm.mediaType, Body: body, ArtifactType: pm.artifactType, Annotations: pm.annotations}
+	m := store.Manifest{Digest: d, MediaType: pm.mediaType, Body: body, ArtifactType: pm.artifactType, Annotations: pm.annotations, Hosted: true}
 	if pm.subject != nil {
 		m.Subject = pm.subject.Digest
 	}
@@ -207,13 +207,13 @@ func (s *Server) hostedGetBlob(w http.ResponseWriter, r *http.Request, path stri
 	if !ok {
 		return errf(codeBlobUnknown, "blob %s unknown to repository", d)
 	}
-	f, _, err := s.store.OpenBlob(ctx, d)
+	f, err := s.store.OpenBlob(ctx, d)
 	if err != nil {
 		return notFoundAs(err, codeBlobUnknown, "blob %s unknown", d)
 	}
 	defer f.Close()
 	infoOf(ctx).source = "cache"
-	serveBlobFile(w, r, d, f)
+	serveBlobFile(w, r, d, f.File)
 	return nil
 }
 

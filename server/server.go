@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -31,7 +30,7 @@ const (
 // Store is what the server needs of the content store (store.Store).
 type Store interface {
 	StatBlob(ctx context.Context, d store.Digest) (store.BlobInfo, error)
-	OpenBlob(ctx context.Context, d store.Digest) (*os.File, store.BlobInfo, error)
+	OpenBlob(ctx context.Context, d store.Digest) (*store.Blob, error)
 	NewBlobWriter(ctx context.Context, alg string) (*store.BlobWriter, error)
 	Link(ctx context.Context, repo string, d store.Digest, kind string) error
 	HasLink(ctx context.Context, repo string, d store.Digest) (bool, error)

@@ -14,8 +14,14 @@ import (
 
 // Problem is one inconsistency found by Check.
 type Problem struct {
-	Kind   string // missing_file, wrong_size, wrong_digest, dangling_tag, dangling_manifest, tmp_leftover, orphan_file, bad_record
+	// Kind is one of missing_file, wrong_size, wrong_digest, bad_record,
+	// dangling_tag, dangling_manifest, tmp_leftover, orphan_file,
+	// orphan_upload, missing_upload, unfinished_intent.
+	Kind   string
 	Detail string
+	// Key is what Repair acts on: a digest, "<repo>\x00<tag or digest>",
+	// a path relative to the data directory, or an upload id.
+	Key string
 }
 
 func (p Problem) String() string { return p.Kind + ": " + p.Detail }
@@ -36,8 +42,9 @@ type CheckOptions struct {
 // manifest of its repository; every manifest has a blob record.
 func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error) {
 	var probs []Problem
+	var key string
 	add := func(kind, format string, args ...any) {
-		probs = append(probs, Problem{Kind: kind, Detail: fmt.Sprintf(format, args...)})
+		probs = append(probs, Problem{Kind: kind, Detail: fmt.Sprintf(format, args...), Key: key})
 	}
 	indexed := map[string]bool{}
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -45,6 +52,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error)
 			if err := ctx.Err(); err != nil {
 				return err
 			}
+			key = string(k)
 			d, err := ParseDigest(string(k))
 			var rec blobRecord
 			if err != nil || json.Unmarshal(v, &rec) != nil {
@@ -72,6 +80,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error)
 		blobs, manifests := tx.Bucket(bucketBlobs), tx.Bucket(bucketManifests)
 		err = manifests.ForEach(func(k, v []byte) error {
 			_, dg, _ := strings.Cut(string(k), "\x00")
+			key = string(k)
 			if blobs.Get([]byte(dg)) == nil {
 				add("dangling_manifest", "%s", strings.Replace(string(k), "\x00", "@", 1))
 			}
@@ -80,8 +89,33 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error)
 		if err != nil {
 			return err
 		}
+		for _, b := range [][]byte{bucketPending, bucketDeleting} {
+			tx.Bucket(b).ForEach(func(k, v []byte) error {
+				key = string(b) + "\x00" + string(k)
+				add("unfinished_intent", "%s %s (completed at the next start)", b, k)
+				return nil
+			})
+		}
+		uploads := map[string]bool{}
+		tx.Bucket(bucketUploads).ForEach(func(k, v []byte) error {
+			uploads[string(k)] = true
+			if _, err := os.Stat(s.uploadPath(string(k))); err != nil {
+				key = string(k)
+				add("missing_upload", "upload %s has no file", k)
+			}
+			return nil
+		})
+		if entries, err := os.ReadDir(filepath.Join(s.dir, "uploads")); err == nil {
+			for _, e := range entries {
+				if !uploads[e.Name()] {
+					key = e.Name()
+					add("orphan_upload", "uploads/%s has no session", e.Name())
+				}
+			}
+		}
 		return tx.Bucket(bucketTags).ForEach(func(k, v []byte) error {
 			repo, tag, _ := strings.Cut(string(k), "\x00")
+			key = string(k)
 			var rec tagRecord
 			if json.Unmarshal(v, &rec) != nil {
 				add("bad_record", "tag %s:%s", repo, tag)
@@ -102,6 +136,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error)
 			return probs, err
 		}
 		for _, e := range entries {
+			key = filepath.Join("tmp", e.Name())
 			add("tmp_leftover", "tmp/%s", e.Name())
 		}
 	}
@@ -112,6 +147,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error)
 			}
 			if !indexed[path] {
 				rel, _ := filepath.Rel(s.dir, path)
+				key = rel
 				add("orphan_file", "%s", rel)
 			}
 			return nil
@@ -134,4 +170,51 @@ func fileHasDigest(path string, d Digest) (bool, error) {
 		return false, err
 	}
 	return fmt.Sprintf("%x", h.Sum(nil)) == d.Hex(), nil
+}
+
+// Repair fixes what Check found so that the next pull refetches: bad blob
+// entries and their files are dropped (with the manifests and tags that
+// named them), dangling tags and manifest entries removed, orphan and
+// leftover files deleted. Intents are left to the next start.
+func (s *Store) Repair(ctx context.Context, probs []Problem) error {
+	for _, p := range probs {
+		var err error
+		switch p.Kind {
+		case "missing_file", "wrong_size", "wrong_digest":
+			err = s.dropBlob(p.Key)
+		case "bad_record":
+			err = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketBlobs).Delete([]byte(p.Key)) })
+		case "dangling_manifest":
+			repo, d, _ := strings.Cut(p.Key, "\x00")
+			err = s.db.Update(func(tx *bolt.Tx) error { _, err := removeManifestTx(tx, repo, d); return err })
+		case "dangling_tag":
+			err = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketTags).Delete([]byte(p.Key)) })
+		case "orphan_file", "tmp_leftover":
+			if filepath.IsLocal(p.Key) {
+				err = os.Remove(filepath.Join(s.dir, p.Key))
+			}
+		case "orphan_upload":
+			if validUploadID(p.Key) {
+				err = os.Remove(s.uploadPath(p.Key))
+			}
+		case "missing_upload":
+			err = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketUploads).Delete([]byte(p.Key)) })
+		}
+		if err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("repair %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// dropBlob removes a damaged blob's entry, file and the manifests of any
+// repository that are that blob.
+func (s *Store) dropBlob(d string) error {
+	var repos []string
+	s.db.View(func(tx *bolt.Tx) error {
+		repos = manifestRepos(tx)[d]
+		return nil
+	})
+	_, _, _, err := s.deleteBlob(d, repos, func(blobRecord) bool { return true })
+	return err
 }

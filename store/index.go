@@ -24,6 +24,9 @@ type Manifest struct {
 	Subject      string
 	ArtifactType string
 	Annotations  map[string]string
+	// Hosted marks a pushed manifest (never evicted); cached proxy
+	// manifests leave it false.
+	Hosted bool
 }
 
 type manifestRecord struct {
@@ -66,13 +69,23 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m Manifest, tag st
 		if err := tx.Bucket(bucketManifests).Put(repoKey(repo, m.Digest.String()), v); err != nil {
 			return err
 		}
-		if err := putLink(tx, repo, m.Digest, LinkPushed); err != nil {
+		kind := LinkFetched
+		if m.Hosted {
+			kind = LinkPushed
+		}
+		if err := putLink(tx, repo, m.Digest, kind); err != nil {
 			return err
 		}
-		for _, r := range refs {
+		refList := make([]string, len(refs))
+		for i, r := range refs {
+			refList[i] = r.String()
 			if err := putLink(tx, repo, r, LinkReferenced); err != nil {
 				return err
 			}
+		}
+		rv, _ := json.Marshal(refList)
+		if err := tx.Bucket(bucketRefs).Put(repoKey(repo, m.Digest.String()), rv); err != nil {
+			return err
 		}
 		if m.Subject != "" {
 			ref, _ := json.Marshal(Referrer{Digest: m.Digest.String(), MediaType: m.MediaType, Size: int64(len(m.Body)),
@@ -116,45 +129,15 @@ func (s *Store) Referrers(ctx context.Context, repo string, subject Digest) ([]R
 }
 
 // DeleteManifest removes manifest d from repo with every tag pointing at
-// it. Its bytes stay until garbage collection. Returns ErrNotFound when
-// repo does not hold it.
+// it. Its bytes and the blobs it named stay until garbage collection.
+// Returns ErrNotFound when repo does not hold it.
 func (s *Store) DeleteManifest(ctx context.Context, repo string, d Digest) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		mb := tx.Bucket(bucketManifests)
-		k := repoKey(repo, d.String())
-		v := mb.Get(k)
-		if v == nil {
+		if tx.Bucket(bucketManifests).Get(repoKey(repo, d.String())) == nil {
 			return fmt.Errorf("manifest %s@%s: %w", repo, d, ErrNotFound)
 		}
-		var rec manifestRecord
-		json.Unmarshal(v, &rec)
-		if err := mb.Delete(k); err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketLinks).Delete(k); err != nil {
-			return err
-		}
-		if rec.Subject != "" {
-			if err := tx.Bucket(bucketReferrers).Delete(repoKey(repo, rec.Subject+"\x00"+d.String())); err != nil {
-				return err
-			}
-		}
-		tags := tx.Bucket(bucketTags)
-		prefix := repoKey(repo, "")
-		var drop [][]byte
-		c := tags.Cursor()
-		for tk, tv := c.Seek(prefix); tk != nil && bytes.HasPrefix(tk, prefix); tk, tv = c.Next() {
-			var tr tagRecord
-			if json.Unmarshal(tv, &tr) == nil && tr.Digest == d.String() {
-				drop = append(drop, bytes.Clone(tk))
-			}
-		}
-		for _, tk := range drop {
-			if err := tags.Delete(tk); err != nil {
-				return err
-			}
-		}
-		return nil
+		_, err := removeManifestTx(tx, repo, d.String())
+		return err
 	})
 }
 

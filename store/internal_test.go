@@ -36,7 +36,7 @@ func TestWarmReadsWriteNothing(t *testing.T) {
 		if _, err := s.GetManifest(ctx, "r/a", m.Digest); err != nil {
 			t.Fatal(err)
 		}
-		f, _, err := s.OpenBlob(ctx, m.Digest)
+		f, err := s.OpenBlob(ctx, m.Digest)
 		if err != nil {
 			t.Fatal(err)
 		}

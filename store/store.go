@@ -38,7 +38,15 @@ var (
 	bucketTags      = []byte("tags")
 	bucketAccess    = []byte("access")
 	bucketReferrers = []byte("referrers")
-	allBuckets      = [][]byte{bucketBlobs, bucketLinks, bucketManifests, bucketTags, bucketAccess, bucketUploads, bucketReferrers}
+	bucketRefs      = []byte("refs")
+	bucketMeta      = []byte("meta")
+	bucketPending   = []byte("pending")
+	bucketDeleting  = []byte("deleting")
+	allBuckets      = [][]byte{bucketBlobs, bucketLinks, bucketManifests, bucketTags, bucketAccess, bucketUploads,
+		bucketReferrers, bucketRefs, bucketMeta, bucketPending, bucketDeleting}
+
+	metaBytes = []byte("bytes")
+	metaCount = []byte("count")
 )
 
 // Options tune a Store. The zero value is ready to use.
@@ -48,6 +56,15 @@ type Options struct {
 	// FlushInterval is how often in-memory access times are written to
 	// the index. Zero means 5s.
 	FlushInterval time.Duration
+	// MaxSize caps the bytes of cached (not hosted) content; above
+	// HighWater×MaxSize the least recently used is evicted down to
+	// LowWater×MaxSize. Zero means no cap.
+	MaxSize   int64
+	HighWater float64 // zero means 0.9
+	LowWater  float64 // zero means 0.8
+	// KeepTmp leaves tmp/ as it is at open (for verify, which reports
+	// leftovers instead of removing them).
+	KeepTmp bool
 }
 
 // Store is berth's local content store. It is safe for concurrent use.
@@ -63,6 +80,14 @@ type Store struct {
 	access   map[string]int64 // digest → unix nanos, not yet flushed
 
 	uploads uploadLocks
+	digests uploadLocks // serializes commit and delete of one digest
+
+	opts     Options
+	pinMu    sync.Mutex
+	pins     map[string]int  // digest → open readers
+	evicting map[string]bool // digests being deleted: not opened
+	evictc   chan struct{}
+	counters counters
 
 	stop   chan struct{}
 	wg     sync.WaitGroup
@@ -81,34 +106,56 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("store: %w", err)
 		}
 	}
-	if err := emptyDir(filepath.Join(dir, "tmp")); err != nil {
-		return nil, fmt.Errorf("store: empty tmp: %w", err)
+	if !opts.KeepTmp {
+		if err := emptyDir(filepath.Join(dir, "tmp")); err != nil {
+			return nil, fmt.Errorf("store: empty tmp: %w", err)
+		}
 	}
 	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("store: open index: %w", err)
 	}
-	s := &Store{dir: dir, db: db, log: log, access: map[string]int64{}, stop: make(chan struct{})}
+	if opts.HighWater <= 0 {
+		opts.HighWater = 0.9
+	}
+	if opts.LowWater <= 0 {
+		opts.LowWater = 0.8
+	}
+	s := &Store{dir: dir, db: db, log: log, access: map[string]int64{}, stop: make(chan struct{}), opts: opts,
+		pins: map[string]int{}, evicting: map[string]bool{}, evictc: make(chan struct{}, 1)}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		var n, total int64
-		err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
-			var rec blobRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("blob record %s: %w", k, err)
+		meta := tx.Bucket(bucketMeta)
+		if meta.Get(metaCount) == nil {
+			// First open (or an index from before the totals were kept):
+			// count once; afterwards start-up reads two keys.
+			var n, total int64
+			err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+				var rec blobRecord
+				if err := json.Unmarshal(v, &rec); err != nil {
+					return fmt.Errorf("blob record %s: %w", k, err)
+				}
+				n++
+				total += rec.Size
+				return nil
+			})
+			if err != nil {
+				return err
 			}
-			n++
-			total += rec.Size
-			return nil
-		})
-		s.count.Store(n)
-		s.bytes.Store(total)
-		return err
+			meta.Put(metaCount, encodeInt(n))
+			meta.Put(metaBytes, encodeInt(total))
+		}
+		s.count.Store(decodeInt(meta.Get(metaCount)))
+		s.bytes.Store(decodeInt(meta.Get(metaBytes)))
+		return nil
 	})
+	if err == nil {
+		err = s.recover()
+	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: %w", err)
@@ -117,8 +164,10 @@ func Open(dir string, opts Options) (*Store, error) {
 	if interval <= 0 {
 		interval = 5 * time.Second
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.flushLoop(interval)
+	go s.evictLoop()
+	s.maybeEvict()
 	return s, nil
 }
 

@@ -31,11 +31,12 @@ func TestBlobRoundTrip(t *testing.T) {
 	data := bytes.Repeat([]byte("berth"), 1000)
 	d := put(t, s, data, store.Link{Repo: "hub/library/a", Kind: store.LinkFetched})
 
-	f, info, err := s.OpenBlob(ctx, d)
+	f, err := s.OpenBlob(ctx, d)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	info := f.Info
 	got, _ := io.ReadAll(f)
 	if !bytes.Equal(got, data) || info.Size != int64(len(data)) {
 		t.Fatalf("read %d bytes (info %d), want %d", len(got), info.Size, len(data))
@@ -139,7 +140,7 @@ func TestDamagedFileIsNeverServed(t *testing.T) {
 	d := put(t, s, []byte("0123456789"))
 	path := filepath.Join(dir, "blobs", "sha256", d.Hex()[:2], d.Hex())
 	os.Truncate(path, 4)
-	if _, _, err := s.OpenBlob(ctx, d); !store.IsNotFound(err) {
+	if _, err := s.OpenBlob(ctx, d); !store.IsNotFound(err) {
 		t.Fatalf("truncated blob served: %v", err)
 	}
 	probs, _ := s.Check(ctx, store.CheckOptions{})
@@ -152,7 +153,7 @@ func TestDamagedFileIsNeverServed(t *testing.T) {
 		t.Fatalf("check = %v", probs)
 	}
 	os.Remove(path)
-	if _, _, err := s.OpenBlob(ctx, d); !store.IsNotFound(err) {
+	if _, err := s.OpenBlob(ctx, d); !store.IsNotFound(err) {
 		t.Fatalf("missing blob served: %v", err)
 	}
 }

@@ -1,0 +1,254 @@
+package store
+
+import (
+	"encoding/json"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// counters are running totals for metrics.
+type counters struct {
+	evictions    atomic.Int64
+	evictedBytes atomic.Int64
+	gcRuns       atomic.Int64
+	gcBlobs      atomic.Int64
+	gcBytes      atomic.Int64
+}
+
+// Counters is a snapshot of the store's running totals.
+type Counters struct {
+	Evictions, EvictedBytes       int64
+	GCRuns, GCBlobs, GCFreedBytes int64
+}
+
+// Counters returns the eviction and GC totals since start.
+func (s *Store) Counters() Counters {
+	return Counters{
+		Evictions: s.counters.evictions.Load(), EvictedBytes: s.counters.evictedBytes.Load(),
+		GCRuns: s.counters.gcRuns.Load(), GCBlobs: s.counters.gcBlobs.Load(), GCFreedBytes: s.counters.gcBytes.Load(),
+	}
+}
+
+// maybeEvict wakes the evictor when the store is above its high-water
+// mark. It never blocks.
+func (s *Store) maybeEvict() {
+	if s.opts.MaxSize <= 0 || float64(s.bytes.Load()) <= s.opts.HighWater*float64(s.opts.MaxSize) {
+		return
+	}
+	select {
+	case s.evictc <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Store) evictLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.evictc:
+			n, freed, err := s.Evict()
+			if err != nil {
+				s.log.Error("eviction", "err", err)
+			} else if n > 0 {
+				s.log.Info("evicted cached content", "blobs", n, "bytes", freed, "store_bytes", s.bytes.Load())
+			}
+		}
+	}
+}
+
+type candidate struct {
+	digest string
+	size   int64
+	access int64
+}
+
+// Evict removes least-recently-used cached content until the store is at
+// its low-water mark: proxy manifests and blobs, never hosted content,
+// never a pinned blob (being read), and never a blob that a manifest
+// still in the store references (evicting the manifest first makes its
+// blobs candidates). It runs alongside reads and writes.
+func (s *Store) Evict() (n int, freed int64, err error) {
+	if s.opts.MaxSize <= 0 {
+		return 0, 0, nil
+	}
+	low := int64(s.opts.LowWater * float64(s.opts.MaxSize))
+	for pass := 0; pass < 16 && s.bytes.Load() > low; pass++ {
+		var cands []candidate
+		var repos map[string][]string
+		var refs map[string]int
+		err := s.db.View(func(tx *bolt.Tx) error {
+			repos, refs = manifestRepos(tx), refCounts(tx)
+			acc := tx.Bucket(bucketAccess)
+			return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+				var rec blobRecord
+				if json.Unmarshal(v, &rec) != nil || rec.Hosted {
+					return nil
+				}
+				c := candidate{digest: string(k), size: rec.Size, access: rec.Created}
+				if a := acc.Get(k); len(a) == 8 {
+					c.access = decodeInt(a)
+				}
+				cands = append(cands, c)
+				return nil
+			})
+		})
+		if err != nil {
+			return n, freed, err
+		}
+		s.accessMu.Lock()
+		for i := range cands {
+			if t, ok := s.access[cands[i].digest]; ok {
+				cands[i].access = t
+			}
+		}
+		s.accessMu.Unlock()
+		sort.Slice(cands, func(i, j int) bool { return cands[i].access < cands[j].access })
+		progress := false
+		for _, c := range cands {
+			if s.bytes.Load() <= low {
+				break
+			}
+			if refs[c.digest] > 0 {
+				continue
+			}
+			size, dropped, ok, err := s.deleteBlob(c.digest, repos[c.digest], func(rec blobRecord) bool { return !rec.Hosted })
+			if err != nil {
+				return n, freed, err
+			}
+			if !ok {
+				continue
+			}
+			progress = true
+			n++
+			freed += size
+			s.counters.evictions.Add(1)
+			s.counters.evictedBytes.Add(size)
+			for _, r := range dropped {
+				refs[r]--
+			}
+		}
+		if !progress {
+			break
+		}
+	}
+	return n, freed, nil
+}
+
+// GCOptions tune a garbage collection.
+type GCOptions struct {
+	// Grace spares blobs stored or linked more recently than this, so a
+	// push whose manifest has not arrived yet is never broken.
+	Grace time.Duration
+	// DryRun reports what would be freed without deleting.
+	DryRun bool
+}
+
+// GCResult is what a collection freed (or would free).
+type GCResult struct {
+	Blobs   int
+	Bytes   int64
+	Digests []string
+}
+
+// GC deletes blobs that no manifest references and that are not manifests
+// themselves (after manifest deletes, evictions, pushes that never got a
+// manifest), once they are older than the grace period. It runs online.
+func (s *Store) GC(opts GCOptions) (GCResult, error) {
+	var res GCResult
+	cutoff := time.Now().Add(-opts.Grace).UnixNano()
+	garbage := map[string]int64{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		marked := refCounts(tx)
+		manifests := manifestRepos(tx)
+		err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+			var rec blobRecord
+			if json.Unmarshal(v, &rec) != nil {
+				return nil
+			}
+			if marked[string(k)] == 0 && manifests[string(k)] == nil && rec.Created < cutoff {
+				garbage[string(k)] = rec.Size
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// A recent link (a mount, a re-push) counts as recent use.
+		return tx.Bucket(bucketLinks).ForEach(func(k, v []byte) error {
+			if i := lastNUL(k); i >= 0 {
+				if _, ok := garbage[string(k[i+1:])]; ok {
+					var l linkRecord
+					if json.Unmarshal(v, &l) == nil && l.Created >= cutoff {
+						delete(garbage, string(k[i+1:]))
+					}
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return res, err
+	}
+	s.counters.gcRuns.Add(1)
+	if opts.DryRun {
+		for d, size := range garbage {
+			res.Blobs++
+			res.Bytes += size
+			res.Digests = append(res.Digests, d)
+		}
+		sort.Strings(res.Digests)
+		return res, nil
+	}
+	for d := range garbage {
+		size, _, ok, err := s.deleteBlob(d, nil, func(rec blobRecord) bool { return rec.Created < cutoff })
+		if err != nil {
+			return res, err
+		}
+		if ok {
+			res.Blobs++
+			res.Bytes += size
+			res.Digests = append(res.Digests, d)
+		}
+	}
+	sort.Strings(res.Digests)
+	if len(res.Digests) > 0 {
+		// Drop the links to what is gone.
+		gone := map[string]bool{}
+		for _, d := range res.Digests {
+			gone[d] = true
+		}
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			lb := tx.Bucket(bucketLinks)
+			var drop [][]byte
+			lb.ForEach(func(k, v []byte) error {
+				if i := lastNUL(k); i >= 0 && gone[string(k[i+1:])] {
+					drop = append(drop, append([]byte(nil), k...))
+				}
+				return nil
+			})
+			for _, k := range drop {
+				if err := lb.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	s.counters.gcBlobs.Add(int64(res.Blobs))
+	s.counters.gcBytes.Add(res.Bytes)
+	return res, err
+}
+
+func lastNUL(b []byte) int {
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] == 0 {
+			return i
+		}
+	}
+	return -1
+}
