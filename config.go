@@ -38,6 +38,12 @@ type StorageConfig struct {
 	// UploadTTL is how long an unfinished push may sit idle before its
 	// session and bytes are removed. Default 24h.
 	UploadTTL Duration `toml:"upload_ttl"`
+	// GCInterval is how often unreferenced blobs are collected online.
+	// Default 1h.
+	GCInterval Duration `toml:"gc_interval"`
+	// GCGrace spares blobs younger than this (a push whose manifest has
+	// not arrived yet). Default 1h.
+	GCGrace Duration `toml:"gc_grace"`
 }
 
 // RepositoryConfig is one [[repository]].
@@ -203,6 +209,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Storage.UploadTTL == 0 {
 		c.Storage.UploadTTL = Duration(24 * time.Hour)
+	}
+	if c.Storage.GCInterval == 0 {
+		c.Storage.GCInterval = Duration(time.Hour)
+	}
+	if c.Storage.GCGrace == 0 {
+		c.Storage.GCGrace = Duration(time.Hour)
 	}
 	if c.Storage.HighWater <= 0 || c.Storage.HighWater > 1 || c.Storage.LowWater <= 0 || c.Storage.LowWater >= c.Storage.HighWater {
 		return errors.New("config: storage: want 0 < low_water < high_water <= 1")

@@ -96,6 +96,27 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				},
 			},
 			{
+				Name:  "gc",
+				Usage: "delete blobs no manifest references (online through a running server, else on the data dir)",
+				Flags: []cli.Flag{
+					configFlag,
+					&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` (overrides the file)"},
+					&cli.BoolFlag{Name: "dry-run", Usage: "only print what would be freed"},
+					&cli.StringFlag{Name: "server", Usage: "ask the berth at `URL` (default: the listen address of the config, when the data dir is in use)"},
+				},
+				Action: func(c *cli.Context) error { return runGC(c, stdout) },
+			},
+			{
+				Name:  "verify",
+				Usage: "check the index against the blob files (run with the server stopped)",
+				Flags: []cli.Flag{
+					configFlag,
+					&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` (overrides the file)"},
+					&cli.BoolFlag{Name: "repair", Usage: "drop bad entries and files so the next pull refetches them"},
+				},
+				Action: func(c *cli.Context) error { return runVerify(c, stdout) },
+			},
+			{
 				Name:  "version",
 				Usage: "print version and build information",
 				Action: func(c *cli.Context) error {
@@ -224,7 +245,8 @@ type Main struct {
 
 // NewMain opens the store and builds the server. It does not listen yet.
 func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
-	st, err := store.Open(cfg.DataDir, store.Options{Logger: log})
+	st, err := store.Open(cfg.DataDir, store.Options{Logger: log, MaxSize: int64(cfg.Storage.MaxSize),
+		HighWater: cfg.Storage.HighWater, LowWater: cfg.Storage.LowWater, OpenTimeout: 2 * time.Second})
 	if err != nil {
 		return nil, err
 	}
@@ -273,6 +295,7 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 	}
 	srv, err := server.New(server.Options{
 		Repositories: repos, DefaultRepository: cfg.DefaultRepository, Store: st, Logger: log, Registry: reg,
+		GCGrace: time.Duration(cfg.Storage.GCGrace),
 	})
 	if err != nil {
 		st.Close()
@@ -319,7 +342,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.mu.Unlock()
 	close(m.ready)
-	go m.expireUploads(ctx)
+	go m.housekeeping(ctx)
 	select {
 	case <-ctx.Done():
 		m.log.Info("shutting down: draining requests")
@@ -344,20 +367,27 @@ func (m *Main) shutdown() error {
 	return errors.Join(errs...)
 }
 
-// expireUploads removes abandoned push sessions now and then.
-func (m *Main) expireUploads(ctx context.Context) {
-	ttl := time.Duration(m.cfg.Storage.UploadTTL)
-	every := min(ttl/4, time.Hour)
+// housekeeping expires abandoned uploads and collects garbage online,
+// now and then.
+func (m *Main) housekeeping(ctx context.Context) {
+	uploadTTL := time.Duration(m.cfg.Storage.UploadTTL)
+	every := min(uploadTTL/4, time.Duration(m.cfg.Storage.GCInterval))
 	for {
-		if n, err := m.store.ExpireUploads(ctx, ttl); err != nil {
-			m.log.Error("expire uploads", "err", err)
-		} else if n > 0 {
-			m.log.Info("expired abandoned uploads", "count", n)
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(every):
+		}
+		if n, err := m.store.ExpireUploads(ctx, uploadTTL); err != nil {
+			m.log.Error("expire uploads", "err", err)
+		} else if n > 0 {
+			m.log.Info("expired abandoned uploads", "count", n)
+		}
+		res, err := m.store.GC(store.GCOptions{Grace: time.Duration(m.cfg.Storage.GCGrace)})
+		if err != nil {
+			m.log.Error("garbage collection", "err", err)
+		} else if res.Blobs > 0 {
+			m.log.Info("garbage collected", "blobs", res.Blobs, "bytes", res.Bytes)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"strconv"
@@ -87,7 +88,8 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 			}
 		})
 	if err != nil {
-		return err
+		// The store cannot even start a temp file: serve from upstream.
+		return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
 	}
 	defer dl.release()
 	result, source := resultMiss, "upstream"
@@ -101,12 +103,18 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	}
 	size, err := dl.wait(ctx)
 	if err != nil {
+		if errors.Is(err, errStoreWrite) {
+			return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
+		}
 		return downloadError(err, d)
 	}
 	s.cacheResult(r, rp, "blob", result, source)
 	if size < 0 {
 		// No Content-Length upstream: serve once complete and verified.
 		if err := dl.waitDone(ctx); err != nil {
+			if errors.Is(err, errStoreWrite) {
+				return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
+			}
 			return downloadError(err, d)
 		}
 		f, err := s.store.OpenBlob(ctx, d)
@@ -118,7 +126,19 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 		return nil
 	}
 	rd := dl.reader(ctx, size)
+	if r.Header.Get("Range") == "" && r.Method == http.MethodGet {
+		rd.h = d.NewHash()
+	}
 	serveBlobFile(w, r, d, rd)
+	if errors.Is(rd.err, errStoreWrite) && rd.h != nil && rd.off < size {
+		// The store failed mid-blob: finish this response from upstream,
+		// still checking the digest of the whole.
+		if err := s.passThrough(w, r, rp, image, d, rd.off, rd.h, true, rd.err); err != nil {
+			s.log.Warn("pass-through ended early", "repository", rp.Name, "name", image, "digest", d, "err", err)
+			panic(http.ErrAbortHandler)
+		}
+		return nil
+	}
 	if rd.err != nil && !errors.Is(rd.err, context.Canceled) {
 		// The body is cut short: abort the connection so the client sees
 		// an error rather than a clean short response.
@@ -184,4 +204,76 @@ func downloadError(err error, d store.Digest) error {
 		return errf(codeUnavailable, "upstream sent corrupt content for %s; not cached", d)
 	}
 	return fromUpstream(err, codeBlobUnknown, fmt.Sprintf("blob %s", d))
+}
+
+// passThrough serves blob d straight from upstream without caching it,
+// because the store failed (cause). When started, the response is already
+// under way with sent bytes out: the rest is fetched (with a Range request
+// when sent > 0) and h holds the hash of what was sent. The digest is
+// checked before the last byte goes out.
+func (s *Server) passThrough(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest, sent int64, h hash.Hash, started bool, cause error) error {
+	ctx := r.Context()
+	s.m.passThrough.WithLabelValues(rp.Name, "store_error").Inc()
+	s.log.Error("store cannot cache, passing upstream through", "repository", rp.Name, "name", image, "digest", d, "offset", sent, "err", cause)
+	resp, err := rp.Upstream.BlobFrom(ctx, image, d.String(), sent)
+	if err != nil {
+		if started {
+			return err
+		}
+		return s.blobUpstreamError(rp, err, d)
+	}
+	defer resp.Body.Close()
+	if sent > 0 && resp.StatusCode != http.StatusPartialContent {
+		return fmt.Errorf("upstream ignored the range request (status %d)", resp.StatusCode)
+	}
+	info := infoOf(ctx)
+	info.result, info.source = resultMiss, "upstream"
+	if !started {
+		hd := w.Header()
+		hd.Set("Content-Type", "application/octet-stream")
+		hd.Set("Docker-Content-Digest", d.String())
+		hd.Set("Etag", `"`+d.String()+`"`)
+		if resp.ContentLength >= 0 {
+			hd.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+		}
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodHead {
+			return nil
+		}
+		h = d.NewHash()
+	}
+	body := &countingBody{ReadCloser: resp.Body, add: s.m.upstreamBytes.WithLabelValues(rp.Name).Add}
+	// Hold back the last byte until the whole blob has been hashed.
+	var held []byte
+	buf := make([]byte, 256<<10)
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			chunk := append(held, buf[:n]...)
+			held = []byte{chunk[len(chunk)-1]}
+			if _, err := w.Write(chunk[:len(chunk)-1]); err != nil {
+				return err
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			if !started {
+				panic(http.ErrAbortHandler)
+			}
+			return rerr
+		}
+	}
+	if fmt.Sprintf("%x", h.Sum(nil)) != d.Hex() {
+		s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
+		s.log.Error("pass-through blob does not match its digest", "repository", rp.Name, "digest", d)
+		if !started {
+			panic(http.ErrAbortHandler)
+		}
+		return store.ErrDigestMismatch
+	}
+	_, err = w.Write(held)
+	return err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"sync"
 	"time"
@@ -48,6 +49,11 @@ type commitFunc func(ctx context.Context, w *store.BlobWriter) error
 
 // errDownloadFailed ends readers of a download that failed.
 var errDownloadFailed = errors.New("upstream download failed")
+
+// errStoreWrite marks a download that failed because the store could not
+// write (disk full, I/O error): readers fall back to passing the upstream
+// through.
+var errStoreWrite = errors.New("store write failed")
 
 // download is one upstream transfer into one temp file.
 type download struct {
@@ -117,7 +123,7 @@ func (d *download) transfer(ctx context.Context, fetch fetchFunc) error {
 		n, rerr := body.Read(buf)
 		if n > 0 {
 			if _, werr := d.w.Write(buf[:n]); werr != nil {
-				return fmt.Errorf("write temp file: %w", werr)
+				return fmt.Errorf("%w: %w", errStoreWrite, werr)
 			}
 			d.update(func() { d.written += int64(n) })
 			if size >= 0 && d.written > size {
@@ -214,7 +220,8 @@ type dlReader struct {
 	ctx  context.Context
 	size int64
 	off  int64
-	err  error // the first error other than io.EOF returned
+	err  error     // the first error other than io.EOF returned
+	h    hash.Hash // when set, hashes what is read (sequential reads from 0)
 }
 
 func (r *dlReader) Seek(offset int64, whence int) (int64, error) {
@@ -236,6 +243,9 @@ func (r *dlReader) Seek(offset int64, whence int) (int64, error) {
 
 func (r *dlReader) Read(p []byte) (int, error) {
 	n, err := r.read(p)
+	if r.h != nil {
+		r.h.Write(p[:n])
+	}
 	r.off += int64(n)
 	if err != nil && err != io.EOF && r.err == nil {
 		r.err = err
@@ -271,7 +281,7 @@ func (r *dlReader) read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if done || err != nil {
-			return 0, fmt.Errorf("%w: %v", errDownloadFailed, err)
+			return 0, fmt.Errorf("%w: %w", errDownloadFailed, err)
 		}
 		select {
 		case <-r.ctx.Done():

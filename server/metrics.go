@@ -1,6 +1,10 @@
 package server
 
 import (
+	"syscall"
+	"time"
+
+	"github.com/berth-registry/berth/store"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -71,14 +75,51 @@ func newMetrics(reg prometheus.Registerer, st statser) *metrics {
 	reg.MustRegister(m.requests, m.requestDuration, m.cache, m.servedBytes, m.upstreamReqs,
 		m.upstreamLatency, m.upstreamBytes, m.upstreamErrors, m.inflight, m.digestMismatch, m.passThrough)
 	if st != nil {
+		counter := func(name, help string, f func(store.Counters) int64) prometheus.Collector {
+			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f(st.Counters())) })
+		}
 		reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_store_bytes", Help: "Bytes of blobs and manifests in the store."},
 				func() float64 { b, _ := st.Stats(); return float64(b) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_store_blobs", Help: "Blobs and manifests in the store."},
 				func() float64 { _, n := st.Stats(); return float64(n) }),
+			counter("berth_evictions_total", "Cached blobs and manifests evicted to stay under max_size.", func(c store.Counters) int64 { return c.Evictions }),
+			counter("berth_evicted_bytes_total", "Bytes evicted to stay under max_size.", func(c store.Counters) int64 { return c.EvictedBytes }),
+			counter("berth_gc_runs_total", "Garbage collections run.", func(c store.Counters) int64 { return c.GCRuns }),
+			counter("berth_gc_freed_bytes_total", "Bytes freed by garbage collection.", func(c store.Counters) int64 { return c.GCFreedBytes }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_disk_free_bytes", Help: "Free bytes on the data directory's filesystem."},
+				func() float64 { return float64(diskFree(st.Dir())) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_verify_last_problems", Help: "Problems found by the last berth verify (-1: never run)."},
+				func() float64 {
+					if _, n, ok := st.LastVerify(); ok {
+						return float64(n)
+					}
+					return -1
+				}),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_verify_last_timestamp_seconds", Help: "When berth verify last ran (0: never)."},
+				func() float64 {
+					if at, _, ok := st.LastVerify(); ok {
+						return float64(at.Unix())
+					}
+					return 0
+				}),
 		)
 	}
 	return m
 }
 
-type statser interface{ Stats() (bytes, count int64) }
+type statser interface {
+	Stats() (bytes, count int64)
+	Counters() store.Counters
+	LastVerify() (at time.Time, problems int, ok bool)
+	Dir() string
+}
+
+// diskFree returns the bytes available to berth on dir's filesystem.
+func diskFree(dir string) uint64 {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0
+	}
+	return st.Bavail * uint64(st.Bsize)
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -52,6 +53,10 @@ type Store interface {
 	Repositories(ctx context.Context, prefix string) ([]string, error)
 	Stats() (bytes, count int64)
 	Ping(ctx context.Context) error
+	GC(opts store.GCOptions) (store.GCResult, error)
+	Counters() store.Counters
+	LastVerify() (at time.Time, problems int, ok bool)
+	Dir() string
 }
 
 // Upstream is what a proxy repository needs of its remote registry
@@ -60,6 +65,9 @@ type Store interface {
 type Upstream interface {
 	Manifest(ctx context.Context, method, image, ref string) (*http.Response, error)
 	Blob(ctx context.Context, method, image, dgst string) (*http.Response, error)
+	// BlobFrom GETs a blob from byte offset on (a Range request when
+	// offset > 0).
+	BlobFrom(ctx context.Context, image, dgst string, offset int64) (*http.Response, error)
 	Tags(ctx context.Context, image string, query url.Values) (*http.Response, error)
 	Ping(ctx context.Context) error
 }
@@ -97,6 +105,8 @@ type Options struct {
 	Registry *prometheus.Registry
 	// FetchTimeout bounds one upstream blob download. Zero means 1h.
 	FetchTimeout time.Duration
+	// GCGrace is the grace period of a collection asked for on /admin/gc.
+	GCGrace time.Duration
 }
 
 // Server answers the registry API for a set of repositories.
@@ -182,6 +192,7 @@ func (s *Server) Handler(listenerRepo string) http.Handler {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("POST /admin/gc", s.adminGC)
 	return mux
 }
 
@@ -383,6 +394,26 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	json.NewEncoder(w).Encode(status)
+}
+
+// adminGC runs a garbage collection now (berth gc asks a running server
+// here). Only loopback clients may call it.
+func (s *Server) adminGC(w http.ResponseWriter, r *http.Request) {
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		http.Error(w, `{"error":"admin endpoints answer loopback clients only"}`, http.StatusForbidden)
+		return
+	}
+	res, err := s.store.GC(store.GCOptions{Grace: s.opts.GCGrace, DryRun: r.URL.Query().Get("dry_run") != ""})
+	w.Header().Set("Content-Type", "application/json")
+	if err != nil {
+		s.log.Error("garbage collection", "err", err)
+		w.WriteHeader(http.StatusInternalServerError)
+		json.NewEncoder(w).Encode(map[string]string{"error": "garbage collection failed"})
+		return
+	}
+	s.log.Info("garbage collection asked by admin", "blobs", res.Blobs, "bytes", res.Bytes, "dry_run", r.URL.Query().Get("dry_run") != "")
+	json.NewEncoder(w).Encode(map[string]any{"blobs": res.Blobs, "bytes": res.Bytes, "digests": res.Digests})
 }
 
 // statusWriter records the status and body bytes of a response. It keeps

@@ -35,7 +35,7 @@ func (s *Store) Counters() Counters {
 // maybeEvict wakes the evictor when the store is above its high-water
 // mark. It never blocks.
 func (s *Store) maybeEvict() {
-	if s.opts.MaxSize <= 0 || float64(s.bytes.Load()) <= s.opts.HighWater*float64(s.opts.MaxSize) {
+	if s.opts.MaxSize <= 0 || s.opts.ManualEviction || float64(s.bytes.Load()) <= s.opts.HighWater*float64(s.opts.MaxSize) {
 		return
 	}
 	select {
@@ -67,13 +67,15 @@ type candidate struct {
 	access int64
 }
 
-// Evict removes least-recently-used cached content until the store is at
-// its low-water mark: proxy manifests and blobs, never hosted content,
+// Evict, when the store is above its high-water mark, removes
+// least-recently-used cached content until it is at its low-water mark: proxy manifests and blobs, never hosted content,
 // never a pinned blob (being read), and never a blob that a manifest
 // still in the store references (evicting the manifest first makes its
 // blobs candidates). It runs alongside reads and writes.
 func (s *Store) Evict() (n int, freed int64, err error) {
-	if s.opts.MaxSize <= 0 {
+	s.evictMu.Lock()
+	defer s.evictMu.Unlock()
+	if s.opts.MaxSize <= 0 || float64(s.bytes.Load()) <= s.opts.HighWater*float64(s.opts.MaxSize) {
 		return 0, 0, nil
 	}
 	low := int64(s.opts.LowWater * float64(s.opts.MaxSize))

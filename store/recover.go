@@ -14,7 +14,12 @@ import (
 //   - pending: a blob renamed into blobs/ whose index entry may be
 //     missing. A whole, correct file is entered; anything else is removed.
 //   - deleting: a blob removed from the index whose file may remain.
+//   - uploads: a session whose file is gone (the push finished, or the
+//     file was never made) or a file without a session.
 func (s *Store) recover() error {
+	if err := s.reconcileUploads(); err != nil {
+		return err
+	}
 	type item struct {
 		key string
 		rec blobRecord
@@ -69,6 +74,49 @@ func (s *Store) recover() error {
 			return fmt.Errorf("recover %s: %w", it.key, err)
 		}
 		s.log.Info("recovered interrupted commit", "digest", it.key, "kept", keep)
+	}
+	return nil
+}
+
+// reconcileUploads drops upload sessions without a file and upload files
+// without a session. It runs at open, before any request.
+func (s *Store) reconcileUploads() error {
+	var stale []string
+	live := map[string]bool{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketUploads).ForEach(func(k, v []byte) error {
+			if _, err := os.Stat(s.uploadPath(string(k))); err != nil {
+				stale = append(stale, string(k))
+			} else {
+				live[string(k)] = true
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	if len(stale) > 0 {
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, k := range stale {
+				if err := tx.Bucket(bucketUploads).Delete([]byte(k)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	entries, err := os.ReadDir(filepath.Join(s.dir, "uploads"))
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !live[e.Name()] {
+			os.Remove(filepath.Join(s.dir, "uploads", e.Name()))
+		}
 	}
 	return nil
 }

@@ -62,6 +62,12 @@ type Options struct {
 	MaxSize   int64
 	HighWater float64 // zero means 0.9
 	LowWater  float64 // zero means 0.8
+	// ManualEviction turns off the background evictor: eviction happens
+	// only when Evict is called (offline tools, tests).
+	ManualEviction bool
+	// OpenTimeout bounds the wait for the index lock (held by a running
+	// berth). Zero means 5s.
+	OpenTimeout time.Duration
 	// KeepTmp leaves tmp/ as it is at open (for verify, which reports
 	// leftovers instead of removing them).
 	KeepTmp bool
@@ -87,6 +93,7 @@ type Store struct {
 	pins     map[string]int  // digest → open readers
 	evicting map[string]bool // digests being deleted: not opened
 	evictc   chan struct{}
+	evictMu  sync.Mutex
 	counters counters
 
 	stop   chan struct{}
@@ -106,14 +113,22 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("store: %w", err)
 		}
 	}
-	if !opts.KeepTmp {
-		if err := emptyDir(filepath.Join(dir, "tmp")); err != nil {
-			return nil, fmt.Errorf("store: empty tmp: %w", err)
-		}
+
+	timeout := opts.OpenTimeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
 	}
-	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{Timeout: timeout})
 	if err != nil {
 		return nil, fmt.Errorf("store: open index: %w", err)
+	}
+	// tmp/ is emptied only once the index lock is held: never under a
+	// running berth.
+	if !opts.KeepTmp {
+		if err := emptyDir(filepath.Join(dir, "tmp")); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("store: empty tmp: %w", err)
+		}
 	}
 	if opts.HighWater <= 0 {
 		opts.HighWater = 0.9
@@ -306,4 +321,24 @@ func decodeInt(b []byte) int64 {
 		v = v<<8 | int64(c)
 	}
 	return v
+}
+
+var metaVerify = []byte("verify")
+
+// RecordVerify keeps the result of a verify run for the metrics.
+func (s *Store) RecordVerify(problems int) error {
+	v := append(encodeInt(time.Now().Unix()), encodeInt(int64(problems))...)
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(metaVerify, v) })
+}
+
+// LastVerify returns when verify last ran and what it found; ok is false
+// when it never ran.
+func (s *Store) LastVerify() (at time.Time, problems int, ok bool) {
+	s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(metaVerify); len(v) == 16 {
+			at, problems, ok = time.Unix(decodeInt(v[:8]), 0), int(decodeInt(v[8:])), true
+		}
+		return nil
+	})
+	return at, problems, ok
 }

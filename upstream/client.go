@@ -308,6 +308,16 @@ func (c *Client) Blob(ctx context.Context, method, image, dgst string) (*http.Re
 	return c.do(ctx, image, method, "/v2/"+image+"/blobs/"+dgst, nil)
 }
 
+// BlobFrom GETs image's blob dgst from byte offset on; for offset > 0 it
+// sends a Range request and a 206 answer carries the rest.
+func (c *Client) BlobFrom(ctx context.Context, image, dgst string, offset int64) (*http.Response, error) {
+	var hdr http.Header
+	if offset > 0 {
+		hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-", offset)}}
+	}
+	return c.do(ctx, image, http.MethodGet, "/v2/"+image+"/blobs/"+dgst, hdr)
+}
+
 // Tags asks for image's tag list; query carries n and last.
 func (c *Client) Tags(ctx context.Context, image string, query url.Values) (*http.Response, error) {
 	p := "/v2/" + image + "/tags/list"

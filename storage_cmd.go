@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/berth-registry/berth/store"
+	"github.com/urfave/cli/v2"
+	bolt "go.etcd.io/bbolt"
+)
+
+// storageConfig reads the config (or defaults) for the offline commands.
+func storageConfig(c *cli.Context) (*Config, error) {
+	cfg := defaultConfig()
+	if path := c.String("config"); path != "" {
+		var err error
+		if cfg, err = loadConfigFile(path); err != nil {
+			return nil, err
+		}
+	}
+	if v := c.String("data-dir"); v != "" {
+		cfg.DataDir = v
+	}
+	return cfg, cfg.setDefaults()
+}
+
+// runGC collects garbage: through the running server when the data dir
+// is in use, else directly.
+func runGC(c *cli.Context, out io.Writer) error {
+	cfg, err := storageConfig(c)
+	if err != nil {
+		return err
+	}
+	dry := c.Bool("dry-run")
+	if u := c.String("server"); u != "" {
+		return gcRemote(out, u, dry)
+	}
+	st, err := store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 500 * time.Millisecond, KeepTmp: true})
+	if errors.Is(err, bolt.ErrTimeout) {
+		host := cfg.Listen
+		if strings.HasPrefix(host, ":") {
+			host = "127.0.0.1" + host
+		}
+		fmt.Fprintf(out, "data dir %s is in use by a running berth; asking it at %s\n", cfg.DataDir, host)
+		return gcRemote(out, "http://"+host, dry)
+	}
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	res, err := st.GC(store.GCOptions{Grace: time.Duration(cfg.Storage.GCGrace), DryRun: dry})
+	if err != nil {
+		return err
+	}
+	printGC(out, res.Blobs, res.Bytes, dry)
+	return nil
+}
+
+func printGC(out io.Writer, blobs int, bytes int64, dry bool) {
+	verb := "freed"
+	if dry {
+		verb = "would free"
+	}
+	fmt.Fprintf(out, "gc: %s %d blobs, %s\n", verb, blobs, Size(bytes))
+}
+
+func gcRemote(out io.Writer, base string, dry bool) error {
+	u := strings.TrimSuffix(base, "/") + "/admin/gc"
+	if dry {
+		u += "?dry_run=1"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("ask the running berth: %w", err)
+	}
+	defer resp.Body.Close()
+	var res struct {
+		Blobs int   `json:"blobs"`
+		Bytes int64 `json:"bytes"`
+		Error string
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&res); err != nil || resp.StatusCode != 200 {
+		return fmt.Errorf("ask the running berth: status %d %s", resp.StatusCode, res.Error)
+	}
+	printGC(out, res.Blobs, res.Bytes, dry)
+	return nil
+}
+
+// runVerify re-hashes every blob and checks index and files both ways.
+// It exits non-zero when it finds problems (unless --repair fixed them).
+func runVerify(c *cli.Context, out io.Writer) error {
+	cfg, err := storageConfig(c)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 500 * time.Millisecond, KeepTmp: true})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return fmt.Errorf("data dir %s is in use by a running berth; stop it first", cfg.DataDir)
+	}
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	ctx := c.Context
+	start := time.Now()
+	probs, err := st.Check(ctx, store.CheckOptions{Rehash: true, Orphans: true, Tmp: true})
+	if err != nil {
+		return err
+	}
+	bytes, count := st.Stats()
+	byKind := map[string]int{}
+	for _, p := range probs {
+		byKind[p.Kind]++
+		fmt.Fprintf(out, "problem: %s\n", p)
+	}
+	fmt.Fprintf(out, "verify: %d blobs, %s re-hashed in %s; %d problems", count, Size(bytes), time.Since(start).Round(time.Millisecond), len(probs))
+	for k, n := range byKind {
+		fmt.Fprintf(out, ", %s=%d", k, n)
+	}
+	fmt.Fprintln(out)
+	if len(probs) == 0 {
+		return st.RecordVerify(0)
+	}
+	if !c.Bool("repair") {
+		st.RecordVerify(len(probs))
+		return cli.Exit("verify: problems found (run with --repair to drop them; the next pull refetches)", 1)
+	}
+	if err := st.Repair(ctx, probs); err != nil {
+		return err
+	}
+	left, err := st.Check(ctx, store.CheckOptions{Rehash: true, Orphans: true, Tmp: true})
+	if err != nil {
+		return err
+	}
+	st.RecordVerify(len(left))
+	if len(left) > 0 {
+		return cli.Exit(fmt.Sprintf("verify: %d problems left after repair", len(left)), 1)
+	}
+	fmt.Fprintf(out, "verify: repaired %d problems\n", len(probs))
+	return nil
+}
+
