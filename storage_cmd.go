@@ -148,4 +148,3 @@ func runVerify(c *cli.Context, out io.Writer) error {
 	fmt.Fprintf(out, "verify: repaired %d problems\n", len(probs))
 	return nil
 }
-
