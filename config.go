@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
+	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // Config is berth's TOML configuration. Zero values mean the defaults
@@ -28,6 +31,27 @@ type Config struct {
 	Storage           StorageConfig      `toml:"storage"`
 	Repositories      []RepositoryConfig `toml:"repository"`
 	Listeners         []ListenerConfig   `toml:"listener"`
+	Auth              AuthConfig         `toml:"auth"`
+	Users             []UserConfig       `toml:"user"`
+}
+
+// AuthConfig is the [auth] table.
+type AuthConfig struct {
+	TokenTTL            Duration `toml:"token_ttl"`      // default 5m
+	TokenKeyFile        string   `toml:"token_key_file"` // default data_dir/token.key, made at first start
+	ExternalURL         string   `toml:"external_url"`   // base URL behind a reverse proxy
+	TrustedProxies      []string `toml:"trusted_proxies"`
+	Htpasswd            string   `toml:"htpasswd"` // bcrypt entries only
+	MaxUploadsPerClient int      `toml:"max_uploads_per_client"`
+}
+
+// UserConfig is one [[user]]: grants, and a bcrypt hash unless the user
+// is in the htpasswd file.
+type UserConfig struct {
+	Name         string   `toml:"name"`
+	PasswordHash string   `toml:"password_hash"`
+	Pull         []string `toml:"pull"`
+	Push         []string `toml:"push"`
 }
 
 // StorageConfig limits the store.
@@ -57,7 +81,8 @@ type RepositoryConfig struct {
 	TagTTL        Duration `toml:"tag_ttl"`       // default 1h
 	NotFoundTTL   Duration `toml:"not_found_ttl"` // default 1m
 	ServeStale    *bool    `toml:"serve_stale"`   // default true
-	AnonymousPull *bool    `toml:"anonymous_pull"`
+	AnonymousPull *bool    `toml:"anonymous_pull"` // default true, false for hosted
+	AnonymousPush bool     `toml:"anonymous_push"` // hosted only; default false
 	NSAliases     []string `toml:"ns_aliases"`
 	// LibraryPrefix adds "library/" to one-segment names, as Docker Hub
 	// needs. Default: true when the upstream host is Docker Hub's.
@@ -265,7 +290,7 @@ func (c *Config) setDefaults() error {
 			}
 		case "hosted":
 			if r.AnonymousPull == nil {
-				r.AnonymousPull = ptr(true)
+				r.AnonymousPull = ptr(false)
 			}
 			if r.URL != "" || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
 				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
@@ -310,10 +335,12 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	for _, r := range c.Repositories {
-		if !*r.AnonymousPull {
-			return fmt.Errorf("config: repository %q: anonymous_pull = false needs access control, which berth does not have yet; "+
-				"until then every repository is open to anyone who can reach it", r.Name)
+		if r.AnonymousPush && r.Kind != "hosted" {
+			return fmt.Errorf("config: repository %q: anonymous_push is for hosted repositories", r.Name)
 		}
+	}
+	if err := c.checkAuth(); err != nil {
+		return err
 	}
 	if c.DefaultRepository == "" {
 		c.DefaultRepository = c.Repositories[0].Name
@@ -354,6 +381,77 @@ func (r *RepositoryConfig) password() (string, error) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func (c *Config) checkAuth() error {
+	if c.Auth.TokenTTL == 0 {
+		c.Auth.TokenTTL = Duration(5 * time.Minute)
+	}
+	if c.Auth.TokenTTL < Duration(10*time.Second) || c.Auth.TokenTTL > Duration(24*time.Hour) {
+		return errors.New("config: auth.token_ttl must be between 10s and 24h")
+	}
+	if c.Auth.ExternalURL != "" {
+		u, err := url.Parse(c.Auth.ExternalURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("config: auth.external_url %q: want http(s)://host[:port][/path]", c.Auth.ExternalURL)
+		}
+	}
+	for _, p := range c.Auth.TrustedProxies {
+		if _, _, err := net.ParseCIDR(p); err != nil && net.ParseIP(p) == nil {
+			return fmt.Errorf("config: auth.trusted_proxies: %q is not an IP or CIDR", p)
+		}
+	}
+	if c.Auth.MaxUploadsPerClient < 0 {
+		return errors.New("config: auth.max_uploads_per_client must not be negative")
+	}
+	seen := map[string]bool{}
+	for i, u := range c.Users {
+		if u.Name == "" || strings.ContainsAny(u.Name, ":\x00") {
+			return fmt.Errorf("config: user[%d]: name is required and may not contain ':'", i)
+		}
+		if seen[u.Name] {
+			return fmt.Errorf("config: user %q: duplicate name", u.Name)
+		}
+		seen[u.Name] = true
+		for _, g := range append(append([]string{}, u.Pull...), u.Push...) {
+			if _, err := path.Match(g, ""); err != nil || g == "" {
+				return fmt.Errorf("config: user %q: bad glob %q", u.Name, g)
+			}
+		}
+		if u.PasswordHash == "" && c.Auth.Htpasswd == "" {
+			return fmt.Errorf("config: user %q: password_hash is required (or auth.htpasswd)", u.Name)
+		}
+		if u.PasswordHash != "" {
+			if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
+				return fmt.Errorf("config: user %q: password_hash is not a bcrypt hash (make one with berth passwd)", u.Name)
+			}
+		}
+	}
+	return nil
+}
+
+// loadHtpasswd reads user:bcrypt-hash lines.
+func loadHtpasswd(file string) (map[string]string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("auth.htpasswd: %w", err)
+	}
+	out := map[string]string{}
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, hash, ok := strings.Cut(line, ":")
+		if !ok {
+			return nil, fmt.Errorf("auth.htpasswd line %d: want user:hash", i+1)
+		}
+		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+			return nil, fmt.Errorf("auth.htpasswd line %d (%s): only bcrypt hashes are accepted (htpasswd -B)", i+1, name)
+		}
+		out[name] = hash
+	}
+	return out, nil
+}
 
 // findCycle returns a path of group memberships that comes back to a group
 // already on it, or nil.

@@ -44,7 +44,14 @@ url = "https://registry-1.docker.io"
 		{"push_to a proxy", base + "[[repository]]\nname = \"g\"\nkind = \"group\"\nmembers = [\"hub\"]\npush_to = \"hub\"\n", "push_to \"hub\" must be one of its hosted members"},
 		{"group cycle", base + "[[repository]]\nname = \"a\"\nkind = \"group\"\nmembers = [\"hub\", \"b\"]\n[[repository]]\nname = \"b\"\nkind = \"group\"\nmembers = [\"a\"]\n", "group cycle: a → b → a"},
 		{"group self", "[[repository]]\nname = \"a\"\nkind = \"group\"\nmembers = [\"a\"]\n", "group cycle: a → a"},
-		{"private pull without auth", base + "anonymous_pull = false\n", "needs access control"},
+		{"anonymous push on a proxy", base + "anonymous_push = true\n", "anonymous_push is for hosted"},
+		{"user without hash", base + "[[user]]\nname = \"a\"\npull = [\"*\"]\n", `user "a": password_hash is required`},
+		{"user bad hash", base + "[[user]]\nname = \"a\"\npassword_hash = \"plaintext\"\n", "not a bcrypt hash"},
+		{"user bad glob", base + "[[user]]\nname = \"a\"\npassword_hash = \"$2a$10$DUbwPxEDrDMqEL7WoOUgre9SbJeGuXtT4Ot/eo7OmaL82JHivnzi2\"\npull = [\"[\"]\n", "bad glob"},
+		{"duplicate user", base + "[[user]]\nname = \"a\"\npassword_hash = \"$2a$10$DUbwPxEDrDMqEL7WoOUgre9SbJeGuXtT4Ot/eo7OmaL82JHivnzi2\"\n[[user]]\nname = \"a\"\npassword_hash = \"$2a$10$DUbwPxEDrDMqEL7WoOUgre9SbJeGuXtT4Ot/eo7OmaL82JHivnzi2\"\n", `user "a": duplicate`},
+		{"bad external url", "[auth]\nexternal_url = \"registry.example\"\n" + base, "auth.external_url"},
+		{"bad trusted proxy", "[auth]\ntrusted_proxies = [\"not-an-ip\"]\n" + base, "auth.trusted_proxies"},
+		{"token ttl", "[auth]\ntoken_ttl = \"1s\"\n" + base, "token_ttl"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -123,5 +130,33 @@ password = "hunter2"
 	}
 	if !strings.Contains(out.String(), "?ns=registry.example") {
 		t.Errorf("no routing table:\n%s", out.String())
+	}
+}
+
+func TestHtpasswd(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "htpasswd")
+	os.WriteFile(f, []byte("# users\nci:$2a$10$DUbwPxEDrDMqEL7WoOUgre9SbJeGuXtT4Ot/eo7OmaL82JHivnzi2\n"), 0o600)
+	m, err := loadHtpasswd(f)
+	if err != nil || m["ci"] == "" {
+		t.Fatalf("%v %v", m, err)
+	}
+	os.WriteFile(f, []byte("old:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n"), 0o600)
+	if _, err := loadHtpasswd(f); err == nil || !strings.Contains(err.Error(), "only bcrypt") {
+		t.Fatalf("non-bcrypt entry accepted: %v", err)
+	}
+}
+
+func TestTokenKeyFile(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "sub", "token.key")
+	k1, err := tokenKey(f)
+	if err != nil || len(k1) != 32 {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(f); st.Mode().Perm() != 0o600 {
+		t.Fatalf("token key mode %v", st.Mode())
+	}
+	k2, _ := tokenKey(f)
+	if string(k1) != string(k2) {
+		t.Fatal("key not kept across starts")
 	}
 }

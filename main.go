@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -91,7 +92,30 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 							return err
 						}
 					}
+					if cfg.Auth.Htpasswd != "" {
+						htp, err := loadHtpasswd(cfg.Auth.Htpasswd)
+						if err != nil {
+							return err
+						}
+						for _, u := range cfg.Users {
+							if u.PasswordHash == "" && htp[u.Name] == "" {
+								return fmt.Errorf("user %q has no password_hash and is not in %s", u.Name, cfg.Auth.Htpasswd)
+							}
+						}
+					}
 					printConfig(stdout, cfg)
+					return nil
+				},
+			},
+			{
+				Name:  "passwd",
+				Usage: "print a bcrypt hash of a password read from stdin (or asked for on a terminal)",
+				Action: func(c *cli.Context) error {
+					hash, err := passwdHash(os.Stdin, stderr)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintln(stdout, hash)
 					return nil
 				},
 			},
@@ -195,6 +219,14 @@ func printConfig(w io.Writer, cfg *Config) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%t\t%s\n", r.Name, r.Kind, target, ttl, nf, stale, *r.AnonymousPull, cred)
 	}
 	tw.Flush()
+	if len(cfg.Users) > 0 {
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "\nUSER\tPULL\tPUSH")
+		for _, u := range cfg.Users {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", u.Name, strings.Join(u.Pull, " "), strings.Join(u.Push, " "))
+		}
+		tw.Flush()
+	}
 	fmt.Fprintln(w, "\nROUTING")
 	fmt.Fprintf(w, "  listener %s → %s\n", cfg.Listen, cfg.DefaultRepository)
 	for _, l := range cfg.Listeners {
@@ -237,6 +269,8 @@ type Main struct {
 	store *store.Store
 	srv   *server.Server
 
+	cert atomic.Pointer[tls.Certificate]
+
 	mu        sync.Mutex
 	listeners []net.Listener
 	servers   []*http.Server
@@ -264,7 +298,7 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 	for _, rc := range cfg.Repositories {
 		r := server.Repository{
 			Name: rc.Name, Kind: rc.Kind, TagTTL: time.Duration(rc.TagTTL), NotFoundTTL: time.Duration(rc.NotFoundTTL),
-			ServeStale: *rc.ServeStale, AnonymousPull: *rc.AnonymousPull, NSAliases: rc.NSAliases,
+			ServeStale: *rc.ServeStale, AnonymousPull: *rc.AnonymousPull, AnonymousPush: rc.AnonymousPush, NSAliases: rc.NSAliases,
 			Members: rc.Members, PushTo: rc.PushTo,
 		}
 		if rc.Kind == "proxy" {
@@ -293,9 +327,14 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 		}
 		repos = append(repos, r)
 	}
+	authOpts, err := authOptions(cfg)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	srv, err := server.New(server.Options{
 		Repositories: repos, DefaultRepository: cfg.DefaultRepository, Store: st, Logger: log, Registry: reg,
-		GCGrace: time.Duration(cfg.Storage.GCGrace),
+		GCGrace: time.Duration(cfg.Storage.GCGrace), Auth: authOpts,
 	})
 	if err != nil {
 		st.Close()
@@ -311,11 +350,29 @@ func (m *Main) Run(ctx context.Context) error {
 	binds = append(binds, m.cfg.Listeners...)
 	var tlsCfg *tls.Config
 	if m.cfg.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(m.cfg.TLSCert, m.cfg.TLSKey)
-		if err != nil {
-			return fmt.Errorf("tls: %w", err)
+		if err := m.loadCert(); err != nil {
+			return err
 		}
-		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return m.cert.Load(), nil
+		}}
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					if err := m.loadCert(); err != nil {
+						m.log.Error("SIGHUP: keeping the old certificate", "err", err)
+					} else {
+						m.log.Info("SIGHUP: TLS certificate reloaded")
+					}
+				}
+			}
+		}()
 	}
 	errc := make(chan error, len(binds))
 	m.mu.Lock()
@@ -326,19 +383,22 @@ func (m *Main) Run(ctx context.Context) error {
 			m.shutdown()
 			return err
 		}
-		if tlsCfg != nil {
-			ln = tls.NewListener(ln, tlsCfg)
-		}
 		hs := &http.Server{
 			Handler:           m.srv.Handler(b.Repository),
-			ReadHeaderTimeout: 30 * time.Second,
+			ReadHeaderTimeout: 30 * time.Second, // slow clients cannot hold connections open
 			IdleTimeout:       2 * time.Minute,
+			MaxHeaderBytes:    64 << 10,
+			TLSConfig:         tlsCfg,
 			ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
 		}
 		m.listeners = append(m.listeners, ln)
 		m.servers = append(m.servers, hs)
 		m.log.Info("listening", "addr", ln.Addr().String(), "repository", b.Repository, "tls", tlsCfg != nil)
-		go func() { errc <- hs.Serve(ln) }()
+		if tlsCfg != nil {
+			go func() { errc <- hs.ServeTLS(ln, "", "") }() // HTTP/2 and HTTP/1.1
+		} else {
+			go func() { errc <- hs.Serve(ln) }()
+		}
 	}
 	m.mu.Unlock()
 	close(m.ready)
@@ -351,6 +411,16 @@ func (m *Main) Run(ctx context.Context) error {
 		m.shutdown()
 		return err
 	}
+}
+
+// loadCert (re)reads tls_cert and tls_key; connections keep going.
+func (m *Main) loadCert() error {
+	cert, err := tls.LoadX509KeyPair(m.cfg.TLSCert, m.cfg.TLSKey)
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	m.cert.Store(&cert)
+	return nil
 }
 
 func (m *Main) shutdown() error {

@@ -87,6 +87,8 @@ func TestConformanceHosted(t *testing.T) {
 [[repository]]
 name = "hosted"
 kind = "hosted"
+anonymous_pull = true
+anonymous_push = true   # a scratch registry for the test
 `)
 	runConformance(t, "hosted", b.addr,
 		"OCI_API_BLOBS_UPLOAD_CANCEL=true", "OCI_API_MANIFESTS_TAG_PARAM=true",

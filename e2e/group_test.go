@@ -13,6 +13,8 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
+const ciPassword = "ci-password"
+
 // nexusSetup starts two upstream registries (the second demanding basic
 // auth, standing in for ghcr.io) and berth with examples/nexus-style/
 // berth.toml, only the upstream URLs and ports changed.
@@ -29,6 +31,11 @@ func startNexusSetup(t *testing.T) *nexusSetup {
 	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
 	os.WriteFile(htpasswd, []byte("ci-robot:"+string(hash)+"\n"), 0o644)
 	n := &nexusSetup{hub: startRegistry(t), ghcr: startRegistryAuth(t, htpasswd)}
+	// berth's own users, in the htpasswd file the example names.
+	ciHash, _ := bcrypt.GenerateFromPassword([]byte(ciPassword), bcrypt.DefaultCost)
+	devHash, _ := bcrypt.GenerateFromPassword([]byte("dev-password"), bcrypt.DefaultCost)
+	berthHtpasswd := filepath.Join(t.TempDir(), "berth-htpasswd")
+	os.WriteFile(berthHtpasswd, []byte("ci:"+string(ciHash)+"\ndeveloper:"+string(devHash)+"\n"), 0o600)
 	example, err := os.ReadFile("../examples/nexus-style/berth.toml")
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +45,7 @@ func startNexusSetup(t *testing.T) *nexusSetup {
 		"https://registry-1.docker.io", "http://"+n.hub.proxy,
 		"https://ghcr.io", "http://"+n.ghcr.proxy,
 		`listen = ":5001"`, `listen = "127.0.0.1:`+n.ghcrPort+`"`,
+		"/etc/berth/htpasswd", berthHtpasswd,
 	).Replace(string(example))
 	n.b = startBerthEnv(t, cfg, "GHCR_TOKEN=robot-token")
 
@@ -123,12 +131,23 @@ func TestNexusStyleDockerAndClients(t *testing.T) {
 	if out := d.docker(t, "image", "inspect", "--format", "{{json .RepoDigests}}", "e2e-grp:latest"); !strings.Contains(out, hubImg.String()) {
 		t.Fatalf("docker pull through group: %s", out)
 	}
-	// Push through the group lands in the hosted member.
+	// Push through the group (as the ci user) lands in the hosted member,
+	// which anonymous clients cannot read.
 	d.docker(t, "tag", "e2e-grp:latest", n.b.addr+"/team/pushed:1")
+	if _, err := runErr(time.Minute, []string{"HOME=" + t.TempDir()}, tool("crane"), "copy", "--insecure",
+		n.b.addr+"/e2e-grp:latest", n.b.addr+"/team/anonymous:1"); err == nil {
+		t.Fatal("anonymous push succeeded")
+	}
+	d.docker(t, "login", "-u", "ci", "-p", ciPassword, n.b.addr)
 	d.docker(t, "push", n.b.addr+"/team/pushed:1")
+	creds := []string{"--insecure", "-u", "ci", "-p", ciPassword}
+	run(t, time.Minute, env, tool("crane"), append([]string{"auth", "login", n.b.addr}, creds[1:]...)...)
 	pushed := digest(n.b.addr + "/team/pushed:1")
 	if got := digest(n.b.addr + "/internal/team/pushed:1"); got != pushed {
 		t.Fatalf("pushed image not in internal: %s vs %s", got, pushed)
+	}
+	if _, err := runErr(time.Minute, []string{"HOME=" + t.TempDir()}, tool("crane"), "digest", "--insecure", n.b.addr+"/internal/team/pushed:1"); err == nil {
+		t.Fatal("anonymous client read the private hosted repository")
 	}
 
 	// Path prefixes by repository name and by upstream host.
@@ -156,7 +175,7 @@ func TestNexusStyleDockerAndClients(t *testing.T) {
 // pulls try the members, pushes go to push_to.
 func TestConformanceGroup(t *testing.T) {
 	n := startNexusSetup(t)
-	runConformance(t, "group", n.b.addr,
+	runConformance(t, "group", n.b.addr, "OCI_USERNAME=ci", "OCI_PASSWORD="+ciPassword,
 		"OCI_API_BLOBS_UPLOAD_CANCEL=true", "OCI_API_MANIFESTS_TAG_PARAM=true",
 		"OCI_API_BLOBS_DIGEST_HEADER=true", "OCI_API_MANIFESTS_DIGEST_HEADER=true")
 }

@@ -105,6 +105,10 @@ func start(t *testing.T, env []string, bin string, args ...string) *proc {
 		p.stop(syscall.SIGTERM, 20*time.Second)
 		if t.Failed() {
 			b, _ := os.ReadFile(p.log)
+			if dir := os.Getenv("E2E_LOG_DIR"); dir != "" {
+				os.MkdirAll(dir, 0o755)
+				os.WriteFile(filepath.Join(dir, t.Name()[:min(len(t.Name()), 40)]+"-"+filepath.Base(p.log)), b, 0o644)
+			}
 			t.Logf("---- %s log (last 3000 bytes) ----\n%s", filepath.Base(bin), tail(string(b), 3000))
 		}
 	})
@@ -152,14 +156,26 @@ func waitHTTP(t *testing.T, url string, timeout time.Duration) {
 }
 
 // run runs a command with a time limit and returns its stdout; it fails
-// the test on error.
+// the test on error, showing stdout and stderr.
 func run(t *testing.T, timeout time.Duration, env []string, bin string, args ...string) string {
 	t.Helper()
-	out, err := runErr(timeout, env, bin, args...)
+	out, errOut, err := runSplit("", timeout, env, bin, args...)
 	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", filepath.Base(bin), strings.Join(args, " "), err, out)
+		t.Fatalf("%s %s: %v\n%s%s", filepath.Base(bin), strings.Join(args, " "), err, out, errOut)
 	}
 	return out
+}
+
+func runSplit(dir string, timeout time.Duration, env []string, bin string, args ...string) (stdout, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
 }
 
 func runErr(timeout time.Duration, env []string, bin string, args ...string) (string, error) {

@@ -18,6 +18,8 @@ const hostedConfig = `default_repository = "hosted"
 [[repository]]
 name = "hosted"
 kind = "hosted"
+anonymous_pull = true
+anonymous_push = true   # a scratch registry for the test
 `
 
 // TestClientsPush pushes with crane, regctl, skopeo, oras and docker into a

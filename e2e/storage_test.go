@@ -113,6 +113,8 @@ gc_grace = "1s"
 [[repository]]
 name = "local"
 kind = "hosted"
+anonymous_pull = true
+anonymous_push = true   # a scratch registry for the test
 `
 	b := startBerth(t, cfg)
 	for _, img := range imgs {
@@ -163,6 +165,8 @@ func TestCrashSafety(t *testing.T) {
 [[repository]]
 name = "local"
 kind = "hosted"
+anonymous_pull = true
+anonymous_push = true   # a scratch registry for the test
 `
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	dataDir := t.TempDir()

@@ -96,15 +96,44 @@ func (s *Server) serveGroup(w http.ResponseWriter, r *http.Request, g *repo, ima
 	}
 	switch rt.kind {
 	case routeManifest:
-		return s.groupManifest(w, r, g, image, rt)
+		return s.groupMiss(r, g, image, rt, s.groupManifest(w, r, g, image, rt))
 	case routeBlob:
-		return s.groupBlob(w, r, g, image, rt.digest)
+		return s.groupMiss(r, g, image, rt, s.groupBlob(w, r, g, image, rt.digest))
 	case routeTags:
-		return s.groupTags(w, r, g, image, rt.name)
+		return s.groupMiss(r, g, image, rt, s.groupTags(w, r, g, image, rt.name))
 	case routeReferrers:
 		return s.groupReferrers(w, r, g, image, rt.digest)
 	}
 	return errf(codeNotFound, "%s is not served by groups", rt.kind)
+}
+
+// groupMiss turns a miss of an anonymous client into the auth challenge
+// when the group has members it may not read, so that the client logs in
+// and asks again (as a registry does for a private repository). Every such
+// miss gets the challenge, so it reveals nothing about what exists.
+func (s *Server) groupMiss(r *http.Request, g *repo, image string, rt route, err error) error {
+	var re *regError
+	p := infoOf(r.Context()).principal
+	if err == nil || p.user != nil || !errors.As(err, &re) || re.Code == codeUnauthorized || statusOf[re.Code] != http.StatusNotFound {
+		return err
+	}
+	if len(s.readableMembers(r, g, image)) < len(g.leaves) {
+		return s.challenge(r, rt.name, actionPull, "")
+	}
+	return err
+}
+
+// readableMembers are the members of g the request's principal may read
+// image through (anonymous clients: members that allow anonymous pulls).
+func (s *Server) readableMembers(r *http.Request, g *repo, image string) []*repo {
+	p := infoOf(r.Context()).principal
+	out := make([]*repo, 0, len(g.leaves))
+	for _, m := range g.leaves {
+		if s.memberReadable(p, g, m, image) {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // memberMiss reports whether err means "try the next member": not found
@@ -137,7 +166,7 @@ func tryResult(err error) string {
 // member is remembered for the image's blobs.
 func (s *Server) groupManifest(w http.ResponseWriter, r *http.Request, g *repo, image string, rt route) error {
 	var tried []memberTry
-	for _, m := range g.leaves {
+	for _, m := range s.readableMembers(r, g, image) {
 		img := memberImage(m, image)
 		var a manifestAnswer
 		var err error
@@ -170,9 +199,9 @@ func (s *Server) groupManifest(w http.ResponseWriter, r *http.Request, g *repo, 
 // groupBlob asks the member that served the image's manifest first, then
 // the others in order.
 func (s *Server) groupBlob(w http.ResponseWriter, r *http.Request, g *repo, image string, d store.Digest) error {
-	order := g.leaves
-	if first := g.served.get(image); first != nil {
-		order = append([]*repo{first}, slices.DeleteFunc(slices.Clone(g.leaves), func(m *repo) bool { return m == first })...)
+	order := s.readableMembers(r, g, image)
+	if first := g.served.get(image); first != nil && slices.Contains(order, first) {
+		order = append([]*repo{first}, slices.DeleteFunc(slices.Clone(order), func(m *repo) bool { return m == first })...)
 	}
 	var tried []memberTry
 	for _, m := range order {
@@ -197,7 +226,7 @@ func (s *Server) groupTags(w http.ResponseWriter, r *http.Request, g *repo, imag
 	ctx := r.Context()
 	set := map[string]bool{}
 	found := false
-	for _, m := range g.leaves {
+	for _, m := range s.readableMembers(r, g, image) {
 		tags, err := s.memberTags(ctx, m, memberImage(m, image))
 		if err != nil {
 			if memberMiss(err) || store.IsNotFound(err) {
@@ -265,7 +294,7 @@ func (s *Server) memberTags(ctx context.Context, m *repo, image string) ([]strin
 func (s *Server) groupReferrers(w http.ResponseWriter, r *http.Request, g *repo, image string, d store.Digest) error {
 	var all []store.Referrer
 	seen := map[string]bool{}
-	for _, m := range g.leaves {
+	for _, m := range s.readableMembers(r, g, image) {
 		if m.Kind != KindHosted {
 			continue
 		}

@@ -41,7 +41,7 @@ func newGroupBerth(t *testing.T, pushTo string) *groupFixture {
 				TagTTL: time.Hour, NotFoundTTL: time.Minute, ServeStale: true, AnonymousPull: true},
 			{Name: "private", Kind: KindProxy, Upstream: client(priv), UpstreamHost: strings.TrimPrefix(priv.srv.URL, "http://"),
 				NSAliases: []string{"ghcr.io"}, TagTTL: time.Hour, NotFoundTTL: time.Minute, ServeStale: true, AnonymousPull: true},
-			{Name: "local", Kind: KindHosted, AnonymousPull: true},
+			{Name: "local", Kind: KindHosted, AnonymousPull: true, AnonymousPush: true},
 			{Name: "all", Kind: KindGroup, Members: []string{"local", "hub", "private"}, PushTo: pushTo, AnonymousPull: true},
 		},
 		DefaultRepository: "all", Store: st, Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(),

@@ -279,9 +279,12 @@ func (s *Server) mountable(r *http.Request, from string, d store.Digest) bool {
 	if err != nil {
 		return false
 	}
+	p := infoOf(r.Context()).principal
 	holders := []*repo{src}
 	if src.Kind == KindGroup {
-		holders = src.leaves
+		holders = s.readableMembers(r, src, image)
+	} else if !s.allowed(p, src, image, actionPull) {
+		return false // the client may not read the source: no mount
 	}
 	for _, h := range holders {
 		ok, err := s.store.HasLink(r.Context(), h.Name+"/"+memberImage(h, image), d)

@@ -21,7 +21,7 @@ import (
 )
 
 func withHosted(r *Repository, o *Options) {
-	o.Repositories = append(o.Repositories, Repository{Name: "local", Kind: KindHosted, AnonymousPull: true})
+	o.Repositories = append(o.Repositories, Repository{Name: "local", Kind: KindHosted, AnonymousPull: true, AnonymousPush: true})
 	o.DefaultRepository = "local"
 }
 
@@ -87,7 +87,7 @@ func TestChunkedUploadSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
 	blob := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
 	start := func(st *store.Store) *httptest.Server {
-		s, err := New(Options{Repositories: []Repository{{Name: "local", Kind: KindHosted, AnonymousPull: true}},
+		s, err := New(Options{Repositories: []Repository{{Name: "local", Kind: KindHosted, AnonymousPull: true, AnonymousPush: true}},
 			DefaultRepository: "local", Store: st, Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry()})
 		if err != nil {
 			t.Fatal(err)

@@ -409,7 +409,7 @@ func writeJSONTyped(w http.ResponseWriter, r *http.Request, v any) error {
 func (s *Server) catalog(w http.ResponseWriter, r *http.Request, rp *repo) error {
 	members := []*repo{rp}
 	if rp.Kind == KindGroup {
-		members = rp.leaves
+		members = s.readableMembers(r, rp, "")
 	}
 	set := map[string]bool{}
 	for _, m := range members {

@@ -87,6 +87,9 @@ type Repository struct {
 	ServeStale   bool
 
 	AnonymousPull bool
+	// AnonymousPush lets anyone push to a hosted repository (labs, CI
+	// scratch registries); off by default.
+	AnonymousPush bool
 
 	// Group settings: members in the order pulls try them, and the hosted
 	// member that receives pushes ("" refuses pushes).
@@ -107,6 +110,8 @@ type Options struct {
 	FetchTimeout time.Duration
 	// GCGrace is the grace period of a collection asked for on /admin/gc.
 	GCGrace time.Duration
+	// Auth configures users, tokens and the realm.
+	Auth AuthOptions
 }
 
 // Server answers the registry API for a set of repositories.
@@ -119,6 +124,8 @@ type Server struct {
 	m       *metrics
 	fetches *fetchGroup
 	flight  singleflight.Group
+	auth    *auth
+	uploads *uploadLimiter
 }
 
 type repo struct {
@@ -176,6 +183,12 @@ func New(opts Options) (*Server, error) {
 	if _, ok := s.repos[opts.DefaultRepository]; !ok && opts.DefaultRepository != "" {
 		return nil, fmt.Errorf("server: default repository %q is not configured", opts.DefaultRepository)
 	}
+	a, err := newAuth(opts.Auth)
+	if err != nil {
+		return nil, err
+	}
+	s.auth = a
+	s.uploads = &uploadLimiter{n: map[string]int{}, max: a.opts.MaxUploadsPerClient}
 	s.m = newMetrics(opts.Registry, opts.Store)
 	s.fetches = newFetchGroup(opts.FetchTimeout, s.m.inflight.Inc, s.m.inflight.Dec)
 	return s, nil
@@ -192,6 +205,7 @@ func (s *Server) Handler(listenerRepo string) http.Handler {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("/token", s.serveToken(listenerRepo))
 	mux.HandleFunc("POST /admin/gc", s.adminGC)
 	return mux
 }
@@ -200,6 +214,7 @@ func (s *Server) Handler(listenerRepo string) http.Handler {
 // metrics.
 type reqInfo struct {
 	listener         string // the listener's repository
+	principal        principal
 	repo, image, ref string
 	kind             string
 	result           string // cache result
@@ -241,7 +256,14 @@ func (s *Server) v2Handler(listenerRepo string) http.Handler {
 				"name", info.image, "ref", info.ref, "result", info.result, "status", code,
 				"bytes", sw.bytes, "duration", time.Since(start).Round(time.Microsecond), "remote", r.RemoteAddr)
 		}()
-		if err := s.dispatch(sw, r, listenerRepo); err != nil {
+		p, err := s.auth.authenticate(r)
+		if err != nil {
+			err = s.challenge(r, "", "", "")
+		} else {
+			info.principal = p
+			err = s.dispatch(sw, r, listenerRepo)
+		}
+		if err != nil {
 			var re *regError
 			if !errors.As(err, &re) && !errors.Is(err, store.ErrDigestInvalid) {
 				s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
@@ -267,6 +289,16 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			return errf(codeUnsupported, "method %s not allowed on /v2/", r.Method)
 		}
+		// end-1: 200 when the credentials are good, or when anonymous
+		// access covers everything here (no users, anonymous pulls).
+		// Otherwise the challenge: clients learn the realm only from this
+		// answer (Docker never asks for a token after a 200 here), and
+		// anonymous ones get tokens for what anonymous access allows.
+		if info.principal.user == nil && info.principal.token == nil {
+			if rp := s.repos[listenerRepo]; rp == nil || !rp.AnonymousPull || len(s.auth.users) > 0 {
+				return s.challenge(r, "", "", "")
+			}
+		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Content-Length", "2")
 		if r.Method == http.MethodGet {
@@ -282,6 +314,16 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			return errf(codeUnsupported, "method %s not allowed on /v2/_catalog", r.Method)
 		}
+		p := info.principal
+		if !s.allowed(p, rp, "", actionPull) && rp.Kind != KindGroup {
+			if p.user == nil {
+				return s.challenge(r, "", "", "")
+			}
+			return errf(codeDenied, "%s may not list %s", p.name(), rp.Name)
+		}
+		if p.token != nil && !p.token.grants("registry", "catalog", "*") {
+			return s.challenge(r, "", "", "insufficient_scope")
+		}
 		return s.catalog(w, r, rp)
 	}
 	rp, image, err := s.resolve(r, listenerRepo, rt.name)
@@ -289,6 +331,36 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 		return err
 	}
 	info.repo, info.image, info.ref = rp.Name, image, rt.ref
+	// Writes a repository kind cannot take are refused whoever asks.
+	if actionFor(r, rt) != actionPull {
+		switch {
+		case rp.Kind == KindProxy:
+			return errf(codeUnsupported, "repository %q is a %s repository (read-only); push to a hosted repository", rp.Name, rp.Kind)
+		case rp.Kind == KindGroup && rp.PushTo == "":
+			return errf(codeUnsupported, "group %q has no push_to repository; push to a hosted repository", rp.Name)
+		}
+	}
+	target := rp
+	if rp.Kind == KindGroup && actionFor(r, rt) != actionPull && rp.PushTo != "" {
+		// A write through a group needs the right on the group or on
+		// the repository it goes to.
+		if s.allowed(info.principal, rp, image, actionPush) {
+			target = rp
+		} else {
+			target = s.repos[rp.PushTo]
+		}
+	}
+	if err := s.authorize(r, info.principal, target, image, rt.name, actionFor(r, rt)); err != nil {
+		return err
+	}
+	if rt.kind == routeUploads || (rt.kind == routeUpload && r.Method != http.MethodGet) {
+		release, ok := s.uploads.acquire(r)
+		if !ok {
+			return &regError{Code: codeTooManyRequests, Message: "too many concurrent uploads from this client",
+				Header: http.Header{"Retry-After": {"1"}}}
+		}
+		defer release()
+	}
 	switch rp.Kind {
 	case KindProxy:
 		return s.serveProxy(w, r, rp, image, rt)

@@ -1,0 +1,613 @@
+package server
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// User is an account with grants. Globs match "<repository>" (every image
+// of it) or "<repository>/<image>", where a trailing "/*" matches every
+// image below that prefix and path.Match wildcards work per segment. A
+// push grant implies pull on the same names.
+type User struct {
+	Name         string
+	PasswordHash []byte // bcrypt
+	Pull, Push   []string
+}
+
+// AuthOptions configure access control.
+type AuthOptions struct {
+	Users []User
+	// TokenKey signs tokens (HMAC-SHA256); at least 32 bytes.
+	TokenKey []byte
+	// TokenTTL is the lifetime of an issued token. Zero means 5m.
+	TokenTTL time.Duration
+	// Service is the token audience. Empty means "berth".
+	Service string
+	// ExternalURL is the base URL clients reach berth by (behind a
+	// reverse proxy); the token realm is ExternalURL + "/token". Empty
+	// means: from the request.
+	ExternalURL string
+	// TrustedProxies may set X-Forwarded-Proto and X-Forwarded-Host.
+	TrustedProxies []*net.IPNet
+	// MaxUploadsPerClient caps concurrent upload requests from one client
+	// address. Zero means 32.
+	MaxUploadsPerClient int
+}
+
+// Actions.
+const (
+	actionPull   = "pull"
+	actionPush   = "push"
+	actionDelete = "delete"
+)
+
+// principal is who makes a request: a user, or anonymous (user nil).
+type principal struct {
+	user  *User
+	token *tokenClaims // set when the request carried a bearer token
+}
+
+func (p principal) name() string {
+	if p.user == nil {
+		return ""
+	}
+	return p.user.Name
+}
+
+type auth struct {
+	opts  AuthOptions
+	users map[string]*User
+
+	mu        sync.Mutex
+	goodCreds map[[32]byte]time.Time // sha256(user \x00 password) → valid until; spares bcrypt on every request
+}
+
+func newAuth(o AuthOptions) (*auth, error) {
+	if o.TokenTTL <= 0 {
+		o.TokenTTL = 5 * time.Minute
+	}
+	if o.Service == "" {
+		o.Service = "berth"
+	}
+	if o.MaxUploadsPerClient <= 0 {
+		o.MaxUploadsPerClient = 32
+	}
+	if len(o.TokenKey) < 32 {
+		key := make([]byte, 32)
+		rand.Read(key)
+		o.TokenKey = key
+	}
+	a := &auth{opts: o, users: map[string]*User{}, goodCreds: map[[32]byte]time.Time{}}
+	for i := range o.Users {
+		u := &o.Users[i]
+		if _, dup := a.users[u.Name]; dup {
+			return nil, fmt.Errorf("server: duplicate user %q", u.Name)
+		}
+		if _, err := bcrypt.Cost(u.PasswordHash); err != nil {
+			return nil, fmt.Errorf("server: user %q: password hash is not bcrypt", u.Name)
+		}
+		a.users[u.Name] = u
+	}
+	return a, nil
+}
+
+// checkPassword verifies user's password in constant time (bcrypt) and
+// remembers a success for a minute.
+func (a *auth) checkPassword(name, password string) (*User, bool) {
+	u := a.users[name]
+	key := sha256.Sum256([]byte(name + "\x00" + password))
+	a.mu.Lock()
+	exp, cached := a.goodCreds[key]
+	a.mu.Unlock()
+	if cached && time.Now().Before(exp) && u != nil {
+		return u, true
+	}
+	if u == nil {
+		// Same work as a real check, so timing does not reveal names.
+		bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		return nil, false
+	}
+	if bcrypt.CompareHashAndPassword(u.PasswordHash, []byte(password)) != nil {
+		return nil, false
+	}
+	a.mu.Lock()
+	if len(a.goodCreds) > 10_000 {
+		a.goodCreds = map[[32]byte]time.Time{}
+	}
+	a.goodCreds[key] = time.Now().Add(time.Minute)
+	a.mu.Unlock()
+	return u, true
+}
+
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("berth-dummy"), bcrypt.DefaultCost)
+
+// errUnauthorized marks bad or missing credentials.
+var errBadCredentials = errors.New("invalid credentials")
+
+// authenticate reads the Authorization header: none (anonymous), Basic
+// user:password, or Bearer <berth token>.
+func (a *auth) authenticate(r *http.Request) (principal, error) {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return principal{}, nil
+	}
+	scheme, cred, err := parseAuthorization(h)
+	if err != nil {
+		return principal{}, err
+	}
+	switch scheme {
+	case "basic":
+		name, pw, err := decodeBasic(cred)
+		if err != nil {
+			return principal{}, err
+		}
+		u, ok := a.checkPassword(name, pw)
+		if !ok {
+			return principal{}, errBadCredentials
+		}
+		return principal{user: u}, nil
+	case "bearer":
+		c, err := a.verifyToken(cred)
+		if err != nil {
+			return principal{}, err
+		}
+		p := principal{token: c}
+		if c.Subject != "" {
+			if p.user = a.users[c.Subject]; p.user == nil {
+				return principal{}, fmt.Errorf("%w: token for an unknown user", errBadCredentials)
+			}
+		}
+		return p, nil
+	}
+	return principal{}, fmt.Errorf("%w: unsupported scheme", errBadCredentials)
+}
+
+// parseAuthorization splits "Scheme credentials"; the scheme is returned
+// lower case.
+func parseAuthorization(h string) (scheme, cred string, err error) {
+	if len(h) > 8192 {
+		return "", "", fmt.Errorf("%w: header too long", errBadCredentials)
+	}
+	s, c, ok := strings.Cut(strings.TrimSpace(h), " ")
+	c = strings.TrimSpace(c)
+	if !ok || s == "" || c == "" {
+		return "", "", fmt.Errorf("%w: malformed Authorization header", errBadCredentials)
+	}
+	return strings.ToLower(s), c, nil
+}
+
+func decodeBasic(cred string) (name, password string, err error) {
+	raw, err := base64.StdEncoding.DecodeString(cred)
+	if err != nil {
+		return "", "", fmt.Errorf("%w: basic credentials are not base64", errBadCredentials)
+	}
+	name, password, ok := strings.Cut(string(raw), ":")
+	if !ok || name == "" {
+		return "", "", fmt.Errorf("%w: basic credentials need user:password", errBadCredentials)
+	}
+	return name, password, nil
+}
+
+// tokenClaims is the signed content of a berth token.
+type tokenClaims struct {
+	Issuer    string        `json:"iss"`
+	Subject   string        `json:"sub"`
+	Audience  string        `json:"aud"`
+	IssuedAt  int64         `json:"iat"`
+	NotBefore int64         `json:"nbf"`
+	Expires   int64         `json:"exp"`
+	ID        string        `json:"jti"`
+	Access    []tokenAccess `json:"access"`
+}
+
+// tokenAccess grants actions on a resource name. Path records the
+// "<repository>/<image>" the name resolved to when issued (for logs).
+type tokenAccess struct {
+	Type    string   `json:"type"`
+	Name    string   `json:"name"`
+	Path    string   `json:"path,omitempty"`
+	Actions []string `json:"actions"`
+}
+
+func (a *auth) signToken(c tokenClaims) string {
+	payload, _ := json.Marshal(c)
+	p := base64.RawURLEncoding.EncodeToString(payload)
+	mac := hmac.New(sha256.New, a.opts.TokenKey)
+	mac.Write([]byte(p))
+	return p + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// verifyToken checks signature (constant time), expiry and audience.
+func (a *auth) verifyToken(tok string) (*tokenClaims, error) {
+	if len(tok) > 8192 {
+		return nil, fmt.Errorf("%w: token too long", errBadCredentials)
+	}
+	p, sig, ok := strings.Cut(tok, ".")
+	if !ok {
+		return nil, fmt.Errorf("%w: malformed token", errBadCredentials)
+	}
+	got, err := base64.RawURLEncoding.DecodeString(sig)
+	if err != nil {
+		return nil, fmt.Errorf("%w: malformed token signature", errBadCredentials)
+	}
+	mac := hmac.New(sha256.New, a.opts.TokenKey)
+	mac.Write([]byte(p))
+	if !hmac.Equal(got, mac.Sum(nil)) {
+		return nil, fmt.Errorf("%w: bad token signature", errBadCredentials)
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(p)
+	if err != nil {
+		return nil, fmt.Errorf("%w: malformed token", errBadCredentials)
+	}
+	var c tokenClaims
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return nil, fmt.Errorf("%w: malformed token claims", errBadCredentials)
+	}
+	now := time.Now().Unix()
+	if now >= c.Expires || now < c.NotBefore-30 {
+		return nil, fmt.Errorf("%w: token expired or not yet valid", errBadCredentials)
+	}
+	if c.Audience != a.opts.Service {
+		return nil, fmt.Errorf("%w: token for another service", errBadCredentials)
+	}
+	return &c, nil
+}
+
+// matchGlob reports whether grant glob g covers repository repo and image.
+func matchGlob(g, repo, image string) bool {
+	if g == "*" || g == "**" {
+		return true
+	}
+	if !strings.Contains(g, "/") {
+		ok, _ := path.Match(g, repo)
+		return ok
+	}
+	target := repo + "/" + image
+	if prefix, ok := strings.CutSuffix(g, "/*"); ok {
+		if strings.HasPrefix(target, prefix+"/") {
+			return true
+		}
+	}
+	ok, _ := path.Match(g, target)
+	return ok
+}
+
+func anyGlob(globs []string, repo, image string) bool {
+	return slices.ContainsFunc(globs, func(g string) bool { return matchGlob(g, repo, image) })
+}
+
+// allowed reports whether p may do action on image of rp by the grants
+// (tokens aside): anonymous by the repository's settings, users by their
+// globs.
+func (s *Server) allowed(p principal, rp *repo, image, action string) bool {
+	if p.user == nil {
+		switch action {
+		case actionPull:
+			return rp.AnonymousPull
+		default:
+			return rp.AnonymousPush
+		}
+	}
+	if anyGlob(p.user.Push, rp.Name, image) {
+		return true
+	}
+	return action == actionPull && anyGlob(p.user.Pull, rp.Name, image)
+}
+
+// memberReadable reports whether p may read member m's content through
+// group g: anonymous needs both to allow anonymous pulls; a user needs pull
+// on the group or on the member.
+func (s *Server) memberReadable(p principal, g, m *repo, image string) bool {
+	if p.user == nil {
+		return g.AnonymousPull && m.AnonymousPull
+	}
+	return s.allowed(p, g, image, actionPull) || s.allowed(p, m, memberImage(m, image), actionPull)
+}
+
+// actionFor is the action a request needs.
+func actionFor(r *http.Request, rt route) string {
+	switch {
+	case r.Method == http.MethodDelete && rt.kind != routeUpload:
+		return actionDelete
+	case r.Method == http.MethodGet || r.Method == http.MethodHead:
+		if rt.kind == routeUpload {
+			return actionPush
+		}
+		return actionPull
+	}
+	return actionPush
+}
+
+// authorize decides a request to image of rp. It returns a 401 (no or bad
+// credentials, or a token without the scope) or 403 (known principal
+// without the right) regError, or nil.
+func (s *Server) authorize(r *http.Request, p principal, rp *repo, image, clientName, action string) error {
+	need := action
+	if action == actionDelete {
+		need = actionPush // deleting needs a push grant
+	}
+	ok := s.allowed(p, rp, image, need)
+	if !ok && rp.Kind == KindGroup && action == actionPull && p.user != nil {
+		// A user may read through a group the members they may read.
+		for _, m := range rp.leaves {
+			ok = ok || s.memberReadable(p, rp, m, image)
+		}
+	}
+	if !ok {
+		if p.user == nil {
+			return s.challenge(r, clientName, action, "")
+		}
+		return errf(codeDenied, "%s may not %s %s", p.name(), action, clientName)
+	}
+	if p.token != nil && !p.token.grants("repository", clientName, action) {
+		return s.challenge(r, clientName, action, "insufficient_scope")
+	}
+	return nil
+}
+
+// grants reports whether the token covers action on the name the client
+// used. (The subject's grants are checked against the repository the
+// request resolves to as well, so a token cannot carry rights to another
+// listener or prefix.)
+func (c *tokenClaims) grants(typ, name, action string) bool {
+	for _, a := range c.Access {
+		if a.Type == typ && a.Name == name && (slices.Contains(a.Actions, action) || slices.Contains(a.Actions, "*")) {
+			return true
+		}
+	}
+	return false
+}
+
+// challenge is a 401 naming the token realm and the scope to ask for.
+func (s *Server) challenge(r *http.Request, name, action, errCode string) *regError {
+	v := fmt.Sprintf(`Bearer realm=%q,service=%q`, s.realm(r), s.auth.opts.Service)
+	if name != "" {
+		actions := action
+		if action == actionPush {
+			actions = "pull,push"
+		}
+		v += fmt.Sprintf(`,scope="repository:%s:%s"`, name, actions)
+	}
+	if errCode != "" {
+		v += fmt.Sprintf(`,error=%q`, errCode)
+	}
+	e := errf(codeUnauthorized, "authentication required")
+	if errCode == "insufficient_scope" {
+		e.Message = "token does not cover this request"
+	}
+	e.Header = http.Header{"Www-Authenticate": {v}}
+	return e
+}
+
+// realm is the token endpoint clients are sent to.
+func (s *Server) realm(r *http.Request) string {
+	if s.auth.opts.ExternalURL != "" {
+		return strings.TrimSuffix(s.auth.opts.ExternalURL, "/") + "/token"
+	}
+	scheme, host := "http", r.Host
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	if s.trustedProxy(r) {
+		if v := r.Header.Get("X-Forwarded-Proto"); v == "http" || v == "https" {
+			scheme = v
+		}
+		if v := r.Header.Get("X-Forwarded-Host"); v != "" && !strings.ContainsAny(v, "/\"\\ ") {
+			host = v
+		}
+	}
+	return scheme + "://" + host + "/token"
+}
+
+func (s *Server) trustedProxy(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	for _, n := range s.auth.opts.TrustedProxies {
+		if ip != nil && n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// scope is one parsed "repository:<name>:<actions>" request.
+type scope struct {
+	typ, name string
+	actions   []string
+}
+
+// parseScopes reads scope parameters: each may hold several
+// space-separated scopes; names may contain ':' only as a host:port
+// prefix, so the actions are after the last ':'.
+func parseScopes(values []string) ([]scope, error) {
+	var out []scope
+	for _, v := range values {
+		for _, one := range strings.Fields(v) {
+			if len(out) >= 32 {
+				return nil, errors.New("too many scopes")
+			}
+			typ, rest, ok := strings.Cut(one, ":")
+			i := strings.LastIndexByte(rest, ':')
+			if !ok || typ == "" || i <= 0 || i == len(rest)-1 {
+				return nil, fmt.Errorf("invalid scope %q", truncate(one, 200))
+			}
+			name, acts := rest[:i], rest[i+1:]
+			sc := scope{typ: typ, name: name}
+			for _, a := range strings.Split(acts, ",") {
+				switch a {
+				case actionPull, actionPush, actionDelete, "*":
+					if !slices.Contains(sc.actions, a) {
+						sc.actions = append(sc.actions, a)
+					}
+				default:
+					return nil, fmt.Errorf("invalid action %q in scope", truncate(a, 50))
+				}
+			}
+			out = append(out, sc)
+		}
+	}
+	return out, nil
+}
+
+// serveToken is the token realm: GET /token?service=&scope=... with Basic
+// credentials (or none, for anonymous), and the OAuth2 password grant
+// (POST). The token grants the intersection of what was asked and what
+// the principal may do.
+func (s *Server) serveToken(listenerRepo string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var p principal
+		var q url.Values
+		switch r.Method {
+		case http.MethodGet:
+			q = r.URL.Query()
+			if r.Header.Get("Authorization") != "" {
+				var err error
+				if p, err = s.auth.authenticate(r); err != nil || p.token != nil {
+					s.tokenError(w, http.StatusUnauthorized, "invalid credentials")
+					return
+				}
+			}
+		case http.MethodPost:
+			r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+			if err := r.ParseForm(); err != nil {
+				s.tokenError(w, http.StatusBadRequest, "invalid form")
+				return
+			}
+			q = r.PostForm
+			if q.Get("grant_type") != "password" {
+				s.tokenError(w, http.StatusBadRequest, "unsupported grant_type (password only)")
+				return
+			}
+			u, ok := s.auth.checkPassword(q.Get("username"), q.Get("password"))
+			if !ok {
+				s.tokenError(w, http.StatusUnauthorized, "invalid credentials")
+				return
+			}
+			p.user = u
+		default:
+			s.tokenError(w, http.StatusMethodNotAllowed, "use GET or POST")
+			return
+		}
+		if svc := q.Get("service"); svc != "" && svc != s.auth.opts.Service {
+			s.tokenError(w, http.StatusBadRequest, "unknown service")
+			return
+		}
+		scopes, err := parseScopes(q["scope"])
+		if err != nil {
+			s.tokenError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		now := time.Now()
+		var jti [12]byte
+		rand.Read(jti[:])
+		c := tokenClaims{Issuer: "berth", Subject: p.name(), Audience: s.auth.opts.Service, IssuedAt: now.Unix(),
+			NotBefore: now.Unix(), Expires: now.Add(s.auth.opts.TokenTTL).Unix(), ID: hex.EncodeToString(jti[:])}
+		for _, sc := range scopes {
+			if acc, ok := s.grantScope(r, p, listenerRepo, sc); ok {
+				c.Access = append(c.Access, acc)
+			}
+		}
+		if c.Access == nil {
+			c.Access = []tokenAccess{}
+		}
+		tok := s.auth.signToken(c)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		json.NewEncoder(w).Encode(map[string]any{
+			"token": tok, "access_token": tok, "expires_in": int(s.auth.opts.TokenTTL.Seconds()),
+			"issued_at": now.UTC().Format(time.RFC3339),
+		})
+		s.log.Info("token issued", "user", p.name(), "scopes", len(scopes), "granted", len(c.Access))
+	}
+}
+
+// grantScope resolves a scope's name as the listener would route it and
+// keeps the actions the principal may do.
+func (s *Server) grantScope(r *http.Request, p principal, listenerRepo string, sc scope) (tokenAccess, bool) {
+	switch sc.typ {
+	case "registry":
+		rp := s.repos[listenerRepo]
+		if sc.name == "catalog" && rp != nil && s.allowed(p, rp, "", actionPull) {
+			return tokenAccess{Type: "registry", Name: "catalog", Actions: []string{"*"}}, true
+		}
+		return tokenAccess{}, false
+	case "repository":
+	default:
+		return tokenAccess{}, false
+	}
+	if validateName(sc.name) != nil {
+		return tokenAccess{}, false
+	}
+	rp, image, err := s.resolve(r, listenerRepo, sc.name)
+	if err != nil {
+		return tokenAccess{}, false
+	}
+	acc := tokenAccess{Type: "repository", Name: sc.name, Path: rp.Name + "/" + image}
+	for _, a := range sc.actions {
+		need := a
+		if a == actionDelete || a == "*" {
+			need = actionPush
+		}
+		if s.allowed(p, rp, image, need) {
+			if a == "*" {
+				acc.Actions = append(acc.Actions, actionPull, actionPush, actionDelete)
+			} else {
+				acc.Actions = append(acc.Actions, a)
+			}
+		}
+	}
+	return acc, len(acc.Actions) > 0
+}
+
+func (s *Server) tokenError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	if status == http.StatusUnauthorized {
+		w.Header().Set("Www-Authenticate", `Basic realm="berth"`)
+	}
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"errors": []errorEntry{{Code: codeUnauthorized, Message: msg}}, "details": msg})
+}
+
+// uploadLimiter caps concurrent upload requests per client address.
+type uploadLimiter struct {
+	mu  sync.Mutex
+	n   map[string]int
+	max int
+}
+
+func (l *uploadLimiter) acquire(r *http.Request) (release func(), ok bool) {
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[host] >= l.max {
+		return nil, false
+	}
+	l.n[host]++
+	return func() {
+		l.mu.Lock()
+		if l.n[host]--; l.n[host] <= 0 {
+			delete(l.n, host)
+		}
+		l.mu.Unlock()
+	}, true
+}
