@@ -78,9 +78,9 @@ type RepositoryConfig struct {
 	Username      string   `toml:"username"`
 	Password      string   `toml:"password"` // ${ENV} is expanded
 	PasswordFile  string   `toml:"password_file"`
-	TagTTL        Duration `toml:"tag_ttl"`       // default 1h
-	NotFoundTTL   Duration `toml:"not_found_ttl"` // default 1m
-	ServeStale    *bool    `toml:"serve_stale"`   // default true
+	TagTTL        Duration `toml:"tag_ttl"`        // default 1h
+	NotFoundTTL   Duration `toml:"not_found_ttl"`  // default 1m
+	ServeStale    *bool    `toml:"serve_stale"`    // default true
 	AnonymousPull *bool    `toml:"anonymous_pull"` // default true, false for hosted
 	AnonymousPush bool     `toml:"anonymous_push"` // hosted only; default false
 	NSAliases     []string `toml:"ns_aliases"`
