@@ -358,9 +358,10 @@ func (u *upstreamRegistry) pushIndex(t *testing.T, repo string, imgs map[string]
 
 // berth is the built binary, started with a config file.
 type berth struct {
-	proc *proc
-	addr string
-	dir  string
+	proc      *proc
+	addr      string
+	dir       string
+	tlsClient *http.Client // for a TLS listener
 }
 
 func startBerth(t *testing.T, config string) *berth {
@@ -383,7 +384,11 @@ func startBerthEnv(t *testing.T, config string, env ...string) *berth {
 // metric sums the samples of a metric whose labels include all of want.
 func (b *berth) metric(t *testing.T, name string, want ...string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + b.addr + "/metrics")
+	url, client := "http://"+b.addr+"/metrics", http.DefaultClient
+	if b.tlsClient != nil {
+		url, client = "https://"+b.addr+"/metrics", b.tlsClient
+	}
+	resp, err := client.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
