@@ -41,6 +41,17 @@ test: lint unit e2e
 ## fuzz: a short run of each fuzz target
 fuzz:
 	$(GO) test ./server/ -run '^$$' -fuzz FuzzParsePath -fuzztime 30s
+	$(GO) test ./server/ -run '^$$' -fuzz FuzzParseScopes -fuzztime 30s
+	$(GO) test ./server/ -run '^$$' -fuzz FuzzAuthorization -fuzztime 30s
+
+## bench: berth against distribution's proxy mode and nginx, one run, ratios (about 5-10 minutes)
+bench: tools build
+	$(GO) test ./server/ -run '^$$' -bench . -benchtime 1s
+	$(GO) run ./bench -berth $(CURDIR)/$(BIN) -tools $(CURDIR)/build/tools/bin -out $(CURDIR)/build/bench
+
+## soak: the crash test with 300 SIGKILLs (about 5 minutes)
+soak: tools build
+	BERTH_BIN=$(CURDIR)/$(BIN) E2E_KILLS=300 E2E_CRASH_MINUTES=10 $(GO) test -tags e2e -count=1 -timeout 30m -v -run TestCrashSafety ./e2e/
 
 clean:
 	rm -rf build

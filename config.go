@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/berth-registry/berth/server"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -33,6 +34,16 @@ type Config struct {
 	Listeners         []ListenerConfig   `toml:"listener"`
 	Auth              AuthConfig         `toml:"auth"`
 	Users             []UserConfig       `toml:"user"`
+	Prefetch          []PrefetchConfig   `toml:"prefetch"`
+}
+
+// PrefetchConfig is one [[prefetch]]: images pulled into the cache at
+// start and then every Every (zero: once).
+type PrefetchConfig struct {
+	Images       []string `toml:"images"`
+	Platforms    []string `toml:"platforms"`
+	AllPlatforms bool     `toml:"all_platforms"`
+	Every        Duration `toml:"every"`
 }
 
 // AuthConfig is the [auth] table.
@@ -341,6 +352,19 @@ func (c *Config) setDefaults() error {
 	}
 	if err := c.checkAuth(); err != nil {
 		return err
+	}
+	for i, p := range c.Prefetch {
+		if len(p.Images) == 0 {
+			return fmt.Errorf("config: prefetch[%d]: images is required", i)
+		}
+		for _, img := range p.Images {
+			if _, _, err := server.ParseImageRef(img); err != nil {
+				return fmt.Errorf("config: prefetch[%d]: %w", i, err)
+			}
+		}
+		if p.Every != 0 && p.Every < Duration(time.Minute) {
+			return fmt.Errorf("config: prefetch[%d]: every must be at least 1m", i)
+		}
 	}
 	if c.DefaultRepository == "" {
 		c.DefaultRepository = c.Repositories[0].Name

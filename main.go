@@ -108,6 +108,46 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				},
 			},
 			{
+				Name:      "prefetch",
+				Usage:     "pull images into the running berth's cache (a progress bar on a terminal)",
+				ArgsUsage: "IMAGE...",
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "platform", Usage: "`os/arch[,...]` of multi-platform images (default linux/amd64)"},
+					&cli.BoolFlag{Name: "all-platforms", Usage: "every platform"},
+				}, serverFlags...),
+				Action: func(c *cli.Context) error { return runPrefetch(c, stdout) },
+			},
+			{
+				Name:      "ls",
+				Usage:     "list repositories, images, tags, digests, sizes, last pulled and pulls",
+				ArgsUsage: "[REPOSITORY[/IMAGE]]",
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` (overrides the file)"},
+					&cli.BoolFlag{Name: "json", Usage: "JSON instead of a table"},
+				}, serverFlags...),
+				Action: func(c *cli.Context) error { return runLs(c, stdout) },
+			},
+			{
+				Name:      "export",
+				Usage:     "write images as an OCI image layout tarball (fetching what is not cached)",
+				ArgsUsage: "IMAGE...",
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "out", Usage: "`FILE.tar` to write"},
+					&cli.StringFlag{Name: "creds", Usage: "`user:password` for protected repositories"},
+				}, serverFlags...),
+				Action: func(c *cli.Context) error { return runExport(c, stdout) },
+			},
+			{
+				Name:      "import",
+				Usage:     "push the images of an OCI layout (or docker save) tarball into a repository, verifying every digest",
+				ArgsUsage: "FILE.tar",
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "repository", Usage: "the hosted `NAME` to import into (default: the listener's repository)"},
+					&cli.StringFlag{Name: "creds", Usage: "`user:password` with push rights"},
+				}, serverFlags...),
+				Action: func(c *cli.Context) error { return runImport(c, stdout) },
+			},
+			{
 				Name:  "passwd",
 				Usage: "print a bcrypt hash of a password read from stdin (or asked for on a terminal)",
 				Action: func(c *cli.Context) error {
@@ -334,7 +374,7 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 	}
 	srv, err := server.New(server.Options{
 		Repositories: repos, DefaultRepository: cfg.DefaultRepository, Store: st, Logger: log, Registry: reg,
-		GCGrace: time.Duration(cfg.Storage.GCGrace), Auth: authOpts,
+		GCGrace: time.Duration(cfg.Storage.GCGrace), Auth: authOpts, MaxSize: int64(cfg.Storage.MaxSize),
 	})
 	if err != nil {
 		st.Close()
@@ -403,6 +443,9 @@ func (m *Main) Run(ctx context.Context) error {
 	m.mu.Unlock()
 	close(m.ready)
 	go m.housekeeping(ctx)
+	for _, p := range m.cfg.Prefetch {
+		go m.prefetchLoop(ctx, p)
+	}
 	select {
 	case <-ctx.Done():
 		m.log.Info("shutting down: draining requests")
@@ -459,6 +502,38 @@ func (m *Main) housekeeping(ctx context.Context) {
 		} else if res.Blobs > 0 {
 			m.log.Info("garbage collected", "blobs", res.Blobs, "bytes", res.Bytes)
 		}
+	}
+}
+
+// prefetchLoop pulls a [[prefetch]] list into the cache at start and then
+// every p.Every.
+func (m *Main) prefetchLoop(ctx context.Context, p PrefetchConfig) {
+	wait := 2 * time.Second
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		for _, img := range p.Images {
+			start := time.Now()
+			var bytes int64
+			err := m.srv.Prefetch(ctx, m.cfg.DefaultRepository, img, server.PrefetchOptions{Platforms: p.Platforms, AllPlatforms: p.AllPlatforms},
+				func(ev server.PrefetchEvent) {
+					if ev.Kind == "done" {
+						bytes = ev.DoneBytes
+					}
+				})
+			if err != nil {
+				m.log.Error("prefetch", "image", img, "err", err)
+			} else {
+				m.log.Info("prefetched", "image", img, "bytes", bytes, "duration", time.Since(start).Round(time.Millisecond))
+			}
+		}
+		if p.Every == 0 {
+			return
+		}
+		wait = time.Duration(p.Every)
 	}
 }
 

@@ -8,6 +8,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"net"
@@ -415,3 +416,5 @@ func (b *berth) metric(t *testing.T, name string, want ...string) float64 {
 	}
 	return sum
 }
+
+func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -207,8 +208,14 @@ anonymous_push = true   # a scratch registry for the test
 			}
 		}()
 	}
-	const kills = 25
-	deadline := time.Now().Add(3 * time.Minute)
+	kills, minutes := 25, 3 // make soak raises both
+	if v, err := strconv.Atoi(os.Getenv("E2E_KILLS")); err == nil && v > 0 {
+		kills = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("E2E_CRASH_MINUTES")); err == nil && v > 0 {
+		minutes = v
+	}
+	deadline := time.Now().Add(time.Duration(minutes) * time.Minute)
 	for i := 0; i < kills && time.Now().Before(deadline); i++ {
 		time.Sleep(time.Duration(150+rand.IntN(700)) * time.Millisecond)
 		b.proc.stop(syscall.SIGKILL, 5*time.Second)

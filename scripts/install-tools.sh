@@ -39,8 +39,11 @@ if [[ ! -x "$TOOLS/bin/conformance" || "$(cat "$TOOLS/bin/.conformance.version" 
 fi
 
 # Debian packages: skopeo (client), docker.io (a private dockerd for the seed
-# scenario), containerd, nginx (benchmark reference).
+# scenario), containerd, nginx (benchmark reference), chromium (the status
+# page test renders it in a real browser), systemd (systemd-analyze).
 need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v containerd >/dev/null || need+=(containerd)

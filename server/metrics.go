@@ -108,6 +108,26 @@ func newMetrics(reg prometheus.Registerer, st statser) *metrics {
 	return m
 }
 
+// initRepository creates the series of a repository at zero, so that
+// dashboards and alerts see them before the first event.
+func (m *metrics) initRepository(name string, proxy bool) {
+	for _, kind := range []string{"manifest", "blob"} {
+		for _, res := range []string{resultHit, resultMiss, resultStale, resultRevalidated, resultCoalesced, resultNegative} {
+			m.cache.WithLabelValues(name, kind, res)
+		}
+	}
+	m.servedBytes.WithLabelValues(name, "cache")
+	m.servedBytes.WithLabelValues(name, "upstream")
+	if proxy {
+		for _, reason := range []string{"unavailable", "denied", "digest", "size", "timeout", "other"} {
+			m.upstreamErrors.WithLabelValues(name, reason)
+		}
+		m.upstreamBytes.WithLabelValues(name)
+		m.digestMismatch.WithLabelValues(name)
+		m.passThrough.WithLabelValues(name, "store_error")
+	}
+}
+
 type statser interface {
 	Stats() (bytes, count int64)
 	Counters() store.Counters

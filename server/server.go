@@ -57,6 +57,8 @@ type Store interface {
 	Counters() store.Counters
 	LastVerify() (at time.Time, problems int, ok bool)
 	Dir() string
+	Hits(ctx context.Context, d store.Digest) int64
+	LastAccess(ctx context.Context, d store.Digest) (time.Time, error)
 }
 
 // Upstream is what a proxy repository needs of its remote registry
@@ -112,6 +114,8 @@ type Options struct {
 	GCGrace time.Duration
 	// Auth configures users, tokens and the realm.
 	Auth AuthOptions
+	// MaxSize is the store's cap, shown on the status page (0: none).
+	MaxSize int64
 }
 
 // Server answers the registry API for a set of repositories.
@@ -190,6 +194,9 @@ func New(opts Options) (*Server, error) {
 	s.auth = a
 	s.uploads = &uploadLimiter{n: map[string]int{}, max: a.opts.MaxUploadsPerClient}
 	s.m = newMetrics(opts.Registry, opts.Store)
+	for _, rp := range s.order {
+		s.m.initRepository(rp.Name, rp.Kind == KindProxy)
+	}
 	s.fetches = newFetchGroup(opts.FetchTimeout, s.m.inflight.Inc, s.m.inflight.Dec)
 	return s, nil
 }
@@ -207,6 +214,9 @@ func (s *Server) Handler(listenerRepo string) http.Handler {
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("/token", s.serveToken(listenerRepo))
 	mux.HandleFunc("POST /admin/gc", s.adminGC)
+	mux.HandleFunc("POST /admin/prefetch", s.adminPrefetch(listenerRepo))
+	mux.HandleFunc("GET /admin/ls", s.adminList)
+	s.uiHandlers(mux, listenerRepo)
 	return mux
 }
 
@@ -257,6 +267,9 @@ func (s *Server) v2Handler(listenerRepo string) http.Handler {
 				"bytes", sw.bytes, "duration", time.Since(start).Round(time.Microsecond), "remote", r.RemoteAddr)
 		}()
 		p, err := s.auth.authenticate(r)
+		if internal, _ := r.Context().Value(internalKey{}).(bool); internal {
+			p, err = principal{internal: true}, nil
+		}
 		if err != nil {
 			err = s.challenge(r, "", "", "")
 		} else {
@@ -294,7 +307,7 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 		// Otherwise the challenge: clients learn the realm only from this
 		// answer (Docker never asks for a token after a 200 here), and
 		// anonymous ones get tokens for what anonymous access allows.
-		if info.principal.user == nil && info.principal.token == nil {
+		if info.principal.user == nil && info.principal.token == nil && !info.principal.internal {
 			if rp := s.repos[listenerRepo]; rp == nil || !rp.AnonymousPull || len(s.auth.users) > 0 {
 				return s.challenge(r, "", "", "")
 			}
@@ -471,8 +484,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 // adminGC runs a garbage collection now (berth gc asks a running server
 // here). Only loopback clients may call it.
 func (s *Server) adminGC(w http.ResponseWriter, r *http.Request) {
-	host, _, _ := net.SplitHostPort(r.RemoteAddr)
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+	if !loopback(r) {
 		http.Error(w, `{"error":"admin endpoints answer loopback clients only"}`, http.StatusForbidden)
 		return
 	}
@@ -486,6 +498,13 @@ func (s *Server) adminGC(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("garbage collection asked by admin", "blobs", res.Blobs, "bytes", res.Bytes, "dry_run", r.URL.Query().Get("dry_run") != "")
 	json.NewEncoder(w).Encode(map[string]any{"blobs": res.Blobs, "bytes": res.Bytes, "digests": res.Digests})
+}
+
+// loopback reports whether the request comes from this machine.
+func loopback(r *http.Request) bool {
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // statusWriter records the status and body bytes of a response. It keeps

@@ -177,6 +177,7 @@ func fileHasDigest(path string, d Digest) (bool, error) {
 // named them), dangling tags and manifest entries removed, orphan and
 // leftover files deleted. Intents are left to the next start.
 func (s *Store) Repair(ctx context.Context, probs []Problem) error {
+	defer s.cache.invalidate()
 	for _, p := range probs {
 		var err error
 		switch p.Kind {

@@ -71,6 +71,7 @@ func (s *Store) deleteBlob(d string, repos []string, check func(rec blobRecord) 
 	defer s.releaseDelete(d)
 	defer s.digests.lock(d)()
 	err = s.db.Update(func(tx *bolt.Tx) error {
+		tx.OnCommit(s.cache.invalidate)
 		b := tx.Bucket(bucketBlobs)
 		v := b.Get([]byte(d))
 		if v == nil {

@@ -92,8 +92,8 @@ func (s *Store) Evict() (n int, freed int64, err error) {
 					return nil
 				}
 				c := candidate{digest: string(k), size: rec.Size, access: rec.Created}
-				if a := acc.Get(k); len(a) == 8 {
-					c.access = decodeInt(a)
+				if a := acc.Get(k); len(a) >= 8 {
+					c.access = decodeInt(a[:8])
 				}
 				cands = append(cands, c)
 				return nil
@@ -104,8 +104,8 @@ func (s *Store) Evict() (n int, freed int64, err error) {
 		}
 		s.accessMu.Lock()
 		for i := range cands {
-			if t, ok := s.access[cands[i].digest]; ok {
-				cands[i].access = t
+			if e, ok := s.access[cands[i].digest]; ok {
+				cands[i].access = e.last
 			}
 		}
 		s.accessMu.Unlock()

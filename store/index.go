@@ -66,6 +66,7 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m Manifest, tag st
 	}
 	v, _ := json.Marshal(rec)
 	return s.db.Update(func(tx *bolt.Tx) error {
+		tx.OnCommit(s.cache.invalidate)
 		if err := tx.Bucket(bucketManifests).Put(repoKey(repo, m.Digest.String()), v); err != nil {
 			return err
 		}
@@ -133,6 +134,7 @@ func (s *Store) Referrers(ctx context.Context, repo string, subject Digest) ([]R
 // Returns ErrNotFound when repo does not hold it.
 func (s *Store) DeleteManifest(ctx context.Context, repo string, d Digest) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
+		tx.OnCommit(s.cache.invalidate)
 		if tx.Bucket(bucketManifests).Get(repoKey(repo, d.String())) == nil {
 			return fmt.Errorf("manifest %s@%s: %w", repo, d, ErrNotFound)
 		}
@@ -171,6 +173,12 @@ func (s *Store) HasManifest(ctx context.Context, repo string, d Digest) (bool, e
 
 // GetManifest returns the manifest d of repo, or ErrNotFound.
 func (s *Store) GetManifest(ctx context.Context, repo string, d Digest) (Manifest, error) {
+	ck := string(repoKey(repo, d.String()))
+	if m, ok := s.cache.manifest(ck); ok {
+		s.touch(d)
+		return m, nil
+	}
+	seen := s.cache.version.Load()
 	var rec manifestRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketManifests).Get(repoKey(repo, d.String()))
@@ -188,14 +196,21 @@ func (s *Store) GetManifest(ctx context.Context, repo string, d Digest) (Manifes
 		return Manifest{}, fmt.Errorf("manifest %s: %w", d, ErrNotFound)
 	}
 	s.touch(d)
-	return Manifest{
+	m := Manifest{
 		Digest: d, MediaType: rec.MediaType, Body: body, Subject: rec.Subject,
 		ArtifactType: rec.ArtifactType, Annotations: rec.Annotations,
-	}, nil
+	}
+	s.cache.putManifest(ck, m, seen)
+	return m, nil
 }
 
 // ResolveTag returns what tag points at in repo, or ErrNotFound.
 func (s *Store) ResolveTag(ctx context.Context, repo, tag string) (TagInfo, error) {
+	ck := string(repoKey(repo, tag))
+	if t, ok := s.cache.tag(ck); ok {
+		return t, nil
+	}
+	seen := s.cache.version.Load()
 	var rec tagRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketTags).Get(repoKey(repo, tag))
@@ -208,17 +223,26 @@ func (s *Store) ResolveTag(ctx context.Context, repo, tag string) (TagInfo, erro
 		return TagInfo{}, err
 	}
 	d, err := ParseDigest(rec.Digest)
-	return TagInfo{Digest: d, Checked: time.Unix(0, rec.Checked)}, err
+	if err != nil {
+		return TagInfo{}, err
+	}
+	t := TagInfo{Digest: d, Checked: time.Unix(0, rec.Checked)}
+	s.cache.putTag(ck, t, seen)
+	return t, nil
 }
 
 // TagChecked records that tag still points at d as of t.
 func (s *Store) TagChecked(ctx context.Context, repo, tag string, d Digest, t time.Time) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return putTag(tx, repo, tag, d, t) })
+	return s.db.Update(func(tx *bolt.Tx) error {
+		tx.OnCommit(s.cache.invalidate)
+		return putTag(tx, repo, tag, d, t)
+	})
 }
 
 // DeleteTag removes tag from repo. A missing tag is ErrNotFound.
 func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
+		tx.OnCommit(s.cache.invalidate)
 		b := tx.Bucket(bucketTags)
 		k := repoKey(repo, tag)
 		if b.Get(k) == nil {

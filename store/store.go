@@ -83,10 +83,11 @@ type Store struct {
 	count atomic.Int64 // number of blobs in the index
 
 	accessMu sync.Mutex
-	access   map[string]int64 // digest → unix nanos, not yet flushed
+	access   map[string]accessEntry // digest → last access and hits, not yet flushed
 
 	uploads uploadLocks
-	digests uploadLocks // serializes commit and delete of one digest
+	digests uploadLocks
+	cache   *memCache // serializes commit and delete of one digest
 
 	opts     Options
 	pinMu    sync.Mutex
@@ -136,8 +137,8 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.LowWater <= 0 {
 		opts.LowWater = 0.8
 	}
-	s := &Store{dir: dir, db: db, log: log, access: map[string]int64{}, stop: make(chan struct{}), opts: opts,
-		pins: map[string]int{}, evicting: map[string]bool{}, evictc: make(chan struct{}, 1)}
+	s := &Store{dir: dir, db: db, log: log, access: map[string]accessEntry{}, stop: make(chan struct{}), opts: opts,
+		pins: map[string]int{}, evicting: map[string]bool{}, evictc: make(chan struct{}, 1), cache: newMemCache()}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -212,10 +213,17 @@ func (s *Store) Ping(ctx context.Context) error {
 	return s.db.View(func(tx *bolt.Tx) error { return nil })
 }
 
+// accessEntry is a blob's last access and the reads since the last flush.
+type accessEntry struct {
+	last int64 // unix nanos
+	hits int64
+}
+
 func (s *Store) touch(d Digest) {
 	now := time.Now().UnixNano()
 	s.accessMu.Lock()
-	s.access[d.String()] = now
+	e := s.access[d.String()]
+	s.access[d.String()] = accessEntry{last: now, hits: e.hits + 1}
 	s.accessMu.Unlock()
 }
 
@@ -238,18 +246,22 @@ func (s *Store) flushLoop(every time.Duration) {
 func (s *Store) flushAccess() {
 	s.accessMu.Lock()
 	pending := s.access
-	s.access = map[string]int64{}
+	s.access = map[string]accessEntry{}
 	s.accessMu.Unlock()
 	if len(pending) == 0 {
 		return
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		blobs, acc := tx.Bucket(bucketBlobs), tx.Bucket(bucketAccess)
-		for k, t := range pending {
+		for k, e := range pending {
 			if blobs.Get([]byte(k)) == nil {
 				continue // evicted or deleted since
 			}
-			if err := acc.Put([]byte(k), encodeInt(t)); err != nil {
+			var hits int64
+			if old := acc.Get([]byte(k)); len(old) == 16 {
+				hits = decodeInt(old[8:])
+			}
+			if err := acc.Put([]byte(k), append(encodeInt(e.last), encodeInt(hits+e.hits)...)); err != nil {
 				return err
 			}
 		}
@@ -260,14 +272,28 @@ func (s *Store) flushAccess() {
 	}
 }
 
+// Hits returns how often d was read (flushed and not yet flushed).
+func (s *Store) Hits(ctx context.Context, d Digest) int64 {
+	s.accessMu.Lock()
+	n := s.access[d.String()].hits
+	s.accessMu.Unlock()
+	s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketAccess).Get([]byte(d.String())); len(v) == 16 {
+			n += decodeInt(v[8:])
+		}
+		return nil
+	})
+	return n
+}
+
 // LastAccess returns when d was last read, or its creation time when it
 // was never read. It includes access times not yet flushed.
 func (s *Store) LastAccess(ctx context.Context, d Digest) (time.Time, error) {
 	s.accessMu.Lock()
-	t, ok := s.access[d.String()]
+	e, ok := s.access[d.String()]
 	s.accessMu.Unlock()
 	if ok {
-		return time.Unix(0, t), nil
+		return time.Unix(0, e.last), nil
 	}
 	var out time.Time
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -276,8 +302,8 @@ func (s *Store) LastAccess(ctx context.Context, d Digest) (time.Time, error) {
 			return err
 		}
 		out = time.Unix(0, rec.Created)
-		if v := tx.Bucket(bucketAccess).Get([]byte(d.String())); len(v) == 8 {
-			out = time.Unix(0, decodeInt(v))
+		if v := tx.Bucket(bucketAccess).Get([]byte(d.String())); len(v) >= 8 {
+			out = time.Unix(0, decodeInt(v[:8]))
 		}
 		return nil
 	})

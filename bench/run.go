@@ -1,0 +1,158 @@
+package main
+
+import (
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+func (b *bench) run() error {
+	t0 := time.Now()
+	upData, _ := os.MkdirTemp(*outDir, "upstream")
+	port := freePort()
+	cfg := filepath.Join(upData, "config.yml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%d\n", filepath.Join(upData, "data"), port)), 0o644)
+	up, err := b.start(filepath.Join(*toolsDir, "registry"), "serve", cfg)
+	if err != nil {
+		return err
+	}
+	b.upProc = up
+	b.procs = b.procs[:len(b.procs)-1]
+	upAddr := fmt.Sprintf("127.0.0.1:%d", port)
+	if _, err := waitUp("http://" + upAddr + "/v2/"); err != nil {
+		return err
+	}
+	if b.up, err = newCountingProxy(upAddr); err != nil {
+		return err
+	}
+	log.Printf("seeding the upstream: a %d MiB layer, an 8×16 MiB image, 200 small repositories", *bigMiB)
+	if err := b.seed(upAddr); err != nil {
+		return err
+	}
+	var lastBerthData string
+	for r := 1; r <= *repeats; r++ {
+		for _, name := range []string{"berth", "distribution"} {
+			data, _ := os.MkdirTemp(*outDir, name)
+			var s *system
+			if name == "berth" {
+				s, err = b.startBerth(data)
+				lastBerthData = data
+			} else {
+				s, err = b.startDistribution(data)
+			}
+			if err != nil {
+				return err
+			}
+			log.Printf("run %d/%d: %s", r, *repeats, name)
+			for _, phase := range []func(*system) error{b.coldSingle, b.cold20, b.warm, b.tags} {
+				if err := phase(s); err != nil {
+					return fmt.Errorf("%s: %w", name, err)
+				}
+			}
+			b.record("peak RSS MiB", name, peakRSSMiB(s.pid))
+			b.record("server CPU s, whole run", name, cpuSeconds(s.pid))
+			s.stop()
+			if name != "berth" {
+				os.RemoveAll(data)
+			}
+		}
+		// nginx serves the blob files berth cached (warm only).
+		{
+			s, err := b.startNginx(lastBerthData)
+			if err != nil {
+				return err
+			}
+			log.Printf("run %d/%d: nginx (warm reference)", r, *repeats)
+			if err := b.warm(s); err != nil {
+				return err
+			}
+			b.record("peak RSS MiB", "nginx", peakRSSMiB(s.pid))
+			s.stop()
+			os.RemoveAll(lastBerthData)
+		}
+	}
+	if err := b.startup(); err != nil {
+		return err
+	}
+	b.report(time.Since(t0))
+	return nil
+}
+
+// report prints the table (median of the runs, min–max beside it) and
+// writes JSON.
+func (b *bench) report(took time.Duration) {
+	order := []string{
+		"cold 1 client, 8×16 MiB image: wall s", "cold 1 client, 8×16 MiB image: MB/s", "cold 1 client: first layer byte ms",
+		"cold 20 clients, one 256 MiB blob: wall s", "cold 20 clients: MB/s delivered", "cold 20 clients: first byte p50 ms",
+		"cold 20 clients: first byte p99 ms", "cold 20 clients: upstream GETs of the blob",
+		"warm 1 client (hashing): MB/s", "warm 1 client: first byte ms", "warm 20 clients (hashing): MB/s",
+		"warm 20 clients: first byte p50 ms", "warm 20 clients (no hashing): MB/s", "warm: server CPU s per GB served",
+		"cached tags, 200 repos, c=32: requests/s", "cached tags: p50 ms", "cached tags: p99 ms",
+		"cached tags: upstream requests per request", "peak RSS MiB", "server CPU s, whole run",
+	}
+	for k := range b.results {
+		if !contains(order, k) {
+			order = append(order, k)
+		}
+	}
+	cell := func(v []float64) string {
+		if len(v) == 0 {
+			return "-"
+		}
+		lo, hi := v[0], v[0]
+		for _, x := range v {
+			lo, hi = min(lo, x), max(hi, x)
+		}
+		if len(v) == 1 || lo == hi {
+			return fmt.Sprintf("%.4g", median(v))
+		}
+		return fmt.Sprintf("%.4g (%.4g–%.4g)", median(v), lo, hi)
+	}
+	ratio := func(a, p []float64) string {
+		if len(a) == 0 || len(p) == 0 || median(p) == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", median(a)/median(p))
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "\nberth benchmark (%d runs; median (min–max)); %s\n", *repeats, time.Now().UTC().Format(time.RFC3339))
+	fmt.Fprintln(tw, "metric\tberth\tdistribution (proxy)\tnginx (files)\tberth/distribution\tberth/nginx")
+	fmt.Fprintln(tw, strings.Repeat("-", 20)+"\t-----\t-----\t-----\t-----\t-----")
+	type row struct {
+		Metric     string               `json:"metric"`
+		Values     map[string][]float64 `json:"values"`
+		Median     map[string]float64   `json:"median"`
+		RatioDist  string               `json:"berth_over_distribution"`
+		RatioNginx string               `json:"berth_over_nginx"`
+	}
+	var rows []row
+	for _, k := range order {
+		v := b.results[k]
+		if v == nil {
+			continue
+		}
+		rd, rn := ratio(v["berth"], v["distribution"]), ratio(v["berth"], v["nginx"])
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k, cell(v["berth"]), cell(v["distribution"]), cell(v["nginx"]), rd, rn)
+		med := map[string]float64{}
+		for sys, vals := range v {
+			med[sys] = median(vals)
+		}
+		rows = append(rows, row{k, v, med, rd, rn})
+	}
+	tw.Flush()
+	fmt.Printf("\nbenchmark took %s; results in %s\n", took.Round(time.Second), filepath.Join(*outDir, "bench.json"))
+	writeJSON(filepath.Join(*outDir, "bench.json"), rows)
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

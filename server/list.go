@@ -1,0 +1,124 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/berth-registry/berth/store"
+)
+
+// ListEntry is one tag of one image, for `berth ls`.
+type ListEntry struct {
+	Repository string    `json:"repository"`
+	Image      string    `json:"image"`
+	Tag        string    `json:"tag"`
+	Digest     string    `json:"digest"`
+	MediaType  string    `json:"media_type"`
+	Size       int64     `json:"size"`
+	LastPulled time.Time `json:"last_pulled"`
+	Hits       int64     `json:"hits"`
+}
+
+// ListStore is what List needs of the store.
+type ListStore interface {
+	Repositories(ctx context.Context, prefix string) ([]string, error)
+	Tags(ctx context.Context, repo string) ([]string, error)
+	ResolveTag(ctx context.Context, repo, tag string) (store.TagInfo, error)
+	GetManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
+	LastAccess(ctx context.Context, d store.Digest) (time.Time, error)
+	Hits(ctx context.Context, d store.Digest) int64
+}
+
+// List returns the tags of the images of repositories (all of them, or
+// those under filter, "REPOSITORY[/IMAGE]"), with digests, sizes, last
+// pull and pulls. It works on a running server or on a store opened
+// offline.
+func List(ctx context.Context, st ListStore, repositories []string, filter string) ([]ListEntry, error) {
+	var out []ListEntry
+	for _, repo := range repositories {
+		prefix := repo + "/"
+		if filter != "" {
+			if filter != repo && !strings.HasPrefix(filter, prefix) {
+				continue
+			}
+			if filter != repo {
+				prefix = filter
+			}
+		}
+		paths, err := st.Repositories(ctx, prefix)
+		if err != nil {
+			return nil, err
+		}
+		for _, path := range paths {
+			image := strings.TrimPrefix(path, repo+"/")
+			if filter != repo && filter != "" && path != filter {
+				continue
+			}
+			tags, err := st.Tags(ctx, path)
+			if err != nil {
+				return nil, err
+			}
+			for _, tag := range tags {
+				ti, err := st.ResolveTag(ctx, path, tag)
+				if err != nil {
+					continue
+				}
+				e := ListEntry{Repository: repo, Image: image, Tag: tag, Digest: ti.Digest.String(), Hits: st.Hits(ctx, ti.Digest)}
+				if m, err := st.GetManifest(ctx, path, ti.Digest); err == nil {
+					e.MediaType = m.MediaType
+					e.Size = imageSize(ctx, st, path, m)
+				}
+				e.LastPulled, _ = st.LastAccess(ctx, ti.Digest)
+				out = append(out, e)
+			}
+		}
+	}
+	return out, nil
+}
+
+// imageSize adds up the blobs an image names, or its cached platforms'.
+func imageSize(ctx context.Context, st ListStore, path string, m store.Manifest) int64 {
+	var doc manifestDoc
+	if json.Unmarshal(m.Body, &doc) != nil {
+		return int64(len(m.Body))
+	}
+	total := int64(len(m.Body))
+	if doc.Config != nil {
+		total += doc.Config.Size
+	}
+	for _, l := range doc.Layers {
+		total += l.Size
+	}
+	for _, c := range doc.Manifests {
+		if d, err := store.ParseDigest(c.Digest); err == nil {
+			if cm, err := st.GetManifest(ctx, path, d); err == nil {
+				total += imageSize(ctx, st, path, cm)
+			}
+		}
+	}
+	return total
+}
+
+// adminList: GET /admin/ls?filter= (loopback only).
+func (s *Server) adminList(w http.ResponseWriter, r *http.Request) {
+	if !loopback(r) {
+		http.Error(w, `{"error":"admin endpoints answer loopback clients only"}`, http.StatusForbidden)
+		return
+	}
+	var names []string
+	for _, rp := range s.order {
+		if rp.Kind != KindGroup {
+			names = append(names, rp.Name)
+		}
+	}
+	list, err := List(r.Context(), s.store, names, r.URL.Query().Get("filter"))
+	if err != nil {
+		http.Error(w, `{"error":"listing failed"}`, http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(list)
+}

@@ -1,0 +1,254 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// internalKey marks a request berth makes to itself (prefetch): it passes
+// through the same handler as client pulls, with every right.
+type internalKey struct{}
+
+// PrefetchEvent reports progress of a prefetch.
+type PrefetchEvent struct {
+	Image      string `json:"image"`
+	Digest     string `json:"digest,omitempty"`
+	Kind       string `json:"kind"` // manifest, blob, done, error
+	Bytes      int64  `json:"bytes"`
+	DoneBytes  int64  `json:"done_bytes"`
+	TotalBytes int64  `json:"total_bytes"`
+	Error      string `json:"error,omitempty"`
+}
+
+// PrefetchOptions choose the platforms of multi-platform images.
+type PrefetchOptions struct {
+	Platforms    []string // "os/arch[/variant]"; empty means linux/amd64
+	AllPlatforms bool
+}
+
+// ParseImageRef splits "name[:tag][@digest]" into a name and a reference
+// (digest over tag; "latest" when neither).
+func ParseImageRef(ref string) (name, reference string, err error) {
+	name = ref
+	if i := strings.LastIndex(name, "@"); i >= 0 {
+		name, reference = name[:i], name[i+1:]
+	}
+	if i := strings.LastIndex(name, ":"); i > strings.LastIndex(name, "/") {
+		if reference == "" {
+			reference = name[i+1:]
+		}
+		name = name[:i]
+	}
+	if reference == "" {
+		reference = "latest"
+	}
+	if err := validateName(name); err != nil {
+		return "", "", fmt.Errorf("image %q: %v", ref, err)
+	}
+	return name, reference, nil
+}
+
+// Prefetch pulls image (as a client of listener would name it) into the
+// cache: the manifest, the chosen platforms' manifests and every blob,
+// through the same handler as client pulls, so it is coalesced with them
+// and counted in the metrics. progress (may be nil) gets an event per
+// object.
+func (s *Server) Prefetch(ctx context.Context, listener, image string, opts PrefetchOptions, progress func(PrefetchEvent)) error {
+	if progress == nil {
+		progress = func(PrefetchEvent) {}
+	}
+	name, ref, err := ParseImageRef(image)
+	if err != nil {
+		return err
+	}
+	h := s.Handler(listener)
+	ctx = context.WithValue(ctx, internalKey{}, true)
+	get := func(path string, w io.Writer) (http.Header, int, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, path, nil)
+		req.Header.Set("Accept", strings.Join([]string{mtOCIIndex, mtOCIManifest, mtDockerList, mtDockerV2}, ", "))
+		req.RemoteAddr = "127.0.0.1:0"
+		rw := &sinkWriter{header: http.Header{}, w: w}
+		h.ServeHTTP(rw, req)
+		if rw.status != http.StatusOK {
+			return rw.header, rw.status, fmt.Errorf("%s: status %d", path, rw.status)
+		}
+		return rw.header, rw.status, nil
+	}
+	var done, total atomic.Int64
+	manifest := func(reference string) (manifestDoc, []byte, error) {
+		var buf strings.Builder
+		_, _, err := get("/v2/"+name+"/manifests/"+reference, &limitedBuilder{b: &buf, max: maxManifestSize})
+		var doc manifestDoc
+		if err == nil {
+			err = json.Unmarshal([]byte(buf.String()), &doc)
+		}
+		if err == nil {
+			progress(PrefetchEvent{Image: image, Digest: reference, Kind: "manifest", Bytes: int64(buf.Len())})
+		}
+		return doc, []byte(buf.String()), err
+	}
+	doc, body, err := manifest(ref)
+	if err != nil {
+		return err
+	}
+	docs := []manifestDoc{doc}
+	if len(doc.Manifests) > 0 {
+		var plat struct {
+			Manifests []struct {
+				Digest   string `json:"digest"`
+				Platform *struct {
+					OS           string `json:"os"`
+					Architecture string `json:"architecture"`
+					Variant      string `json:"variant"`
+				} `json:"platform"`
+			} `json:"manifests"`
+		}
+		json.Unmarshal(body, &plat)
+		want := opts.Platforms
+		if len(want) == 0 {
+			want = []string{"linux/amd64"}
+		}
+		docs = nil
+		for _, c := range plat.Manifests {
+			p := ""
+			if c.Platform != nil {
+				p = c.Platform.OS + "/" + c.Platform.Architecture
+				if !opts.AllPlatforms && !slices.Contains(want, p) && !slices.Contains(want, p+"/"+c.Platform.Variant) {
+					continue
+				}
+			} else if !opts.AllPlatforms {
+				continue
+			}
+			child, _, err := manifest(c.Digest)
+			if err != nil {
+				return err
+			}
+			docs = append(docs, child)
+		}
+		if len(docs) == 0 {
+			return fmt.Errorf("%s: no manifest for platform %s", image, strings.Join(want, ","))
+		}
+	}
+	var blobs []descriptor
+	for _, d := range docs {
+		if d.Config != nil {
+			blobs = append(blobs, *d.Config)
+		}
+		for _, l := range d.Layers {
+			if !nonDistributable(l.MediaType) {
+				blobs = append(blobs, l)
+			}
+		}
+	}
+	for _, b := range blobs {
+		total.Add(b.Size)
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 4)
+	errs := make(chan error, len(blobs))
+	for _, b := range blobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			cw := &countWriter{add: func(n int64) { done.Add(n) }}
+			if _, _, err := get("/v2/"+name+"/blobs/"+b.Digest, cw); err != nil {
+				errs <- err
+				return
+			}
+			progress(PrefetchEvent{Image: image, Digest: b.Digest, Kind: "blob", Bytes: b.Size, DoneBytes: done.Load(), TotalBytes: total.Load()})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		return err
+	}
+	progress(PrefetchEvent{Image: image, Kind: "done", DoneBytes: done.Load(), TotalBytes: total.Load()})
+	return nil
+}
+
+// sinkWriter is the ResponseWriter of an in-process request.
+type sinkWriter struct {
+	header http.Header
+	status int
+	w      io.Writer
+}
+
+func (s *sinkWriter) Header() http.Header { return s.header }
+func (s *sinkWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+}
+func (s *sinkWriter) Write(p []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	if s.status != http.StatusOK {
+		return len(p), nil
+	}
+	return s.w.Write(p)
+}
+
+type countWriter struct{ add func(int64) }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.add(int64(len(p))); return len(p), nil }
+
+type limitedBuilder struct {
+	b   *strings.Builder
+	max int
+}
+
+func (l *limitedBuilder) Write(p []byte) (int, error) {
+	if l.b.Len()+len(p) > l.max {
+		return 0, fmt.Errorf("manifest too large")
+	}
+	return l.b.Write(p)
+}
+
+// adminPrefetch: POST /admin/prefetch (loopback only) with
+// {"images":[...],"platforms":[...],"all_platforms":bool}; streams one
+// JSON event per line.
+func (s *Server) adminPrefetch(listener string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !loopback(r) {
+			http.Error(w, `{"error":"admin endpoints answer loopback clients only"}`, http.StatusForbidden)
+			return
+		}
+		var req struct {
+			Images       []string `json:"images"`
+			Platforms    []string `json:"platforms"`
+			AllPlatforms bool     `json:"all_platforms"`
+		}
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || len(req.Images) == 0 {
+			http.Error(w, `{"error":"want {\"images\":[...]}"}`, http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		var mu sync.Mutex
+		enc := json.NewEncoder(w)
+		send := func(ev PrefetchEvent) {
+			mu.Lock()
+			defer mu.Unlock()
+			enc.Encode(ev)
+			if f, ok := w.(http.Flusher); ok {
+				f.Flush()
+			}
+		}
+		for _, img := range req.Images {
+			err := s.Prefetch(r.Context(), listener, img, PrefetchOptions{Platforms: req.Platforms, AllPlatforms: req.AllPlatforms}, send)
+			if err != nil {
+				send(PrefetchEvent{Image: img, Kind: "error", Error: err.Error()})
+			}
+		}
+	}
+}

@@ -1,0 +1,390 @@
+package server
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"fmt"
+	"html/template"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berth-registry/berth/store"
+	dto "github.com/prometheus/client_model/go"
+)
+
+//go:embed ui.html
+var uiFiles embed.FS
+
+var uiTemplates = template.Must(template.ParseFS(uiFiles, "ui.html"))
+
+// The status page: server-rendered HTML, no JavaScript, the same access
+// rules as the API (anonymous visitors see what anonymous clients may
+// pull; /ui/login asks the browser for Basic credentials).
+func (s *Server) uiHandlers(mux *http.ServeMux, listenerRepo string) {
+	mux.HandleFunc("GET /{$}", s.uiPage(s.uiOverview))
+	mux.HandleFunc("GET /ui/repository", s.uiPage(s.uiRepository))
+	mux.HandleFunc("GET /ui/image", s.uiPage(s.uiImage))
+	mux.HandleFunc("GET /ui/manifest", s.uiPage(s.uiManifest))
+	mux.HandleFunc("GET /ui/login", func(w http.ResponseWriter, r *http.Request) {
+		if p, err := s.auth.authenticate(r); err == nil && p.user != nil {
+			http.Redirect(w, r, "/", http.StatusSeeOther)
+			return
+		}
+		w.Header().Set("Www-Authenticate", `Basic realm="berth"`)
+		http.Error(w, "sign in with a berth user", http.StatusUnauthorized)
+	})
+}
+
+type uiPageFunc func(r *http.Request, p principal) (name string, data map[string]any, err error)
+
+func (s *Server) uiPage(f uiPageFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.auth.authenticate(r)
+		if err != nil {
+			w.Header().Set("Www-Authenticate", `Basic realm="berth"`)
+			http.Error(w, "invalid credentials", http.StatusUnauthorized)
+			return
+		}
+		name, data, err := f(r, p)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		data["User"] = p.name()
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+		if err := uiTemplates.ExecuteTemplate(w, name, data); err != nil {
+			s.log.Error("status page", "err", err)
+		}
+	}
+}
+
+// visible reports whether p may see repository rp on the page.
+func (s *Server) visible(p principal, rp *repo) bool {
+	if rp.Kind == KindGroup {
+		for _, m := range rp.leaves {
+			if s.memberReadable(p, rp, m, "") {
+				return true
+			}
+		}
+		return false
+	}
+	return s.allowed(p, rp, "", actionPull) || (p.user != nil && s.anyImageGrant(p, rp))
+}
+
+// anyImageGrant reports a grant on some image of rp ("internal/team-a/*").
+func (s *Server) anyImageGrant(p principal, rp *repo) bool {
+	for _, g := range append(append([]string{}, p.user.Pull...), p.user.Push...) {
+		if strings.HasPrefix(g, rp.Name+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func humanBytes(n float64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
+	i := 0
+	for n >= 1024 && i < len(units)-1 {
+		n /= 1024
+		i++
+	}
+	if i == 0 {
+		return fmt.Sprintf("%.0f B", n)
+	}
+	return fmt.Sprintf("%.1f %s", n, units[i])
+}
+
+// metricSums adds up a counter family by its repository label.
+func (s *Server) metricSums(name string, match func(labels map[string]string) bool) map[string]float64 {
+	out := map[string]float64{}
+	mfs, err := s.opts.Registry.Gather()
+	if err != nil {
+		return out
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.Metric {
+			labels := labelMap(m)
+			if match(labels) {
+				out[labels["repository"]] += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return out
+}
+
+func labelMap(m *dto.Metric) map[string]string {
+	out := map[string]string{}
+	for _, l := range m.Label {
+		out[l.GetName()] = l.GetValue()
+	}
+	return out
+}
+
+func ratio(hit, all float64) string {
+	if all == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f%%", 100*hit/all)
+}
+
+func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]any, error) {
+	hits := s.metricSums("berth_cache_results_total", func(l map[string]string) bool {
+		return l["result"] == resultHit || l["result"] == resultRevalidated || l["result"] == resultStale || l["result"] == resultCoalesced
+	})
+	lookups := s.metricSums("berth_cache_results_total", func(l map[string]string) bool { return l["result"] != resultNegative })
+	fromCache := s.metricSums("berth_served_bytes_total", func(l map[string]string) bool { return l["source"] == "cache" })
+	fromUp := s.metricSums("berth_served_bytes_total", func(l map[string]string) bool { return l["source"] == "upstream" })
+	ctx, cancel := context.WithTimeout(r.Context(), 1500*time.Millisecond)
+	defer cancel()
+	type row struct {
+		Name, Kind, Target, Health, HitRatio, CacheBytes, UpstreamBytes string
+		Images                                                          int
+	}
+	var rows []row
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var totHit, totAll, totCache, totUp float64
+	for _, rp := range s.order {
+		if !s.visible(p, rp) {
+			continue
+		}
+		members := []*repo{rp}
+		if rp.Kind == KindGroup {
+			members = rp.leaves
+		}
+		var h, a, c, u float64
+		for _, m := range members {
+			h, a, c, u = h+hits[m.Name], a+lookups[m.Name], c+fromCache[m.Name], u+fromUp[m.Name]
+		}
+		c += fromCache[rp.Name] * boolf(rp.Kind == KindGroup)
+		u += fromUp[rp.Name] * boolf(rp.Kind == KindGroup)
+		if rp.Kind != KindGroup {
+			totHit, totAll, totCache, totUp = totHit+h, totAll+a, totCache+c, totUp+u
+		}
+		images, _ := s.store.Repositories(r.Context(), rp.Name+"/")
+		rw := row{Name: rp.Name, Kind: rp.Kind, HitRatio: ratio(h, a), CacheBytes: humanBytes(c), UpstreamBytes: humanBytes(u), Images: len(images)}
+		switch rp.Kind {
+		case KindProxy:
+			rw.Target = rp.UpstreamHost
+			wg.Add(1)
+			i := len(rows)
+			go func() {
+				defer wg.Done()
+				health := "reachable"
+				if err := rp.Upstream.Ping(ctx); err != nil {
+					health = "unreachable (serving cache)"
+				}
+				mu.Lock()
+				rows[i].Health = health
+				mu.Unlock()
+			}()
+		case KindGroup:
+			rw.Target = strings.Join(rp.Members, " → ")
+			if rp.PushTo != "" {
+				rw.Target += " (push to " + rp.PushTo + ")"
+			}
+		}
+		mu.Lock()
+		rows = append(rows, rw)
+		mu.Unlock()
+	}
+	wg.Wait()
+	bytes, blobs := s.store.Stats()
+	data := map[string]any{"Title": "status", "Repos": rows, "HitRatio": ratio(totHit, totAll),
+		"CacheBytes": humanBytes(totCache), "UpstreamBytes": humanBytes(totUp), "StoreBytes": humanBytes(float64(bytes)),
+		"Blobs": blobs, "DiskFree": humanBytes(float64(diskFree(s.store.Dir())))}
+	if s.opts.MaxSize > 0 {
+		data["MaxSize"] = humanBytes(float64(s.opts.MaxSize))
+		data["UsedPct"] = fmt.Sprintf("%.0f", min(100, 100*float64(bytes)/float64(s.opts.MaxSize)))
+	}
+	return "overview", data, nil
+}
+
+func boolf(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (s *Server) uiRepo(r *http.Request, p principal) (*repo, error) {
+	rp := s.repos[r.URL.Query().Get("repo")]
+	if rp == nil {
+		rp = s.repos[r.URL.Query().Get("name")]
+	}
+	if rp == nil || !s.visible(p, rp) {
+		return nil, fmt.Errorf("no such repository")
+	}
+	return rp, nil
+}
+
+func (s *Server) uiRepository(r *http.Request, p principal) (string, map[string]any, error) {
+	rp, err := s.uiRepo(r, p)
+	if err != nil {
+		return "", nil, err
+	}
+	type row struct {
+		Name string
+		Tags int
+	}
+	var rows []row
+	paths, _ := s.store.Repositories(r.Context(), rp.Name+"/")
+	for _, path := range paths {
+		image := strings.TrimPrefix(path, rp.Name+"/")
+		if !s.allowed(p, rp, image, actionPull) {
+			continue
+		}
+		tags, _ := s.store.Tags(r.Context(), path)
+		rows = append(rows, row{image, len(tags)})
+	}
+	return "repository", map[string]any{"Title": rp.Name, "Repo": rp.Name, "Kind": rp.Kind, "Images": rows}, nil
+}
+
+func (s *Server) uiImageAllowed(r *http.Request, p principal) (*repo, string, error) {
+	rp, err := s.uiRepo(r, p)
+	if err != nil {
+		return nil, "", err
+	}
+	image := r.URL.Query().Get("name")
+	if validateName(image) != nil || rp.Kind == KindGroup || !s.allowed(p, rp, image, actionPull) {
+		return nil, "", fmt.Errorf("no such image")
+	}
+	return rp, image, nil
+}
+
+func (s *Server) uiImage(r *http.Request, p principal) (string, map[string]any, error) {
+	rp, image, err := s.uiImageAllowed(r, p)
+	if err != nil {
+		return "", nil, err
+	}
+	path := rp.Name + "/" + image
+	type row struct {
+		Tag, Digest, MediaType, Size, LastPulled string
+		Hits                                     int64
+	}
+	var rows []row
+	tags, _ := s.store.Tags(r.Context(), path)
+	for _, t := range tags {
+		ti, err := s.store.ResolveTag(r.Context(), path, t)
+		if err != nil {
+			continue
+		}
+		rw := row{Tag: t, Digest: ti.Digest.String()}
+		if m, err := s.store.GetManifest(r.Context(), path, ti.Digest); err == nil {
+			rw.MediaType = m.MediaType
+			rw.Size = humanBytes(float64(s.manifestTotal(r.Context(), path, m)))
+		}
+		if at, err := s.store.LastAccess(r.Context(), ti.Digest); err == nil {
+			rw.LastPulled = at.UTC().Format("2006-01-02 15:04:05")
+		}
+		rw.Hits = s.store.Hits(r.Context(), ti.Digest)
+		rows = append(rows, rw)
+	}
+	return "image", map[string]any{"Title": image, "Repo": rp.Name, "Image": image, "Tags": rows}, nil
+}
+
+// manifestTotal is the size of an image's blobs, or of an index's cached
+// children.
+func (s *Server) manifestTotal(ctx context.Context, path string, m store.Manifest) int64 {
+	pm, err := parseManifest(m.Body, m.MediaType)
+	if err != nil {
+		return int64(len(m.Body))
+	}
+	var total int64
+	var doc manifestDoc
+	json.Unmarshal(m.Body, &doc)
+	for _, l := range doc.Layers {
+		total += l.Size
+	}
+	if doc.Config != nil {
+		total += doc.Config.Size
+	}
+	for _, c := range pm.children {
+		if cm, err := s.store.GetManifest(ctx, path, c); err == nil {
+			total += s.manifestTotal(ctx, path, cm)
+		}
+	}
+	return total
+}
+
+func (s *Server) uiManifest(r *http.Request, p principal) (string, map[string]any, error) {
+	rp, image, err := s.uiImageAllowed(r, p)
+	if err != nil {
+		return "", nil, err
+	}
+	d, err := store.ParseDigest(r.URL.Query().Get("digest"))
+	if err != nil {
+		return "", nil, err
+	}
+	path := rp.Name + "/" + image
+	m, err := s.store.GetManifest(r.Context(), path, d)
+	if err != nil {
+		return "", nil, fmt.Errorf("manifest not in the store")
+	}
+	var doc struct {
+		manifestDoc
+		Manifests []struct {
+			descriptor
+			Platform *struct {
+				OS, Architecture, Variant string
+			} `json:"platform"`
+		} `json:"manifests"`
+	}
+	json.Unmarshal(m.Body, &doc)
+	data := map[string]any{"Title": image, "Repo": rp.Name, "Image": image, "Digest": d.String(), "MediaType": m.MediaType,
+		"ManifestSize": humanBytes(float64(len(m.Body)))}
+	type layer struct {
+		Digest, MediaType, Size string
+		Cached                  bool
+	}
+	var layers []layer
+	var total int64
+	for _, l := range doc.Layers {
+		_, serr := s.store.StatBlob(r.Context(), store.Digest{})
+		if dg, err := store.ParseDigest(l.Digest); err == nil {
+			_, serr = s.store.StatBlob(r.Context(), dg)
+		}
+		layers = append(layers, layer{l.Digest, l.MediaType, humanBytes(float64(l.Size)), serr == nil})
+		total += l.Size
+	}
+	if doc.Config != nil {
+		data["Config"] = doc.Config.Digest
+	}
+	if len(layers) > 0 {
+		data["Layers"] = layers
+		data["Total"] = humanBytes(float64(total))
+	}
+	type platform struct {
+		Platform, Digest, Size string
+		Cached                 bool
+	}
+	var plats []platform
+	for _, c := range doc.Manifests {
+		name := "unknown"
+		if c.Platform != nil {
+			name = c.Platform.OS + "/" + c.Platform.Architecture
+			if c.Platform.Variant != "" {
+				name += "/" + c.Platform.Variant
+			}
+		}
+		cached := false
+		if dg, err := store.ParseDigest(c.Digest); err == nil {
+			cached, _ = s.store.HasManifest(r.Context(), path, dg)
+		}
+		plats = append(plats, platform{name, c.Digest, humanBytes(float64(c.Size)), cached})
+	}
+	sort.Slice(plats, func(i, j int) bool { return plats[i].Platform < plats[j].Platform })
+	if len(plats) > 0 {
+		data["Platforms"] = plats
+	}
+	return "manifest", data, nil
+}

@@ -1,0 +1,474 @@
+package main
+
+import (
+	"archive/tar"
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/berth-registry/berth/server"
+	"github.com/berth-registry/berth/store"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+)
+
+// serverURL is the berth the operator commands talk to: --server, else
+// the main listener of the config (on loopback).
+func serverURL(c *cli.Context, cfg *Config) string {
+	if u := c.String("server"); u != "" {
+		return strings.TrimSuffix(u, "/")
+	}
+	host := cfg.Listen
+	if strings.HasPrefix(host, ":") {
+		host = "127.0.0.1" + host
+	}
+	if cfg.TLSCert != "" {
+		return "https://" + host
+	}
+	return "http://" + host
+}
+
+var serverFlags = []cli.Flag{
+	&cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"BERTH_CONFIG"}, Usage: "TOML config `FILE` (for the listen address)"},
+	&cli.StringFlag{Name: "server", Usage: "the running berth at `URL` (default: the config's listen address)"},
+}
+
+// runPrefetch asks the running server to pull images into its cache and
+// shows progress: a bar on a terminal, log lines otherwise.
+func runPrefetch(c *cli.Context, out io.Writer) error {
+	if c.NArg() == 0 {
+		return errors.New("prefetch needs at least one IMAGE")
+	}
+	cfg, err := storageConfig(c)
+	if err != nil {
+		return err
+	}
+	var platforms []string
+	if p := c.String("platform"); p != "" {
+		platforms = strings.Split(p, ",")
+	}
+	body, _ := json.Marshal(map[string]any{"images": c.Args().Slice(), "platforms": platforms, "all_platforms": c.Bool("all-platforms")})
+	resp, err := http.Post(serverURL(c, cfg)+"/admin/prefetch", "application/json", strings.NewReader(string(body)))
+	if err != nil {
+		return fmt.Errorf("prefetch needs a running berth: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("prefetch: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	tty := false
+	if f, ok := out.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	start := time.Now()
+	failed := 0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		var ev server.PrefetchEvent
+		if json.Unmarshal(sc.Bytes(), &ev) != nil {
+			continue
+		}
+		switch ev.Kind {
+		case "error":
+			failed++
+			fmt.Fprintf(out, "\nprefetch %s: error: %s\n", ev.Image, ev.Error)
+		case "done":
+			if tty {
+				fmt.Fprintln(out)
+			}
+			fmt.Fprintf(out, "prefetched %s: %s in %s\n", ev.Image, Size(ev.DoneBytes), time.Since(start).Round(time.Millisecond))
+		case "blob":
+			if tty {
+				fmt.Fprintf(out, "\r%s", progressBar(ev.Image, ev.DoneBytes, ev.TotalBytes, time.Since(start)))
+			} else {
+				fmt.Fprintf(out, "prefetch %s: blob %s (%s) %d/%d bytes\n", ev.Image, ev.Digest, Size(ev.Bytes), ev.DoneBytes, ev.TotalBytes)
+			}
+		}
+	}
+	if failed > 0 {
+		return cli.Exit(fmt.Sprintf("prefetch: %d image(s) failed", failed), 1)
+	}
+	return sc.Err()
+}
+
+func progressBar(image string, done, total int64, took time.Duration) string {
+	const width = 30
+	frac := 0.0
+	if total > 0 {
+		frac = float64(done) / float64(total)
+	}
+	n := int(frac * width)
+	rate := float64(done) / max(took.Seconds(), 0.001)
+	eta := "-"
+	if rate > 0 && total > done {
+		eta = (time.Duration(float64(total-done)/rate) * time.Second / time.Second * time.Second).String()
+	}
+	return fmt.Sprintf("%-30s [%s%s] %5.1f%% %s/%s %s/s ETA %s", truncateStr(image, 30), strings.Repeat("=", n), strings.Repeat(" ", width-n),
+		frac*100, Size(done), Size(total), Size(int64(rate)), eta)
+}
+
+func truncateStr(s string, n int) string {
+	if len(s) > n {
+		return s[:n-1] + "…"
+	}
+	return s
+}
+
+// runLs lists images and tags: through the running server, or from the
+// data dir when berth is stopped.
+func runLs(c *cli.Context, out io.Writer) error {
+	cfg, err := storageConfig(c)
+	if err != nil {
+		return err
+	}
+	filter := c.Args().First()
+	var list []server.ListEntry
+	st, err := store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 300 * time.Millisecond, KeepTmp: true})
+	if err == nil {
+		var names []string
+		for _, r := range cfg.Repositories {
+			if r.Kind != "group" {
+				names = append(names, r.Name)
+			}
+		}
+		list, err = server.List(c.Context, st, names, filter)
+		st.Close()
+	} else {
+		resp, herr := http.Get(serverURL(c, cfg) + "/admin/ls?filter=" + filter)
+		if herr != nil {
+			return fmt.Errorf("data dir in use and the running berth did not answer: %w", herr)
+		}
+		defer resp.Body.Close()
+		err = json.NewDecoder(resp.Body).Decode(&list)
+	}
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(list)
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REPOSITORY\tIMAGE\tTAG\tDIGEST\tSIZE\tLAST PULLED\tPULLS")
+	for _, e := range list {
+		last := "-"
+		if !e.LastPulled.IsZero() {
+			last = e.LastPulled.UTC().Format("2006-01-02 15:04")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Repository, e.Image, e.Tag, shortDigest(e.Digest), Size(e.Size), last, e.Hits)
+	}
+	return tw.Flush()
+}
+
+func shortDigest(d string) string {
+	if len(d) > 19 {
+		return d[:19]
+	}
+	return d
+}
+
+// registryOptions are the ggcr options for talking to berth.
+func registryOptions(c *cli.Context) []remote.Option {
+	opts := []remote.Option{remote.WithContext(c.Context)}
+	if creds := c.String("creds"); creds != "" {
+		u, p, _ := strings.Cut(creds, ":")
+		opts = append(opts, remote.WithAuth(&authn.Basic{Username: u, Password: p}))
+	}
+	return opts
+}
+
+func berthRef(base, image string) (name.Reference, error) {
+	host := strings.TrimPrefix(strings.TrimPrefix(base, "https://"), "http://")
+	var nopts []name.Option
+	if strings.HasPrefix(base, "http://") {
+		nopts = append(nopts, name.Insecure)
+	}
+	return name.ParseReference(host+"/"+image, nopts...)
+}
+
+// runExport writes the images as an OCI image layout tarball, pulling
+// them through berth (which fetches what it has not cached).
+func runExport(c *cli.Context, out io.Writer) error {
+	if c.NArg() == 0 || c.String("out") == "" {
+		return errors.New("export needs --out FILE.tar and at least one IMAGE")
+	}
+	cfg, err := storageConfig(c)
+	if err != nil {
+		return err
+	}
+	base := serverURL(c, cfg)
+	dir, err := os.MkdirTemp("", "berth-export-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		return err
+	}
+	for _, img := range c.Args().Slice() {
+		imgName, tag, err := server.ParseImageRef(img)
+		if err != nil {
+			return err
+		}
+		ref, err := berthRef(base, imgName+refSep(tag)+tag)
+		if err != nil {
+			return err
+		}
+		desc, err := remote.Get(ref, registryOptions(c)...)
+		if err != nil {
+			return fmt.Errorf("export %s: %w", img, err)
+		}
+		ann := layout.WithAnnotations(map[string]string{
+			"org.opencontainers.image.ref.name": imgName + refSep(tag) + tag,
+			"io.containerd.image.name":          imgName + refSep(tag) + tag,
+		})
+		if desc.MediaType.IsIndex() {
+			idx, err := desc.ImageIndex()
+			if err != nil {
+				return err
+			}
+			if err := p.AppendIndex(idx, ann); err != nil {
+				return fmt.Errorf("export %s: %w", img, err)
+			}
+		} else {
+			im, err := desc.Image()
+			if err != nil {
+				return err
+			}
+			if err := p.AppendImage(im, ann); err != nil {
+				return fmt.Errorf("export %s: %w", img, err)
+			}
+		}
+		fmt.Fprintf(out, "exported %s (%s)\n", img, desc.Digest)
+	}
+	if err := tarDir(dir, c.String("out")); err != nil {
+		return err
+	}
+	st, _ := os.Stat(c.String("out"))
+	fmt.Fprintf(out, "wrote %s (%s)\n", c.String("out"), Size(st.Size()))
+	return nil
+}
+
+func refSep(ref string) string {
+	if strings.Contains(ref, ":") {
+		return "@"
+	}
+	return ":"
+}
+
+func tarDir(dir, out string) error {
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(f)
+	var paths []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && p != dir {
+			paths = append(paths, p)
+		}
+		return err
+	})
+	sort.Strings(paths)
+	for _, p := range paths {
+		info, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		hdr, _ := tar.FileInfoHeader(info, "")
+		hdr.Name, _ = filepath.Rel(dir, p)
+		hdr.ModTime = time.Unix(0, 0)
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if info.Mode().IsRegular() {
+			src, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(tw, src)
+			src.Close()
+			if err != nil {
+				return err
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// untar extracts a tarball, refusing paths that leave dir.
+func untar(file, dir string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		clean := filepath.Clean(hdr.Name)
+		if !filepath.IsLocal(clean) {
+			return fmt.Errorf("%s: entry %q leaves the archive", file, hdr.Name)
+		}
+		target := filepath.Join(dir, clean)
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(target, 0o755); err != nil {
+				return err
+			}
+		case tar.TypeReg:
+			os.MkdirAll(filepath.Dir(target), 0o755)
+			out, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(out, tr)
+			out.Close()
+			if err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// runImport pushes the images of an OCI layout tarball (or a docker save
+// tarball) into a repository of the running berth, verifying every digest
+// first.
+func runImport(c *cli.Context, out io.Writer) error {
+	if c.NArg() != 1 {
+		return errors.New("import needs one FILE.tar")
+	}
+	cfg, err := storageConfig(c)
+	if err != nil {
+		return err
+	}
+	base := serverURL(c, cfg)
+	prefix := ""
+	if r := c.String("repository"); r != "" {
+		prefix = r + "/"
+	}
+	dir, err := os.MkdirTemp("", "berth-import-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := untar(c.Args().First(), dir); err != nil {
+		return err
+	}
+	push := func(target string, write func(name.Reference) error) error {
+		ref, err := berthRef(base, prefix+target)
+		if err != nil {
+			return err
+		}
+		if err := write(ref); err != nil {
+			return fmt.Errorf("import %s: %w", target, err)
+		}
+		fmt.Fprintf(out, "imported %s\n", ref)
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, "index.json")); err == nil {
+		p, err := layout.FromPath(dir)
+		if err != nil {
+			return err
+		}
+		ii, err := p.ImageIndex()
+		if err != nil {
+			return err
+		}
+		im, err := ii.IndexManifest()
+		if err != nil {
+			return err
+		}
+		for _, d := range im.Manifests {
+			target := d.Annotations["io.containerd.image.name"]
+			if target == "" {
+				target = d.Annotations["org.opencontainers.image.ref.name"]
+			}
+			if target == "" || !strings.ContainsAny(target, ":@") {
+				return fmt.Errorf("import: manifest %s has no image name annotation (org.opencontainers.image.ref.name = name:tag)", d.Digest)
+			}
+			if d.MediaType.IsIndex() {
+				idx, err := ii.ImageIndex(d.Digest)
+				if err != nil {
+					return err
+				}
+				if err := validate.Index(idx); err != nil {
+					return fmt.Errorf("import %s: %w", target, err)
+				}
+				err = push(target, func(ref name.Reference) error { return remote.WriteIndex(ref, idx, registryOptions(c)...) })
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			img, err := ii.Image(d.Digest)
+			if err != nil {
+				return err
+			}
+			if err := validate.Image(img); err != nil {
+				return fmt.Errorf("import %s: %w", target, err)
+			}
+			if err := push(target, func(ref name.Reference) error { return remote.Write(ref, img, registryOptions(c)...) }); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// docker save: manifest.json with RepoTags.
+	manifest, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(c.Args().First()) })
+	if err != nil {
+		return fmt.Errorf("import: neither an OCI layout nor a docker save tarball: %w", err)
+	}
+	for _, m := range manifest {
+		for _, t := range m.RepoTags {
+			tag, err := name.NewTag(t)
+			if err != nil {
+				return err
+			}
+			img, err := tarball.ImageFromPath(c.Args().First(), &tag)
+			if err != nil {
+				return err
+			}
+			if err := validate.Image(img); err != nil {
+				return fmt.Errorf("import %s: %w", t, err)
+			}
+			target := tag.RepositoryStr() + ":" + tag.TagStr()
+			if err := push(target, func(ref name.Reference) error { return remote.Write(ref, img, registryOptions(c)...) }); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
