@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -56,6 +57,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					&cli.StringFlag{Name: "listen", Usage: "listen `ADDR` (overrides the file)"},
 					&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` (overrides the file)"},
 					&cli.StringFlag{Name: "upstream", Usage: "proxy the registry at `URL` instead of Docker Hub (no config file)"},
+					&cli.StringFlag{Name: "pprof", Usage: "serve Go's pprof profiles on `ADDR` (for profiling; keep it on loopback)"},
 				},
 				Action: func(c *cli.Context) error {
 					cfg, err := configFromFlags(c)
@@ -67,6 +69,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					m, err := NewMain(cfg, newLogger(cfg, stderr))
 					if err != nil {
 						return err
+					}
+					if addr := c.String("pprof"); addr != "" {
+						go http.ListenAndServe(addr, pprofMux())
 					}
 					defer m.Close()
 					return m.Run(ctx)
@@ -115,7 +120,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					&cli.StringFlag{Name: "platform", Usage: "`os/arch[,...]` of multi-platform images (default linux/amd64)"},
 					&cli.BoolFlag{Name: "all-platforms", Usage: "every platform"},
 				}, serverFlags...),
-				Action: func(c *cli.Context) error { return runPrefetch(c, stdout) },
+				Action: func(c *cli.Context) error { return runPrefetch(c, stdout, stderr) },
 			},
 			{
 				Name:      "ls",
@@ -223,6 +228,15 @@ func configFromFlags(c *cli.Context) (*Config, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 func newLogger(cfg *Config, w io.Writer) *slog.Logger {

@@ -52,7 +52,7 @@ var serverFlags = []cli.Flag{
 
 // runPrefetch asks the running server to pull images into its cache and
 // shows progress: a bar on a terminal, log lines otherwise.
-func runPrefetch(c *cli.Context, out io.Writer) error {
+func runPrefetch(c *cli.Context, out, errOut io.Writer) error {
 	if c.NArg() == 0 {
 		return errors.New("prefetch needs at least one IMAGE")
 	}
@@ -89,7 +89,7 @@ func runPrefetch(c *cli.Context, out io.Writer) error {
 		switch ev.Kind {
 		case "error":
 			failed++
-			fmt.Fprintf(out, "\nprefetch %s: error: %s\n", ev.Image, ev.Error)
+			fmt.Fprintf(errOut, "prefetch %s: error: %s\n", ev.Image, ev.Error)
 		case "done":
 			if tty {
 				fmt.Fprintln(out)

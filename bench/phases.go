@@ -6,11 +6,9 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log"
-	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/berth-registry/berth/store"
@@ -305,15 +303,17 @@ func (b *bench) warm(s *system) error {
 	}
 	b.record("warm 20 clients (hashing): MB/s", s.name, 20*mb/wall.Seconds())
 	b.record("warm 20 clients: first byte p50 ms", s.name, ms(percentile(ttfbs, 0.5)))
-	// 20 clients not hashing: the server alone.
+	// 20 connections not hashing (wrk, a cheap C client): the server
+	// alone, and its CPU per GB.
 	cpu0 := cpuSeconds(s.pid)
-	wall, _, err = b.concurrentBlob(s, 20, false)
+	res, err := runWrk(20, 8*time.Second, "", s.blobURL("bench/big", b.images.big))
 	if err != nil {
 		return err
 	}
 	cpu := cpuSeconds(s.pid) - cpu0
-	b.record("warm 20 clients (no hashing): MB/s", s.name, 20*mb/wall.Seconds())
-	b.record("warm: server CPU s per GB served", s.name, cpu/(20*mb/1000))
+	gb := res.bytesPerSec * 8 / 1e9
+	b.record("warm 20 connections (wrk, no hashing): MB/s", s.name, res.bytesPerSec/1e6)
+	b.record("warm: server CPU s per GB served", s.name, cpu/max(gb, 0.001))
 	return nil
 }
 
@@ -327,41 +327,18 @@ func (b *bench) tags(s *system) error {
 		}
 	}
 	upBefore := b.up.total.Load()
-	var reqs atomic.Int64
-	var mu sync.Mutex
-	var lat []time.Duration
-	deadline := time.Now().Add(*tagSecs)
-	var wg sync.WaitGroup
-	var failed atomic.Int64
-	for w := 0; w < 32; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := newClient()
-			var mine []time.Duration
-			for time.Now().Before(deadline) {
-				repo := b.images.small[mrand.IntN(len(b.images.small))]
-				t0 := time.Now()
-				if _, _, _, err := fetch(c, s.manifestURL(repo, "v1"), false); err != nil {
-					failed.Add(1)
-					continue
-				}
-				mine = append(mine, time.Since(t0))
-				reqs.Add(1)
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			mu.Unlock()
-		}()
+	res, err := runWrk(32, *tagSecs, tagScript(b.images.small), "http://"+s.addr)
+	if err != nil {
+		return err
 	}
-	wg.Wait()
-	n := float64(reqs.Load())
-	b.record("cached tags, 200 repos, c=32: requests/s", s.name, n/tagSecs.Seconds())
-	b.record("cached tags: p50 ms", s.name, ms(percentile(lat, 0.5)))
-	b.record("cached tags: p99 ms", s.name, ms(percentile(lat, 0.99)))
+	n := res.reqPerSec * tagSecs.Seconds()
+	b.record("cached tags, 200 repos, c=32 (wrk): requests/s", s.name, res.reqPerSec)
+	b.record("cached tags: p50 ms", s.name, ms(res.p50))
+	b.record("cached tags: p99 ms", s.name, ms(res.p99))
 	b.record("cached tags: upstream requests per request", s.name, float64(b.up.total.Load()-upBefore)/max(n, 1))
-	if f := failed.Load(); f > 0 {
-		log.Printf("%s: %d failed tag requests", s.name, f)
+	if res.errors > 0 {
+		log.Printf("%s: %d failed tag requests", s.name, res.errors)
+		b.record("cached tags: failed requests", s.name, float64(res.errors))
 	}
 	return nil
 }

@@ -44,6 +44,7 @@ fi
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v wrk >/dev/null || need+=(wrk)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v containerd >/dev/null || need+=(containerd)

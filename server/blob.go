@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/berth-registry/berth/store"
@@ -128,8 +129,10 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	rd := dl.reader(ctx, size)
 	if r.Header.Get("Range") == "" && r.Method == http.MethodGet {
 		rd.h = d.NewHash()
+		s.streamDownload(w, d, rd)
+	} else {
+		serveBlobFile(w, r, d, rd)
 	}
-	serveBlobFile(w, r, d, rd)
 	if errors.Is(rd.err, errStoreWrite) && rd.h != nil && rd.off < size {
 		// The store failed mid-blob: finish this response from upstream,
 		// still checking the digest of the whole.
@@ -146,6 +149,51 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 		panic(http.ErrAbortHandler)
 	}
 	return nil
+}
+
+// copyBufs are the buffers of streamed downloads.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// streamDownload sends a whole blob while it downloads: 256 KiB copies of
+// what has arrived, and, once the download is verified and committed,
+// the rest with sendfile from the stored file.
+func (s *Server) streamDownload(w http.ResponseWriter, d store.Digest, rd *dlReader) {
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Etag", `"`+d.String()+`"`)
+	h.Set("Content-Length", strconv.FormatInt(rd.size, 10))
+	w.WriteHeader(http.StatusOK)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	for rd.off < rd.size {
+		if rd.d.Err() == nil && rd.d.isDone() {
+			if f, err := s.store.OpenBlob(rd.ctx, d); err == nil {
+				_, serr := f.Seek(rd.off, io.SeekStart)
+				if serr == nil {
+					var n int64
+					n, serr = io.CopyN(w, f.File, rd.size-rd.off)
+					rd.off += n
+				}
+				f.Close()
+				if serr != nil && rd.err == nil {
+					rd.err = serr
+				}
+				return
+			}
+		}
+		n, err := rd.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				rd.err = werr
+				return
+			}
+		}
+		if err != nil {
+			return // rd.err holds it; the caller decides
+		}
+	}
 }
 
 // blobFetcher returns the function that GETs blob d of image upstream,

@@ -200,6 +200,13 @@ func (d *download) waitDone(ctx context.Context) error {
 	}
 }
 
+// isDone reports whether the download is over (successfully or not).
+func (d *download) isDone() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.done
+}
+
 // Err returns the download's error once it is done, else nil.
 func (d *download) Err() error {
 	d.mu.Lock()
