@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"github.com/berth-registry/berth/store"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -238,34 +240,120 @@ func runExport(c *cli.Context, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("export %s: %w", img, err)
 		}
-		ann := layout.WithAnnotations(map[string]string{
-			"org.opencontainers.image.ref.name": imgName + refSep(tag) + tag,
-			"io.containerd.image.name":          imgName + refSep(tag) + tag,
-		})
-		if desc.MediaType.IsIndex() {
-			idx, err := desc.ImageIndex()
+		// Collect the manifests and blobs first, so the bar knows the total.
+		var plan exportPlan
+		if err := plan.add(c, ref, desc); err != nil {
+			return fmt.Errorf("export %s: %w", img, err)
+		}
+		pr := newProgress(out, img, plan.total)
+		for _, b := range plan.blobs {
+			rc, err := b.open()
 			if err != nil {
-				return err
-			}
-			if err := p.AppendIndex(idx, ann); err != nil {
 				return fmt.Errorf("export %s: %w", img, err)
 			}
-		} else {
-			im, err := desc.Image()
-			if err != nil {
-				return err
+			if err := p.WriteBlob(b.digest, &countingReader{ReadCloser: rc, p: pr}); err != nil {
+				return fmt.Errorf("export %s: blob %s: %w", img, b.digest, err)
 			}
-			if err := p.AppendImage(im, ann); err != nil {
-				return fmt.Errorf("export %s: %w", img, err)
+			pr.object("blob "+b.digest.String(), b.size)
+		}
+		for _, m := range plan.manifests {
+			if err := p.WriteBlob(m.digest, io.NopCloser(bytes.NewReader(m.raw))); err != nil {
+				return err
 			}
 		}
-		fmt.Fprintf(out, "exported %s (%s)\n", img, desc.Digest)
+		pr.finish()
+		refName := imgName + refSep(tag) + tag
+		err = p.AppendDescriptor(v1.Descriptor{MediaType: desc.MediaType, Size: desc.Size, Digest: desc.Digest,
+			Annotations: map[string]string{"org.opencontainers.image.ref.name": refName, "io.containerd.image.name": refName}})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "exported %s (%s, %s)\n", img, desc.Digest, Size(plan.total))
 	}
 	if err := tarDir(dir, c.String("out")); err != nil {
 		return err
 	}
 	st, _ := os.Stat(c.String("out"))
 	fmt.Fprintf(out, "wrote %s (%s)\n", c.String("out"), Size(st.Size()))
+	return nil
+}
+
+// exportPlan lists what an export writes: blobs (with sizes, for the
+// progress bar) and manifests (children before parents).
+type exportPlan struct {
+	blobs     []exportBlob
+	manifests []exportManifest
+	total     int64
+	seen      map[v1.Hash]bool
+}
+
+type exportBlob struct {
+	digest v1.Hash
+	size   int64
+	open   func() (io.ReadCloser, error)
+}
+
+type exportManifest struct {
+	digest v1.Hash
+	raw    []byte
+}
+
+func (e *exportPlan) add(c *cli.Context, ref name.Reference, desc *remote.Descriptor) error {
+	if e.seen == nil {
+		e.seen = map[v1.Hash]bool{}
+	}
+	if desc.MediaType.IsIndex() {
+		idx, err := desc.ImageIndex()
+		if err != nil {
+			return err
+		}
+		im, err := idx.IndexManifest()
+		if err != nil {
+			return err
+		}
+		for _, child := range im.Manifests {
+			cref := ref.Context().Digest(child.Digest.String())
+			cdesc, err := remote.Get(cref, registryOptions(c)...)
+			if err != nil {
+				return err
+			}
+			if err := e.add(c, cref, cdesc); err != nil {
+				return err
+			}
+		}
+	} else {
+		img, err := desc.Image()
+		if err != nil {
+			return err
+		}
+		m, err := img.Manifest()
+		if err != nil {
+			return err
+		}
+		rawCfg, err := img.RawConfigFile()
+		if err != nil {
+			return err
+		}
+		if !e.seen[m.Config.Digest] {
+			e.seen[m.Config.Digest] = true
+			e.blobs = append(e.blobs, exportBlob{m.Config.Digest, int64(len(rawCfg)), func() (io.ReadCloser, error) {
+				return io.NopCloser(bytes.NewReader(rawCfg)), nil
+			}})
+			e.total += int64(len(rawCfg))
+		}
+		for _, l := range m.Layers {
+			if l.MediaType.IsDistributable() && !e.seen[l.Digest] {
+				e.seen[l.Digest] = true
+				layer, err := img.LayerByDigest(l.Digest)
+				if err != nil {
+					return err
+				}
+				e.blobs = append(e.blobs, exportBlob{l.Digest, l.Size, layer.Compressed})
+				e.total += l.Size
+			}
+		}
+	}
+	e.manifests = append(e.manifests, exportManifest{desc.Digest, desc.Manifest})
 	return nil
 }
 
@@ -387,14 +475,27 @@ func runImport(c *cli.Context, out io.Writer) error {
 	if err := untar(c.Args().First(), dir); err != nil {
 		return err
 	}
-	push := func(target string, write func(name.Reference) error) error {
+	push := func(target string, write func(name.Reference, ...remote.Option) error) error {
 		ref, err := berthRef(base, prefix+target)
 		if err != nil {
 			return err
 		}
-		if err := write(ref); err != nil {
+		pr := newProgress(out, target, 0)
+		updates := make(chan v1.Update, 16)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for u := range updates {
+				pr.set(u.Complete, u.Total)
+			}
+		}()
+		err = write(ref, append(registryOptions(c), remote.WithProgress(updates))...)
+		<-done
+		if err != nil {
 			return fmt.Errorf("import %s: %w", target, err)
 		}
+		pr.finish()
+		pr.object("pushed", pr.total)
 		fmt.Fprintf(out, "imported %s\n", ref)
 		return nil
 	}
@@ -427,7 +528,7 @@ func runImport(c *cli.Context, out io.Writer) error {
 				if err := validate.Index(idx); err != nil {
 					return fmt.Errorf("import %s: %w", target, err)
 				}
-				err = push(target, func(ref name.Reference) error { return remote.WriteIndex(ref, idx, registryOptions(c)...) })
+				err = push(target, func(ref name.Reference, o ...remote.Option) error { return remote.WriteIndex(ref, idx, o...) })
 				if err != nil {
 					return err
 				}
@@ -440,7 +541,7 @@ func runImport(c *cli.Context, out io.Writer) error {
 			if err := validate.Image(img); err != nil {
 				return fmt.Errorf("import %s: %w", target, err)
 			}
-			if err := push(target, func(ref name.Reference) error { return remote.Write(ref, img, registryOptions(c)...) }); err != nil {
+			if err := push(target, func(ref name.Reference, o ...remote.Option) error { return remote.Write(ref, img, o...) }); err != nil {
 				return err
 			}
 		}
@@ -465,7 +566,7 @@ func runImport(c *cli.Context, out io.Writer) error {
 				return fmt.Errorf("import %s: %w", t, err)
 			}
 			target := tag.RepositoryStr() + ":" + tag.TagStr()
-			if err := push(target, func(ref name.Reference) error { return remote.Write(ref, img, registryOptions(c)...) }); err != nil {
+			if err := push(target, func(ref name.Reference, o ...remote.Option) error { return remote.Write(ref, img, o...) }); err != nil {
 				return err
 			}
 		}

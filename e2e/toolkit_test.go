@@ -81,8 +81,8 @@ func TestExportImport(t *testing.T) {
 	src := startBerth(t, proxyConfig(up.proxy))
 	archive := filepath.Join(t.TempDir(), "images.tar")
 	out := run(t, 3*time.Minute, nil, berthBin, "export", "--server", "http://"+src.addr, "--out", archive, "exp-app:v1", "exp-multi:v1", "exp-oci:v1")
-	if !strings.Contains(out, "wrote "+archive) {
-		t.Fatalf("export: %s", out)
+	if !strings.Contains(out, "wrote "+archive) || !strings.Contains(out, "exp-app:v1: blob sha256:") {
+		t.Fatalf("export (not a terminal: a progress line per blob): %s", out)
 	}
 	// skopeo reads the archive (Debian's skopeo 1.9 lists only OCI-typed
 	// manifests of a layout; berth keeps manifests as they are).
@@ -108,7 +108,7 @@ push = ["airgap"]
 		t.Logf("import without credentials: %s", errOut)
 	}
 	out = run(t, 3*time.Minute, nil, berthBin, "import", "--server", "http://"+dst.addr, "--creds", "importer:secret", archive)
-	if strings.Count(out, "imported ") != 3 {
+	if strings.Count(out, "imported ") != 3 || !strings.Contains(out, "pushed (") {
 		t.Fatalf("import: %s", out)
 	}
 	for ref, want := range map[string]string{"exp-app:v1": app.String(), "exp-multi:v1": multi.String(), "exp-oci:v1": oci.String()} {
@@ -123,6 +123,16 @@ push = ["airgap"]
 	if out := d.docker(t, "image", "inspect", "--format", "{{json .RepoDigests}}", dst.addr+"/exp-app:v1"); !strings.Contains(out, app.String()) {
 		t.Fatalf("docker pull from the second berth: %s", out)
 	}
+	// A docker save tarball imports too (its layers are recompressed, so
+	// the digest is new; every blob is checked and pulls back whole).
+	d.docker(t, "tag", dst.addr+"/exp-app:v1", "saved/app:v2")
+	saved := filepath.Join(t.TempDir(), "saved.tar")
+	d.docker(t, "save", "-o", saved, "saved/app:v2")
+	out = run(t, 3*time.Minute, nil, berthBin, "import", "--server", "http://"+dst.addr, "--creds", "importer:secret", "--repository", "airgap", saved)
+	if !strings.Contains(out, "imported "+dst.addr+"/airgap/saved/app:v2") {
+		t.Fatalf("docker save import: %s", out)
+	}
+	run(t, 2*time.Minute, nil, tool("crane"), "validate", "--insecure", "--remote", dst.addr+"/airgap/saved/app:v2")
 	// A tampered archive is refused.
 	bad := filepath.Join(t.TempDir(), "bad.tar")
 	corruptBlob(t, archive, bad)
