@@ -104,8 +104,7 @@ func TestConcurrentMissOneFetch(t *testing.T) {
 	up := newFakeUpstream(t)
 	img := randomImage(t, 8<<20, 1)
 	up.push("app", "v1", img)
-	layers, _ := img.Layers()
-	dg, _ := layers[0].Digest()
+	dg := firstLayer(t, img)
 	b := newTestBerth(t, up)
 	// Link the blob to the repository through its manifest, as a client pull does.
 	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
@@ -173,8 +172,7 @@ func TestStreamsBeforeDownloadCompletes(t *testing.T) {
 	up := newFakeUpstream(t)
 	img := randomImage(t, 1<<20, 1)
 	up.push("app", "v1", img)
-	layers, _ := img.Layers()
-	dg, _ := layers[0].Digest()
+	dg := firstLayer(t, img)
 	b := newTestBerth(t, up)
 	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
 	release := make(chan struct{})
@@ -214,8 +212,7 @@ func TestDownloadSurvivesClientHangup(t *testing.T) {
 	up := newFakeUpstream(t)
 	img := randomImage(t, 1<<20, 1)
 	up.push("app", "v1", img)
-	layers, _ := img.Layers()
-	dg, _ := layers[0].Digest()
+	dg := firstLayer(t, img)
 	b := newTestBerth(t, up)
 	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
 	release := make(chan struct{})
@@ -435,8 +432,7 @@ func TestBlobOnlyFromRepositoryThatHoldsIt(t *testing.T) {
 	up := newFakeUpstream(t)
 	img := randomImage(t, 4096, 1)
 	up.push("team-a/app", "v1", img)
-	layers, _ := img.Layers()
-	dg, _ := layers[0].Digest()
+	dg := firstLayer(t, img)
 	// go-containerregistry's registry serves any blob under any name; make
 	// this upstream hold team-b's blobs only once they are pushed there.
 	var mu sync.Mutex
@@ -563,8 +559,7 @@ func TestRedirectDropsAuthorization(t *testing.T) {
 	up := newFakeUpstream(t)
 	img := randomImage(t, 4096, 1)
 	up.push("app", "v1", img)
-	layers, _ := img.Layers()
-	dg, _ := layers[0].Digest()
+	dg := firstLayer(t, img)
 	up.token = "tok"
 	var cdnAuth []string
 	var mu sync.Mutex

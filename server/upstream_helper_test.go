@@ -241,3 +241,17 @@ func errCode(t *testing.T, resp *http.Response) string {
 	}
 	return body.Errors[0].Code
 }
+
+// firstLayer returns the digest of img's first layer.
+func firstLayer(t *testing.T, img v1.Image) v1.Hash {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil || len(layers) == 0 {
+		t.Fatalf("image has no layers: %v", err)
+	}
+	d, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
