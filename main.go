@@ -442,6 +442,7 @@ func (m *Main) Run(ctx context.Context) error {
 			ReadHeaderTimeout: 30 * time.Second, // slow clients cannot hold connections open
 			IdleTimeout:       2 * time.Minute,
 			MaxHeaderBytes:    64 << 10,
+			ConnContext:       server.ConnContext,
 			TLSConfig:         tlsCfg,
 			ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
 		}

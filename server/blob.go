@@ -45,6 +45,9 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 			}
 		}
 		s.cacheResult(r, rp, "blob", resultHit, "cache")
+		if f.Info.Size >= corkBlobMin && r.Method == http.MethodGet {
+			defer cork(ctx)()
+		}
 		serveBlobFile(w, r, d, f.File)
 		return nil
 	} else if !store.IsNotFound(err) {
