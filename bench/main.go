@@ -38,6 +38,7 @@ var (
 	bigMiB   = flag.Int("big", 256, "size of the big layer in MiB")
 	tagSecs  = flag.Duration("tags-for", 10*time.Second, "length of the cached-tag phase")
 	nBlobs   = flag.Int("index-blobs", 100_000, "blobs in the index for the start-up test")
+	srvCPUs  = flag.String("server-cpus", "0", "CPUs the servers under test are pinned to (taskset -c); empty: no pinning. Run the driver itself on the others (make bench does)")
 )
 
 func main() {
@@ -85,6 +86,14 @@ func freePort() int {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// startServer starts a system under test, pinned to -server-cpus.
+func (b *bench) startServer(name string, args ...string) (*exec.Cmd, error) {
+	if *srvCPUs != "" {
+		return b.start("taskset", append([]string{"-c", *srvCPUs, name}, args...)...)
+	}
+	return b.start(name, args...)
 }
 
 func (b *bench) start(name string, args ...string) (*exec.Cmd, error) {

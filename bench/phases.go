@@ -113,7 +113,7 @@ kind = "proxy"
 url = "http://%s"
 tag_ttl = "1h"
 `, b.up.addr)), 0o644)
-	cmd, err := b.start(*berthBin, "serve", "--config", cfg, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data-dir", dataDir)
+	cmd, err := b.startServer(*berthBin, "serve", "--config", cfg, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data-dir", dataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +142,7 @@ proxy:
   remoteurl: http://%s
   ttl: 168h
 `, dataDir, port, b.up.addr)), 0o644)
-	cmd, err := b.start(filepath.Join(*toolsDir, "registry"), "serve", cfg)
+	cmd, err := b.startServer(filepath.Join(*toolsDir, "registry"), "serve", cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +184,7 @@ http {
   }
 }
 `, dir, port, berthData)), 0o644)
-	cmd, err := b.start("nginx", "-c", conf, "-p", dir)
+	cmd, err := b.startServer("nginx", "-c", conf, "-p", dir)
 	if err != nil {
 		return nil, err
 	}
@@ -374,7 +374,7 @@ func (b *bench) startup() error {
 		cfg := filepath.Join(dir, "berth.toml")
 		os.WriteFile(cfg, []byte(fmt.Sprintf("default_repository = \"hub\"\nlog_level = \"warn\"\n[[repository]]\nname = \"hub\"\nkind = \"proxy\"\nurl = \"http://%s\"\n", b.up.addr)), 0o644)
 		t0 := time.Now()
-		cmd, err := b.start(*berthBin, "serve", "--config", cfg, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data-dir", data)
+		cmd, err := b.startServer(*berthBin, "serve", "--config", cfg, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data-dir", data)
 		if err != nil {
 			return err
 		}

@@ -119,7 +119,11 @@ func (b *bench) report(took time.Duration) {
 		return fmt.Sprintf("%.2f", median(a)/median(p))
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "\nberth benchmark (%d runs; median (min–max)); %s\n", *repeats, time.Now().UTC().Format(time.RFC3339))
+	pin := "servers not pinned"
+	if *srvCPUs != "" {
+		pin = "servers pinned to CPU " + *srvCPUs + ", clients and upstream on the others"
+	}
+	fmt.Fprintf(tw, "\nberth benchmark (%d runs; median (min–max)); %s; %s\n", *repeats, pin, time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintln(tw, "metric\tberth\tdistribution (proxy)\tnginx (files)\tberth/distribution\tberth/nginx")
 	fmt.Fprintln(tw, strings.Repeat("-", 20)+"\t-----\t-----\t-----\t-----\t-----")
 	type row struct {
