@@ -169,12 +169,7 @@ func slowBlob(up *fakeUpstream, release <-chan struct{}) {
 }
 
 func TestStreamsBeforeDownloadCompletes(t *testing.T) {
-	up := newFakeUpstream(t)
-	img := randomImage(t, 1<<20, 1)
-	up.push("app", "v1", img)
-	dg := firstLayer(t, img)
-	b := newTestBerth(t, up)
-	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
+	up, b, dg := cachedApp(t, 1<<20)
 	release := make(chan struct{})
 	slowBlob(up, release)
 
@@ -209,12 +204,7 @@ func TestStreamsBeforeDownloadCompletes(t *testing.T) {
 }
 
 func TestDownloadSurvivesClientHangup(t *testing.T) {
-	up := newFakeUpstream(t)
-	img := randomImage(t, 1<<20, 1)
-	up.push("app", "v1", img)
-	dg := firstLayer(t, img)
-	b := newTestBerth(t, up)
-	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
+	up, b, dg := cachedApp(t, 1<<20)
 	release := make(chan struct{})
 	slowBlob(up, release)
 

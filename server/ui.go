@@ -349,11 +349,12 @@ func (s *Server) uiManifest(r *http.Request, p principal) (string, map[string]an
 	var layers []layer
 	var total int64
 	for _, l := range doc.Layers {
-		_, serr := s.store.StatBlob(r.Context(), store.Digest{})
+		cached := false
 		if dg, err := store.ParseDigest(l.Digest); err == nil {
-			_, serr = s.store.StatBlob(r.Context(), dg)
+			_, serr := s.store.StatBlob(r.Context(), dg)
+			cached = serr == nil
 		}
-		layers = append(layers, layer{l.Digest, l.MediaType, humanBytes(float64(l.Size)), serr == nil})
+		layers = append(layers, layer{l.Digest, l.MediaType, humanBytes(float64(l.Size)), cached})
 		total += l.Size
 	}
 	if doc.Config != nil {

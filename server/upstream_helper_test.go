@@ -255,3 +255,16 @@ func firstLayer(t *testing.T, img v1.Image) v1.Hash {
 	}
 	return d
 }
+
+// cachedApp pushes a one-layer image as app:v1 upstream, starts berth and
+// pulls the manifest through it (linking the layer), and returns the
+// layer's digest.
+func cachedApp(t *testing.T, size int64) (*fakeUpstream, *testBerth, v1.Hash) {
+	t.Helper()
+	up := newFakeUpstream(t)
+	img := randomImage(t, size, 1)
+	up.push("app", "v1", img)
+	b := newTestBerth(t, up)
+	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
+	return up, b, firstLayer(t, img)
+}

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -415,6 +414,3 @@ func (s *Store) PutBlob(ctx context.Context, d Digest, b []byte, links ...Link) 
 	}
 	return w.Commit(ctx, d, int64(len(b)), links...)
 }
-
-// errStop ends a bbolt ForEach early.
-var errStop = errors.New("stop")

@@ -85,8 +85,8 @@ type Store struct {
 	accessMu sync.Mutex
 	access   map[string]accessEntry // digest → last access and hits, not yet flushed
 
-	uploads uploadLocks
-	digests uploadLocks
+	uploads keyedLocks
+	digests keyedLocks
 	cache   *memCache // serializes commit and delete of one digest
 
 	opts     Options

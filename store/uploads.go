@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -42,13 +43,13 @@ type Upload struct {
 	HashState []byte `json:"hashState,omitempty"`
 }
 
-// uploadLocks serializes requests on one upload id.
-type uploadLocks struct {
+// keyedLocks serializes work on one key (an upload id, a digest).
+type keyedLocks struct {
 	mu sync.Mutex
 	m  map[string]*sync.Mutex
 }
 
-func (l *uploadLocks) lock(id string) func() {
+func (l *keyedLocks) lock(id string) func() {
 	l.mu.Lock()
 	if l.m == nil {
 		l.m = map[string]*sync.Mutex{}
@@ -253,7 +254,7 @@ func (s *Store) ExpireUploads(ctx context.Context, ttl time.Duration) (int, erro
 		return n, err
 	}
 	for _, e := range entries {
-		if !live[e.Name()] && !slicesContains(expired, e.Name()) {
+		if !live[e.Name()] && !slices.Contains(expired, e.Name()) {
 			// A file without a session: a crash between creating the
 			// file and recording the session, or an upload just created.
 			if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > time.Minute {
@@ -263,13 +264,4 @@ func (s *Store) ExpireUploads(ctx context.Context, ttl time.Duration) (int, erro
 		}
 	}
 	return n, nil
-}
-
-func slicesContains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
