@@ -130,16 +130,20 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 		return nil
 	}
 	rd := dl.reader(ctx, size)
-	if r.Header.Get("Range") == "" && r.Method == http.MethodGet {
-		rd.h = d.NewHash()
+	whole := r.Header.Get("Range") == "" && r.Method == http.MethodGet
+	if whole {
 		s.streamDownload(w, d, rd)
 	} else {
 		serveBlobFile(w, r, d, rd)
 	}
-	if errors.Is(rd.err, errStoreWrite) && rd.h != nil && rd.off < size {
+	if errors.Is(rd.err, errStoreWrite) && whole && rd.off < size {
 		// The store failed mid-blob: finish this response from upstream,
 		// still checking the digest of the whole.
-		if err := s.passThrough(w, r, rp, image, d, rd.off, rd.h, true, rd.err); err != nil {
+		h, err := rd.prefixHash(d)
+		if err == nil {
+			err = s.passThrough(w, r, rp, image, d, rd.off, h, true, rd.err)
+		}
+		if err != nil {
 			s.log.Warn("pass-through ended early", "repository", rp.Name, "name", image, "digest", d, "err", err)
 			panic(http.ErrAbortHandler)
 		}
@@ -154,12 +158,13 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	return nil
 }
 
-// copyBufs are the buffers of streamed downloads.
+// copyBufs are the buffers of streamed downloads that cannot use sendfile.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
-// streamDownload sends a whole blob while it downloads: 256 KiB copies of
-// what has arrived, and, once the download is verified and committed,
-// the rest with sendfile from the stored file.
+// streamDownload sends a whole blob while it downloads: each stretch that
+// has arrived goes out with sendfile from the temp file (which stays open
+// when it is committed or removed), so following a download costs no
+// user-space copy; 256 KiB buffered copies if the file cannot be reopened.
 func (s *Server) streamDownload(w http.ResponseWriter, d store.Digest, rd *dlReader) {
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
@@ -167,37 +172,38 @@ func (s *Server) streamDownload(w http.ResponseWriter, d store.Digest, rd *dlRea
 	h.Set("Etag", `"`+d.String()+`"`)
 	h.Set("Content-Length", strconv.FormatInt(rd.size, 10))
 	w.WriteHeader(http.StatusOK)
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := *bp
-	for rd.off < rd.size {
-		if rd.d.Err() == nil && rd.d.isDone() {
-			if f, err := s.store.OpenBlob(rd.ctx, d); err == nil {
-				_, serr := f.Seek(rd.off, io.SeekStart)
-				if serr == nil {
-					var n int64
-					n, serr = io.CopyN(w, f.File, rd.size-rd.off)
-					rd.off += n
-				}
-				f.Close()
-				if serr != nil && rd.err == nil {
-					rd.err = serr
-				}
-				return
-			}
+	f, err := rd.d.w.OpenReader()
+	if err != nil {
+		s.log.Warn("cannot reopen a download for sendfile, copying", "digest", d, "err", err)
+		bp := copyBufs.Get().(*[]byte)
+		defer copyBufs.Put(bp)
+		if _, err := io.CopyBuffer(writerOnly{w}, rd, *bp); err != nil {
+			rd.fail(err)
 		}
-		n, err := rd.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				rd.err = werr
-				return
-			}
-		}
+		return
+	}
+	defer f.Close()
+	for {
+		n, err := rd.avail()
 		if err != nil {
-			return // rd.err holds it; the caller decides
+			rd.fail(err)
+			return
+		}
+		if _, err := f.Seek(rd.off, io.SeekStart); err != nil {
+			rd.fail(err)
+			return
+		}
+		m, err := io.CopyN(w, f, n)
+		rd.off += m
+		if err != nil {
+			rd.fail(err)
+			return
 		}
 	}
 }
+
+// writerOnly hides a writer's ReadFrom, so io.Copy uses its buffer.
+type writerOnly struct{ io.Writer }
 
 // blobFetcher returns the function that GETs blob d of image upstream,
 // counting bytes and mismatches.

@@ -227,8 +227,7 @@ type dlReader struct {
 	ctx  context.Context
 	size int64
 	off  int64
-	err  error     // the first error other than io.EOF returned
-	h    hash.Hash // when set, hashes what is read (sequential reads from 0)
+	err  error // the first error other than io.EOF returned
 }
 
 func (r *dlReader) Seek(offset int64, whence int) (int64, error) {
@@ -249,40 +248,47 @@ func (r *dlReader) Seek(offset int64, whence int) (int64, error) {
 }
 
 func (r *dlReader) Read(p []byte) (int, error) {
-	n, err := r.read(p)
-	if r.h != nil {
-		r.h.Write(p[:n])
+	n, err := r.avail()
+	if n > 0 {
+		if int64(len(p)) > n {
+			p = p[:n]
+		}
+		var m int
+		m, err = r.d.w.ReadAt(p, r.off)
+		r.off += int64(m)
+		n = int64(m)
 	}
-	r.off += int64(n)
+	r.fail(err)
+	return int(n), err
+}
+
+// fail records err as the reader's error unless it is io.EOF or one is
+// already recorded.
+func (r *dlReader) fail(err error) {
 	if err != nil && err != io.EOF && r.err == nil {
 		r.err = err
 	}
-	return n, err
 }
 
-func (r *dlReader) read(p []byte) (int, error) {
-	if r.off >= r.size {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > r.size-r.off {
-		p = p[:r.size-r.off]
-	}
+// avail waits until bytes past the offset may be read and returns how
+// many (more may follow), or io.EOF at the end of a verified blob, or the
+// download's error.
+func (r *dlReader) avail() (int64, error) {
 	d := r.d
 	for {
 		d.mu.Lock()
 		written, done, err, ch := d.written, d.done, d.err, d.changed
 		d.mu.Unlock()
 		ok := done && err == nil
-		// Until the digest is verified the last byte is held back.
-		limit := written
+		// Until the digest is verified the last byte is held back (and an
+		// empty blob's end).
+		end := r.size
 		if !ok {
-			limit = written - 1
+			end--
 		}
+		limit := min(written, end)
 		if r.off < limit {
-			if avail := limit - r.off; int64(len(p)) > avail {
-				p = p[:avail]
-			}
-			return d.w.ReadAt(p, r.off)
+			return limit - r.off, nil
 		}
 		if ok {
 			return 0, io.EOF
@@ -296,4 +302,15 @@ func (r *dlReader) read(p []byte) (int, error) {
 		case <-ch:
 		}
 	}
+}
+
+// prefixHash hashes the bytes before the offset again, from the temp
+// file, in d's algorithm: what a response that must be finished from
+// elsewhere has sent so far.
+func (r *dlReader) prefixHash(d store.Digest) (hash.Hash, error) {
+	h := d.NewHash()
+	if _, err := io.Copy(h, io.NewSectionReader(r.d.w, 0, r.off)); err != nil {
+		return nil, err
+	}
+	return h, nil
 }

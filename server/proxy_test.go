@@ -234,7 +234,7 @@ func TestDownloadSurvivesClientHangup(t *testing.T) {
 // cut midway end the client's response with an error, nothing is cached,
 // the mismatch is counted, and the next request fetches again.
 func TestCorruptUpstreamNeverCached(t *testing.T) {
-	for _, mode := range []string{"flip", "cut", "short"} {
+	for _, mode := range []string{"flip", "cut", "short", "empty"} {
 		t.Run(mode, func(t *testing.T) {
 			up := newFakeUpstream(t)
 			img := randomImage(t, 256<<10, 1)
@@ -263,10 +263,15 @@ func TestCorruptUpstreamNeverCached(t *testing.T) {
 				case "short":
 					w.Header().Set("Content-Length", fmt.Sprint(len(body)-10))
 					w.Write(body[:len(body)-10])
+				case "empty": // nothing to hold back but the end
+					w.Header().Set("Content-Length", "0")
 				}
 				return true
 			})
-			resp, err := http.Get(b.http.URL + "/v2/app/blobs/" + dg.String())
+			// A fresh connection: Go's client retries a request whose
+			// reused connection closes before any response byte.
+			fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+			resp, err := fresh.Get(b.http.URL + "/v2/app/blobs/" + dg.String())
 			if err == nil {
 				body, rerr := io.ReadAll(resp.Body)
 				resp.Body.Close()

@@ -236,6 +236,7 @@ type BlobWriter struct {
 	mu        sync.Mutex
 	n         int64
 	committed bool
+	final     string // where Commit moved the file
 	closed    bool
 }
 
@@ -277,6 +278,23 @@ func (w *BlobWriter) Size() int64 {
 
 // ReadAt reads already written bytes; it is safe during Write.
 func (w *BlobWriter) ReadAt(p []byte, off int64) (int, error) { return w.f.ReadAt(p, off) }
+
+// OpenReader opens the blob's file for reading on its own file offset,
+// wherever it is now (in tmp/, or in blobs/ once committed), so that a
+// reader can follow the blob with sendfile while it is written. The caller
+// closes the file; the bytes it may read are those written so far.
+func (w *BlobWriter) OpenReader() (*os.File, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil, fmt.Errorf("store: blob writer closed")
+	}
+	path := w.path
+	if w.committed {
+		path = w.final
+	}
+	return os.Open(path)
+}
 
 // Digest returns the digest of the bytes written so far, in the writer's
 // algorithm.
@@ -368,12 +386,17 @@ func (s *Store) commitFile(w *BlobWriter, d Digest, size int64, links []Link) (B
 	if err != nil {
 		return info, fmt.Errorf("store: %w", err)
 	}
-	if err := os.Rename(w.path, final); err != nil {
+	// Under w.mu, so that OpenReader finds the file on one side of the
+	// rename or the other.
+	w.mu.Lock()
+	err = os.Rename(w.path, final)
+	if err == nil {
+		w.committed, w.final = true, final
+	}
+	w.mu.Unlock()
+	if err != nil {
 		return info, fmt.Errorf("store: %w", err)
 	}
-	w.mu.Lock()
-	w.committed = true
-	w.mu.Unlock()
 	if err := syncDir(filepath.Dir(final)); err != nil {
 		return info, fmt.Errorf("store: sync dir: %w", err)
 	}

@@ -225,3 +225,40 @@ func TestReadWhileWriting(t *testing.T) {
 		t.Fatalf("ReadAt after commit = %q", buf)
 	}
 }
+
+// TestOpenReaderFollowsTheFile: a reader opened before the commit keeps
+// reading across the rename, one opened after it finds the file in
+// blobs/, and none can be opened once the writer is closed.
+func TestOpenReaderFollowsTheFile(t *testing.T) {
+	s := storetest.Open(t)
+	w, err := s.NewBlobWriter(ctx, "sha256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("hello "))
+	before, err := w.OpenReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer before.Close()
+	w.Write([]byte("world"))
+	data := []byte("hello world")
+	if _, err := w.Commit(ctx, store.DigestOf(data), 11); err != nil {
+		t.Fatal(err)
+	}
+	after, err := w.OpenReader()
+	if err != nil {
+		t.Fatalf("OpenReader after commit: %v", err)
+	}
+	defer after.Close()
+	for name, f := range map[string]*os.File{"before": before, "after": after} {
+		if got, err := io.ReadAll(f); err != nil || string(got) != "hello world" {
+			t.Errorf("reader opened %s commit read %q, %v", name, got, err)
+		}
+	}
+	w.Close()
+	if f, err := w.OpenReader(); err == nil {
+		f.Close()
+		t.Error("OpenReader after Close succeeded")
+	}
+}
