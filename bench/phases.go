@@ -314,6 +314,16 @@ func (b *bench) warm(s *system) error {
 	gb := res.bytesPerSec * 8 / 1e9
 	b.record("warm 20 connections (wrk, no hashing): MB/s", s.name, res.bytesPerSec/1e6)
 	b.record("warm: server CPU s per GB served", s.name, cpu/max(gb, 0.001))
+	// 20 connections whose client drops the bytes in the kernel: the
+	// server alone, without a loopback client's copy (see discardLoad).
+	cpu0 = cpuSeconds(s.pid)
+	bps, err := discardLoad(20, 8*time.Second, s.blobURL("bench/big", b.images.big))
+	if err != nil {
+		return fmt.Errorf("%s discarding client: %v", s.name, err)
+	}
+	cpu = cpuSeconds(s.pid) - cpu0
+	b.record("warm 20 conns, client discards in kernel: MB/s", s.name, bps/1e6)
+	b.record("warm, discarding client: server CPU s per GB", s.name, cpu/max(bps*8/1e9, 0.001))
 	return nil
 }
 

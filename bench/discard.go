@@ -1,0 +1,125 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// discardLoad GETs url over conns keep-alive connections for dur and
+// throws each body away inside the kernel (recv with MSG_TRUNC, which
+// Linux TCP honours by dropping the bytes without copying them out).
+// On loopback the client otherwise pays for copying every byte out of
+// the socket, and for a server that uses sendfile that copy is the one
+// that first touches the file's pages (cold in the CPU cache), while a
+// server that copies in user space hands the client cache-hot bytes: a
+// copying client measures where the copy lands, not the server. With
+// the copy gone the client costs next to nothing and the figure is the
+// server's (what a remote client on a real network sees, where the NIC
+// does the copying). It returns body bytes per second.
+func discardLoad(conns int, dur time.Duration, rawURL string) (float64, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return 0, err
+	}
+	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: berth-bench\r\n\r\n", u.RequestURI(), u.Host)
+	var total atomic.Int64
+	deadline := time.Now().Add(dur)
+	errc := make(chan error, conns)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := discardConn(u.Host, req, deadline, &total); err != nil {
+				errc <- err
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	close(errc)
+	if err := <-errc; err != nil {
+		return 0, err
+	}
+	return float64(total.Load()) / took.Seconds(), nil
+}
+
+// discardConn sends req over one connection again and again until
+// deadline, adding the body bytes it receives to total.
+func discardConn(addr, req string, deadline time.Time, total *atomic.Int64) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(deadline.Add(30 * time.Second))
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	scratch := make([]byte, 4<<20) // never written: MSG_TRUNC only uses its length
+	for time.Now().Before(deadline) {
+		if _, err := io.WriteString(c, req); err != nil {
+			return err
+		}
+		// The header is small and arrives first; read it byte by byte so
+		// that no body byte lands in a user-space buffer.
+		br := bufio.NewReaderSize(oneByteReader{c}, 16)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK || resp.ContentLength < 0 {
+			return fmt.Errorf("GET: %s (length %d)", resp.Status, resp.ContentLength)
+		}
+		left := resp.ContentLength - int64(br.Buffered())
+		total.Add(int64(br.Buffered()))
+		for left > 0 {
+			want := scratch
+			if int64(len(want)) > left {
+				want = want[:left]
+			}
+			var n int
+			var rerr error
+			err := raw.Read(func(fd uintptr) bool {
+				n, _, rerr = syscall.Recvfrom(int(fd), want, syscall.MSG_TRUNC|syscall.MSG_DONTWAIT)
+				return !errors.Is(rerr, syscall.EAGAIN)
+			})
+			if err == nil {
+				err = rerr
+			}
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return io.ErrUnexpectedEOF
+			}
+			left -= int64(n)
+			total.Add(int64(n))
+			if !time.Now().Before(deadline) {
+				return nil // count what arrived, as wrk does
+			}
+		}
+	}
+	return nil
+}
+
+// oneByteReader reads at most one byte per call.
+type oneByteReader struct{ r io.Reader }
+
+func (o oneByteReader) Read(p []byte) (int, error) {
+	if len(p) > 1 {
+		p = p[:1]
+	}
+	return o.r.Read(p)
+}
