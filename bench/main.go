@@ -301,3 +301,23 @@ func writeJSON(path string, v any) {
 	b, _ := json.MarshalIndent(v, "", "  ")
 	os.WriteFile(path, b, 0o644)
 }
+
+// machineCPUSeconds is the busy time of all CPUs so far (user, nice,
+// system, irq, softirq, steal from /proc/stat): the server, the client
+// and the kernel's work for both, wherever it ran.
+func machineCPUSeconds() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var total float64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		if i < len(f) {
+			v, _ := strconv.ParseFloat(f[i], 64)
+			total += v
+		}
+	}
+	return total / 100 // USER_HZ
+}

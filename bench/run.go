@@ -91,7 +91,9 @@ func (b *bench) report(took time.Duration) {
 		"cold 20 clients: first byte p99 ms", "cold 20 clients: upstream GETs of the blob",
 		"warm 1 client (hashing): MB/s", "warm 1 client: first byte ms", "warm 20 clients (hashing): MB/s",
 		"warm 20 clients: first byte p50 ms", "warm 20 connections (wrk, no hashing): MB/s", "warm: server CPU s per GB served",
+		"warm: machine CPU s per GB (server+client+kernel)",
 		"warm 20 conns, client discards in kernel: MB/s", "warm, discarding client: server CPU s per GB",
+		"warm, discarding client: machine CPU s per GB",
 		"cached tags, 200 repos, c=32 (wrk): requests/s", "cached tags: p50 ms", "cached tags: p99 ms",
 		"cached tags: upstream requests per request", "peak RSS MiB", "server CPU s, whole run",
 	}

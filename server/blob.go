@@ -45,8 +45,8 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 			}
 		}
 		s.cacheResult(r, rp, "blob", resultHit, "cache")
-		if f.Info.Size >= corkBlobMin && r.Method == http.MethodGet {
-			defer cork(ctx)()
+		if f.Info.Size >= largeBlob && r.Method == http.MethodGet {
+			limitUnsent(ctx)
 		}
 		serveBlobFile(w, r, d, f.File)
 		return nil

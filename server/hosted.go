@@ -213,6 +213,9 @@ func (s *Server) hostedGetBlob(w http.ResponseWriter, r *http.Request, path stri
 	}
 	defer f.Close()
 	infoOf(ctx).source = "cache"
+	if f.Info.Size >= largeBlob && r.Method == http.MethodGet {
+		limitUnsent(ctx)
+	}
 	serveBlobFile(w, r, d, f.File)
 	return nil
 }
