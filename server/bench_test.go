@@ -82,7 +82,7 @@ func BenchmarkFanOut(b *testing.B) {
 		g := newFetchGroup(time.Minute, nil, nil)
 		var wg sync.WaitGroup
 		for i := 0; i < 20; i++ {
-			dl, _, err := g.join(d.String(), func() (*store.BlobWriter, error) { return st.NewBlobWriter(context.Background(), "sha256") },
+			dl, _, err := g.join(d, func() (*store.BlobWriter, error) { return st.NewBlobWriter(context.Background(), "sha256") },
 				func(ctx context.Context) (io.ReadCloser, int64, error) {
 					return io.NopCloser(bytes.NewReader(blob)), int64(len(blob)), nil
 				},

@@ -72,7 +72,7 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 		return nil
 	}
 
-	dl, leader, err := s.fetches.join(d.String(),
+	dl, leader, err := s.fetches.join(d,
 		func() (*store.BlobWriter, error) { return s.store.NewBlobWriter(ctx, d.Algorithm()) },
 		s.blobFetcher(rp, image, d),
 		func(ctx context.Context, bw *store.BlobWriter) error {

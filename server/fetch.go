@@ -20,7 +20,8 @@ import (
 //
 // Readers never see the last byte of a blob before its digest is verified:
 // a corrupt download ends every reader with an error, one byte short, so no
-// client ever receives a complete wrong blob.
+// client ever receives a complete wrong blob. Once verified, readers may
+// finish while the blob is made durable and entered in the index.
 type fetchGroup struct {
 	timeout time.Duration
 	onStart func()
@@ -57,24 +58,28 @@ var errStoreWrite = errors.New("store write failed")
 
 // download is one upstream transfer into one temp file.
 type download struct {
-	g   *fetchGroup
-	key string
-	w   *store.BlobWriter
+	g    *fetchGroup
+	key  string
+	want store.Digest
+	w    *store.BlobWriter
 
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every state change
-	started bool          // size known (or err set)
-	size    int64
-	written int64
-	done    bool
-	err     error
-	refs    int // guarded by g.mu
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced on every state change
+	started  bool          // size known (or err set)
+	size     int64
+	written  int64
+	verified bool // all bytes are in and they hash to want
+	done     bool // committed, or failed
+	err      error
+	refs     int // guarded by g.mu
 }
 
-// join returns the download for key, starting one when none is under way.
-// leader is true for the caller that started it. The caller must call
-// release when done reading. newWriter makes the temp file.
-func (g *fetchGroup) join(key string, newWriter func() (*store.BlobWriter, error), fetch fetchFunc, commit commitFunc, onDone func(error)) (d *download, leader bool, err error) {
+// join returns the download of blob want, starting one when none is under
+// way. leader is true for the caller that started it. The caller must call
+// release when done reading. newWriter makes the temp file; commit stores
+// it once its digest is verified.
+func (g *fetchGroup) join(want store.Digest, newWriter func() (*store.BlobWriter, error), fetch fetchFunc, commit commitFunc, onDone func(error)) (d *download, leader bool, err error) {
+	key := want.String()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if d, ok := g.active[key]; ok {
@@ -85,7 +90,7 @@ func (g *fetchGroup) join(key string, newWriter func() (*store.BlobWriter, error
 	if err != nil {
 		return nil, false, err
 	}
-	d = &download{g: g, key: key, w: w, changed: make(chan struct{}), size: -1, refs: 2} // caller + runner
+	d = &download{g: g, key: key, want: want, w: w, changed: make(chan struct{}), size: -1, refs: 2} // caller + runner
 	g.active[key] = d
 	g.onStart()
 	go d.run(fetch, commit, onDone)
@@ -97,6 +102,12 @@ func (d *download) run(fetch fetchFunc, commit commitFunc, onDone func(error)) {
 	defer cancel()
 	err := d.transfer(ctx, fetch)
 	if err == nil {
+		err = d.w.Verify(d.want, -1)
+	}
+	if err == nil {
+		// Readers may have the last byte now; making the blob durable
+		// (fsync of the whole file, rename, index) need not hold them up.
+		d.update(func() { d.verified = true })
 		err = commit(ctx, d.w)
 	}
 	if onDone != nil {
@@ -200,20 +211,6 @@ func (d *download) waitDone(ctx context.Context) error {
 	}
 }
 
-// isDone reports whether the download is over (successfully or not).
-func (d *download) isDone() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.done
-}
-
-// Err returns the download's error once it is done, else nil.
-func (d *download) Err() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.err
-}
-
 // reader returns an io.ReadSeeker over the blob (size bytes, known from
 // the upstream's Content-Length). Read returns the bytes that have arrived
 // and blocks only when none past the offset have (or ctx ends, or the
@@ -277,20 +274,19 @@ func (r *dlReader) avail() (int64, error) {
 	d := r.d
 	for {
 		d.mu.Lock()
-		written, done, err, ch := d.written, d.done, d.err, d.changed
+		written, verified, done, err, ch := d.written, d.verified, d.done, d.err, d.changed
 		d.mu.Unlock()
-		ok := done && err == nil
 		// Until the digest is verified the last byte is held back (and an
 		// empty blob's end).
 		end := r.size
-		if !ok {
+		if !verified {
 			end--
 		}
 		limit := min(written, end)
 		if r.off < limit {
 			return limit - r.off, nil
 		}
-		if ok {
+		if verified {
 			return 0, io.EOF
 		}
 		if done || err != nil {

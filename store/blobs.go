@@ -307,21 +307,30 @@ func (w *BlobWriter) Digest() Digest {
 // the given links. On ErrDigestMismatch or ErrSizeMismatch nothing is
 // stored. Committing a blob that is already stored only adds the links.
 func (w *BlobWriter) Commit(ctx context.Context, want Digest, wantSize int64, links ...Link) (BlobInfo, error) {
+	if err := w.Verify(want, wantSize); err != nil {
+		return BlobInfo{}, err
+	}
+	return w.s.commitFile(w, want, w.Size(), links)
+}
+
+// Verify checks that the bytes written so far are want (and, if
+// wantSize >= 0, that long): ErrDigestMismatch or ErrSizeMismatch if not.
+func (w *BlobWriter) Verify(want Digest, wantSize int64) error {
 	size := w.Size()
 	if wantSize >= 0 && size != wantSize {
-		return BlobInfo{}, fmt.Errorf("%w: wrote %d bytes, expected %d", ErrSizeMismatch, size, wantSize)
+		return fmt.Errorf("%w: wrote %d bytes, expected %d", ErrSizeMismatch, size, wantSize)
 	}
 	got := w.Digest()
 	if want.alg != w.alg {
 		var err error
 		if got, err = w.rehash(want.alg); err != nil {
-			return BlobInfo{}, err
+			return err
 		}
 	}
 	if got != want {
-		return BlobInfo{}, fmt.Errorf("%w: content is %s, expected %s", ErrDigestMismatch, got, want)
+		return fmt.Errorf("%w: content is %s, expected %s", ErrDigestMismatch, got, want)
 	}
-	return w.s.commitFile(w, want, size, links)
+	return nil
 }
 
 func (w *BlobWriter) rehash(alg string) (Digest, error) {
