@@ -59,7 +59,6 @@ var errStoreWrite = errors.New("store write failed")
 // download is one upstream transfer into one temp file.
 type download struct {
 	g    *fetchGroup
-	key  string
 	want store.Digest
 	w    *store.BlobWriter
 
@@ -90,7 +89,7 @@ func (g *fetchGroup) join(want store.Digest, newWriter func() (*store.BlobWriter
 	if err != nil {
 		return nil, false, err
 	}
-	d = &download{g: g, key: key, want: want, w: w, changed: make(chan struct{}), size: -1, refs: 2} // caller + runner
+	d = &download{g: g, want: want, w: w, changed: make(chan struct{}), size: -1, refs: 2} // caller + runner
 	g.active[key] = d
 	g.onStart()
 	go d.run(fetch, commit, onDone)
@@ -115,7 +114,7 @@ func (d *download) run(fetch fetchFunc, commit commitFunc, onDone func(error)) {
 	}
 	d.update(func() { d.done, d.err = true, err })
 	d.g.mu.Lock()
-	delete(d.g.active, d.key)
+	delete(d.g.active, d.want.String())
 	d.g.mu.Unlock()
 	d.g.onEnd()
 	d.release()
