@@ -44,12 +44,10 @@ fuzz:
 	$(GO) test ./server/ -run '^$$' -fuzz FuzzParseScopes -fuzztime 30s
 	$(GO) test ./server/ -run '^$$' -fuzz FuzzAuthorization -fuzztime 30s
 
-## bench: berth against distribution's proxy mode and nginx, one run, ratios (about 6 minutes;
+## bench: berth against distribution's proxy mode and nginx, 3 runs, medians and ratios (about 7 minutes;
 ## servers under test on CPU 0, the driver, load generators and upstream on CPU 1)
 bench: tools build
-	$(GO) test ./server/ -run '^$$' -bench . -benchtime 1s
-	$(GO) build -o build/bench-driver ./bench
-	taskset -c 1 build/bench-driver -berth $(CURDIR)/$(BIN) -tools $(CURDIR)/build/tools/bin -out $(CURDIR)/build/bench -server-cpus 0
+	GO=$(GO) scripts/bench.sh
 
 ## soak: the crash test with 300 SIGKILLs (about 5 minutes)
 soak: tools build

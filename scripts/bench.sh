@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# make bench: the hot-path Go benchmarks, then the driver (bench/) that
+# starts a real upstream, berth, distribution's proxy and nginx and prints
+# the comparison table (also build/bench/bench.json). Extra arguments go to
+# the driver, e.g. scripts/bench.sh -repeats 1.
+#
+# On a machine with two or more CPUs the servers under test run on CPU 0
+# and the driver, its clients and the upstream on the others, so that each
+# server's CPU time is its own. Expects build/berth and the tools
+# (make build tools).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GO=${GO:-go}
+
+"$GO" test ./server/ -run '^$' -bench . -benchtime 1s
+"$GO" build -o build/bench-driver ./bench
+
+ncpu=$(nproc)
+if [ "$ncpu" -ge 2 ]; then
+	exec taskset -c "1-$((ncpu - 1))" build/bench-driver -berth "$PWD/build/berth" \
+		-tools "$PWD/build/tools/bin" -out "$PWD/build/bench" -server-cpus 0 "$@"
+fi
+exec build/bench-driver -berth "$PWD/build/berth" -tools "$PWD/build/tools/bin" \
+	-out "$PWD/build/bench" -server-cpus "" "$@"
