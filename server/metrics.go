@@ -141,5 +141,5 @@ func diskFree(dir string) uint64 {
 	if err := syscall.Statfs(dir, &st); err != nil {
 		return 0
 	}
-	return st.Bavail * uint64(st.Bsize)
+	return uint64(st.Bavail) * uint64(st.Bsize)
 }
