@@ -26,6 +26,7 @@ lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/
+	GOOS=darwin $(GO) build -o /dev/null .   # still builds off Linux, for development
 
 ## unit: unit and integration tests (in-process upstream), with the race detector
 unit:
