@@ -233,12 +233,7 @@ func fmtErr(err error, stderr string) error {
 // startBerthTLS is startBerth for a TLS listener.
 func startBerthTLS(t *testing.T, config, caFile string) *berth {
 	t.Helper()
-	dir := t.TempDir()
-	port := freePort(t)
-	cfgPath := filepath.Join(dir, "berth.toml")
-	os.WriteFile(cfgPath, []byte(config), 0o644)
-	b := &berth{addr: fmt.Sprintf("127.0.0.1:%d", port), dir: dir}
-	b.proc = start(t, nil, berthBin, "serve", "--config", cfgPath, "--listen", b.addr, "--data-dir", filepath.Join(dir, "data"))
+	b := launchBerth(t, config, "", "", nil)
 	caPEM, _ := os.ReadFile(caFile)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)

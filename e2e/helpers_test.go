@@ -372,13 +372,27 @@ func startBerth(t *testing.T, config string) *berth {
 
 func startBerthEnv(t *testing.T, config string, env ...string) *berth {
 	t.Helper()
+	b := launchBerth(t, config, "", "", env)
+	waitHTTP(t, "http://"+b.addr+"/healthz", 20*time.Second)
+	return b
+}
+
+// launchBerth writes config and starts `berth serve` on addr (a free
+// port when "") with its data in dataDir (under the test's temp dir when
+// ""), without waiting for it to answer.
+func launchBerth(t *testing.T, config, addr, dataDir string, env []string) *berth {
+	t.Helper()
 	dir := t.TempDir()
-	port := freePort(t)
+	if addr == "" {
+		addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	}
+	if dataDir == "" {
+		dataDir = filepath.Join(dir, "data")
+	}
 	cfgPath := filepath.Join(dir, "berth.toml")
 	os.WriteFile(cfgPath, []byte(config), 0o644)
-	b := &berth{addr: fmt.Sprintf("127.0.0.1:%d", port), dir: dir}
-	b.proc = start(t, env, berthBin, "serve", "--config", cfgPath, "--listen", b.addr, "--data-dir", filepath.Join(dir, "data"))
-	waitHTTP(t, "http://"+b.addr+"/healthz", 20*time.Second)
+	b := &berth{addr: addr, dir: dir}
+	b.proc = start(t, env, berthBin, "serve", "--config", cfgPath, "--listen", addr, "--data-dir", dataDir)
 	return b
 }
 

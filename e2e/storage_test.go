@@ -26,11 +26,7 @@ import (
 // startBerthAt starts berth with a config on a fixed address and data dir.
 func startBerthAt(t *testing.T, config, addr, dataDir string) *berth {
 	t.Helper()
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "berth.toml")
-	os.WriteFile(cfgPath, []byte(config), 0o644)
-	b := &berth{addr: addr, dir: dir}
-	b.proc = start(t, nil, berthBin, "serve", "--config", cfgPath, "--listen", addr, "--data-dir", dataDir)
+	b := launchBerth(t, config, addr, dataDir, nil)
 	waitHTTP(t, "http://"+addr+"/healthz", 20*time.Second)
 	return b
 }
