@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berth-registry/berth/internal/lru"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -76,8 +77,7 @@ type auth struct {
 	opts  AuthOptions
 	users map[string]*User
 
-	mu        sync.Mutex
-	goodCreds map[[32]byte]time.Time // sha256(user \x00 password) → valid until; spares bcrypt on every request
+	goodCreds *lru.Cache[[32]byte, struct{}] // sha256(user \x00 password) checked in the last minute; spares bcrypt on every request
 }
 
 func newAuth(o AuthOptions) (*auth, error) {
@@ -95,7 +95,7 @@ func newAuth(o AuthOptions) (*auth, error) {
 		rand.Read(key)
 		o.TokenKey = key
 	}
-	a := &auth{opts: o, users: map[string]*User{}, goodCreds: map[[32]byte]time.Time{}}
+	a := &auth{opts: o, users: map[string]*User{}, goodCreds: lru.New[[32]byte, struct{}](10_000, time.Minute)}
 	for i := range o.Users {
 		u := &o.Users[i]
 		if _, dup := a.users[u.Name]; dup {
@@ -114,10 +114,7 @@ func newAuth(o AuthOptions) (*auth, error) {
 func (a *auth) checkPassword(name, password string) (*User, bool) {
 	u := a.users[name]
 	key := sha256.Sum256([]byte(name + "\x00" + password))
-	a.mu.Lock()
-	exp, cached := a.goodCreds[key]
-	a.mu.Unlock()
-	if cached && time.Now().Before(exp) && u != nil {
+	if _, cached := a.goodCreds.Get(key); cached && u != nil {
 		return u, true
 	}
 	if u == nil {
@@ -128,12 +125,7 @@ func (a *auth) checkPassword(name, password string) (*User, bool) {
 	if bcrypt.CompareHashAndPassword(u.PasswordHash, []byte(password)) != nil {
 		return nil, false
 	}
-	a.mu.Lock()
-	if len(a.goodCreds) > 10_000 {
-		a.goodCreds = map[[32]byte]time.Time{}
-	}
-	a.goodCreds[key] = time.Now().Add(time.Minute)
-	a.mu.Unlock()
+	a.goodCreds.Add(key, struct{}{})
 	return u, true
 }
 

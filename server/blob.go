@@ -60,7 +60,8 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 			return s.blobUpstreamError(rp, err, d)
 		}
 		resp.Body.Close()
-		s.store.Link(ctx, path, d, store.LinkConfirmed)
+		// No link: a link names a stored blob (store.Check); the GET
+		// that follows fetches through this repository and links it.
 		s.cacheResult(r, rp, "blob", resultMiss, "upstream")
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("Docker-Content-Digest", d.String())

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/berth-registry/berth/store"
 	"github.com/berth-registry/berth/upstream"
@@ -55,31 +54,6 @@ func memberImage(m *repo, image string) string {
 		return "library/" + image
 	}
 	return image
-}
-
-// memberCache remembers which member served an image's manifest, so its
-// blobs are asked of that member first.
-type memberCache struct {
-	mu  sync.Mutex
-	m   map[string]*repo
-	max int
-}
-
-func newMemberCache(max int) *memberCache { return &memberCache{m: map[string]*repo{}, max: max} }
-
-func (c *memberCache) get(image string) *repo {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.m[image]
-}
-
-func (c *memberCache) set(image string, m *repo) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.m) >= c.max {
-		c.m = map[string]*repo{}
-	}
-	c.m[image] = m
 }
 
 // serveGroup answers a request to a group: pulls try the members in
@@ -185,7 +159,7 @@ func (s *Server) groupManifest(w http.ResponseWriter, r *http.Request, g *repo, 
 			tried = append(tried, memberTry{m.Name, tryResult(err)})
 			continue
 		}
-		g.served.set(image, m)
+		g.served.Add(image, m)
 		info := infoOf(r.Context())
 		info.repo = g.Name
 		if info.source == "" {
@@ -200,7 +174,7 @@ func (s *Server) groupManifest(w http.ResponseWriter, r *http.Request, g *repo, 
 // the others in order.
 func (s *Server) groupBlob(w http.ResponseWriter, r *http.Request, g *repo, image string, d store.Digest) error {
 	order := s.readableMembers(r, g, image)
-	if first := g.served.get(image); first != nil && slices.Contains(order, first) {
+	if first, _ := g.served.Get(image); first != nil && slices.Contains(order, first) {
 		order = append([]*repo{first}, slices.DeleteFunc(slices.Clone(order), func(m *repo) bool { return m == first })...)
 	}
 	var tried []memberTry

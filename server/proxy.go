@@ -102,7 +102,7 @@ func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m s
 		switch {
 		case errors.Is(err, upstream.ErrNotFound):
 			s.store.DeleteTag(ctx, path, tag)
-			rp.neg.add(path+"@"+tag, rp.NotFoundTTL)
+			rp.rememberNotFound(path + "@" + tag)
 			s.cacheResult(r, rp, "manifest", resultMiss, "")
 			return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream", image, tag)
 		case rp.ServeStale && errors.Is(err, upstream.ErrUnavailable):
@@ -128,7 +128,7 @@ func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m s
 // relays an upstream HEAD without caching anything.
 func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey string) (manifestAnswer, error) {
 	ctx := r.Context()
-	if rp.neg.has(negKey) {
+	if rp.notFound(negKey) {
 		s.cacheResult(r, rp, "manifest", resultNegative, "")
 		return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered)", image, ref)
 	}
@@ -144,7 +144,7 @@ func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey
 			return manifestAnswer{}, fmt.Errorf("upstream HEAD %s@%s answered digest %s", image, ref, dg)
 		}
 		if !strings.Contains(ref, ":") && dg != "" {
-			rp.pending.add(rp.Name+"/"+image, ref, dg)
+			rp.addPending(rp.Name+"/"+image, ref, dg)
 		}
 		s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
 		head := http.Header{}
@@ -175,7 +175,7 @@ func (s *Server) manifestUpstreamError(rp *repo, err error, image, ref, negKey s
 		return err
 	}
 	if errors.Is(err, upstream.ErrNotFound) {
-		rp.neg.add(negKey, rp.NotFoundTTL)
+		rp.rememberNotFound(negKey)
 	} else {
 		s.upstreamError(rp, err)
 	}
@@ -242,7 +242,7 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 		return m, nil
 	}
 	if tag == "" {
-		tags, checked := rp.pending.take(path, dg.String())
+		tags, checked := rp.takePending(path, dg.String())
 		for _, t := range tags {
 			if err := s.store.TagChecked(ctx, path, t, dg, checked); err != nil {
 				return m, err

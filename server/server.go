@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berth-registry/berth/internal/lru"
 	"github.com/berth-registry/berth/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -134,10 +135,10 @@ type Server struct {
 
 type repo struct {
 	Repository
-	neg     *negCache
-	pending *pendingTags
-	leaves  []*repo      // group: proxy and hosted members, nested groups flattened, in order
-	served  *memberCache // group: which member served an image's manifest
+	neg     *lru.Cache[string, struct{}]   // upstream 404s, for not_found_ttl
+	pending *lru.Cache[string, pendingTag] // "<path>@<digest>" → tags an upstream HEAD named
+	leaves  []*repo                        // group: proxy and hosted members, nested groups flattened, in order
+	served  *lru.Cache[string, *repo]      // group: which member served an image's manifest
 }
 
 // maxManifestSize is the largest manifest berth accepts or caches.
@@ -165,7 +166,7 @@ func New(opts Options) (*Server, error) {
 		if r.Kind == KindProxy && r.Upstream == nil {
 			return nil, fmt.Errorf("server: proxy repository %q has no upstream", r.Name)
 		}
-		rp := &repo{Repository: r, neg: newNegCache(100_000), pending: newPendingTags(10_000)}
+		rp := &repo{Repository: r, neg: lru.New[string, struct{}](100_000, 0), pending: lru.New[string, pendingTag](10_000, pendingTagTTL)}
 		s.repos[r.Name] = rp
 		s.order = append(s.order, rp)
 	}
@@ -177,7 +178,7 @@ func New(opts Options) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		rp.leaves, rp.served = leaves, newMemberCache(100_000)
+		rp.leaves, rp.served = leaves, lru.New[string, *repo](100_000, 0)
 		if rp.PushTo != "" {
 			if p := s.repos[rp.PushTo]; p == nil || p.Kind != KindHosted || !slices.Contains(rp.Members, rp.PushTo) {
 				return nil, fmt.Errorf("server: group %q: push_to %q must be one of its hosted members", rp.Name, rp.PushTo)
@@ -554,62 +555,10 @@ func (w *statusWriter) Flush() {
 	}
 }
 
-// negCache remembers upstream 404s for a while.
-type negCache struct {
-	mu  sync.Mutex
-	m   map[string]time.Time
-	max int
-}
-
-func newNegCache(max int) *negCache { return &negCache{m: map[string]time.Time{}, max: max} }
-
-func (n *negCache) add(key string, ttl time.Duration) {
-	if ttl <= 0 {
-		return
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if len(n.m) >= n.max {
-		now := time.Now()
-		for k, exp := range n.m {
-			if now.After(exp) {
-				delete(n.m, k)
-			}
-		}
-		if len(n.m) >= n.max {
-			n.m = map[string]time.Time{}
-		}
-	}
-	n.m[key] = time.Now().Add(ttl)
-}
-
-func (n *negCache) has(key string) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	exp, ok := n.m[key]
-	if ok && time.Now().After(exp) {
-		delete(n.m, key)
-		return false
-	}
-	return ok
-}
-
-func (n *negCache) del(key string) {
-	n.mu.Lock()
-	delete(n.m, key)
-	n.mu.Unlock()
-}
-
-// pendingTags remembers, for a short while, what an upstream HEAD said a
-// tag points at. Docker asks HEAD manifests/<tag>, then GET
+// pendingTag is what an upstream HEAD said a tag points at, kept for a
+// short while. Docker asks HEAD manifests/<tag>, then GET
 // manifests/<digest>; when that manifest is fetched the tag is recorded
 // with it, so that the tag is cached (and can be served stale) too.
-type pendingTags struct {
-	mu  sync.Mutex
-	m   map[string]pendingTag // "<path>@<digest>" → tag
-	max int
-}
-
 type pendingTag struct {
 	tags    []string
 	checked time.Time
@@ -617,32 +566,33 @@ type pendingTag struct {
 
 const pendingTagTTL = 5 * time.Minute
 
-func newPendingTags(max int) *pendingTags { return &pendingTags{m: map[string]pendingTag{}, max: max} }
-
-func (p *pendingTags) add(path, tag, digest string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.m) >= p.max {
-		p.m = map[string]pendingTag{}
+// rememberNotFound keeps an upstream 404 for not_found_ttl.
+func (rp *repo) rememberNotFound(key string) {
+	if rp.NotFoundTTL > 0 {
+		rp.neg.AddTTL(key, struct{}{}, rp.NotFoundTTL)
 	}
-	k := path + "@" + digest
-	pt := p.m[k]
-	if !slices.Contains(pt.tags, tag) {
-		pt.tags = append(pt.tags, tag)
-	}
-	pt.checked = time.Now()
-	p.m[k] = pt
 }
 
-// take returns and forgets the tags last seen pointing at digest.
-func (p *pendingTags) take(path, digest string) ([]string, time.Time) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	k := path + "@" + digest
-	pt, ok := p.m[k]
-	delete(p.m, k)
-	if !ok || time.Since(pt.checked) > pendingTagTTL {
-		return nil, time.Time{}
-	}
+// notFound reports a remembered upstream 404.
+func (rp *repo) notFound(key string) bool {
+	_, ok := rp.neg.Get(key)
+	return ok
+}
+
+// addPending records that an upstream HEAD said tag of path points at
+// digest.
+func (rp *repo) addPending(path, tag, digest string) {
+	rp.pending.Update(path+"@"+digest, func(pt pendingTag, _ bool) pendingTag {
+		if !slices.Contains(pt.tags, tag) {
+			pt.tags = append(slices.Clone(pt.tags), tag)
+		}
+		pt.checked = time.Now()
+		return pt
+	})
+}
+
+// takePending returns and forgets the tags last seen pointing at digest.
+func (rp *repo) takePending(path, digest string) ([]string, time.Time) {
+	pt, _ := rp.pending.Take(path + "@" + digest)
 	return pt.tags, pt.checked
 }

@@ -15,7 +15,7 @@ import (
 // Problem is one inconsistency found by Check.
 type Problem struct {
 	// Kind is one of missing_file, wrong_size, wrong_digest, bad_record,
-	// dangling_tag, dangling_manifest, tmp_leftover, orphan_file,
+	// dangling_tag, dangling_manifest, dangling_link, tmp_leftover, orphan_file,
 	// orphan_upload, missing_upload, unfinished_intent.
 	Kind   string
 	Detail string
@@ -39,7 +39,9 @@ type CheckOptions struct {
 
 // Check compares the index with the files: every blob record has a file
 // of the recorded size (and digest, with Rehash); every tag names a
-// manifest of its repository; every manifest has a blob record.
+// manifest of its repository; every manifest has a blob record; every
+// link names a stored blob, or one that a manifest of its repository
+// references (a layer not pulled yet).
 func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error) {
 	var probs []Problem
 	var key string
@@ -84,6 +86,28 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error)
 			if blobs.Get([]byte(dg)) == nil {
 				add("dangling_manifest", "%s", strings.Replace(string(k), "\x00", "@", 1))
 			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		referenced := map[string]bool{} // repoKey(repo, digest) named by a manifest of repo
+		tx.Bucket(bucketRefs).ForEach(func(k, v []byte) error {
+			repo, _, _ := strings.Cut(string(k), "\x00")
+			var refs []string
+			json.Unmarshal(v, &refs)
+			for _, r := range refs {
+				referenced[string(repoKey(repo, r))] = true
+			}
+			return nil
+		})
+		err = tx.Bucket(bucketLinks).ForEach(func(k, v []byte) error {
+			i := lastNUL(k)
+			if i < 0 || blobs.Get(k[i+1:]) != nil || referenced[string(k)] {
+				return nil
+			}
+			key = string(k)
+			add("dangling_link", "%s@%s names no stored blob", k[:i], k[i+1:])
 			return nil
 		})
 		if err != nil {
@@ -177,7 +201,6 @@ func fileHasDigest(path string, d Digest) (bool, error) {
 // named them), dangling tags and manifest entries removed, orphan and
 // leftover files deleted. Intents are left to the next start.
 func (s *Store) Repair(ctx context.Context, probs []Problem) error {
-	defer s.cache.invalidate()
 	for _, p := range probs {
 		var err error
 		switch p.Kind {
@@ -187,9 +210,14 @@ func (s *Store) Repair(ctx context.Context, probs []Problem) error {
 			err = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketBlobs).Delete([]byte(p.Key)) })
 		case "dangling_manifest":
 			repo, d, _ := strings.Cut(p.Key, "\x00")
-			err = s.db.Update(func(tx *bolt.Tx) error { _, err := removeManifestTx(tx, repo, d); return err })
+			err = s.db.Update(func(tx *bolt.Tx) error { _, err := s.removeManifestTx(tx, repo, d); return err })
 		case "dangling_tag":
-			err = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketTags).Delete([]byte(p.Key)) })
+			err = s.db.Update(func(tx *bolt.Tx) error {
+				s.cache.forgetOnCommit(tx, []byte(p.Key))
+				return tx.Bucket(bucketTags).Delete([]byte(p.Key))
+			})
+		case "dangling_link":
+			err = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketLinks).Delete([]byte(p.Key)) })
 		case "orphan_file", "tmp_leftover":
 			if filepath.IsLocal(p.Key) {
 				err = os.Remove(filepath.Join(s.dir, p.Key))
@@ -216,6 +244,9 @@ func (s *Store) dropBlob(d string) error {
 		repos = manifestRepos(tx)[d]
 		return nil
 	})
-	_, _, _, err := s.deleteBlob(d, repos, func(blobRecord) bool { return true })
-	return err
+	_, _, ok, err := s.deleteBlob(d, repos, func(blobRecord) bool { return true })
+	if err != nil || !ok {
+		return err
+	}
+	return s.dropLinks([]string{d})
 }

@@ -10,8 +10,9 @@ import (
 )
 
 // removeManifestTx removes manifest d of repo with its tags, references
-// and referrer entry, and returns the digests it referenced.
-func removeManifestTx(tx *bolt.Tx, repo, d string) ([]string, error) {
+// and referrer entry, and the links to what it referenced that are not
+// stored (a blob never pulled), and returns the digests it referenced.
+func (s *Store) removeManifestTx(tx *bolt.Tx, repo, d string) ([]string, error) {
 	mb := tx.Bucket(bucketManifests)
 	k := repoKey(repo, d)
 	v := mb.Get(k)
@@ -39,6 +40,14 @@ func removeManifestTx(tx *bolt.Tx, repo, d string) ([]string, error) {
 			return nil, err
 		}
 	}
+	blobs, links := tx.Bucket(bucketBlobs), tx.Bucket(bucketLinks)
+	for _, r := range refs {
+		if blobs.Get([]byte(r)) == nil {
+			if err := links.Delete(repoKey(repo, r)); err != nil {
+				return nil, err
+			}
+		}
+	}
 	tags := tx.Bucket(bucketTags)
 	prefix := repoKey(repo, "")
 	var drop [][]byte
@@ -54,6 +63,7 @@ func removeManifestTx(tx *bolt.Tx, repo, d string) ([]string, error) {
 			return nil, err
 		}
 	}
+	s.cache.forgetOnCommit(tx, append(drop, k)...)
 	return refs, nil
 }
 
@@ -63,7 +73,8 @@ func removeManifestTx(tx *bolt.Tx, repo, d string) ([]string, error) {
 // after the index commits, under a "deleting" intent that recover
 // completes after a crash. It returns the blob's size and the digests the
 // removed manifests referenced; ok is false when nothing was deleted (the
-// blob is pinned, gone, or check refused).
+// blob is pinned, gone, or check refused). The links to a deleted blob
+// are dropped by the caller, in one pass for all it deleted (dropLinks).
 func (s *Store) deleteBlob(d string, repos []string, check func(rec blobRecord) bool) (size int64, refs []string, ok bool, err error) {
 	if !s.claimForDelete(d) {
 		return 0, nil, false, nil
@@ -71,7 +82,6 @@ func (s *Store) deleteBlob(d string, repos []string, check func(rec blobRecord) 
 	defer s.releaseDelete(d)
 	defer s.digests.lock(d)()
 	err = s.db.Update(func(tx *bolt.Tx) error {
-		tx.OnCommit(s.cache.invalidate)
 		b := tx.Bucket(bucketBlobs)
 		v := b.Get([]byte(d))
 		if v == nil {
@@ -85,7 +95,7 @@ func (s *Store) deleteBlob(d string, repos []string, check func(rec blobRecord) 
 			return nil
 		}
 		for _, repo := range repos {
-			r, err := removeManifestTx(tx, repo, d)
+			r, err := s.removeManifestTx(tx, repo, d)
 			if err != nil {
 				return err
 			}
@@ -142,4 +152,34 @@ func refCounts(tx *bolt.Tx) map[string]int {
 		return nil
 	})
 	return out
+}
+
+// dropLinks removes every repository's link to the deleted blobs gone, so
+// no link outlives its blob. One pass over the links, for a whole
+// eviction, collection or repair.
+func (s *Store) dropLinks(gone []string) error {
+	if len(gone) == 0 {
+		return nil
+	}
+	set := make(map[string]bool, len(gone))
+	for _, d := range gone {
+		set[d] = true
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		lb, blobs := tx.Bucket(bucketLinks), tx.Bucket(bucketBlobs)
+		var drop [][]byte
+		lb.ForEach(func(k, v []byte) error {
+			// A blob stored again since it was deleted keeps its links.
+			if i := lastNUL(k); i >= 0 && set[string(k[i+1:])] && blobs.Get(k[i+1:]) == nil {
+				drop = append(drop, bytes.Clone(k))
+			}
+			return nil
+		})
+		for _, k := range drop {
+			if err := lb.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

@@ -79,6 +79,12 @@ func (s *Store) Evict() (n int, freed int64, err error) {
 		return 0, 0, nil
 	}
 	low := int64(s.opts.LowWater * float64(s.opts.MaxSize))
+	var gone []string
+	defer func() {
+		if lerr := s.dropLinks(gone); err == nil {
+			err = lerr
+		}
+	}()
 	for pass := 0; pass < 16 && s.bytes.Load() > low; pass++ {
 		var cands []candidate
 		var repos map[string][]string
@@ -126,6 +132,7 @@ func (s *Store) Evict() (n int, freed int64, err error) {
 				continue
 			}
 			progress = true
+			gone = append(gone, c.digest)
 			n++
 			freed += size
 			s.counters.evictions.Add(1)
@@ -218,29 +225,7 @@ func (s *Store) GC(opts GCOptions) (GCResult, error) {
 		}
 	}
 	sort.Strings(res.Digests)
-	if len(res.Digests) > 0 {
-		// Drop the links to what is gone.
-		gone := map[string]bool{}
-		for _, d := range res.Digests {
-			gone[d] = true
-		}
-		err = s.db.Update(func(tx *bolt.Tx) error {
-			lb := tx.Bucket(bucketLinks)
-			var drop [][]byte
-			lb.ForEach(func(k, v []byte) error {
-				if i := lastNUL(k); i >= 0 && gone[string(k[i+1:])] {
-					drop = append(drop, append([]byte(nil), k...))
-				}
-				return nil
-			})
-			for _, k := range drop {
-				if err := lb.Delete(k); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
+	err = s.dropLinks(res.Digests)
 	s.counters.gcBlobs.Add(int64(res.Blobs))
 	s.counters.gcBytes.Add(res.Bytes)
 	return res, err

@@ -66,7 +66,7 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m Manifest, tag st
 	}
 	v, _ := json.Marshal(rec)
 	return s.db.Update(func(tx *bolt.Tx) error {
-		tx.OnCommit(s.cache.invalidate)
+		s.cache.forgetOnCommit(tx, repoKey(repo, m.Digest.String()), repoKey(repo, tag))
 		if err := tx.Bucket(bucketManifests).Put(repoKey(repo, m.Digest.String()), v); err != nil {
 			return err
 		}
@@ -134,11 +134,10 @@ func (s *Store) Referrers(ctx context.Context, repo string, subject Digest) ([]R
 // Returns ErrNotFound when repo does not hold it.
 func (s *Store) DeleteManifest(ctx context.Context, repo string, d Digest) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		tx.OnCommit(s.cache.invalidate)
 		if tx.Bucket(bucketManifests).Get(repoKey(repo, d.String())) == nil {
 			return fmt.Errorf("manifest %s@%s: %w", repo, d, ErrNotFound)
 		}
-		_, err := removeManifestTx(tx, repo, d.String())
+		_, err := s.removeManifestTx(tx, repo, d.String())
 		return err
 	})
 }
@@ -234,7 +233,7 @@ func (s *Store) ResolveTag(ctx context.Context, repo, tag string) (TagInfo, erro
 // TagChecked records that tag still points at d as of t.
 func (s *Store) TagChecked(ctx context.Context, repo, tag string, d Digest, t time.Time) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		tx.OnCommit(s.cache.invalidate)
+		s.cache.forgetOnCommit(tx, repoKey(repo, tag))
 		return putTag(tx, repo, tag, d, t)
 	})
 }
@@ -242,7 +241,7 @@ func (s *Store) TagChecked(ctx context.Context, repo, tag string, d Digest, t ti
 // DeleteTag removes tag from repo. A missing tag is ErrNotFound.
 func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		tx.OnCommit(s.cache.invalidate)
+		s.cache.forgetOnCommit(tx, repoKey(repo, tag))
 		b := tx.Bucket(bucketTags)
 		k := repoKey(repo, tag)
 		if b.Get(k) == nil {

@@ -1,10 +1,14 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -99,5 +103,114 @@ func TestRecoverPendingCommit(t *testing.T) {
 	probs, _ := s.Check(context.Background(), CheckOptions{Rehash: true, Orphans: true, Tmp: true})
 	if len(probs) != 0 {
 		t.Fatalf("problems after recovery: %v", probs)
+	}
+}
+
+// TestKeyedLocksFreed: a key's mutex goes when its last holder unlocks,
+// and the lock still excludes while it is held and waited for.
+func TestKeyedLocksFreed(t *testing.T) {
+	var l keyedLocks
+	var wg sync.WaitGroup
+	var inside, maxInside atomic.Int32
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				key := fmt.Sprint(i % 4)
+				unlock := l.lock(key)
+				if key == "0" {
+					if n := inside.Add(1); n > maxInside.Load() {
+						maxInside.Store(n)
+					}
+					inside.Add(-1)
+				}
+				unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if maxInside.Load() > 1 {
+		t.Errorf("%d holders of one key at once", maxInside.Load())
+	}
+	if n := l.len(); n != 0 {
+		t.Errorf("%d mutexes left after every unlock", n)
+	}
+}
+
+// TestUploadAndCommitLocksDoNotGrow: after many uploads and commits the
+// store keeps no per-id or per-digest lock.
+func TestUploadAndCommitLocksDoNotGrow(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := 0; i < 100; i++ {
+		body := []byte(fmt.Sprintf("blob %d", i))
+		u, err := s.CreateUpload(context.Background(), "local/app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.FinishUpload(context.Background(), "local/app", u.ID, bytes.NewReader(body), int64(len(body)), DigestOf(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a, b := s.uploads.len(), s.digests.len(); a != 0 || b != 0 {
+		t.Errorf("locks kept: %d upload ids, %d digests", a, b)
+	}
+}
+
+// TestMemCacheForgetsOnlyWhatChanged: a tag check drops that tag's cached
+// record and nothing else; a changed tag is read anew.
+func TestMemCacheForgetsOnlyWhatChanged(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var ds []Digest
+	for i := 0; i < 2; i++ {
+		body := []byte(fmt.Sprintf(`{"schemaVersion":2,"n":%d}`, i))
+		m := Manifest{Digest: DigestOf(body), MediaType: "application/vnd.oci.image.manifest.v1+json", Body: body}
+		if err := s.PutManifest(ctx, "hub/app", m, fmt.Sprint("t", i), nil); err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, m.Digest)
+	}
+	for i, d := range ds {
+		if _, err := s.GetManifest(ctx, "hub/app", d); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.ResolveTag(ctx, "hub/app", fmt.Sprint("t", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.cache.manifests.Len() != 2 || s.cache.tags.Len() != 2 {
+		t.Fatalf("cached %d manifests, %d tags; want 2, 2", s.cache.manifests.Len(), s.cache.tags.Len())
+	}
+	// t0 now points at the second manifest.
+	if err := s.TagChecked(ctx, "hub/app", "t0", ds[1], time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if s.cache.manifests.Len() != 2 || s.cache.tags.Len() != 1 {
+		t.Errorf("after one tag change: %d manifests, %d tags cached; want 2, 1", s.cache.manifests.Len(), s.cache.tags.Len())
+	}
+	if ti, err := s.ResolveTag(ctx, "hub/app", "t0"); err != nil || ti.Digest != ds[1] {
+		t.Errorf("t0 = %v %v, want %s", ti.Digest, err, ds[1])
+	}
+	// Deleting a manifest forgets it and the tags that pointed at it.
+	if err := s.DeleteManifest(ctx, "hub/app", ds[1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ResolveTag(ctx, "hub/app", "t1"); !IsNotFound(err) {
+		t.Errorf("tag of a deleted manifest: %v", err)
+	}
+	if _, err := s.GetManifest(ctx, "hub/app", ds[1]); !IsNotFound(err) {
+		t.Errorf("deleted manifest: %v", err)
+	}
+	if _, ok := s.cache.manifests.Get(string(repoKey("hub/app", ds[0].String()))); !ok {
+		t.Error("an unrelated manifest was dropped from the cache")
 	}
 }

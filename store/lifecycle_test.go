@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -275,5 +276,71 @@ func TestBackgroundEviction(t *testing.T) {
 			t.Fatalf("store still at %d bytes", b)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestEvictThenGCLeavesNoLinks: links go with the blobs they name, so
+// eviction followed by a collection leaves no link record behind (the
+// cleanup's Check fails on any dangling link).
+func TestEvictThenGCLeavesNoLinks(t *testing.T) {
+	s := openOpts(t, t.TempDir(), store.Options{MaxSize: 4000, HighWater: 0.1, LowWater: 0.01})
+	var layers []store.Digest
+	for i := 0; i < 4; i++ {
+		layers = append(layers, put(t, s, blobOf(i, 500), store.Link{Repo: "hub/a", Kind: store.LinkFetched}))
+	}
+	cachedImage(t, s, "hub/a", false, layers...)
+	// A second repository confirmed one layer too.
+	if err := s.Link(ctx, "hub/b", layers[0], store.LinkConfirmed); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := s.Evict(); err != nil || n == 0 {
+		t.Fatalf("evict: %d %v", n, err)
+	}
+	if _, err := s.GC(store.GCOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, repo := range []string{"hub/a", "hub/b"} {
+		for _, l := range layers {
+			if ok, _ := s.HasLink(ctx, repo, l); ok && !has(s, l) {
+				t.Errorf("%s keeps a link to deleted %s", repo, l)
+			}
+		}
+	}
+	if probs, err := s.Check(ctx, store.CheckOptions{}); err != nil || len(probs) != 0 {
+		t.Errorf("check: %v %v", probs, err)
+	}
+}
+
+// TestDanglingLinksReportedAndRepaired: a link naming no stored blob and
+// no manifest's reference is reported by Check and removed by Repair; a
+// link to a layer a manifest names but nobody pulled yet is fine.
+func TestDanglingLinksReportedAndRepaired(t *testing.T) {
+	s := openOpts(t, t.TempDir(), store.Options{})
+	ghost := store.DigestOf([]byte("never stored"))
+	notPulled := store.DigestOf([]byte("named by a manifest, not pulled"))
+	cachedImage(t, s, "hub/a", false, notPulled)
+	if err := s.Link(ctx, "hub/a", ghost, store.LinkFetched); err != nil {
+		t.Fatal(err)
+	}
+	probs, err := s.Check(ctx, store.CheckOptions{})
+	if err != nil || len(probs) != 1 || probs[0].Kind != "dangling_link" || !strings.Contains(probs[0].Detail, ghost.String()) {
+		t.Fatalf("check: %v %v", probs, err)
+	}
+	if err := s.Repair(ctx, probs); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.HasLink(ctx, "hub/a", ghost); ok {
+		t.Error("repair kept the dangling link")
+	}
+	if ok, _ := s.HasLink(ctx, "hub/a", notPulled); !ok {
+		t.Error("repair dropped the link of a layer a manifest names")
+	}
+	// Deleting the manifest drops the link to its unpulled layer.
+	ti, _ := s.ResolveTag(ctx, "hub/a", "latest")
+	if err := s.DeleteManifest(ctx, "hub/a", ti.Digest); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.HasLink(ctx, "hub/a", notPulled); ok {
+		t.Error("manifest delete kept a link to a layer never stored")
 	}
 }

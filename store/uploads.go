@@ -43,25 +43,48 @@ type Upload struct {
 	HashState []byte `json:"hashState,omitempty"`
 }
 
-// keyedLocks serializes work on one key (an upload id, a digest).
+// keyedLocks serializes work on one key (an upload id, a digest). A key's
+// mutex lives only while someone holds or waits for it, so the map holds
+// no more entries than there are callers.
 type keyedLocks struct {
 	mu sync.Mutex
-	m  map[string]*sync.Mutex
+	m  map[string]*keyedLock
 }
 
+type keyedLock struct {
+	sync.Mutex
+	refs int // holders and waiters; guarded by keyedLocks.mu
+}
+
+// lock locks id and returns its unlock.
 func (l *keyedLocks) lock(id string) func() {
 	l.mu.Lock()
 	if l.m == nil {
-		l.m = map[string]*sync.Mutex{}
+		l.m = map[string]*keyedLock{}
 	}
-	m, ok := l.m[id]
+	k, ok := l.m[id]
 	if !ok {
-		m = &sync.Mutex{}
-		l.m[id] = m
+		k = &keyedLock{}
+		l.m[id] = k
 	}
+	k.refs++
 	l.mu.Unlock()
-	m.Lock()
-	return m.Unlock
+	k.Lock()
+	return func() {
+		k.Unlock()
+		l.mu.Lock()
+		if k.refs--; k.refs == 0 {
+			delete(l.m, id)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// len is the number of keys with a holder or waiter.
+func (l *keyedLocks) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.m)
 }
 
 func (s *Store) uploadPath(id string) string { return filepath.Join(s.dir, "uploads", id) }
