@@ -17,7 +17,7 @@ import (
 type memCache struct {
 	version atomic.Uint64
 
-	mu        sync.Mutex // orders put against forget
+	mu        sync.Mutex                   // orders put against forget
 	manifests *lru.Cache[string, Manifest] // repoKey(repo, digest)
 	tags      *lru.Cache[string, TagInfo]  // repoKey(repo, tag)
 }
