@@ -413,7 +413,7 @@ func (m *Main) Run(ctx context.Context) error {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
-		go func() {
+		m.srv.Go("SIGHUP handler", func() {
 			for {
 				select {
 				case <-ctx.Done():
@@ -426,7 +426,7 @@ func (m *Main) Run(ctx context.Context) error {
 					}
 				}
 			}
-		}()
+		})
 	}
 	errc := make(chan error, len(binds))
 	m.mu.Lock()
@@ -457,9 +457,9 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.mu.Unlock()
 	close(m.ready)
-	go m.housekeeping(ctx)
+	m.srv.Go("housekeeping", func() { m.housekeeping(ctx) })
 	for _, p := range m.cfg.Prefetch {
-		go m.prefetchLoop(ctx, p)
+		m.srv.Go("scheduled prefetch", func() { m.prefetchLoop(ctx, p) })
 	}
 	select {
 	case <-ctx.Done():

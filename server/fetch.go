@@ -26,6 +26,7 @@ type fetchGroup struct {
 	timeout time.Duration
 	onStart func()
 	onEnd   func()
+	spawn   func(where string, f func()) // starts the download goroutine (Server.goSafe)
 
 	mu     sync.Mutex
 	active map[string]*download
@@ -38,7 +39,8 @@ func newFetchGroup(timeout time.Duration, onStart, onEnd func()) *fetchGroup {
 	if onEnd == nil {
 		onEnd = func() {}
 	}
-	return &fetchGroup{timeout: timeout, onStart: onStart, onEnd: onEnd, active: map[string]*download{}}
+	return &fetchGroup{timeout: timeout, onStart: onStart, onEnd: onEnd, active: map[string]*download{},
+		spawn: func(_ string, f func()) { go f() }}
 }
 
 // fetchFunc starts the upstream transfer: it returns the body and its
@@ -47,6 +49,9 @@ type fetchFunc func(ctx context.Context) (body io.ReadCloser, size int64, err er
 
 // commitFunc verifies and stores the finished temp file.
 type commitFunc func(ctx context.Context, w *store.BlobWriter) error
+
+// errDownloadPanicked is a download's result when its goroutine panicked.
+var errDownloadPanicked = errors.New("download panicked")
 
 // errDownloadFailed ends readers of a download that failed.
 var errDownloadFailed = errors.New("upstream download failed")
@@ -92,32 +97,43 @@ func (g *fetchGroup) join(want store.Digest, newWriter func() (*store.BlobWriter
 	d = &download{g: g, want: want, w: w, changed: make(chan struct{}), size: -1, refs: 2} // caller + runner
 	g.active[key] = d
 	g.onStart()
-	go d.run(fetch, commit, onDone)
+	g.spawn("blob download", func() { d.run(fetch, commit, onDone) })
 	return d, true, nil
 }
 
 func (d *download) run(fetch fetchFunc, commit commitFunc, onDone func(error)) {
+	// A panic below still ends the download, failed, for every reader
+	// (the goroutine's guard logs and counts it).
+	err := errDownloadPanicked
+	defer func() { d.finish(err, onDone) }()
 	ctx, cancel := context.WithTimeout(context.Background(), d.g.timeout)
 	defer cancel()
-	err := d.transfer(ctx, fetch)
-	if err == nil {
-		err = d.w.Verify(d.want, -1)
+	if err = d.transfer(ctx, fetch); err != nil {
+		return
 	}
-	if err == nil {
-		// Readers may have the last byte now; making the blob durable
-		// (fsync of the whole file, rename, index) need not hold them up.
-		d.update(func() { d.verified = true })
-		err = commit(ctx, d.w)
+	if err = d.w.Verify(d.want, -1); err != nil {
+		return
 	}
+	// Readers may have the last byte now; making the blob durable (fsync
+	// of the whole file, rename, index) need not hold them up.
+	d.update(func() { d.verified = true })
+	err = commit(ctx, d.w)
+}
+
+// finish reports the download's end to onDone and its readers, and frees
+// its digest for the next download.
+func (d *download) finish(err error, onDone func(error)) {
+	defer func() {
+		d.update(func() { d.started, d.done, d.err = true, true, err })
+		d.g.mu.Lock()
+		delete(d.g.active, d.want.String())
+		d.g.mu.Unlock()
+		d.g.onEnd()
+		d.release()
+	}()
 	if onDone != nil {
 		onDone(err)
 	}
-	d.update(func() { d.done, d.err = true, err })
-	d.g.mu.Lock()
-	delete(d.g.active, d.want.String())
-	d.g.mu.Unlock()
-	d.g.onEnd()
-	d.release()
 }
 
 func (d *download) transfer(ctx context.Context, fetch fetchFunc) error {

@@ -22,6 +22,7 @@ type metrics struct {
 	inflight        prometheus.Gauge
 	digestMismatch  *prometheus.CounterVec // repository
 	passThrough     *prometheus.CounterVec // repository, reason
+	panics          *panicCounter          // where
 }
 
 // Cache results.
@@ -72,7 +73,12 @@ func newMetrics(reg prometheus.Registerer, st statser) *metrics {
 			Name: "berth_pass_through_total", Help: "Responses served from upstream without caching, by reason (store_error).",
 		}, []string{"repository", "reason"}),
 	}
-	reg.MustRegister(m.requests, m.requestDuration, m.cache, m.servedBytes, m.upstreamReqs,
+	var storePanics func() int64
+	if st != nil {
+		storePanics = func() int64 { return st.Counters().Panics }
+	}
+	m.panics = newPanicCounter(storePanics)
+	reg.MustRegister(m.panics, m.requests, m.requestDuration, m.cache, m.servedBytes, m.upstreamReqs,
 		m.upstreamLatency, m.upstreamBytes, m.upstreamErrors, m.inflight, m.digestMismatch, m.passThrough)
 	if st != nil {
 		counter := func(name, help string, f func(store.Counters) int64) prometheus.Collector {

@@ -155,7 +155,7 @@ func (s *Server) Prefetch(ctx context.Context, listener, image string, opts Pref
 	errs := make(chan error, len(blobs))
 	for _, b := range blobs {
 		wg.Add(1)
-		go func() {
+		s.goSafe("prefetch blob", func() {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
@@ -165,7 +165,7 @@ func (s *Server) Prefetch(ctx context.Context, listener, image string, opts Pref
 				return
 			}
 			progress(PrefetchEvent{Image: image, Digest: b.Digest, Kind: "blob", Bytes: b.Size, DoneBytes: done.Load(), TotalBytes: total.Load()})
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)

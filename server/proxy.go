@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-registry/berth/internal/shared"
 	"github.com/berth-registry/berth/store"
 	"github.com/berth-registry/berth/upstream"
 )
@@ -90,7 +91,7 @@ func (s *Server) proxyManifest(r *http.Request, rp *repo, image string, rt route
 func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m store.Manifest) (manifestAnswer, error) {
 	ctx := r.Context()
 	path := rp.Name + "/" + image
-	v, err, _ := s.flight.Do("head\x00"+path+":"+tag, func() (any, error) {
+	v, err := shared.Do(ctx, &s.flight, "head\x00"+path+":"+tag, time.Minute, func(ctx context.Context) (any, error) {
 		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, image, tag)
 		if err != nil {
 			return "", err
@@ -98,6 +99,9 @@ func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m s
 		resp.Body.Close()
 		return resp.Header.Get("Docker-Content-Digest"), nil
 	})
+	if err != nil && ctx.Err() != nil {
+		return manifestAnswer{}, ctx.Err() // this client left; the others were answered
+	}
 	if err != nil {
 		switch {
 		case errors.Is(err, upstream.ErrNotFound):
@@ -159,8 +163,8 @@ func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey
 		return manifestAnswer{head: head}, nil
 	}
 	path := rp.Name + "/" + image
-	v, err, _ := s.flight.Do("get\x00"+path+"@"+ref, func() (any, error) {
-		return s.fetchManifest(context.WithoutCancel(ctx), rp, image, ref, tag)
+	v, err := shared.Do(ctx, &s.flight, "get\x00"+path+"@"+ref, 2*time.Minute, func(ctx context.Context) (any, error) {
+		return s.fetchManifest(ctx, rp, image, ref, tag)
 	})
 	if err != nil {
 		return manifestAnswer{}, s.manifestUpstreamError(rp, err, image, ref, negKey)
@@ -185,8 +189,6 @@ func (s *Server) manifestUpstreamError(rp *repo, err error, image, ref, negKey s
 // fetchManifest GETs a manifest, checks its size, digest and shape, and
 // stores it (with the tag, when fetched by tag).
 func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag string) (store.Manifest, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
 	resp, err := rp.Upstream.Manifest(ctx, http.MethodGet, image, ref)
 	if err != nil {
 		return store.Manifest{}, err

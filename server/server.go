@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/berth-registry/berth/internal/lru"
@@ -135,6 +134,7 @@ type Server struct {
 
 type repo struct {
 	Repository
+	health  *upstreamHealth                // proxy: what real requests said of the upstream
 	neg     *lru.Cache[string, struct{}]   // upstream 404s, for not_found_ttl
 	pending *lru.Cache[string, pendingTag] // "<path>@<digest>" → tags an upstream HEAD named
 	leaves  []*repo                        // group: proxy and hosted members, nested groups flattened, in order
@@ -166,7 +166,10 @@ func New(opts Options) (*Server, error) {
 		if r.Kind == KindProxy && r.Upstream == nil {
 			return nil, fmt.Errorf("server: proxy repository %q has no upstream", r.Name)
 		}
-		rp := &repo{Repository: r, neg: lru.New[string, struct{}](100_000, 0), pending: lru.New[string, pendingTag](10_000, pendingTagTTL)}
+		rp := &repo{Repository: r, health: &upstreamHealth{}, neg: lru.New[string, struct{}](100_000, 0), pending: lru.New[string, pendingTag](10_000, pendingTagTTL)}
+		if r.Kind == KindProxy {
+			rp.Upstream = observedUpstream{Upstream: r.Upstream, h: rp.health}
+		}
 		s.repos[r.Name] = rp
 		s.order = append(s.order, rp)
 	}
@@ -199,6 +202,7 @@ func New(opts Options) (*Server, error) {
 		s.m.initRepository(rp.Name, rp.Kind == KindProxy)
 	}
 	s.fetches = newFetchGroup(opts.FetchTimeout, s.m.inflight.Inc, s.m.inflight.Dec)
+	s.fetches.spawn = s.goSafe
 	return s, nil
 }
 
@@ -218,7 +222,7 @@ func (s *Server) Handler(listenerRepo string) http.Handler {
 	mux.HandleFunc("POST /admin/prefetch", s.adminPrefetch(listenerRepo))
 	mux.HandleFunc("GET /admin/ls", s.adminList)
 	s.uiHandlers(mux, listenerRepo)
-	return mux
+	return s.recoverPanics(mux)
 }
 
 // reqInfo is what a handler learned, for the request's log line and
@@ -452,29 +456,25 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	} else {
 		status["store"] = "ok"
 	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
 	_, cached := s.store.Stats()
 	for _, rp := range s.order {
 		if rp.Kind != KindProxy {
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			v := "ok"
-			if err := rp.Upstream.Ping(ctx); err != nil {
-				v = "unreachable, serving cache"
-				if cached == 0 {
-					v = "unreachable, nothing cached"
-				}
-			}
-			mu.Lock()
-			status["upstream "+rp.Name] = v
-			mu.Unlock()
-		}()
+		// What real requests (and at most one probe a minute) said:
+		// a load balancer polling here sends nothing upstream.
+		st := s.health(rp)
+		v := "ok"
+		switch {
+		case !st.known:
+			v = "not asked yet"
+		case !st.ok && cached == 0:
+			v = "unreachable, nothing cached: " + st.cause
+		case !st.ok:
+			v = "unreachable for " + ago(time.Since(st.since)) + ", serving cache: " + st.cause
+		}
+		status["upstream "+rp.Name] = v
 	}
-	wg.Wait()
 	w.Header().Set("Content-Type", "application/json")
 	if !ready {
 		w.WriteHeader(http.StatusServiceUnavailable)

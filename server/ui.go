@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"sort"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/berth-registry/berth/store"
 	dto "github.com/prometheus/client_model/go"
@@ -143,15 +141,11 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 	lookups := s.metricSums("berth_cache_results_total", func(l map[string]string) bool { return l["result"] != resultNegative })
 	fromCache := s.metricSums("berth_served_bytes_total", func(l map[string]string) bool { return l["source"] == "cache" })
 	fromUp := s.metricSums("berth_served_bytes_total", func(l map[string]string) bool { return l["source"] == "upstream" })
-	ctx, cancel := context.WithTimeout(r.Context(), 1500*time.Millisecond)
-	defer cancel()
 	type row struct {
 		Name, Kind, Target, Health, HitRatio, CacheBytes, UpstreamBytes string
 		Images                                                          int
 	}
 	var rows []row
-	var mu sync.Mutex
-	var wg sync.WaitGroup
 	var totHit, totAll, totCache, totUp float64
 	for _, rp := range s.order {
 		if !s.visible(p, rp) {
@@ -175,29 +169,16 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 		switch rp.Kind {
 		case KindProxy:
 			rw.Target = rp.UpstreamHost
-			wg.Add(1)
-			i := len(rows)
-			go func() {
-				defer wg.Done()
-				health := "reachable"
-				if err := rp.Upstream.Ping(ctx); err != nil {
-					health = "unreachable (serving cache)"
-				}
-				mu.Lock()
-				rows[i].Health = health
-				mu.Unlock()
-			}()
+			// From real requests' outcomes; never a request per view.
+			rw.Health = s.health(rp).String()
 		case KindGroup:
 			rw.Target = strings.Join(rp.Members, " → ")
 			if rp.PushTo != "" {
 				rw.Target += " (push to " + rp.PushTo + ")"
 			}
 		}
-		mu.Lock()
 		rows = append(rows, rw)
-		mu.Unlock()
 	}
-	wg.Wait()
 	bytes, blobs := s.store.Stats()
 	data := map[string]any{"Title": "status", "Repos": rows, "HitRatio": ratio(totHit, totAll),
 		"CacheBytes": humanBytes(totCache), "UpstreamBytes": humanBytes(totUp), "StoreBytes": humanBytes(float64(bytes)),

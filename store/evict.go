@@ -16,12 +16,15 @@ type counters struct {
 	gcRuns       atomic.Int64
 	gcBlobs      atomic.Int64
 	gcBytes      atomic.Int64
+	panics       atomic.Int64
 }
 
 // Counters is a snapshot of the store's running totals.
 type Counters struct {
 	Evictions, EvictedBytes       int64
 	GCRuns, GCBlobs, GCFreedBytes int64
+	// Panics recovered in the store's background loops.
+	Panics int64
 }
 
 // Counters returns the eviction and GC totals since start.
@@ -29,6 +32,7 @@ func (s *Store) Counters() Counters {
 	return Counters{
 		Evictions: s.counters.evictions.Load(), EvictedBytes: s.counters.evictedBytes.Load(),
 		GCRuns: s.counters.gcRuns.Load(), GCBlobs: s.counters.gcBlobs.Load(), GCFreedBytes: s.counters.gcBytes.Load(),
+		Panics: s.counters.panics.Load(),
 	}
 }
 
@@ -51,12 +55,14 @@ func (s *Store) evictLoop() {
 		case <-s.stop:
 			return
 		case <-s.evictc:
-			n, freed, err := s.Evict()
-			if err != nil {
-				s.log.Error("eviction", "err", err)
-			} else if n > 0 {
-				s.log.Info("evicted cached content", "blobs", n, "bytes", freed, "store_bytes", s.bytes.Load())
-			}
+			s.guarded("eviction", func() {
+				n, freed, err := s.Evict()
+				if err != nil {
+					s.log.Error("eviction", "err", err)
+				} else if n > 0 {
+					s.log.Info("evicted cached content", "blobs", n, "bytes", freed, "store_bytes", s.bytes.Load())
+				}
+			})
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/berth-registry/berth/internal/guard"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -213,6 +214,13 @@ func (s *Store) Ping(ctx context.Context) error {
 	return s.db.View(func(tx *bolt.Tx) error { return nil })
 }
 
+// guarded runs f; a panic in it is logged and counted (Counters.Panics)
+// instead of ending the process, and the loop that called it goes on.
+func (s *Store) guarded(where string, f func()) {
+	defer guard.Recover(s.log, "store "+where, func() { s.counters.panics.Add(1) })
+	f()
+}
+
 // accessEntry is a blob's last access and the reads since the last flush.
 type accessEntry struct {
 	last int64 // unix nanos
@@ -236,7 +244,7 @@ func (s *Store) flushLoop(every time.Duration) {
 		case <-s.stop:
 			return
 		case <-t.C:
-			s.flushAccess()
+			s.guarded("access-time flush", s.flushAccess)
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berth-registry/berth/internal/shared"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -152,7 +153,7 @@ func (c *Client) ping(ctx context.Context, force bool) (*transport.Challenge, er
 	if ch != nil && !force {
 		return ch, nil
 	}
-	v, err, _ := c.flight.Do("\x00ping", func() (any, error) {
+	v, err := shared.Do(ctx, &c.flight, "\x00ping", sharedTimeout, func(ctx context.Context) (any, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL()+"/v2/", nil)
 		if err != nil {
 			return nil, err
@@ -193,7 +194,7 @@ func (c *Client) transportFor(ctx context.Context, image string) (http.RoundTrip
 		return it.rt, nil
 	}
 	c.mu.Unlock()
-	v, err, _ := c.flight.Do(image, func() (any, error) {
+	v, err := shared.Do(ctx, &c.flight, image, sharedTimeout, func(ctx context.Context) (any, error) {
 		ch, err := c.ping(ctx, false)
 		if err != nil {
 			return nil, err
@@ -233,6 +234,9 @@ func (c *Client) transportFor(ctx context.Context, image string) (http.RoundTrip
 	}
 	return v.(http.RoundTripper), nil
 }
+
+// sharedTimeout bounds a ping or token exchange shared by many callers.
+const sharedTimeout = time.Minute
 
 func (c *Client) evictOldestLocked() {
 	var oldest string

@@ -1,0 +1,149 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/berth-registry/berth/upstream"
+)
+
+// probeInterval is the longest a proxy's health may go unconfirmed: when
+// no real request reached its upstream for this long, the status page or
+// /readyz starts one background probe (never more than one per interval).
+const probeInterval = time.Minute
+
+// upstreamHealth is what berth knows of one proxy's upstream: the outcome
+// of the real upstream requests (any answer, even a 404, means
+// reachable; a network error, 5xx or 429 means not), plus at most one
+// background probe per probeInterval. Viewing it never sends a request
+// and never waits for one.
+type upstreamHealth struct {
+	mu        sync.Mutex
+	seen      time.Time // last outcome
+	ok        bool      // of the last outcome
+	since     time.Time // the current state (ok or not) began
+	cause     string    // the last failure
+	lastProbe time.Time
+}
+
+// observe records the outcome of one upstream request. A cancelled request
+// says nothing about the upstream.
+func (h *upstreamHealth) observe(err error) {
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	ok := err == nil || !(errors.Is(err, upstream.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded))
+	now := time.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.seen.IsZero() || ok != h.ok {
+		h.since = now
+	}
+	h.seen, h.ok = now, ok
+	if !ok {
+		h.cause = err.Error()
+	}
+}
+
+// healthState is a snapshot of upstreamHealth.
+type healthState struct {
+	known bool
+	ok    bool
+	since time.Time // the state began
+	seen  time.Time // last outcome
+	cause string
+}
+
+// state returns what is known, and whether a probe is due now (the
+// caller starts it; due is true once per probeInterval).
+func (h *upstreamHealth) state(now time.Time) (st healthState, due bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st = healthState{known: !h.seen.IsZero(), ok: h.ok, since: h.since, seen: h.seen, cause: h.cause}
+	if now.Sub(h.seen) >= probeInterval && now.Sub(h.lastProbe) >= probeInterval {
+		h.lastProbe, due = now, true
+	}
+	return st, due
+}
+
+// String is the status page's wording: "reachable", "unreachable for 3m,
+// serving cache", "not asked yet".
+func (st healthState) String() string {
+	switch {
+	case !st.known:
+		return "not asked yet (checking)"
+	case st.ok:
+		return fmt.Sprintf("reachable (last answer %s ago)", ago(time.Since(st.seen)))
+	}
+	return fmt.Sprintf("unreachable for %s, serving cache", ago(time.Since(st.since)))
+}
+
+// ago rounds a duration for people: 42s, 3m, 2h.
+func ago(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+// health returns a proxy's upstream health, starting a background probe
+// when one is due. It never waits for the network.
+func (s *Server) health(rp *repo) healthState {
+	st, due := rp.health.state(time.Now())
+	if due {
+		s.goSafe("upstream probe", func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			// Ping's outcome is observed by the wrapper, like any request.
+			rp.Upstream.Ping(ctx)
+		})
+	}
+	return st
+}
+
+// observedUpstream records the outcome of every call in the proxy's
+// upstreamHealth.
+type observedUpstream struct {
+	Upstream
+	h *upstreamHealth
+}
+
+func (o observedUpstream) Manifest(ctx context.Context, method, image, ref string) (*http.Response, error) {
+	resp, err := o.Upstream.Manifest(ctx, method, image, ref)
+	o.h.observe(err)
+	return resp, err
+}
+
+func (o observedUpstream) Blob(ctx context.Context, method, image, dgst string) (*http.Response, error) {
+	resp, err := o.Upstream.Blob(ctx, method, image, dgst)
+	o.h.observe(err)
+	return resp, err
+}
+
+func (o observedUpstream) BlobFrom(ctx context.Context, image, dgst string, offset int64) (*http.Response, error) {
+	resp, err := o.Upstream.BlobFrom(ctx, image, dgst, offset)
+	o.h.observe(err)
+	return resp, err
+}
+
+func (o observedUpstream) Tags(ctx context.Context, image string, query url.Values) (*http.Response, error) {
+	resp, err := o.Upstream.Tags(ctx, image, query)
+	o.h.observe(err)
+	return resp, err
+}
+
+func (o observedUpstream) Ping(ctx context.Context) error {
+	err := o.Upstream.Ping(ctx)
+	o.h.observe(err)
+	return err
+}

@@ -1,0 +1,162 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berth-registry/berth/store"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// panickyStore panics on GetManifest, as a bug in a handler's path would.
+type panickyStore struct{ Store }
+
+func (panickyStore) GetManifest(context.Context, string, store.Digest) (store.Manifest, error) {
+	var m map[string]int
+	m["boom"]++ // assignment to entry in nil map
+	return store.Manifest{}, nil
+}
+
+// TestHandlerPanicAnswers500: a panic in a request's handler is answered
+// 500 with a registry error, logged, counted, and the server goes on.
+func TestHandlerPanicAnswers500(t *testing.T) {
+	up := newFakeUpstream(t)
+	up.push("app", "v1", randomImage(t, 256, 1))
+	b := newTestBerth(t, up, func(r *Repository, o *Options) { o.Store = panickyStore{o.Store} })
+	d := "sha256:" + strings.Repeat("a", 64)
+	for i := 0; i < 3; i++ {
+		resp := b.get("GET", "/v2/app/manifests/"+d)
+		body := string(readAll(t, resp))
+		if resp.StatusCode != http.StatusInternalServerError || !strings.Contains(body, `"UNKNOWN"`) {
+			t.Fatalf("panicking handler: %d %s", resp.StatusCode, body)
+		}
+	}
+	if got := testutil.ToFloat64(b.srv.m.panics.WithLabelValues("handler")); got != 3 {
+		t.Errorf("berth_panics_total{where=handler} = %v, want 3", got)
+	}
+	if resp := b.get("GET", "/v2/"); resp.StatusCode != 200 {
+		t.Errorf("after the panics /v2/ answers %d", resp.StatusCode)
+	}
+	metrics := string(readAll(t, b.get("GET", "/metrics")))
+	if !strings.Contains(metrics, `berth_panics_total{where="handler"} 3`) || !strings.Contains(metrics, `berth_panics_total{where="store"} 0`) {
+		t.Errorf("/metrics lacks the panic counts:\n%s", grepLines(metrics, "berth_panics"))
+	}
+}
+
+// panickyUpstream panics when a blob download starts, on the download's
+// own goroutine.
+type panickyUpstream struct{ Upstream }
+
+func (u panickyUpstream) Blob(ctx context.Context, method, image, dgst string) (*http.Response, error) {
+	if method == http.MethodGet {
+		var p *http.Response
+		return p, p.Body.Close() // nil pointer dereference
+	}
+	return u.Upstream.Blob(ctx, method, image, dgst)
+}
+
+func (u panickyUpstream) BlobFrom(ctx context.Context, image, dgst string, offset int64) (*http.Response, error) {
+	return u.Blob(ctx, http.MethodGet, image, dgst)
+}
+
+// TestDownloadGoroutinePanic: a panic on a download's goroutine fails
+// that download for every reader (no hang) and is counted; the store
+// stays consistent (the cleanup's check).
+func TestDownloadGoroutinePanic(t *testing.T) {
+	up := newFakeUpstream(t)
+	img := randomImage(t, 4096, 1)
+	up.push("app", "v1", img)
+	layer := firstLayer(t, img)
+	b := newTestBerth(t, up, func(r *Repository, o *Options) { r.Upstream = panickyUpstream{r.Upstream} })
+	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
+	var wg sync.WaitGroup
+	for i := 0; i < 5; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp := b.get("GET", "/v2/app/blobs/"+layer.String())
+			readAll(t, resp)
+			if resp.StatusCode < 500 {
+				t.Errorf("download that panicked answered %d", resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	waitNoDownloads(t, b.srv)
+	if got := testutil.ToFloat64(b.srv.m.panics.WithLabelValues("goroutine")); got < 1 {
+		t.Errorf("berth_panics_total{where=goroutine} = %v", got)
+	}
+}
+
+// TestStatusPageSendsNothingUpstream: views of the status page and
+// /readyz, many at once, cost at most one background probe per upstream
+// per interval; with the upstream down they show how long it has been
+// unreachable, from real requests' outcomes.
+func TestStatusPageSendsNothingUpstream(t *testing.T) {
+	up := newFakeUpstream(t)
+	up.push("app", "v1", randomImage(t, 256, 1))
+	b := newTestBerth(t, up)
+	var wg sync.WaitGroup
+	for i := 0; i < 40; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, p := range []string{"/", "/readyz"} {
+				if resp := b.get("GET", p); resp.StatusCode != 200 {
+					t.Errorf("%s: %d", p, resp.StatusCode)
+				} else {
+					readAll(t, resp)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// The one probe runs in the background; wait for it to land.
+	for i := 0; i < 200 && up.count("GET ping") == 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := up.count("GET ping"); got != 1 {
+		t.Errorf("80 views sent %d pings upstream, want 1 probe", got)
+	}
+	page := ""
+	for i := 0; i < 200; i++ {
+		if page = string(readAll(t, b.get("GET", "/"))); strings.Contains(page, "reachable (last answer") {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(page, "reachable (last answer") {
+		t.Errorf("status page after the probe:\n%s", grepLines(page, "reach"))
+	}
+
+	// The upstream goes away; a real pull finds out.
+	up.srv.CloseClientConnections()
+	up.srv.Close()
+	resp := b.get("GET", "/v2/app/manifests/v2")
+	readAll(t, resp)
+	if resp.StatusCode < 500 {
+		t.Fatalf("pull with the upstream down: %d", resp.StatusCode)
+	}
+	page = string(readAll(t, b.get("GET", "/")))
+	if !strings.Contains(page, "unreachable for 0s, serving cache") {
+		t.Errorf("status page with the upstream down:\n%s", grepLines(page, "reach"))
+	}
+	ready := string(readAll(t, b.get("GET", "/readyz")))
+	if !strings.Contains(ready, `"upstream hub":"unreachable`) || !strings.Contains(ready, "connection refused") {
+		t.Errorf("/readyz with the upstream down: %s", ready)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
