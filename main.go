@@ -71,7 +71,11 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						return err
 					}
 					if addr := c.String("pprof"); addr != "" {
-						go http.ListenAndServe(addr, pprofMux())
+						m.srv.Go("pprof listener", func() {
+							if err := http.ListenAndServe(addr, pprofMux()); err != nil {
+								m.log.Error("pprof listener", "addr", addr, "err", err)
+							}
+						})
 					}
 					defer m.Close()
 					return m.Run(ctx)
@@ -240,8 +244,10 @@ func pprofMux() *http.ServeMux {
 }
 
 func newLogger(cfg *Config, w io.Writer) *slog.Logger {
-	var level slog.Level
-	level.UnmarshalText([]byte(cfg.LogLevel))
+	var level slog.Level // INFO; a bad log_level was refused by the config check
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		level = slog.LevelInfo
+	}
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))

@@ -12,7 +12,6 @@ import (
 
 	"github.com/berth-registry/berth/store"
 	"github.com/urfave/cli/v2"
-	bolt "go.etcd.io/bbolt"
 )
 
 // storageConfig reads the config (or defaults) for the offline commands.
@@ -42,7 +41,7 @@ func runGC(c *cli.Context, out io.Writer) error {
 		return gcRemote(out, u, dry)
 	}
 	st, err := store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 500 * time.Millisecond, KeepTmp: true})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, store.ErrLocked) {
 		host := cfg.Listen
 		if strings.HasPrefix(host, ":") {
 			host = "127.0.0.1" + host
@@ -103,7 +102,7 @@ func runVerify(c *cli.Context, out io.Writer) error {
 		return err
 	}
 	st, err := store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 500 * time.Millisecond, KeepTmp: true})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, store.ErrLocked) {
 		return fmt.Errorf("data dir %s is in use by a running berth; stop it first", cfg.DataDir)
 	}
 	if err != nil {
@@ -131,7 +130,9 @@ func runVerify(c *cli.Context, out io.Writer) error {
 		return st.RecordVerify(0)
 	}
 	if !c.Bool("repair") {
-		st.RecordVerify(len(probs))
+		if err := st.RecordVerify(len(probs)); err != nil {
+			fmt.Fprintln(c.App.ErrWriter, "verify: could not record the result:", err)
+		}
 		return cli.Exit("verify: problems found (run with --repair to drop them; the next pull refetches)", 1)
 	}
 	if err := st.Repair(ctx, probs); err != nil {
@@ -141,7 +142,9 @@ func runVerify(c *cli.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	st.RecordVerify(len(left))
+	if err := st.RecordVerify(len(left)); err != nil {
+		return err
+	}
 	if len(left) > 0 {
 		return cli.Exit(fmt.Sprintf("verify: %d problems left after repair", len(left)), 1)
 	}

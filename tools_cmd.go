@@ -371,12 +371,15 @@ func tarDir(dir, out string) error {
 	}
 	tw := tar.NewWriter(f)
 	var paths []string
-	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && p != dir {
 			paths = append(paths, p)
 		}
 		return err
 	})
+	if err != nil {
+		return err
+	}
 	sort.Strings(paths)
 	for _, p := range paths {
 		info, err := os.Stat(p)
@@ -437,7 +440,9 @@ func untar(file, dir string) error {
 				return err
 			}
 		case tar.TypeReg:
-			os.MkdirAll(filepath.Dir(target), 0o755)
+			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+				return err
+			}
 			out, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 			if err != nil {
 				return err

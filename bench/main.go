@@ -36,7 +36,7 @@ var (
 	outDir   = flag.String("out", "build/bench", "where results and logs go")
 	repeats  = flag.Int("repeats", 3, "runs of each phase")
 	bigMiB   = flag.Int("big", 256, "size of the big layer in MiB")
-	tagSecs  = flag.Duration("tags-for", 10*time.Second, "length of the cached-tag phase")
+	tagPhase  = flag.Duration("tags-for", 10*time.Second, "length of the cached-tag phase")
 	nBlobs   = flag.Int("index-blobs", 100_000, "blobs in the index for the start-up test")
 	srvCPUs  = flag.String("server-cpus", "0", "CPUs the servers under test are pinned to (taskset -c); empty: no pinning. Run the driver itself on the others (make bench does)")
 )
@@ -184,13 +184,6 @@ func (p *countingProxy) gets(d string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.blobGets[d]
-}
-
-func (p *countingProxy) reset() {
-	p.mu.Lock()
-	p.blobGets = map[string]int{}
-	p.mu.Unlock()
-	p.total.Store(0)
 }
 
 // proc stats: peak RSS (VmHWM) and CPU seconds of a process and its

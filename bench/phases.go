@@ -286,12 +286,13 @@ func (b *bench) cold20(s *system) error {
 func (b *bench) warm(s *system) error {
 	mb := float64(*bigMiB) * 1.048576
 	// One client.
-	ttfb, _, sum, err := fetch(newClient(), s.blobURL("bench/big", b.images.big), true)
+	_, _, sum, err := fetch(newClient(), s.blobURL("bench/big", b.images.big), true)
 	if err != nil || sum != b.images.big {
 		return fmt.Errorf("%s warm: %v", s.name, err)
 	}
 	start := time.Now()
-	if ttfb, _, _, err = fetch(newClient(), s.blobURL("bench/big", b.images.big), true); err != nil {
+	ttfb, _, _, err := fetch(newClient(), s.blobURL("bench/big", b.images.big), true)
+	if err != nil {
 		return err
 	}
 	b.record("warm 1 client (hashing): MB/s", s.name, mb/time.Since(start).Seconds())
@@ -332,7 +333,7 @@ func (b *bench) warm(s *system) error {
 }
 
 // tags: GET manifests by (cached) tag across 200 repositories at
-// concurrency 32 for tagSecs.
+// concurrency 32 for tagPhase.
 func (b *bench) tags(s *system) error {
 	c := newClient()
 	for _, repo := range b.images.small {
@@ -341,11 +342,11 @@ func (b *bench) tags(s *system) error {
 		}
 	}
 	upBefore := b.up.total.Load()
-	res, err := runWrk(32, *tagSecs, tagScript(b.images.small), "http://"+s.addr)
+	res, err := runWrk(32, *tagPhase, tagScript(b.images.small), "http://"+s.addr)
 	if err != nil {
 		return err
 	}
-	n := res.reqPerSec * tagSecs.Seconds()
+	n := res.reqPerSec * tagPhase.Seconds()
 	b.record("cached tags, 200 repos, c=32 (wrk): requests/s", s.name, res.reqPerSec)
 	b.record("cached tags: p50 ms", s.name, ms(res.p50))
 	b.record("cached tags: p99 ms", s.name, ms(res.p99))

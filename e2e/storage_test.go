@@ -230,7 +230,7 @@ anonymous_push = true   # a scratch registry for the test
 	if pushes.Load() == 0 || pulls.Load() == 0 {
 		t.Fatalf("the crash test did no work: %d pushes, %d pulls", pushes.Load(), pulls.Load())
 	}
-	b = startBerthAt(t, cfg, addr, dataDir)
+	startBerthAt(t, cfg, addr, dataDir)
 	for ref, want := range pushed {
 		got := strings.TrimSpace(run(t, time.Minute, nil, tool("crane"), "digest", "--insecure", ref))
 		if got != want.String() {

@@ -12,6 +12,7 @@ DISTRIBUTION_VERSION=v3.1.2
 CRANE_VERSION=v0.22.1
 REGCTL_VERSION=v0.11.7
 ORAS_VERSION=v1.3.6
+STATICCHECK_VERSION=v0.8.2
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 
 go_tool() { # name module version
@@ -26,6 +27,7 @@ go_tool registry github.com/distribution/distribution/v3/cmd/registry "$DISTRIBU
 go_tool crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
 go_tool regctl github.com/regclient/regclient/cmd/regctl "$REGCTL_VERSION"
 go_tool oras oras.land/oras/cmd/oras "$ORAS_VERSION"
+go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
 
 # The OCI distribution-spec conformance suite is a Go program; build it from
 # the module cache (its own go.mod pins its dependencies).

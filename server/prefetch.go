@@ -110,7 +110,9 @@ func (s *Server) Prefetch(ctx context.Context, listener, image string, opts Pref
 				} `json:"platform"`
 			} `json:"manifests"`
 		}
-		json.Unmarshal(body, &plat)
+		if err := json.Unmarshal(body, &plat); err != nil {
+			return fmt.Errorf("prefetch %s: index: %w", image, err)
+		}
 		want := opts.Platforms
 		if len(want) == 0 {
 			want = []string{"linux/amd64"}

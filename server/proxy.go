@@ -105,7 +105,9 @@ func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m s
 	if err != nil {
 		switch {
 		case errors.Is(err, upstream.ErrNotFound):
-			s.store.DeleteTag(ctx, path, tag)
+			if err := s.store.DeleteTag(ctx, path, tag); err != nil && !store.IsNotFound(err) {
+				s.log.Error("forget a tag deleted upstream", "repository", rp.Name, "name", image, "tag", tag, "err", err)
+			}
 			rp.rememberNotFound(path + "@" + tag)
 			s.cacheResult(r, rp, "manifest", resultMiss, "")
 			return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream", image, tag)
@@ -259,13 +261,6 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 type manifestAnswer struct {
 	m    store.Manifest
 	head http.Header
-}
-
-func (a manifestAnswer) digest() string {
-	if a.head != nil {
-		return a.head.Get("Docker-Content-Digest")
-	}
-	return a.m.Digest.String()
 }
 
 func (a manifestAnswer) write(w http.ResponseWriter, r *http.Request) error {

@@ -389,7 +389,9 @@ func (s *Store) commitFile(w *BlobWriter, d Digest, size int64, links []Link) (B
 	rec := blobRecord{Size: size, Created: info.Created.UnixNano()}
 	pending, _ := json.Marshal(rec)
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		tx.Bucket(bucketDeleting).Delete([]byte(d.String()))
+		if err := tx.Bucket(bucketDeleting).Delete([]byte(d.String())); err != nil {
+			return err
+		}
 		return tx.Bucket(bucketPending).Put([]byte(d.String()), pending)
 	})
 	if err != nil {

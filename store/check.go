@@ -240,10 +240,13 @@ func (s *Store) Repair(ctx context.Context, probs []Problem) error {
 // repository that are that blob.
 func (s *Store) dropBlob(d string) error {
 	var repos []string
-	s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bolt.Tx) error {
 		repos = manifestRepos(tx)[d]
 		return nil
 	})
+	if err != nil {
+		return err
+	}
 	_, _, ok, err := s.deleteBlob(d, repos, func(blobRecord) bool { return true })
 	if err != nil || !ok {
 		return err

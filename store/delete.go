@@ -104,7 +104,9 @@ func (s *Store) deleteBlob(d string, repos []string, check func(rec blobRecord) 
 		if err := b.Delete([]byte(d)); err != nil {
 			return err
 		}
-		tx.Bucket(bucketAccess).Delete([]byte(d))
+		if err := tx.Bucket(bucketAccess).Delete([]byte(d)); err != nil {
+			return err
+		}
 		if err := addTotals(tx, -1, -rec.Size); err != nil {
 			return err
 		}

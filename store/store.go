@@ -15,6 +15,7 @@ import (
 
 	"github.com/berth-registry/berth/internal/guard"
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Errors returned by Store methods; match them with errors.Is.
@@ -30,6 +31,9 @@ var (
 	ErrSizeMismatch = errors.New("size mismatch")
 	// ErrClosed is returned by methods called after Close.
 	ErrClosed = errors.New("store closed")
+	// ErrLocked is returned by Open when another process (a running
+	// berth) holds the data directory's index.
+	ErrLocked = errors.New("data dir is in use by a running berth")
 )
 
 var (
@@ -121,6 +125,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		timeout = 5 * time.Second
 	}
 	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{Timeout: timeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("store: %s: %w", dir, ErrLocked)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store: open index: %w", err)
 	}
@@ -163,8 +170,12 @@ func Open(dir string, opts Options) (*Store, error) {
 			if err != nil {
 				return err
 			}
-			meta.Put(metaCount, encodeInt(n))
-			meta.Put(metaBytes, encodeInt(total))
+			if err := meta.Put(metaCount, encodeInt(n)); err != nil {
+				return err
+			}
+			if err := meta.Put(metaBytes, encodeInt(total)); err != nil {
+				return err
+			}
 		}
 		s.count.Store(decodeInt(meta.Get(metaCount)))
 		s.bytes.Store(decodeInt(meta.Get(metaBytes)))
@@ -285,12 +296,15 @@ func (s *Store) Hits(ctx context.Context, d Digest) int64 {
 	s.accessMu.Lock()
 	n := s.access[d.String()].hits
 	s.accessMu.Unlock()
-	s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketAccess).Get([]byte(d.String())); len(v) == 16 {
 			n += decodeInt(v[8:])
 		}
 		return nil
 	})
+	if err != nil {
+		s.log.Warn("read hit count", "digest", d, "err", err)
+	}
 	return n
 }
 
@@ -368,7 +382,7 @@ func (s *Store) RecordVerify(problems int) error {
 // LastVerify returns when verify last ran and what it found; ok is false
 // when it never ran.
 func (s *Store) LastVerify() (at time.Time, problems int, ok bool) {
-	s.db.View(func(tx *bolt.Tx) error {
+	_ = s.db.View(func(tx *bolt.Tx) error { // only fails once closed: then "never"
 		if v := tx.Bucket(bucketMeta).Get(metaVerify); len(v) == 16 {
 			at, problems, ok = time.Unix(decodeInt(v[:8]), 0), int(decodeInt(v[8:])), true
 		}

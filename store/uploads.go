@@ -178,11 +178,12 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, start int64, 
 	}
 	n, err := io.Copy(io.MultiWriter(f, h), src)
 	if err != nil {
-		f.Truncate(u.Offset)
-		return u, fmt.Errorf("store: upload chunk: %w", err)
+		return u, errors.Join(fmt.Errorf("store: upload chunk: %w", err), f.Truncate(u.Offset))
 	}
 	if size >= 0 && n != size {
-		f.Truncate(u.Offset)
+		if err := f.Truncate(u.Offset); err != nil {
+			return u, fmt.Errorf("store: upload chunk: %w", err)
+		}
 		return u, fmt.Errorf("%w: chunk has %d bytes, Content-Range says %d", ErrRangeInvalid, n, size)
 	}
 	if err := f.Sync(); err != nil {
