@@ -36,7 +36,7 @@ var (
 	outDir   = flag.String("out", "build/bench", "where results and logs go")
 	repeats  = flag.Int("repeats", 3, "runs of each phase")
 	bigMiB   = flag.Int("big", 256, "size of the big layer in MiB")
-	tagPhase  = flag.Duration("tags-for", 10*time.Second, "length of the cached-tag phase")
+	tagPhase = flag.Duration("tags-for", 10*time.Second, "length of the cached-tag phase")
 	nBlobs   = flag.Int("index-blobs", 100_000, "blobs in the index for the start-up test")
 	srvCPUs  = flag.String("server-cpus", "0", "CPUs the servers under test are pinned to (taskset -c); empty: no pinning. Run the driver itself on the others (make bench does)")
 )
