@@ -83,18 +83,21 @@ type StorageConfig struct {
 
 // RepositoryConfig is one [[repository]].
 type RepositoryConfig struct {
-	Name          string   `toml:"name"`
-	Kind          string   `toml:"kind"` // proxy | hosted | group
-	URL           string   `toml:"url"`
-	Username      string   `toml:"username"`
-	Password      string   `toml:"password"` // ${ENV} is expanded
-	PasswordFile  string   `toml:"password_file"`
-	TagTTL        Duration `toml:"tag_ttl"`        // default 1h
-	NotFoundTTL   Duration `toml:"not_found_ttl"`  // default 1m
-	ServeStale    *bool    `toml:"serve_stale"`    // default true
-	AnonymousPull *bool    `toml:"anonymous_pull"` // default true, false for hosted
-	AnonymousPush bool     `toml:"anonymous_push"` // hosted only; default false
-	NSAliases     []string `toml:"ns_aliases"`
+	Name         string   `toml:"name"`
+	Kind         string   `toml:"kind"` // proxy | hosted | group
+	URL          string   `toml:"url"`
+	Username     string   `toml:"username"`
+	Password     string   `toml:"password"` // ${ENV} is expanded
+	PasswordFile string   `toml:"password_file"`
+	TagTTL       Duration `toml:"tag_ttl"`       // default 1h
+	NotFoundTTL  Duration `toml:"not_found_ttl"` // default 1m
+	// UpstreamTimeout bounds the wait for an upstream's response headers
+	// (each of up to 3 tries). Default 30s.
+	UpstreamTimeout Duration `toml:"upstream_timeout"`
+	ServeStale      *bool    `toml:"serve_stale"`    // default true
+	AnonymousPull   *bool    `toml:"anonymous_pull"` // default true, false for hosted
+	AnonymousPush   bool     `toml:"anonymous_push"` // hosted only; default false
+	NSAliases       []string `toml:"ns_aliases"`
 	// LibraryPrefix adds "library/" to one-segment names, as Docker Hub
 	// needs. Default: true when the upstream host is Docker Hub's.
 	LibraryPrefix *bool    `toml:"library_prefix"`

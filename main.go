@@ -370,6 +370,7 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 			name := rc.Name
 			up, err := upstream.New(upstream.Options{
 				URL: rc.URL, Username: rc.Username, Password: pw, UserAgent: "berth/" + version, Logger: log,
+				HeaderTimeout: time.Duration(rc.UpstreamTimeout),
 				Observe: func(method string, status int, d time.Duration, err error) {
 					upReqs.WithLabelValues(name, method, fmt.Sprint(status)).Inc()
 					upLatency.WithLabelValues(name).Observe(d.Seconds())

@@ -75,6 +75,11 @@ func errf(code, format string, args ...any) *regError {
 // withDetail returns e with a detail object.
 func (e *regError) withDetail(d any) *regError { e.Detail = d; return e }
 
+// errUpstreamBroken marks an upstream answer that arrived but cannot be
+// used: a body cut short, bytes that do not match their digest, a
+// manifest that does not parse. Clients get 503 UNAVAILABLE naming it.
+var errUpstreamBroken = errors.New("upstream sent a broken answer")
+
 // fromUpstream maps an upstream failure to the error the client sees.
 // notFound is the code for an upstream 404 (MANIFEST_UNKNOWN, BLOB_UNKNOWN).
 func fromUpstream(err error, notFound, what string) error {
@@ -92,6 +97,8 @@ func fromUpstream(err error, notFound, what string) error {
 		return errf(codeDenied, "upstream denied access to %s", what)
 	case errors.Is(err, upstream.ErrUnavailable):
 		return errf(codeUnavailable, "upstream unavailable for %s and nothing cached", what).withDetail(err.Error())
+	case errors.Is(err, errUpstreamBroken):
+		return errf(codeUnavailable, "%s: %v; nothing cached", what, err)
 	}
 	return fmt.Errorf("upstream %s: %w", what, err)
 }

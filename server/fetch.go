@@ -163,7 +163,7 @@ func (d *download) transfer(ctx context.Context, fetch fetchFunc) error {
 			return nil
 		}
 		if rerr != nil {
-			return fmt.Errorf("read upstream: %w", rerr)
+			return fmt.Errorf("%w: reading the blob: %w", errUpstreamBroken, rerr)
 		}
 	}
 }

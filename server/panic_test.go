@@ -85,6 +85,10 @@ func TestDownloadGoroutinePanic(t *testing.T) {
 	}
 	wg.Wait()
 	waitNoDownloads(t, b.srv)
+	// The guard counts once the download's own cleanup has run.
+	for i := 0; i < 500 && testutil.ToFloat64(b.srv.m.panics.WithLabelValues("goroutine")) < 1; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if got := testutil.ToFloat64(b.srv.m.panics.WithLabelValues("goroutine")); got < 1 {
 		t.Errorf("berth_panics_total{where=goroutine} = %v", got)
 	}

@@ -203,7 +203,7 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
 	s.m.upstreamBytes.WithLabelValues(rp.Name).Add(float64(len(body)))
 	if err != nil {
-		return store.Manifest{}, fmt.Errorf("read upstream manifest: %w", err)
+		return store.Manifest{}, fmt.Errorf("%w: reading the manifest: %w", errUpstreamBroken, err)
 	}
 	if len(body) > maxManifestSize {
 		return store.Manifest{}, &regError{Code: codeManifestInvalid, Status: http.StatusRequestEntityTooLarge,
@@ -223,12 +223,12 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 	if !dg.Verify(body) {
 		s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
 		s.m.upstreamErrors.WithLabelValues(rp.Name, "digest").Inc()
-		return store.Manifest{}, fmt.Errorf("upstream manifest %s@%s does not match digest %s", image, ref, dg)
+		return store.Manifest{}, fmt.Errorf("%w: manifest %s@%s does not match digest %s", errUpstreamBroken, image, ref, dg)
 	}
 	if h := resp.Header.Get("Docker-Content-Digest"); h != "" && h != dg.String() {
 		s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
 		s.m.upstreamErrors.WithLabelValues(rp.Name, "digest").Inc()
-		return store.Manifest{}, fmt.Errorf("upstream manifest %s:%s: header digest %s, content %s", image, ref, h, dg)
+		return store.Manifest{}, fmt.Errorf("%w: manifest %s:%s: header digest %s, content %s", errUpstreamBroken, image, ref, h, dg)
 	}
 	pm, err := parseManifest(body, resp.Header.Get("Content-Type"))
 	if err != nil {

@@ -4,33 +4,41 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/sync/singleflight"
 )
 
-// TestFirstCallerLeaves: the caller whose context starts the shared call
-// cancels; the other nine still get the result, and f ran once.
+// TestFirstCallerLeaves: the caller whose context started the shared
+// call hangs up; the call's own context is not cancelled with it, and the
+// nine callers waiting on it get its result.
 func TestFirstCallerLeaves(t *testing.T) {
 	var g singleflight.Group
-	var runs atomic.Int32
+	started := make(chan struct{}, 1)
 	release := make(chan struct{})
+	ended := make(chan error, 10) // the ctx error f saw, nil when released
 	f := func(ctx context.Context) (any, error) {
-		runs.Add(1)
+		select {
+		case started <- struct{}{}:
+		default:
+		}
 		select {
 		case <-release:
+			ended <- nil
 			return "manifest", nil
 		case <-ctx.Done():
+			ended <- ctx.Err()
 			return nil, ctx.Err()
 		}
 	}
 	first, cancel := context.WithCancel(context.Background())
 	firstErr := make(chan error, 1)
 	go func() { _, err := Do(first, &g, "k", time.Minute, f); firstErr <- err }()
-	for runs.Load() == 0 {
-		time.Sleep(time.Millisecond)
+	<-started
+	cancel()
+	if err := <-firstErr; !errors.Is(err, context.Canceled) {
+		t.Errorf("first caller: %v, want its own cancellation", err)
 	}
 	var wg sync.WaitGroup
 	results := make(chan any, 9)
@@ -45,10 +53,6 @@ func TestFirstCallerLeaves(t *testing.T) {
 			results <- v
 		}()
 	}
-	cancel()
-	if err := <-firstErr; !errors.Is(err, context.Canceled) {
-		t.Errorf("first caller: %v, want its own cancellation", err)
-	}
 	close(release)
 	wg.Wait()
 	close(results)
@@ -57,8 +61,11 @@ func TestFirstCallerLeaves(t *testing.T) {
 			t.Errorf("waiter got %v", v)
 		}
 	}
-	if runs.Load() != 1 {
-		t.Errorf("f ran %d times", runs.Load())
+	close(ended)
+	for err := range ended {
+		if err != nil {
+			t.Errorf("the shared call was cancelled with the first caller: %v", err)
+		}
 	}
 }
 
