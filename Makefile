@@ -49,8 +49,9 @@ e2e: tools build
 ## test: everything CI runs
 test: lint unit e2e
 
-## fuzz: a short run of each fuzz target
+## fuzz: the proxy's promise for a minute, then a short run of each parser's target
 fuzz:
+	$(GO) test ./server/ -run '^$$' -fuzz FuzzProxyPromise -fuzztime 60s
 	$(GO) test ./server/ -run '^$$' -fuzz FuzzParsePath -fuzztime 30s
 	$(GO) test ./server/ -run '^$$' -fuzz FuzzParseScopes -fuzztime 30s
 	$(GO) test ./server/ -run '^$$' -fuzz FuzzAuthorization -fuzztime 30s

@@ -132,6 +132,17 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	}
 	rd := dl.reader(ctx, size)
 	whole := r.Header.Get("Range") == "" && r.Method == http.MethodGet
+	if r.Header.Get("Range") != "" && r.Method == http.MethodGet {
+		// A range is answered once the whole blob is verified: bytes
+		// before the end cannot be checked earlier, and a 206 is never
+		// allowed to carry wrong bytes (found by FuzzProxyPromise).
+		if err := dl.waitVerified(ctx); err != nil {
+			if errors.Is(err, errStoreWrite) {
+				return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
+			}
+			return downloadError(err, d)
+		}
+	}
 	if whole {
 		s.streamDownload(w, d, rd)
 	} else {

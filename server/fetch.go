@@ -226,6 +226,27 @@ func (d *download) waitDone(ctx context.Context) error {
 	}
 }
 
+// waitVerified blocks until every byte is in and hashes to the digest,
+// or returns the download's error.
+func (d *download) waitVerified(ctx context.Context) error {
+	for {
+		d.mu.Lock()
+		verified, done, err, ch := d.verified, d.done, d.err, d.changed
+		d.mu.Unlock()
+		switch {
+		case verified:
+			return nil
+		case done:
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
 // reader returns an io.ReadSeeker over the blob (size bytes, known from
 // the upstream's Content-Length). Read returns the bytes that have arrived
 // and blocks only when none past the offset have (or ctx ends, or the
