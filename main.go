@@ -14,6 +14,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -43,7 +44,7 @@ func main() {
 
 func newApp(stdout, stderr io.Writer) *cli.App {
 	configFlag := &cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"BERTH_CONFIG"}, Usage: "TOML config `FILE`"}
-	return &cli.App{
+	app := &cli.App{
 		Name:      "berth",
 		Usage:     "pull-through cache and private registry for container images",
 		Writer:    stdout,
@@ -207,6 +208,28 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			},
 		},
 	}
+	for _, cmd := range app.Commands {
+		if cmd.ArgsUsage == "" {
+			cmd.Before = noArgs
+		}
+	}
+	return app
+}
+
+// noArgs refuses positional arguments to a command that takes none: urfave/cli
+// stops reading flags at the first one, so `berth serve berth.toml --listen
+// :6000` would otherwise serve the defaults and drop everything after it.
+func noArgs(c *cli.Context) error {
+	if c.NArg() == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("berth %s takes no arguments, got %q", c.Command.Name, c.Args().Slice())
+	if strings.HasSuffix(c.Args().First(), ".toml") {
+		msg += fmt.Sprintf("; for a config file: berth %s --config %s", c.Command.Name, c.Args().First())
+	} else {
+		msg += "; flags go before them, and a config file with --config FILE"
+	}
+	return cli.Exit(msg, 2)
 }
 
 func configFromFlags(c *cli.Context) (*Config, error) {
@@ -341,8 +364,15 @@ type Main struct {
 func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 	st, err := store.Open(cfg.DataDir, store.Options{Logger: log, MaxSize: int64(cfg.Storage.MaxSize),
 		HighWater: cfg.Storage.HighWater, LowWater: cfg.Storage.LowWater, OpenTimeout: 2 * time.Second})
+	if errors.Is(err, store.ErrLocked) {
+		return nil, lockedError(cfg.DataDir, "stop it, or give this one another --data-dir")
+	}
 	if err != nil {
 		return nil, err
+	}
+	// Who holds the data dir, for the commands that find it locked.
+	if err := os.WriteFile(filepath.Join(cfg.DataDir, pidFile), []byte(fmt.Sprintln(os.Getpid())), 0o644); err != nil {
+		log.Warn("cannot write the pid file", "err", err)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -573,4 +603,10 @@ func (m *Main) Addrs() []string {
 }
 
 // Close releases the store. Call it after Run returns.
-func (m *Main) Close() error { return m.store.Close() }
+func (m *Main) Close() error {
+	os.Remove(filepath.Join(m.store.Dir(), pidFile))
+	return m.store.Close()
+}
+
+// pidFile, in the data dir, holds the PID of the berth serving it.
+const pidFile = "berth.pid"

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -29,6 +31,30 @@ func storageConfig(c *cli.Context) (*Config, error) {
 	return cfg, cfg.setDefaults()
 }
 
+// dataDirExists refuses a data dir that is not there: every command but
+// serve works on an existing store, and would otherwise create an empty
+// one and report that all is well.
+func dataDirExists(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil || !st.IsDir() {
+		return cli.Exit(fmt.Sprintf("data dir %s does not exist (give the config with -c FILE, as the server uses, or --data-dir DIR)", dir), 1)
+	}
+	return nil
+}
+
+// lockedError says that dir is in use by a running berth, with its PID
+// when the server wrote one.
+func lockedError(dir, advice string) error {
+	msg := fmt.Sprintf("data dir %s is in use by a running berth", dir)
+	if b, err := os.ReadFile(filepath.Join(dir, pidFile)); err == nil {
+		msg += fmt.Sprintf(" (pid %s)", strings.TrimSpace(string(b)))
+	}
+	if advice != "" {
+		msg += "; " + advice
+	}
+	return errors.New(msg)
+}
+
 // runGC collects garbage: through the running server when the data dir
 // is in use, else directly.
 func runGC(c *cli.Context, out io.Writer) error {
@@ -39,6 +65,9 @@ func runGC(c *cli.Context, out io.Writer) error {
 	dry := c.Bool("dry-run")
 	if u := c.String("server"); u != "" {
 		return gcRemote(out, u, dry)
+	}
+	if err := dataDirExists(cfg.DataDir); err != nil {
+		return err
 	}
 	st, err := store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 500 * time.Millisecond, KeepTmp: true})
 	if errors.Is(err, store.ErrLocked) {
@@ -101,9 +130,12 @@ func runVerify(c *cli.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := dataDirExists(cfg.DataDir); err != nil {
+		return err
+	}
 	st, err := store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 500 * time.Millisecond, KeepTmp: true})
 	if errors.Is(err, store.ErrLocked) {
-		return fmt.Errorf("data dir %s is in use by a running berth; stop it first", cfg.DataDir)
+		return lockedError(cfg.DataDir, "stop it first")
 	}
 	if err != nil {
 		return err

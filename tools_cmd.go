@@ -143,20 +143,23 @@ func runLs(c *cli.Context, out io.Writer) error {
 	}
 	filter := c.Args().First()
 	var list []server.ListEntry
-	st, err := store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 300 * time.Millisecond, KeepTmp: true})
-	if err == nil {
-		var names []string
-		for _, r := range cfg.Repositories {
-			if r.Kind != "group" {
-				names = append(names, r.Name)
-			}
+	var st *store.Store
+	if c.String("server") == "" { // --server wins over the local data dir
+		if err := dataDirExists(cfg.DataDir); err != nil {
+			return err
 		}
-		list, err = server.List(c.Context, st, names, filter)
+		st, err = store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 300 * time.Millisecond, KeepTmp: true})
+		if err != nil && !errors.Is(err, store.ErrLocked) {
+			return err
+		}
+	}
+	if st != nil {
+		list, err = server.List(c.Context, st, nil, filter) // what the index holds
 		st.Close()
 	} else {
 		resp, herr := http.Get(serverURL(c, cfg) + "/admin/ls?filter=" + filter)
 		if herr != nil {
-			return fmt.Errorf("data dir in use and the running berth did not answer: %w", herr)
+			return fmt.Errorf("the berth at %s did not answer (name it with --server URL, or give its config with -c FILE): %w", serverURL(c, cfg), herr)
 		}
 		defer resp.Body.Close()
 		err = json.NewDecoder(resp.Body).Decode(&list)

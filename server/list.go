@@ -27,17 +27,29 @@ type ListStore interface {
 	Repositories(ctx context.Context, prefix string) ([]string, error)
 	Tags(ctx context.Context, repo string) ([]string, error)
 	ResolveTag(ctx context.Context, repo, tag string) (store.TagInfo, error)
-	GetManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
+	PeekManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
 	LastAccess(ctx context.Context, d store.Digest) (time.Time, error)
 	Hits(ctx context.Context, d store.Digest) int64
 }
 
 // List returns the tags of the images of repositories (all of them, or
 // those under filter, "REPOSITORY[/IMAGE]"), with digests, sizes, last
-// pull and pulls. It works on a running server or on a store opened
-// offline.
+// pull and pulls. With no repositories it lists every repository the
+// index holds. It works on a running server or on a store opened offline,
+// and counts no pull.
 func List(ctx context.Context, st ListStore, repositories []string, filter string) ([]ListEntry, error) {
 	var out []ListEntry
+	if repositories == nil {
+		paths, err := st.Repositories(ctx, "")
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range paths {
+			if r, _, _ := strings.Cut(p, "/"); len(repositories) == 0 || repositories[len(repositories)-1] != r {
+				repositories = append(repositories, r)
+			}
+		}
+	}
 	for _, repo := range repositories {
 		prefix := repo + "/"
 		if filter != "" {
@@ -67,7 +79,7 @@ func List(ctx context.Context, st ListStore, repositories []string, filter strin
 					continue
 				}
 				e := ListEntry{Repository: repo, Image: image, Tag: tag, Digest: ti.Digest.String(), Hits: st.Hits(ctx, ti.Digest)}
-				if m, err := st.GetManifest(ctx, path, ti.Digest); err == nil {
+				if m, err := st.PeekManifest(ctx, path, ti.Digest); err == nil {
 					e.MediaType = m.MediaType
 					e.Size = imageSize(ctx, st, path, m)
 				}
@@ -94,7 +106,7 @@ func imageSize(ctx context.Context, st ListStore, path string, m store.Manifest)
 	}
 	for _, c := range doc.Manifests {
 		if d, err := store.ParseDigest(c.Digest); err == nil {
-			if cm, err := st.GetManifest(ctx, path, d); err == nil {
+			if cm, err := st.PeekManifest(ctx, path, d); err == nil {
 				total += imageSize(ctx, st, path, cm)
 			}
 		}

@@ -37,6 +37,7 @@ type Store interface {
 	HasLink(ctx context.Context, repo string, d store.Digest) (bool, error)
 	PutManifest(ctx context.Context, repo string, m store.Manifest, tag string, refs []store.Digest) error
 	GetManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
+	PeekManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
 	HasManifest(ctx context.Context, repo string, d store.Digest) (bool, error)
 	DeleteManifest(ctx context.Context, repo string, d store.Digest) error
 	Unlink(ctx context.Context, repo string, d store.Digest) error

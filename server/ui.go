@@ -260,7 +260,7 @@ func (s *Server) uiImage(r *http.Request, p principal) (string, map[string]any, 
 			continue
 		}
 		rw := row{Tag: t, Digest: ti.Digest.String()}
-		if m, err := s.store.GetManifest(r.Context(), path, ti.Digest); err == nil {
+		if m, err := s.store.PeekManifest(r.Context(), path, ti.Digest); err == nil {
 			rw.MediaType = m.MediaType
 			rw.Size = humanBytes(float64(s.manifestTotal(r.Context(), path, m)))
 		}
@@ -290,7 +290,7 @@ func (s *Server) manifestTotal(ctx context.Context, path string, m store.Manifes
 		total += doc.Config.Size
 	}
 	for _, c := range pm.children {
-		if cm, err := s.store.GetManifest(ctx, path, c); err == nil {
+		if cm, err := s.store.PeekManifest(ctx, path, c); err == nil {
 			total += s.manifestTotal(ctx, path, cm)
 		}
 	}
@@ -307,7 +307,7 @@ func (s *Server) uiManifest(r *http.Request, p principal) (string, map[string]an
 		return "", nil, err
 	}
 	path := rp.Name + "/" + image
-	m, err := s.store.GetManifest(r.Context(), path, d)
+	m, err := s.store.PeekManifest(r.Context(), path, d)
 	if err != nil {
 		return "", nil, fmt.Errorf("manifest not in the store")
 	}

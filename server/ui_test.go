@@ -1,8 +1,12 @@
 package server
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/berth-registry/berth/store"
 )
 
 func TestStatusPageAccess(t *testing.T) {
@@ -52,4 +56,43 @@ func TestStatusPageAccess(t *testing.T) {
 	if resp.StatusCode != 401 || !strings.HasPrefix(resp.Header.Get("Www-Authenticate"), "Basic") {
 		t.Fatalf("login: %d", resp.StatusCode)
 	}
+}
+
+// TestLookingIsNotPulling: the status page's views of an image leave its
+// pull count and last access alone; a client pull moves them.
+func TestLookingIsNotPulling(t *testing.T) {
+	up := newFakeUpstream(t)
+	want := up.push("app", "v1", randomImage(t, 256, 1))
+	b := newTestBerth(t, up)
+	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
+	d := store.MustDigest(want.String())
+	ctx := context.Background()
+	hits, last := b.store.Hits(ctx, d), mustLastAccess(t, b.store, d)
+	for _, p := range []string{"/", "/ui/repository?repo=hub", "/ui/image?repo=hub&name=app", "/ui/manifest?repo=hub&name=app&digest=" + d.String()} {
+		if resp := b.get("GET", p); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", p, resp.StatusCode)
+		} else {
+			readAll(t, resp)
+		}
+	}
+	if got := b.store.Hits(ctx, d); got != hits {
+		t.Errorf("pulls %d after looking, %d before", got, hits)
+	}
+	if got := mustLastAccess(t, b.store, d); !got.Equal(last) {
+		t.Errorf("last pulled moved from %v to %v by looking", last, got)
+	}
+	time.Sleep(time.Millisecond)
+	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
+	if got := b.store.Hits(ctx, d); got != hits+1 {
+		t.Errorf("a pull counted %d, want %d", got, hits+1)
+	}
+}
+
+func mustLastAccess(t *testing.T, st *store.Store, d store.Digest) time.Time {
+	t.Helper()
+	at, err := st.LastAccess(context.Background(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return at
 }

@@ -170,11 +170,24 @@ func (s *Store) HasManifest(ctx context.Context, repo string, d Digest) (bool, e
 	return ok, err
 }
 
-// GetManifest returns the manifest d of repo, or ErrNotFound.
+// GetManifest returns the manifest d of repo, or ErrNotFound, and counts
+// a pull of d (its last access and hits).
 func (s *Store) GetManifest(ctx context.Context, repo string, d Digest) (Manifest, error) {
+	return s.getManifest(repo, d, true)
+}
+
+// PeekManifest is GetManifest for looking (berth ls, the status page): it
+// leaves d's last access and hits as they are.
+func (s *Store) PeekManifest(ctx context.Context, repo string, d Digest) (Manifest, error) {
+	return s.getManifest(repo, d, false)
+}
+
+func (s *Store) getManifest(repo string, d Digest, touch bool) (Manifest, error) {
 	ck := string(repoKey(repo, d.String()))
 	if m, ok := s.cache.manifest(ck); ok {
-		s.touch(d)
+		if touch {
+			s.touch(d)
+		}
 		return m, nil
 	}
 	seen := s.cache.version.Load()
@@ -194,7 +207,9 @@ func (s *Store) GetManifest(ctx context.Context, repo string, d Digest) (Manifes
 		s.log.Error("manifest file missing or wrong size", "digest", d, "err", err)
 		return Manifest{}, fmt.Errorf("manifest %s: %w", d, ErrNotFound)
 	}
-	s.touch(d)
+	if touch {
+		s.touch(d)
+	}
 	m := Manifest{
 		Digest: d, MediaType: rec.MediaType, Body: body, Subject: rec.Subject,
 		ArtifactType: rec.ArtifactType, Annotations: rec.Annotations,

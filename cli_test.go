@@ -1,0 +1,127 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-registry/berth/store"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/urfave/cli/v2"
+)
+
+// runCLI runs berth with args in dir and returns its output and error.
+func runCLI(t *testing.T, dir string, args ...string) (string, error) {
+	t.Helper()
+	wd, _ := os.Getwd()
+	if err := os.Chdir(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Chdir(wd)
+	var out bytes.Buffer
+	app := newApp(&out, &out)
+	app.ExitErrHandler = func(*cli.Context, error) {} // keep the test process
+	err := app.Run(append([]string{"berth"}, args...))
+	return out.String(), err
+}
+
+// TestStrayArgumentsRefused: a positional argument to a command that
+// takes none is an error that suggests --config, never a silent default.
+func TestStrayArgumentsRefused(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"serve", "berth.toml", "--listen", "127.0.0.1:0"},
+		{"verify", "berth.toml"},
+		{"gc", "extra"},
+		{"passwd", "secret"},
+		{"version", "x"},
+	} {
+		_, err := runCLI(t, dir, args...)
+		if err == nil || !strings.Contains(err.Error(), "takes no arguments") {
+			t.Errorf("berth %v: %v", args, err)
+		}
+		if args[1] == "berth.toml" && !strings.Contains(err.Error(), "--config berth.toml") {
+			t.Errorf("berth %v: %v does not suggest --config", args, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "berth-data")); err == nil {
+		t.Error("a refused command created ./berth-data")
+	}
+}
+
+// TestOperatorCommandsNeedAStore: verify, gc and ls on a data dir that
+// does not exist fail and create nothing.
+func TestOperatorCommandsNeedAStore(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{{"verify"}, {"gc"}, {"ls"}, {"verify", "--data-dir", "/typo"}, {"gc", "--data-dir", filepath.Join(dir, "typo")}} {
+		out, err := runCLI(t, dir, args...)
+		if err == nil || !strings.Contains(err.Error(), "does not exist") || strings.Contains(out, "0 problems") {
+			t.Errorf("berth %v: %v\n%s", args, err, out)
+		}
+	}
+	for _, p := range []string{"berth-data", "typo"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); err == nil {
+			t.Errorf("%s was created", p)
+		}
+	}
+}
+
+// TestSecondServerNamesTheFirst: a second berth on the same data dir says
+// the dir is in use and by which PID, and ls lists what the index holds
+// (not only the repositories in a config) without counting a pull.
+func TestSecondServerNamesTheFirst(t *testing.T) {
+	up := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer up.Close()
+	cfg := &Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0",
+		Repositories: []RepositoryConfig{{Name: "up", Kind: "proxy", URL: up.URL}}}
+	if err := cfg.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := NewMain(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = NewMain(cfg, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "in use by a running berth (pid "+strconv.Itoa(os.Getpid())+")") {
+		t.Errorf("second server: %v", err)
+	}
+	body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}`)
+	d := store.DigestOf(body)
+	if err := m.store.PutManifest(context.Background(), "old/app", store.Manifest{Digest: d, MediaType: "application/vnd.oci.image.manifest.v1+json", Body: body}, "v1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(cfg.DataDir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lastBefore, _ := st.LastAccess(context.Background(), d)
+	st.Close()
+	time.Sleep(10 * time.Millisecond)
+	out, err := runCLI(t, t.TempDir(), "ls", "--data-dir", cfg.DataDir)
+	if err != nil || !strings.Contains(out, "old") || !strings.Contains(out, "app") || !strings.Contains(out, "v1") {
+		t.Fatalf("ls of a stopped store: %v\n%s", err, out)
+	}
+	st, err = store.Open(cfg.DataDir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if n := st.Hits(context.Background(), d); n != 0 {
+		t.Errorf("berth ls counted %d pulls", n)
+	}
+	if last, _ := st.LastAccess(context.Background(), d); !last.Equal(lastBefore) {
+		t.Errorf("berth ls moved the last access from %v to %v", lastBefore, last)
+	}
+}
