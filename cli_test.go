@@ -3,20 +3,25 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/berth-registry/berth/store"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/urfave/cli/v2"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // runCLI runs berth with args in dir and returns its output and error.
@@ -124,4 +129,112 @@ func TestSecondServerNamesTheFirst(t *testing.T) {
 	if last, _ := st.LastAccess(context.Background(), d); !last.Equal(lastBefore) {
 		t.Errorf("berth ls moved the last access from %v to %v", lastBefore, last)
 	}
+}
+
+// TestSIGHUPReloads: SIGHUP (no TLS) re-reads the config: a changed
+// password and log level take effect, the server keeps serving, and a
+// broken config changes nothing.
+func TestSIGHUPReloads(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "berth.toml")
+	write := func(pw, level string) {
+		hash, _ := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+		os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+data_dir = %q
+listen = "127.0.0.1:0"
+log_level = %q
+[[repository]]
+name = "local"
+kind = "hosted"
+[[user]]
+name = "alice"
+password_hash = %q
+pull = ["local"]
+`, filepath.Join(dir, "data"), level, hash)), 0o600)
+	}
+	write("pw1", "info")
+	cfg, err := loadConfigFile(cfgPath)
+	if err == nil {
+		err = cfg.setDefaults()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	log, level := newLogger(cfg, &logs)
+	m, err := NewMain(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.cfgPath, m.level = cfgPath, level
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	addr := m.Addrs()[0]
+	status := func(pw string) int {
+		req, _ := http.NewRequest("GET", "http://"+addr+"/v2/", nil)
+		req.SetBasicAuth("alice", pw)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if status("pw1") != 200 || status("pw2") != 401 {
+		t.Fatal("initial passwords")
+	}
+	hup := func() {
+		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("pw2", "debug")
+	hup()
+	for i := 0; i < 200 && !strings.Contains(logs.String(), "SIGHUP: reloaded"); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "SIGHUP: reloaded") {
+		t.Fatalf("no reload logged:\n%s", logs.String())
+	}
+	if status("pw2") != 200 || status("pw1") != 401 {
+		t.Error("the new password does not work, or the old one still does")
+	}
+	if level.Level() != slog.LevelDebug {
+		t.Errorf("log level %v after reload, want DEBUG", level.Level())
+	}
+	os.WriteFile(cfgPath, []byte("this is not toml ["), 0o600)
+	hup()
+	for i := 0; i < 200 && !strings.Contains(logs.String(), "config not reloaded"); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "config not reloaded") || status("pw2") != 200 {
+		t.Errorf("a broken config on SIGHUP: %s", logs.String())
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run ended on SIGHUP: %v", err)
+	default:
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger's and the test's
+// goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -67,7 +67,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					}
 					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 					defer stop()
-					m, err := NewMain(cfg, newLogger(cfg, stderr))
+					log, level := newLogger(cfg, stderr)
+					m, err := NewMain(cfg, log)
 					if err != nil {
 						return err
 					}
@@ -79,6 +80,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						})
 					}
 					defer m.Close()
+					m.level, m.cfgPath = level, c.String("config")
 					return m.Run(ctx)
 				},
 			},
@@ -266,16 +268,26 @@ func pprofMux() *http.ServeMux {
 	return mux
 }
 
-func newLogger(cfg *Config, w io.Writer) *slog.Logger {
-	var level slog.Level // INFO; a bad log_level was refused by the config check
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		level = slog.LevelInfo
-	}
+// newLogger returns the logger of cfg and its level, which SIGHUP may
+// change.
+func newLogger(cfg *Config, w io.Writer) (*slog.Logger, *slog.LevelVar) {
+	level := new(slog.LevelVar)
+	level.Set(logLevel(cfg))
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, opts)), level
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, opts)), level
+}
+
+// logLevel is cfg's log_level (INFO when unset; a bad one was refused by
+// the config check).
+func logLevel(cfg *Config) slog.Level {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return slog.LevelInfo
+	}
+	return level
 }
 
 func printConfig(w io.Writer, cfg *Config) {
@@ -353,6 +365,11 @@ type Main struct {
 	srv   *server.Server
 
 	cert atomic.Pointer[tls.Certificate]
+
+	// For SIGHUP: the config file to read again (none: the flags'
+	// config) and the log level to set.
+	cfgPath string
+	level   *slog.LevelVar
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -447,24 +464,22 @@ func (m *Main) Run(ctx context.Context) error {
 		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return m.cert.Load(), nil
 		}}
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		m.srv.Go("SIGHUP handler", func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-hup:
-					if err := m.loadCert(); err != nil {
-						m.log.Error("SIGHUP: keeping the old certificate", "err", err)
-					} else {
-						m.log.Info("SIGHUP: TLS certificate reloaded")
-					}
-				}
-			}
-		})
 	}
+	// SIGHUP reloads what can change without a restart; it never ends
+	// the process (its default action would, with no drain).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	m.srv.Go("SIGHUP handler", func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				m.reload()
+			}
+		}
+	})
 	errc := make(chan error, len(binds))
 	m.mu.Lock()
 	for _, b := range binds {
@@ -506,6 +521,46 @@ func (m *Main) Run(ctx context.Context) error {
 		m.shutdown()
 		return err
 	}
+}
+
+// reload reads the config file again and applies what can change while
+// serving: the log level, the users (and htpasswd), the TLS certificate.
+// It logs what it did; a broken config or certificate changes nothing.
+func (m *Main) reload() {
+	cfg := m.cfg
+	if m.cfgPath != "" {
+		c, err := loadConfigFile(m.cfgPath)
+		if err == nil {
+			c.Listen, c.DataDir = m.cfg.Listen, m.cfg.DataDir // as the flags set them
+			err = c.setDefaults()
+		}
+		if err != nil {
+			m.log.Error("SIGHUP: config not reloaded; the running one stays", "file", m.cfgPath, "err", err)
+			return
+		}
+		cfg = c
+	}
+	opts, err := authOptions(cfg)
+	if err == nil {
+		err = m.srv.SetUsers(opts.Users)
+	}
+	if err != nil {
+		m.log.Error("SIGHUP: users not reloaded; nothing changed", "err", err)
+		return
+	}
+	done := []string{fmt.Sprintf("%d users", len(opts.Users))}
+	if m.level != nil {
+		m.level.Set(logLevel(cfg))
+		done = append(done, "log level "+m.level.Level().String())
+	}
+	if m.cfg.TLSCert != "" {
+		if err := m.loadCert(); err != nil {
+			m.log.Error("SIGHUP: keeping the old certificate", "err", err)
+		} else {
+			done = append(done, "TLS certificate")
+		}
+	}
+	m.log.Info("SIGHUP: reloaded", "what", strings.Join(done, ", "), "config", m.cfgPath)
 }
 
 // loadCert (re)reads tls_cert and tls_key; connections keep going.

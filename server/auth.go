@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/berth-registry/berth/internal/lru"
@@ -75,7 +76,7 @@ func (p principal) name() string {
 
 type auth struct {
 	opts  AuthOptions
-	users map[string]*User
+	users atomic.Pointer[map[string]*User] // swapped whole by SetUsers
 
 	goodCreds *lru.Cache[[32]byte, struct{}] // sha256(user \x00 password) checked in the last minute; spares bcrypt on every request
 }
@@ -95,24 +96,51 @@ func newAuth(o AuthOptions) (*auth, error) {
 		rand.Read(key)
 		o.TokenKey = key
 	}
-	a := &auth{opts: o, users: map[string]*User{}, goodCreds: lru.New[[32]byte, struct{}](10_000, time.Minute)}
-	for i := range o.Users {
-		u := &o.Users[i]
-		if _, dup := a.users[u.Name]; dup {
+	a := &auth{opts: o, goodCreds: lru.New[[32]byte, struct{}](10_000, time.Minute)}
+	users, err := userMap(o.Users)
+	if err != nil {
+		return nil, err
+	}
+	a.users.Store(&users)
+	return a, nil
+}
+
+// userMap indexes users by name, checking their hashes.
+func userMap(list []User) (map[string]*User, error) {
+	users := map[string]*User{}
+	for i := range list {
+		u := &list[i]
+		if _, dup := users[u.Name]; dup {
 			return nil, fmt.Errorf("server: duplicate user %q", u.Name)
 		}
 		if _, err := bcrypt.Cost(u.PasswordHash); err != nil {
 			return nil, fmt.Errorf("server: user %q: password hash is not bcrypt", u.Name)
 		}
-		a.users[u.Name] = u
+		users[u.Name] = u
 	}
-	return a, nil
+	return users, nil
+}
+
+// user returns the user called name, or nil.
+func (a *auth) user(name string) *User { return (*a.users.Load())[name] }
+
+// SetUsers replaces the users and their grants (SIGHUP reload); checked
+// passwords are forgotten, so a changed or removed password stops working
+// at once. On error nothing changes.
+func (s *Server) SetUsers(list []User) error {
+	users, err := userMap(list)
+	if err != nil {
+		return err
+	}
+	s.auth.users.Store(&users)
+	s.auth.goodCreds.Purge()
+	return nil
 }
 
 // checkPassword verifies user's password in constant time (bcrypt) and
 // remembers a success for a minute.
 func (a *auth) checkPassword(name, password string) (*User, bool) {
-	u := a.users[name]
+	u := a.user(name)
 	key := sha256.Sum256([]byte(name + "\x00" + password))
 	if _, cached := a.goodCreds.Get(key); cached && u != nil {
 		return u, true
@@ -163,7 +191,7 @@ func (a *auth) authenticate(r *http.Request) (principal, error) {
 		}
 		p := principal{token: c}
 		if c.Subject != "" {
-			if p.user = a.users[c.Subject]; p.user == nil {
+			if p.user = a.user(c.Subject); p.user == nil {
 				return principal{}, fmt.Errorf("%w: token for an unknown user", errBadCredentials)
 			}
 		}

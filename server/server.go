@@ -314,7 +314,7 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 		// answer (Docker never asks for a token after a 200 here), and
 		// anonymous ones get tokens for what anonymous access allows.
 		if info.principal.user == nil && info.principal.token == nil && !info.principal.internal {
-			if rp := s.repos[listenerRepo]; rp == nil || !rp.AnonymousPull || len(s.auth.users) > 0 {
+			if rp := s.repos[listenerRepo]; rp == nil || !rp.AnonymousPull || len(*s.auth.users.Load()) > 0 {
 				return s.challenge(r, "", "", "")
 			}
 		}

@@ -125,6 +125,15 @@ func (c *Cache[K, V]) Take(k K) (V, bool) {
 	return e.Value.(*entry[K, V]).val, true
 }
 
+// Purge forgets every entry.
+func (c *Cache[K, V]) Purge() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ll.Init()
+	c.m = map[K]*list.Element{}
+	c.total = 0
+}
+
 // Remove forgets k.
 func (c *Cache[K, V]) Remove(k K) {
 	c.mu.Lock()
