@@ -238,3 +238,42 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestCommandsReachTheAdminSocket: while berth runs, gc and ls on its data
+// dir go to the admin socket (mode 0600), not to the public listener.
+func TestCommandsReachTheAdminSocket(t *testing.T) {
+	dir := t.TempDir()
+	cfg := &Config{DataDir: filepath.Join(dir, "data"), Listen: "127.0.0.1:0",
+		Repositories: []RepositoryConfig{{Name: "local", Kind: "hosted"}}}
+	if err := cfg.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := NewMain(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	sock := m.AdminAddr()
+	if st, err := os.Stat(sock); err != nil || st.Mode().Perm() != 0o600 || st.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("admin socket %s: %v %v", sock, st.Mode(), err)
+	}
+	out, err := runCLI(t, dir, "gc", "--data-dir", cfg.DataDir)
+	if err != nil || !strings.Contains(out, "asking it") || !strings.Contains(out, "gc: freed 0 blobs, 0B") {
+		t.Errorf("gc while running: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, dir, "ls", "--data-dir", cfg.DataDir); err != nil || !strings.Contains(out, "REPOSITORY") {
+		t.Errorf("ls while running: %v\n%s", err, out)
+	}
+	resp, err := http.Post("http://"+m.Addrs()[0]+"/admin/gc", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("/admin/gc on the public listener: %d", resp.StatusCode)
+	}
+}

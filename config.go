@@ -25,6 +25,11 @@ type Config struct {
 	DataDir           string             `toml:"data_dir"`           // default "./berth-data"
 	Listen            string             `toml:"listen"`             // default ":5000"
 	DefaultRepository string             `toml:"default_repository"` // default: the first repository
+	// AdminListen is where the operator endpoints (gc, ls, prefetch)
+	// and the registry API with full rights are served for the berth
+	// commands: "unix:PATH" or "HOST:PORT". Default: a mode-0600 Unix
+	// socket, data_dir/admin.sock.
+	AdminListen       string             `toml:"admin_listen"`
 	TLSCert           string             `toml:"tls_cert"`
 	TLSKey            string             `toml:"tls_key"`
 	LogLevel          string             `toml:"log_level"`  // debug, info (default), warn, error
@@ -163,17 +168,22 @@ func (s *Size) UnmarshalText(b []byte) error {
 
 func (s Size) String() string {
 	if s == 0 {
-		return "unlimited"
+		return "unlimited" // as max_size
 	}
+	return humanSize(int64(s))
+}
+
+// humanSize is a byte count for people: 0B, 512B, 1.5MiB.
+func humanSize(n int64) string {
 	for _, u := range []struct {
 		n string
 		v int64
 	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if int64(s) >= u.v {
-			return fmt.Sprintf("%.1f%s", float64(s)/float64(u.v), u.n)
+		if n >= u.v {
+			return fmt.Sprintf("%.1f%s", float64(n)/float64(u.v), u.n)
 		}
 	}
-	return fmt.Sprintf("%dB", int64(s))
+	return fmt.Sprintf("%dB", n)
 }
 
 // defaultConfig is what `berth serve` runs with no config file: a Docker

@@ -372,7 +372,8 @@ type Main struct {
 	level   *slog.LevelVar
 
 	mu        sync.Mutex
-	listeners []net.Listener
+	listeners []net.Listener // public
+	adminLn   net.Listener
 	servers   []*http.Server
 	ready     chan struct{}
 }
@@ -480,7 +481,7 @@ func (m *Main) Run(ctx context.Context) error {
 			}
 		}
 	})
-	errc := make(chan error, len(binds))
+	errc := make(chan error, len(binds)+1)
 	m.mu.Lock()
 	for _, b := range binds {
 		ln, err := net.Listen("tcp", b.Listen)
@@ -507,6 +508,11 @@ func (m *Main) Run(ctx context.Context) error {
 			go func() { errc <- hs.Serve(ln) }()
 		}
 	}
+	if err := m.listenAdmin(errc); err != nil {
+		m.mu.Unlock()
+		m.shutdown()
+		return err
+	}
 	m.mu.Unlock()
 	close(m.ready)
 	m.srv.Go("housekeeping", func() { m.housekeeping(ctx) })
@@ -520,6 +526,44 @@ func (m *Main) Run(ctx context.Context) error {
 	case err := <-errc:
 		m.shutdown()
 		return err
+	}
+}
+
+// listenAdmin serves the admin handler on admin_listen (a mode-0600 Unix
+// socket in the data dir by default). Called with m.mu held.
+func (m *Main) listenAdmin(errc chan<- error) error {
+	network, addr := adminAddr(m.cfg)
+	if network == "unix" {
+		os.Remove(addr) // a socket left by a berth that was killed
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	if network == "unix" {
+		if err := os.Chmod(addr, 0o600); err != nil {
+			ln.Close()
+			return fmt.Errorf("admin listener: %w", err)
+		}
+	}
+	hs := &http.Server{Handler: m.srv.AdminHandler(m.cfg.DefaultRepository), ReadHeaderTimeout: 30 * time.Second,
+		ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelWarn)}
+	m.adminLn = ln
+	m.servers = append(m.servers, hs)
+	m.log.Info("admin listening", "addr", network+":"+addr)
+	m.srv.Go("admin listener", func() { errc <- hs.Serve(ln) })
+	return nil
+}
+
+// adminAddr is the network and address of cfg's admin listener.
+func adminAddr(cfg *Config) (network, addr string) {
+	switch a := cfg.AdminListen; {
+	case a == "":
+		return "unix", filepath.Join(cfg.DataDir, "admin.sock")
+	case strings.HasPrefix(a, "unix:"):
+		return "unix", strings.TrimPrefix(a, "unix:")
+	default:
+		return "tcp", a
 	}
 }
 
@@ -655,6 +699,14 @@ func (m *Main) Addrs() []string {
 		out = append(out, ln.Addr().String())
 	}
 	return out
+}
+
+// AdminAddr is the admin listener's address (a socket path or host:port).
+func (m *Main) AdminAddr() string {
+	<-m.ready
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.adminLn.Addr().String()
 }
 
 // Close releases the store. Call it after Run returns.

@@ -54,7 +54,7 @@ func (p *progress) set(done, total int64) {
 func (p *progress) object(what string, size int64) {
 	if !p.tty {
 		p.mu.Lock()
-		fmt.Fprintf(p.out, "%s: %s (%s) %d/%d bytes\n", p.label, what, Size(size), p.done, p.total)
+		fmt.Fprintf(p.out, "%s: %s (%s) %d/%d bytes\n", p.label, what, humanSize(size), p.done, p.total)
 		p.mu.Unlock()
 	}
 }

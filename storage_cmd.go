@@ -63,20 +63,16 @@ func runGC(c *cli.Context, out io.Writer) error {
 		return err
 	}
 	dry := c.Bool("dry-run")
-	if u := c.String("server"); u != "" {
-		return gcRemote(out, u, dry)
+	if c.String("server") != "" {
+		return gcRemote(c, cfg, out, dry)
 	}
 	if err := dataDirExists(cfg.DataDir); err != nil {
 		return err
 	}
 	st, err := store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 500 * time.Millisecond, KeepTmp: true})
 	if errors.Is(err, store.ErrLocked) {
-		host := cfg.Listen
-		if strings.HasPrefix(host, ":") {
-			host = "127.0.0.1" + host
-		}
-		fmt.Fprintf(out, "data dir %s is in use by a running berth; asking it at %s\n", cfg.DataDir, host)
-		return gcRemote(out, "http://"+host, dry)
+		fmt.Fprintf(out, "data dir %s is in use by a running berth; asking it\n", cfg.DataDir)
+		return gcRemote(c, cfg, out, dry)
 	}
 	if err != nil {
 		return err
@@ -95,20 +91,21 @@ func printGC(out io.Writer, blobs int, bytes int64, dry bool) {
 	if dry {
 		verb = "would free"
 	}
-	fmt.Fprintf(out, "gc: %s %d blobs, %s\n", verb, blobs, Size(bytes))
+	fmt.Fprintf(out, "gc: %s %d blobs, %s\n", verb, blobs, humanSize(bytes))
 }
 
-func gcRemote(out io.Writer, base string, dry bool) error {
-	u := strings.TrimSuffix(base, "/") + "/admin/gc"
+func gcRemote(c *cli.Context, cfg *Config, out io.Writer, dry bool) error {
+	base, client := adminClient(c, cfg)
+	u := base + "/admin/gc"
 	if dry {
 		u += "?dry_run=1"
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("ask the running berth: %w", err)
+		return notRunning(c, cfg, "gc", err)
 	}
 	defer resp.Body.Close()
 	var res struct {
@@ -153,7 +150,7 @@ func runVerify(c *cli.Context, out io.Writer) error {
 		byKind[p.Kind]++
 		fmt.Fprintf(out, "problem: %s\n", p)
 	}
-	fmt.Fprintf(out, "verify: %d blobs, %s re-hashed in %s; %d problems", count, Size(bytes), time.Since(start).Round(time.Millisecond), len(probs))
+	fmt.Fprintf(out, "verify: %d blobs, %s re-hashed in %s; %d problems", count, humanSize(bytes), time.Since(start).Round(time.Millisecond), len(probs))
 	for k, n := range byKind {
 		fmt.Fprintf(out, ", %s=%d", k, n)
 	}

@@ -4,14 +4,18 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -31,25 +35,46 @@ import (
 	"golang.org/x/term"
 )
 
-// serverURL is the berth the operator commands talk to: --server, else
-// the main listener of the config (on loopback).
-func serverURL(c *cli.Context, cfg *Config) string {
+// adminTarget is where the operator commands reach the running berth:
+// its admin listener (--server unix:PATH or http://HOST:PORT, else the
+// config's admin_listen, by default data_dir/admin.sock). It returns the
+// base URL and the transport to use.
+func adminTarget(c *cli.Context, cfg *Config) (base string, rt http.RoundTripper) {
+	network, addr := adminAddr(cfg)
 	if u := c.String("server"); u != "" {
-		return strings.TrimSuffix(u, "/")
+		if !strings.HasPrefix(u, "unix:") {
+			return strings.TrimSuffix(u, "/"), http.DefaultTransport
+		}
+		network, addr = "unix", strings.TrimPrefix(u, "unix:")
 	}
-	host := cfg.Listen
-	if strings.HasPrefix(host, ":") {
-		host = "127.0.0.1" + host
+	if network == "tcp" {
+		return "http://" + addr, http.DefaultTransport
 	}
-	if cfg.TLSCert != "" {
-		return "https://" + host
+	return "http://localhost", &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", addr)
+	}}
+}
+
+// adminClient is an HTTP client for adminTarget.
+func adminClient(c *cli.Context, cfg *Config) (string, *http.Client) {
+	base, rt := adminTarget(c, cfg)
+	return base, &http.Client{Transport: rt}
+}
+
+// notRunning explains a failure to reach the admin listener.
+func notRunning(c *cli.Context, cfg *Config, what string, err error) error {
+	network, addr := adminAddr(cfg)
+	where := network + ":" + addr
+	if u := c.String("server"); u != "" {
+		where = u
 	}
-	return "http://" + host
+	return fmt.Errorf("%s needs a running berth: none answers at %s (give its config with -c FILE, or --server unix:SOCKET or http://ADMIN_HOST:PORT): %w",
+		what, where, err)
 }
 
 var serverFlags = []cli.Flag{
 	&cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"BERTH_CONFIG"}, Usage: "TOML config `FILE` (for the listen address)"},
-	&cli.StringFlag{Name: "server", Usage: "the running berth at `URL` (default: the config's listen address)"},
+	&cli.StringFlag{Name: "server", Usage: "the running berth's admin listener, `unix:SOCKET or http://HOST:PORT` (default: the config's admin_listen, data_dir/admin.sock)"},
 }
 
 // runPrefetch asks the running server to pull images into its cache and
@@ -67,9 +92,10 @@ func runPrefetch(c *cli.Context, out, errOut io.Writer) error {
 		platforms = strings.Split(p, ",")
 	}
 	body, _ := json.Marshal(map[string]any{"images": c.Args().Slice(), "platforms": platforms, "all_platforms": c.Bool("all-platforms")})
-	resp, err := http.Post(serverURL(c, cfg)+"/admin/prefetch", "application/json", strings.NewReader(string(body)))
+	base, client := adminClient(c, cfg)
+	resp, err := client.Post(base+"/admin/prefetch", "application/json", strings.NewReader(string(body)))
 	if err != nil {
-		return fmt.Errorf("prefetch needs a running berth: %w", err)
+		return notRunning(c, cfg, "prefetch", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -96,12 +122,12 @@ func runPrefetch(c *cli.Context, out, errOut io.Writer) error {
 			if tty {
 				fmt.Fprintln(out)
 			}
-			fmt.Fprintf(out, "prefetched %s: %s in %s\n", ev.Image, Size(ev.DoneBytes), time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(out, "prefetched %s: %s in %s\n", ev.Image, humanSize(ev.DoneBytes), time.Since(start).Round(time.Millisecond))
 		case "blob":
 			if tty {
 				fmt.Fprintf(out, "\r%s", progressBar(ev.Image, ev.DoneBytes, ev.TotalBytes, time.Since(start)))
 			} else {
-				fmt.Fprintf(out, "prefetch %s: blob %s (%s) %d/%d bytes\n", ev.Image, ev.Digest, Size(ev.Bytes), ev.DoneBytes, ev.TotalBytes)
+				fmt.Fprintf(out, "prefetch %s: blob %s (%s) %d/%d bytes\n", ev.Image, ev.Digest, humanSize(ev.Bytes), ev.DoneBytes, ev.TotalBytes)
 			}
 		}
 	}
@@ -124,7 +150,7 @@ func progressBar(image string, done, total int64, took time.Duration) string {
 		eta = (time.Duration(float64(total-done)/rate) * time.Second / time.Second * time.Second).String()
 	}
 	return fmt.Sprintf("%-30s [%s%s] %5.1f%% %s/%s %s/s ETA %s", truncateStr(image, 30), strings.Repeat("=", n), strings.Repeat(" ", width-n),
-		frac*100, Size(done), Size(total), Size(int64(rate)), eta)
+		frac*100, humanSize(done), humanSize(total), humanSize(int64(rate)), eta)
 }
 
 func truncateStr(s string, n int) string {
@@ -157,9 +183,10 @@ func runLs(c *cli.Context, out io.Writer) error {
 		list, err = server.List(c.Context, st, nil, filter) // what the index holds
 		st.Close()
 	} else {
-		resp, herr := http.Get(serverURL(c, cfg) + "/admin/ls?filter=" + filter)
+		base, client := adminClient(c, cfg)
+		resp, herr := client.Get(base + "/admin/ls?filter=" + url.QueryEscape(filter))
 		if herr != nil {
-			return fmt.Errorf("the berth at %s did not answer (name it with --server URL, or give its config with -c FILE): %w", serverURL(c, cfg), herr)
+			return notRunning(c, cfg, "ls", herr)
 		}
 		defer resp.Body.Close()
 		err = json.NewDecoder(resp.Body).Decode(&list)
@@ -179,7 +206,7 @@ func runLs(c *cli.Context, out io.Writer) error {
 		if !e.LastPulled.IsZero() {
 			last = e.LastPulled.UTC().Format("2006-01-02 15:04")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Repository, e.Image, e.Tag, shortDigest(e.Digest), Size(e.Size), last, e.Hits)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Repository, e.Image, e.Tag, shortDigest(e.Digest), humanSize(e.Size), last, e.Hits)
 	}
 	return tw.Flush()
 }
@@ -192,6 +219,19 @@ func shortDigest(d string) string {
 }
 
 // registryOptions are the ggcr options for talking to berth.
+// registryTarget is the registry export and import talk to: --server URL
+// (over the network, with --creds), else the admin listener, which acts
+// with full rights like prefetch (the same rule for all three: the admin
+// socket is the operator's; the network needs credentials).
+func registryTarget(c *cli.Context, cfg *Config) (base string, opts []remote.Option) {
+	opts = registryOptions(c)
+	if u := c.String("server"); u != "" && !strings.HasPrefix(u, "unix:") {
+		return strings.TrimSuffix(u, "/"), opts
+	}
+	base, rt := adminTarget(c, cfg)
+	return base, append(opts, remote.WithTransport(rt))
+}
+
 func registryOptions(c *cli.Context) []remote.Option {
 	opts := []remote.Option{remote.WithContext(c.Context)}
 	if creds := c.String("creds"); creds != "" {
@@ -220,7 +260,7 @@ func runExport(c *cli.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	base := serverURL(c, cfg)
+	base, ropts := registryTarget(c, cfg)
 	dir, err := os.MkdirTemp("", "berth-export-")
 	if err != nil {
 		return err
@@ -239,13 +279,13 @@ func runExport(c *cli.Context, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		desc, err := remote.Get(ref, registryOptions(c)...)
+		desc, err := remote.Get(ref, ropts...)
 		if err != nil {
 			return fmt.Errorf("export %s: %w", img, err)
 		}
 		// Collect the manifests and blobs first, so the bar knows the total.
 		var plan exportPlan
-		if err := plan.add(c, ref, desc); err != nil {
+		if err := plan.add(ropts, ref, desc); err != nil {
 			return fmt.Errorf("export %s: %w", img, err)
 		}
 		pr := newProgress(out, img, plan.total)
@@ -271,13 +311,13 @@ func runExport(c *cli.Context, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "exported %s (%s, %s)\n", img, desc.Digest, Size(plan.total))
+		fmt.Fprintf(out, "exported %s (%s, %s)\n", img, desc.Digest, humanSize(plan.total))
 	}
 	if err := tarDir(dir, c.String("out")); err != nil {
 		return err
 	}
 	st, _ := os.Stat(c.String("out"))
-	fmt.Fprintf(out, "wrote %s (%s)\n", c.String("out"), Size(st.Size()))
+	fmt.Fprintf(out, "wrote %s (%s)\n", c.String("out"), humanSize(st.Size()))
 	return nil
 }
 
@@ -301,7 +341,7 @@ type exportManifest struct {
 	raw    []byte
 }
 
-func (e *exportPlan) add(c *cli.Context, ref name.Reference, desc *remote.Descriptor) error {
+func (e *exportPlan) add(ropts []remote.Option, ref name.Reference, desc *remote.Descriptor) error {
 	if e.seen == nil {
 		e.seen = map[v1.Hash]bool{}
 	}
@@ -316,11 +356,11 @@ func (e *exportPlan) add(c *cli.Context, ref name.Reference, desc *remote.Descri
 		}
 		for _, child := range im.Manifests {
 			cref := ref.Context().Digest(child.Digest.String())
-			cdesc, err := remote.Get(cref, registryOptions(c)...)
+			cdesc, err := remote.Get(cref, ropts...)
 			if err != nil {
 				return err
 			}
-			if err := e.add(c, cref, cdesc); err != nil {
+			if err := e.add(ropts, cref, cdesc); err != nil {
 				return err
 			}
 		}
@@ -470,7 +510,7 @@ func runImport(c *cli.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	base := serverURL(c, cfg)
+	base, ropts := registryTarget(c, cfg)
 	prefix := ""
 	if r := c.String("repository"); r != "" {
 		prefix = r + "/"
@@ -497,7 +537,7 @@ func runImport(c *cli.Context, out io.Writer) error {
 				pr.set(u.Complete, u.Total)
 			}
 		}()
-		err = write(ref, append(registryOptions(c), remote.WithProgress(updates))...)
+		err = write(ref, append(slices.Clone(ropts), remote.WithProgress(updates))...)
 		<-done
 		if err != nil {
 			return fmt.Errorf("import %s: %w", target, err)

@@ -362,6 +362,7 @@ type berth struct {
 	proc      *proc
 	addr      string
 	dir       string
+	data      string       // data dir
 	tlsClient *http.Client // for a TLS listener
 }
 
@@ -391,10 +392,14 @@ func launchBerth(t *testing.T, config, addr, dataDir string, env []string) *bert
 	}
 	cfgPath := filepath.Join(dir, "berth.toml")
 	os.WriteFile(cfgPath, []byte(config), 0o644)
-	b := &berth{addr: addr, dir: dir}
+	b := &berth{addr: addr, dir: dir, data: dataDir}
 	b.proc = start(t, env, berthBin, "serve", "--config", cfgPath, "--listen", addr, "--data-dir", dataDir)
 	return b
 }
+
+// admin is the --server value for the operator commands: the admin
+// socket in the data dir.
+func (b *berth) admin() string { return "unix:" + filepath.Join(b.data, "admin.sock") }
 
 // metric sums the samples of a metric whose labels include all of want.
 func (b *berth) metric(t *testing.T, name string, want ...string) float64 {

@@ -140,7 +140,7 @@ anonymous_push = true   # a scratch registry for the test
 	run(t, time.Minute, nil, tool("crane"), "delete", "--insecure", b.addr+"/local/app@"+dg)
 	time.Sleep(1100 * time.Millisecond) // past gc_grace
 	cfgPath := filepath.Join(b.dir, "berth.toml")
-	out := run(t, time.Minute, nil, berthBin, "gc", "--config", cfgPath, "--data-dir", filepath.Join(b.dir, "data"), "--server", "http://"+b.addr)
+	out := run(t, time.Minute, nil, berthBin, "gc", "--config", cfgPath, "--data-dir", filepath.Join(b.dir, "data"))
 	if !strings.Contains(out, "gc: freed") || strings.Contains(out, "freed 0 blobs") {
 		t.Fatalf("berth gc: %s", out)
 	}

@@ -29,16 +29,16 @@ func TestPrefetchThenUpstreamDown(t *testing.T) {
 	multi := up.pushIndex(t, "library/pre-multi:v1", map[string]v1.Image{"amd64": testImage(t, "amd64", 1, 256<<10), "arm64": arm})
 	b := startBerth(t, proxyConfig(up.proxy))
 	cfgPath := filepath.Join(b.dir, "berth.toml")
-	out := run(t, 2*time.Minute, nil, berthBin, "prefetch", "--config", cfgPath, "--server", "http://"+b.addr, "pre-app:v1")
+	out := run(t, 2*time.Minute, nil, berthBin, "prefetch", "--config", cfgPath, "--server", b.admin(), "pre-app:v1")
 	if !strings.Contains(out, "prefetched pre-app:v1") || !strings.Contains(out, "blob sha256:") {
 		t.Fatalf("prefetch output (not a terminal: log lines):\n%s", out)
 	}
-	run(t, 2*time.Minute, nil, berthBin, "prefetch", "--server", "http://"+b.addr, "--all-platforms", "pre-multi:v1")
+	run(t, 2*time.Minute, nil, berthBin, "prefetch", "--server", b.admin(), "--all-platforms", "pre-multi:v1")
 	if n := b.metric(t, "berth_cache_results_total", `kind="blob"`, `result="miss"`); n < 6 {
 		t.Errorf("prefetch not counted as cache misses: %v", n)
 	}
 	// A bad image name is a clear error, not a crash.
-	if out, errOut, err := runSplit("", time.Minute, nil, berthBin, "prefetch", "--server", "http://"+b.addr, "Bad//Name"); err == nil || !strings.Contains(errOut, "invalid") {
+	if out, errOut, err := runSplit("", time.Minute, nil, berthBin, "prefetch", "--server", b.admin(), "Bad//Name"); err == nil || !strings.Contains(errOut, "invalid") {
 		t.Fatalf("bad name: %v %s %s", err, out, errOut)
 	}
 	up.setDown(true)
@@ -52,7 +52,7 @@ func TestPrefetchThenUpstreamDown(t *testing.T) {
 	armRef := strings.TrimSpace(run(t, time.Minute, nil, tool("crane"), "digest", "--insecure", "--platform", "linux/arm64", b.addr+"/pre-multi:v1"))
 	run(t, 2*time.Minute, nil, tool("crane"), "validate", "--insecure", "--remote", b.addr+"/pre-multi@"+armRef)
 	// berth ls sees them, with sizes and pulls.
-	ls := run(t, time.Minute, nil, berthBin, "ls", "--config", cfgPath, "--data-dir", filepath.Join(b.dir, "data"), "--server", "http://"+b.addr, "--json")
+	ls := run(t, time.Minute, nil, berthBin, "ls", "--config", cfgPath, "--data-dir", filepath.Join(b.dir, "data"), "--server", b.admin(), "--json")
 	var entries []struct {
 		Image, Tag, Digest string
 		Size, Hits         int64
@@ -65,7 +65,7 @@ func TestPrefetchThenUpstreamDown(t *testing.T) {
 			t.Errorf("ls entry %+v", e)
 		}
 	}
-	table := run(t, time.Minute, nil, berthBin, "ls", "--config", cfgPath, "--data-dir", filepath.Join(b.dir, "data"), "--server", "http://"+b.addr)
+	table := run(t, time.Minute, nil, berthBin, "ls", "--config", cfgPath, "--data-dir", filepath.Join(b.dir, "data"))
 	if !strings.Contains(table, "library/pre-app") || !strings.Contains(table, "LAST PULLED") {
 		t.Errorf("berth ls:\n%s", table)
 	}

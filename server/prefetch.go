@@ -217,15 +217,11 @@ func (l *limitedBuilder) Write(p []byte) (int, error) {
 	return l.b.Write(p)
 }
 
-// adminPrefetch: POST /admin/prefetch (loopback only) with
+// adminPrefetch: POST /admin/prefetch (admin listener) with
 // {"images":[...],"platforms":[...],"all_platforms":bool}; streams one
 // JSON event per line.
 func (s *Server) adminPrefetch(listener string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !loopback(r) {
-			http.Error(w, `{"error":"admin endpoints answer loopback clients only"}`, http.StatusForbidden)
-			return
-		}
 		var req struct {
 			Images       []string `json:"images"`
 			Platforms    []string `json:"platforms"`

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -219,10 +218,27 @@ func (s *Server) Handler(listenerRepo string) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("/token", s.serveToken(listenerRepo))
+	s.uiHandlers(mux, listenerRepo)
+	return s.recoverPanics(mux)
+}
+
+// AdminHandler serves the operator endpoints (/admin/gc, /admin/prefetch,
+// /admin/ls) and the registry API with full rights, for the berth
+// commands. It belongs on its own listener that only the operator can
+// reach (a mode-0600 Unix socket by default), never on a public one:
+// behind a reverse proxy on the same box every client is "loopback".
+func (s *Server) AdminHandler(listenerRepo string) http.Handler {
+	mux := http.NewServeMux()
 	mux.HandleFunc("POST /admin/gc", s.adminGC)
 	mux.HandleFunc("POST /admin/prefetch", s.adminPrefetch(listenerRepo))
 	mux.HandleFunc("GET /admin/ls", s.adminList)
-	s.uiHandlers(mux, listenerRepo)
+	v2 := s.v2Handler(listenerRepo)
+	trusted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v2.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), internalKey{}, true)))
+	})
+	mux.Handle("/v2/", trusted)
+	mux.Handle("/v2", trusted)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	return s.recoverPanics(mux)
 }
 
@@ -484,12 +500,8 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 }
 
 // adminGC runs a garbage collection now (berth gc asks a running server
-// here). Only loopback clients may call it.
+// here, on the admin listener).
 func (s *Server) adminGC(w http.ResponseWriter, r *http.Request) {
-	if !loopback(r) {
-		http.Error(w, `{"error":"admin endpoints answer loopback clients only"}`, http.StatusForbidden)
-		return
-	}
 	res, err := s.store.GC(store.GCOptions{Grace: s.opts.GCGrace, DryRun: r.URL.Query().Get("dry_run") != ""})
 	w.Header().Set("Content-Type", "application/json")
 	if err != nil {
@@ -500,13 +512,6 @@ func (s *Server) adminGC(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("garbage collection asked by admin", "blobs", res.Blobs, "bytes", res.Bytes, "dry_run", r.URL.Query().Get("dry_run") != "")
 	json.NewEncoder(w).Encode(map[string]any{"blobs": res.Blobs, "bytes": res.Bytes, "digests": res.Digests})
-}
-
-// loopback reports whether the request comes from this machine.
-func loopback(r *http.Request) bool {
-	host, _, _ := net.SplitHostPort(r.RemoteAddr)
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // statusWriter records the status and body bytes of a response. It keeps
