@@ -22,24 +22,24 @@ import (
 // Config is berth's TOML configuration. Zero values mean the defaults
 // noted on each field (applied by setDefaults).
 type Config struct {
-	DataDir           string             `toml:"data_dir"`           // default "./berth-data"
-	Listen            string             `toml:"listen"`             // default ":5000"
-	DefaultRepository string             `toml:"default_repository"` // default: the first repository
+	DataDir           string `toml:"data_dir"`           // default "./berth-data"
+	Listen            string `toml:"listen"`             // default ":5000"
+	DefaultRepository string `toml:"default_repository"` // default: the first repository
 	// AdminListen is where the operator endpoints (gc, ls, prefetch)
 	// and the registry API with full rights are served for the berth
 	// commands: "unix:PATH" or "HOST:PORT". Default: a mode-0600 Unix
 	// socket, data_dir/admin.sock.
-	AdminListen       string             `toml:"admin_listen"`
-	TLSCert           string             `toml:"tls_cert"`
-	TLSKey            string             `toml:"tls_key"`
-	LogLevel          string             `toml:"log_level"`  // debug, info (default), warn, error
-	LogFormat         string             `toml:"log_format"` // text (default) or json
-	Storage           StorageConfig      `toml:"storage"`
-	Repositories      []RepositoryConfig `toml:"repository"`
-	Listeners         []ListenerConfig   `toml:"listener"`
-	Auth              AuthConfig         `toml:"auth"`
-	Users             []UserConfig       `toml:"user"`
-	Prefetch          []PrefetchConfig   `toml:"prefetch"`
+	AdminListen  string             `toml:"admin_listen"`
+	TLSCert      string             `toml:"tls_cert"`
+	TLSKey       string             `toml:"tls_key"`
+	LogLevel     string             `toml:"log_level"`  // debug, info (default), warn, error
+	LogFormat    string             `toml:"log_format"` // text (default) or json
+	Storage      StorageConfig      `toml:"storage"`
+	Repositories []RepositoryConfig `toml:"repository"`
+	Listeners    []ListenerConfig   `toml:"listener"`
+	Auth         AuthConfig         `toml:"auth"`
+	Users        []UserConfig       `toml:"user"`
+	Prefetch     []PrefetchConfig   `toml:"prefetch"`
 }
 
 // PrefetchConfig is one [[prefetch]]: images pulled into the cache at
