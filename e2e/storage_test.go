@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 )
 
@@ -257,4 +259,57 @@ anonymous_push = true   # a scratch registry for the test
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// TestPushFillsDisk: a push that fills the disk (an 8 MiB tmpfs) is
+// answered 507 STORAGE_FULL, not blamed on the client; it is logged at
+// ERROR, counted and shown on the status page; nothing partial stays and
+// a smaller push works afterwards.
+func TestPushFillsDisk(t *testing.T) {
+	dataDir := mountTmpfs(t, "8m")
+	b := startBerthAt(t, `
+[[repository]]
+name = "local"
+kind = "hosted"
+anonymous_push = true
+anonymous_pull = true
+`, fmt.Sprintf("127.0.0.1:%d", freePort(t)), dataDir)
+	out, err := runErr(2*time.Minute, nil, tool("crane"), "push", "--insecure", writeImageTar(t, testImage(t, "amd64", 1, 12<<20)), b.addr+"/local/big:v1")
+	if err == nil {
+		t.Fatal("a 12 MiB push into 8 MiB succeeded")
+	}
+	if !strings.Contains(out, "STORAGE_FULL") && !strings.Contains(out, "507") {
+		t.Errorf("crane was not told the disk is full: %s", out)
+	}
+	if n := b.metric(t, "berth_disk_full_total"); n < 1 {
+		t.Errorf("berth_disk_full_total = %v", n)
+	}
+	if log, _ := os.ReadFile(b.proc.log); !strings.Contains(string(log), "level=ERROR msg=\"disk full") {
+		t.Error("no ERROR line for the full disk")
+	}
+	resp, err := http.Get("http://" + b.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(page), "disk full") {
+		t.Error("the status page does not show the full disk")
+	}
+	small := testImage(t, "amd64", 1, 256<<10)
+	run(t, 2*time.Minute, nil, tool("crane"), "push", "--insecure", writeImageTar(t, small), b.addr+"/local/small:v1")
+	want, _ := small.Digest()
+	if got := strings.TrimSpace(run(t, time.Minute, nil, tool("crane"), "digest", "--insecure", b.addr+"/local/small:v1")); got != want.String() {
+		t.Errorf("push after the full disk: %s, want %s", got, want)
+	}
+}
+
+// writeImageTar saves img as a tarball crane can push.
+func writeImageTar(t *testing.T, img v1.Image) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "img.tar")
+	if err := tarball.WriteToFile(p, name.MustParseReference("example.invalid/img:v1"), img); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

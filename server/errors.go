@@ -32,6 +32,7 @@ const (
 	codeNotFound            = "NOT_FOUND"   // no such endpoint
 	codeUnavailable         = "UNAVAILABLE" // upstream unreachable, nothing cached
 	codeUnknown             = "UNKNOWN"
+	codeStorageFull         = "STORAGE_FULL" // berth's disk is full: 507
 )
 
 var statusOf = map[string]int{
@@ -53,6 +54,7 @@ var statusOf = map[string]int{
 	codeNotFound:            http.StatusNotFound,
 	codeUnavailable:         http.StatusServiceUnavailable,
 	codeUnknown:             http.StatusInternalServerError,
+	codeStorageFull:         http.StatusInsufficientStorage,
 }
 
 // regError is the one error type handlers return for protocol errors.

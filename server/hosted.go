@@ -254,6 +254,9 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rp *repo, p
 		}
 		defer bw.Close()
 		if _, err := io.Copy(bw, r.Body); err != nil {
+			if diskFull(err) {
+				return err
+			}
 			return errf(codeBlobUploadInvalid, "reading blob: %v", err)
 		}
 		if _, err := bw.Commit(ctx, d, r.ContentLength, store.Link{Repo: path, Kind: store.LinkPushed}); err != nil {

@@ -23,6 +23,7 @@ type metrics struct {
 	digestMismatch  *prometheus.CounterVec // repository
 	passThrough     *prometheus.CounterVec // repository, reason
 	panics          *panicCounter          // where
+	diskFull        prometheus.Counter
 }
 
 // Cache results.
@@ -78,7 +79,10 @@ func newMetrics(reg prometheus.Registerer, st statser) *metrics {
 		storePanics = func() int64 { return st.Counters().Panics }
 	}
 	m.panics = newPanicCounter(storePanics)
-	reg.MustRegister(m.panics, m.requests, m.requestDuration, m.cache, m.servedBytes, m.upstreamReqs,
+	m.diskFull = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "berth_disk_full_total", Help: "Requests refused (507) because the data directory's disk was full.",
+	})
+	reg.MustRegister(m.panics, m.diskFull, m.requests, m.requestDuration, m.cache, m.servedBytes, m.upstreamReqs,
 		m.upstreamLatency, m.upstreamBytes, m.upstreamErrors, m.inflight, m.digestMismatch, m.passThrough)
 	if st != nil {
 		counter := func(name, help string, f func(store.Counters) int64) prometheus.Collector {

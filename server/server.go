@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/berth-registry/berth/internal/lru"
@@ -130,6 +132,13 @@ type Server struct {
 	flight  singleflight.Group
 	auth    *auth
 	uploads *uploadLimiter
+
+	diskFullAt atomic.Int64 // unix nanos of the last request refused for a full disk
+}
+
+// diskFull reports an error of a full filesystem (or quota).
+func diskFull(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 type repo struct {
@@ -297,6 +306,14 @@ func (s *Server) v2Handler(listenerRepo string) http.Handler {
 		} else {
 			info.principal = p
 			err = s.dispatch(sw, r, listenerRepo)
+		}
+		if err != nil && diskFull(err) {
+			// The server's problem, not the client's: 507, logged and
+			// counted, shown on the status page.
+			s.diskFullAt.Store(time.Now().UnixNano())
+			s.m.diskFull.Inc()
+			s.log.Error("disk full: request refused, nothing stored", "method", r.Method, "path", r.URL.Path, "err", err)
+			err = errf(codeStorageFull, "berth's disk is full; nothing was stored (the operator must free space)")
 		}
 		if err != nil {
 			var re *regError

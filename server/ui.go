@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/berth-registry/berth/store"
 	dto "github.com/prometheus/client_model/go"
@@ -183,6 +184,9 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 	data := map[string]any{"Title": "status", "Repos": rows, "HitRatio": ratio(totHit, totAll),
 		"CacheBytes": humanBytes(totCache), "UpstreamBytes": humanBytes(totUp), "StoreBytes": humanBytes(float64(bytes)),
 		"Blobs": blobs, "DiskFree": humanBytes(float64(diskFree(s.store.Dir())))}
+	if at := s.diskFullAt.Load(); at != 0 {
+		data["DiskFull"] = ago(time.Since(time.Unix(0, at)))
+	}
 	if s.opts.MaxSize > 0 {
 		data["MaxSize"] = humanBytes(float64(s.opts.MaxSize))
 		data["UsedPct"] = fmt.Sprintf("%.0f", min(100, 100*float64(bytes)/float64(s.opts.MaxSize)))
