@@ -89,7 +89,7 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 				s.log.Error("upstream blob corrupt, not cached", "repository", rp.Name, "name", image, "digest", d, "err", err)
 			case !errors.Is(err, upstream.ErrNotFound):
 				s.upstreamError(rp, err)
-				s.log.Warn("upstream blob download failed", "repository", rp.Name, "name", image, "digest", d, "err", err)
+				s.log.Debug("upstream blob download failed", "repository", rp.Name, "name", image, "digest", d, "err", err)
 			}
 		})
 	if err != nil {

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -161,4 +163,49 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestUpstreamFailureLoggedOncePerCause: a failing upstream is logged at
+// WARN with its cause, once per reason a minute, however many pulls fail.
+func TestUpstreamFailureLoggedOncePerCause(t *testing.T) {
+	up := newFakeUpstream(t)
+	var logs syncBuf
+	b := newTestBerth(t, up, func(r *Repository, o *Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	})
+	up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		http.Error(w, `{"errors":[{"code":"UNAVAILABLE","message":"maintenance"}]}`, http.StatusServiceUnavailable)
+		return true
+	})
+	for i := 0; i < 5; i++ {
+		resp := b.get("GET", fmt.Sprintf("/v2/app/manifests/t%d", i))
+		readAll(t, resp)
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("pull %d: %d", i, resp.StatusCode)
+		}
+	}
+	out := logs.String()
+	if n := strings.Count(out, `level=WARN msg="upstream failing`); n != 1 {
+		t.Errorf("%d WARN lines for 5 failures of one cause, want 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, "503 Service Unavailable") || !strings.Contains(out, "reason=unavailable") {
+		t.Errorf("the WARN line lacks the cause:\n%s", out)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

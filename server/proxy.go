@@ -113,7 +113,7 @@ func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m s
 			return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream", image, tag)
 		case rp.ServeStale && errors.Is(err, upstream.ErrUnavailable):
 			s.upstreamError(rp, err)
-			s.log.Warn("upstream unavailable, serving stale tag", "repository", rp.Name, "name", image, "tag", tag, "err", err)
+			s.log.Debug("upstream unavailable, serving stale tag", "repository", rp.Name, "name", image, "tag", tag, "err", err)
 			s.cacheResult(r, rp, "manifest", resultStale, "cache")
 			return manifestAnswer{m: m}, nil
 		}
@@ -302,6 +302,8 @@ func etagMatch(header, digest string) bool {
 	return false
 }
 
+// upstreamError counts an upstream failure by reason and logs it at WARN,
+// once per repository and reason a minute (the count says how many).
 func (s *Server) upstreamError(rp *repo, err error) {
 	reason := "other"
 	switch {
@@ -317,6 +319,12 @@ func (s *Server) upstreamError(rp *repo, err error) {
 		reason = "size"
 	}
 	s.m.upstreamErrors.WithLabelValues(rp.Name, reason).Inc()
+	key := rp.Name + "\x00" + reason
+	if _, seen := s.loggedCauses.Get(key); !seen {
+		s.loggedCauses.Add(key, struct{}{})
+		s.log.Warn("upstream failing; more of this kind are only counted for a minute (berth_upstream_errors_total)",
+			"repository", rp.Name, "reason", reason, "err", err)
+	}
 }
 
 // proxyTags: GET /v2/<name>/tags/list (end-8a/b) from upstream, rewritten

@@ -133,7 +133,8 @@ type Server struct {
 	auth    *auth
 	uploads *uploadLimiter
 
-	diskFullAt atomic.Int64 // unix nanos of the last request refused for a full disk
+	diskFullAt   atomic.Int64                 // unix nanos of the last request refused for a full disk
+	loggedCauses *lru.Cache[string, struct{}] // upstream failures logged in the last minute
 }
 
 // diskFull reports an error of a full filesystem (or quota).
@@ -167,7 +168,8 @@ func New(opts Options) (*Server, error) {
 	if opts.FetchTimeout <= 0 {
 		opts.FetchTimeout = time.Hour
 	}
-	s := &Server{opts: opts, repos: map[string]*repo{}, store: opts.Store, log: opts.Logger}
+	s := &Server{opts: opts, repos: map[string]*repo{}, store: opts.Store, log: opts.Logger,
+		loggedCauses: lru.New[string, struct{}](1000, time.Minute)}
 	for _, r := range opts.Repositories {
 		if _, dup := s.repos[r.Name]; dup {
 			return nil, fmt.Errorf("server: duplicate repository %q", r.Name)
