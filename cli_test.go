@@ -277,3 +277,25 @@ func TestCommandsReachTheAdminSocket(t *testing.T) {
 		t.Errorf("/admin/gc on the public listener: %d", resp.StatusCode)
 	}
 }
+
+// TestImportTarget: importing into a group writes to its push_to member;
+// a group without one, or a proxy, is refused with the reason (it used to
+// find the image through a proxy member, write nothing, and say
+// "imported").
+func TestImportTarget(t *testing.T) {
+	cfg := &Config{Repositories: []RepositoryConfig{
+		{Name: "hub", Kind: "proxy"}, {Name: "local", Kind: "hosted"},
+		{Name: "all", Kind: "group", Members: []string{"local", "hub"}, PushTo: "local"},
+		{Name: "ro", Kind: "group", Members: []string{"hub"}},
+	}}
+	for name, want := range map[string]string{"all": "local", "local": "local", "elsewhere": "elsewhere", "": ""} {
+		if got, err := importTarget(cfg, name); err != nil || got != want {
+			t.Errorf("%q: %q %v, want %q", name, got, err, want)
+		}
+	}
+	for _, name := range []string{"ro", "hub"} {
+		if _, err := importTarget(cfg, name); err == nil || !strings.Contains(err.Error(), "--repository") {
+			t.Errorf("%q: %v", name, err)
+		}
+	}
+}

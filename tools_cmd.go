@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -502,7 +503,29 @@ func untar(file, dir string) error {
 // runImport pushes the images of an OCI layout tarball (or a docker save
 // tarball) into a repository of the running berth, verifying every digest
 // first.
-func runImport(c *cli.Context, out io.Writer) error {
+// importTarget is the hosted repository an import into name writes to: a
+// group's push_to, the repository itself when hosted. A proxy, or a group
+// without push_to, is refused with the reason: a write there would find
+// the image already resolved by a proxy member, write nothing, and still
+// say "imported". Names not in the config are left to the server.
+func importTarget(cfg *Config, name string) (string, error) {
+	for _, r := range cfg.Repositories {
+		if r.Name != name {
+			continue
+		}
+		switch {
+		case r.Kind == "group" && r.PushTo == "":
+			return "", fmt.Errorf("import: %s is a group without push_to; name a hosted repository with --repository", name)
+		case r.Kind == "group":
+			return r.PushTo, nil
+		case r.Kind == "proxy":
+			return "", fmt.Errorf("import: %s is a proxy (read-only); name a hosted repository with --repository", name)
+		}
+	}
+	return name, nil
+}
+
+func runImport(c *cli.Context, out io.Writer) (err error) {
 	if c.NArg() != 1 {
 		return errors.New("import needs one FILE.tar")
 	}
@@ -511,10 +534,24 @@ func runImport(c *cli.Context, out io.Writer) error {
 		return err
 	}
 	base, ropts := registryTarget(c, cfg)
-	prefix := ""
-	if r := c.String("repository"); r != "" {
-		prefix = r + "/"
+	repoName := c.String("repository")
+	if repoName == "" && (c.String("server") == "" || strings.HasPrefix(c.String("server"), "unix:")) {
+		repoName = cfg.DefaultRepository // what the admin socket routes to
 	}
+	repoName, err = importTarget(cfg, repoName)
+	if err != nil {
+		return err
+	}
+	prefix := ""
+	if repoName != "" {
+		prefix = repoName + "/"
+	}
+	written := 0
+	defer func() {
+		if err == nil {
+			fmt.Fprintf(out, "import: %d image(s) written to %s\n", written, strings.TrimSuffix(cmp.Or(prefix, "the listener's repository"), "/"))
+		}
+	}()
 	dir, err := os.MkdirTemp("", "berth-import-")
 	if err != nil {
 		return err
@@ -545,6 +582,7 @@ func runImport(c *cli.Context, out io.Writer) error {
 		pr.finish()
 		pr.object("pushed", pr.total)
 		fmt.Fprintf(out, "imported %s\n", ref)
+		written++
 		return nil
 	}
 	if _, err := os.Stat(filepath.Join(dir, "index.json")); err == nil {
