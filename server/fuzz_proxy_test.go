@@ -150,7 +150,14 @@ func FuzzProxyPromise(f *testing.F) {
 		}
 		fp.Set(faultproxy.None, faultproxy.Any)
 		waitNoDownloads(t, srv)
-		probs, err := st.Check(context.Background(), store.CheckOptions{Rehash: true, Orphans: true, Tmp: true})
+		hs.Close() // and the handlers still sending from a temp file
+		var probs []store.Problem
+		for i := 0; i < 100; i++ { // a reader may still hold its temp file a moment
+			if probs, err = st.Check(context.Background(), store.CheckOptions{Rehash: true, Orphans: true, Tmp: true}); err == nil && len(probs) == 0 {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		if err != nil || len(probs) > 0 {
 			t.Fatalf("store after the sequence: %v %v", probs, err)
 		}
