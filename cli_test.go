@@ -299,3 +299,68 @@ func TestImportTarget(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyRepairKeepsHostedDamageVisible: verify --repair on a pushed
+// image with a corrupt layer quarantines the file and never reports 0
+// problems; ls, /metrics and the status page show the image as damaged.
+func TestVerifyRepairKeepsHostedDamageVisible(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	st, err := store.Open(data, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer := bytes.Repeat([]byte("layer"), 1000)
+	ld := store.DigestOf(layer)
+	if _, err := st.PutBlob(context.Background(), ld, layer, store.Link{Repo: "local/app", Kind: store.LinkPushed}); err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[{"digest":%q,"size":%d}]}`, ld, len(layer)))
+	md := store.DigestOf(body)
+	if err := st.PutManifest(context.Background(), "local/app", store.Manifest{Digest: md, MediaType: "application/vnd.oci.image.manifest.v1+json", Body: body, Hosted: true}, "v1", []store.Digest{ld}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	os.WriteFile(filepath.Join(data, "blobs", "sha256", ld.Hex()[:2], ld.Hex()), bytes.Repeat([]byte("x"), len(layer)), 0o640)
+
+	out, err := runCLI(t, dir, "verify", "--repair", "--data-dir", data)
+	if err == nil || strings.Contains(out, " 0 problems") && !strings.Contains(out, "left") {
+		t.Errorf("verify --repair on damaged hosted content: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, dir, "verify", "--data-dir", data)
+	if err == nil || !strings.Contains(out, "damaged_image") {
+		t.Errorf("second verify: %v\n%s", err, out)
+	}
+	out, _ = runCLI(t, dir, "ls", "--data-dir", data)
+	if !strings.Contains(out, "DAMAGED") {
+		t.Errorf("ls does not show the damage:\n%s", out)
+	}
+	cfg := &Config{DataDir: data, Listen: "127.0.0.1:0", Repositories: []RepositoryConfig{{Name: "local", Kind: "hosted"}}}
+	if err := cfg.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := NewMain(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	get := func(p string) string {
+		resp, err := http.Get("http://" + m.Addrs()[0] + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if !strings.Contains(get("/metrics"), "berth_damaged_images 1") {
+		t.Error("berth_damaged_images is not 1")
+	}
+	if !strings.Contains(get("/"), "damaged images") {
+		t.Error("the status page does not show the damage")
+	}
+}

@@ -207,7 +207,11 @@ func runLs(c *cli.Context, out io.Writer) error {
 		if !e.LastPulled.IsZero() {
 			last = e.LastPulled.UTC().Format("2006-01-02 15:04")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Repository, e.Image, e.Tag, shortDigest(e.Digest), humanSize(e.Size), last, e.Hits)
+		tag := e.Tag
+		if e.Damaged {
+			tag += " (DAMAGED: see berth verify)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Repository, e.Image, tag, shortDigest(e.Digest), humanSize(e.Size), last, e.Hits)
 	}
 	return tw.Flush()
 }

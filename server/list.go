@@ -20,6 +20,9 @@ type ListEntry struct {
 	Size       int64     `json:"size"`
 	LastPulled time.Time `json:"last_pulled"`
 	Hits       int64     `json:"hits"`
+	// Damaged: a pushed image naming content the store no longer holds
+	// (berth verify --repair quarantined it); push it again or delete it.
+	Damaged bool `json:"damaged,omitempty"`
 }
 
 // ListStore is what List needs of the store.
@@ -30,6 +33,7 @@ type ListStore interface {
 	PeekManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
 	LastAccess(ctx context.Context, d store.Digest) (time.Time, error)
 	Hits(ctx context.Context, d store.Digest) int64
+	DamagedImages(ctx context.Context) ([]string, error)
 }
 
 // List returns the tags of the images of repositories (all of them, or
@@ -39,6 +43,12 @@ type ListStore interface {
 // and counts no pull.
 func List(ctx context.Context, st ListStore, repositories []string, filter string) ([]ListEntry, error) {
 	var out []ListEntry
+	damaged := map[string]bool{}
+	if list, err := st.DamagedImages(ctx); err == nil {
+		for _, d := range list {
+			damaged[d] = true
+		}
+	}
 	if repositories == nil {
 		paths, err := st.Repositories(ctx, "")
 		if err != nil {
@@ -78,7 +88,8 @@ func List(ctx context.Context, st ListStore, repositories []string, filter strin
 				if err != nil {
 					continue
 				}
-				e := ListEntry{Repository: repo, Image: image, Tag: tag, Digest: ti.Digest.String(), Hits: st.Hits(ctx, ti.Digest)}
+				e := ListEntry{Repository: repo, Image: image, Tag: tag, Digest: ti.Digest.String(), Hits: st.Hits(ctx, ti.Digest),
+					Damaged: damaged[path+"@"+ti.Digest.String()]}
 				if m, err := st.PeekManifest(ctx, path, ti.Digest); err == nil {
 					e.MediaType = m.MediaType
 					e.Size = imageSize(ctx, st, path, m)

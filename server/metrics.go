@@ -1,6 +1,8 @@
 package server
 
 import (
+	"context"
+	"sync"
 	"syscall"
 	"time"
 
@@ -24,6 +26,23 @@ type metrics struct {
 	passThrough     *prometheus.CounterVec // repository, reason
 	panics          *panicCounter          // where
 	diskFull        prometheus.Counter
+
+	damagedMu sync.Mutex
+	damagedN  int
+	damagedAt time.Time
+}
+
+// damaged is the number of damaged images, counted at most once a minute
+// (it scans the index).
+func (m *metrics) damaged(st statser) int {
+	m.damagedMu.Lock()
+	defer m.damagedMu.Unlock()
+	if time.Since(m.damagedAt) >= time.Minute {
+		if list, err := st.DamagedImages(context.Background()); err == nil {
+			m.damagedN, m.damagedAt = len(list), time.Now()
+		}
+	}
+	return m.damagedN
 }
 
 // Cache results.
@@ -97,6 +116,8 @@ func newMetrics(reg prometheus.Registerer, st statser) *metrics {
 			counter("berth_evicted_bytes_total", "Bytes evicted to stay under max_size.", func(c store.Counters) int64 { return c.EvictedBytes }),
 			counter("berth_gc_runs_total", "Garbage collections run.", func(c store.Counters) int64 { return c.GCRuns }),
 			counter("berth_gc_freed_bytes_total", "Bytes freed by garbage collection.", func(c store.Counters) int64 { return c.GCFreedBytes }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_damaged_images", Help: "Pushed images naming content the store no longer holds (see berth verify); checked at most once a minute."},
+				func() float64 { return float64(m.damaged(st)) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_disk_free_bytes", Help: "Free bytes on the data directory's filesystem."},
 				func() float64 { return float64(diskFree(st.Dir())) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_verify_last_problems", Help: "Problems found by the last berth verify (-1: never run)."},
@@ -139,6 +160,7 @@ func (m *metrics) initRepository(name string, proxy bool) {
 }
 
 type statser interface {
+	DamagedImages(ctx context.Context) ([]string, error)
 	Stats() (bytes, count int64)
 	Counters() store.Counters
 	LastVerify() (at time.Time, problems int, ok bool)

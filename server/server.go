@@ -60,6 +60,7 @@ type Store interface {
 	LastVerify() (at time.Time, problems int, ok bool)
 	Dir() string
 	Hits(ctx context.Context, d store.Digest) int64
+	DamagedImages(ctx context.Context) ([]string, error)
 	LastAccess(ctx context.Context, d store.Digest) (time.Time, error)
 }
 

@@ -184,6 +184,9 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 	data := map[string]any{"Title": "status", "Repos": rows, "HitRatio": ratio(totHit, totAll),
 		"CacheBytes": humanBytes(totCache), "UpstreamBytes": humanBytes(totUp), "StoreBytes": humanBytes(float64(bytes)),
 		"Blobs": blobs, "DiskFree": humanBytes(float64(diskFree(s.store.Dir())))}
+	if n := s.m.damaged(s.store); n > 0 {
+		data["Damaged"] = n
+	}
 	if at := s.diskFullAt.Load(); at != 0 {
 		data["DiskFull"] = ago(time.Since(time.Unix(0, at)))
 	}

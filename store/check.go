@@ -15,7 +15,9 @@ import (
 // Problem is one inconsistency found by Check.
 type Problem struct {
 	// Kind is one of missing_file, wrong_size, wrong_digest, bad_record,
-	// dangling_tag, dangling_manifest, dangling_link, tmp_leftover, orphan_file,
+	// dangling_tag, dangling_manifest, dangling_link, damaged_image (a
+	// pushed image naming content that is gone: never repaired, only
+	// reported until pushed again or deleted), tmp_leftover, orphan_file,
 	// orphan_upload, missing_upload, unfinished_intent.
 	Kind   string
 	Detail string
@@ -83,7 +85,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error)
 		err = manifests.ForEach(func(k, v []byte) error {
 			_, dg, _ := strings.Cut(string(k), "\x00")
 			key = string(k)
-			if blobs.Get([]byte(dg)) == nil {
+			if blobs.Get([]byte(dg)) == nil && !pushed(tx, k) { // a pushed one is reported as damaged below
 				add("dangling_manifest", "%s", strings.Replace(string(k), "\x00", "@", 1))
 			}
 			return nil
@@ -91,6 +93,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error)
 		if err != nil {
 			return err
 		}
+		probs = append(probs, damagedImages(tx)...)
 		referenced := map[string]bool{} // repoKey(repo, digest) named by a manifest of repo
 		tx.Bucket(bucketRefs).ForEach(func(k, v []byte) error {
 			repo, _, _ := strings.Cut(string(k), "\x00")
@@ -103,7 +106,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error)
 		})
 		err = tx.Bucket(bucketLinks).ForEach(func(k, v []byte) error {
 			i := lastNUL(k)
-			if i < 0 || blobs.Get(k[i+1:]) != nil || referenced[string(k)] {
+			if i < 0 || blobs.Get(k[i+1:]) != nil || referenced[string(k)] || manifests.Get(k) != nil {
 				return nil
 			}
 			key = string(k)
@@ -206,6 +209,9 @@ func (s *Store) Repair(ctx context.Context, probs []Problem) error {
 		switch p.Kind {
 		case "missing_file", "wrong_size", "wrong_digest":
 			err = s.dropBlob(p.Key)
+		case "damaged_image":
+			// Nothing to refetch: it stays reported until pushed again
+			// or deleted.
 		case "bad_record":
 			err = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketBlobs).Delete([]byte(p.Key)) })
 		case "dangling_manifest":
@@ -237,19 +243,101 @@ func (s *Store) Repair(ctx context.Context, probs []Problem) error {
 }
 
 // dropBlob removes a damaged blob's entry, file and the manifests of any
-// repository that are that blob.
+// repository that are that blob, so the next pull refetches it. A hosted
+// blob has nothing to refetch from: its file goes to quarantine/, its
+// entry goes, and the images naming it stay, reported as damaged.
 func (s *Store) dropBlob(d string) error {
 	var repos []string
+	var hosted bool
 	err := s.db.View(func(tx *bolt.Tx) error {
 		repos = manifestRepos(tx)[d]
+		if v := tx.Bucket(bucketBlobs).Get([]byte(d)); v != nil {
+			var rec blobRecord
+			hosted = json.Unmarshal(v, &rec) == nil && rec.Hosted
+		}
 		return nil
 	})
 	if err != nil {
 		return err
+	}
+	if hosted {
+		return s.quarantine(d)
 	}
 	_, _, ok, err := s.deleteBlob(d, repos, func(blobRecord) bool { return true })
 	if err != nil || !ok {
 		return err
 	}
 	return s.dropLinks([]string{d})
+}
+
+// quarantine moves hosted blob d's damaged file to quarantine/ (for the
+// operator to inspect) and drops its index entry, keeping the manifests
+// and links that name it: Check reports those images as damaged.
+func (s *Store) quarantine(d string) error {
+	dg, err := ParseDigest(d)
+	if err != nil {
+		return err
+	}
+	qdir := filepath.Join(s.dir, "quarantine")
+	if err := os.MkdirAll(qdir, 0o750); err != nil {
+		return err
+	}
+	err = os.Rename(filepath.Join(s.dir, dg.relPath()), filepath.Join(qdir, dg.Algorithm()+"-"+dg.Hex()))
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	_, _, _, err = s.deleteBlob(d, nil, func(blobRecord) bool { return true })
+	return err
+}
+
+// pushed reports whether the link k (repoKey) was made by a push or mount.
+func pushed(tx *bolt.Tx, k []byte) bool {
+	v := tx.Bucket(bucketLinks).Get(k)
+	var l linkRecord
+	return v != nil && json.Unmarshal(v, &l) == nil && (l.Kind == LinkPushed || l.Kind == LinkMounted)
+}
+
+// damagedImages finds pushed manifests whose own bytes or whose blobs are
+// not in the store: hosted content has no upstream to refetch from.
+func damagedImages(tx *bolt.Tx) []Problem {
+	var probs []Problem
+	blobs := tx.Bucket(bucketBlobs)
+	tx.Bucket(bucketManifests).ForEach(func(k, v []byte) error {
+		if !pushed(tx, k) {
+			return nil
+		}
+		repo, dg, _ := strings.Cut(string(k), "\x00")
+		var missing []string
+		if blobs.Get([]byte(dg)) == nil {
+			missing = append(missing, dg+" (the manifest itself)")
+		}
+		var refs []string
+		if rv := tx.Bucket(bucketRefs).Get(k); rv != nil {
+			json.Unmarshal(rv, &refs)
+		}
+		for _, r := range refs {
+			if blobs.Get([]byte(r)) == nil {
+				missing = append(missing, r)
+			}
+		}
+		if len(missing) > 0 {
+			probs = append(probs, Problem{Kind: "damaged_image", Key: string(k),
+				Detail: fmt.Sprintf("%s@%s names %s, not in the store (damaged file in quarantine/?); push the image again or delete it", repo, dg, strings.Join(missing, ", "))})
+		}
+		return nil
+	})
+	return probs
+}
+
+// DamagedImages lists the pushed images that name content the store does
+// not hold ("<repository>@<digest>"), for ls, the status page and metrics.
+func (s *Store) DamagedImages(ctx context.Context) ([]string, error) {
+	var out []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		for _, p := range damagedImages(tx) {
+			out = append(out, strings.Replace(p.Key, "\x00", "@", 1))
+		}
+		return nil
+	})
+	return out, err
 }

@@ -347,3 +347,67 @@ func TestDanglingLinksReportedAndRepaired(t *testing.T) {
 		t.Error("manifest delete kept a link to a layer never stored")
 	}
 }
+
+// TestRepairQuarantinesHostedContent: a damaged layer of a pushed image
+// has nothing to refetch from. Repair moves its file to quarantine/ and
+// the image stays reported as damaged (never "0 problems") until the
+// layer is pushed again; a damaged cached layer is simply dropped.
+func TestRepairQuarantinesHostedContent(t *testing.T) {
+	dir := t.TempDir()
+	s := openOpts(t, dir, store.Options{})
+	layerBytes := blobOf(7, 3000)
+	layer := put(t, s, layerBytes, store.Link{Repo: "local/app", Kind: store.LinkPushed})
+	m := cachedImage(t, s, "local/app", true, layer)
+	if err := s.Link(ctx, "local/app", m, store.LinkPushed); err != nil {
+		t.Fatal(err)
+	}
+	cachedLayer := put(t, s, blobOf(8, 2000), store.Link{Repo: "hub/x", Kind: store.LinkFetched})
+	cachedImage(t, s, "hub/x", false, cachedLayer)
+	for _, d := range []store.Digest{layer, cachedLayer} {
+		p := filepath.Join(dir, "blobs", "sha256", d.Hex()[:2], d.Hex())
+		if err := os.WriteFile(p, bytes.Repeat([]byte("x"), len(layerBytes)-1000*boolInt(d == cachedLayer)), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	probs, err := s.Check(ctx, store.CheckOptions{Rehash: true})
+	if err != nil || len(probs) != 2 {
+		t.Fatalf("check: %v %v", probs, err)
+	}
+	if err := s.Repair(ctx, probs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "quarantine", "sha256-"+layer.Hex())); err != nil {
+		t.Errorf("the hosted layer's file is not in quarantine: %v", err)
+	}
+	left, err := s.Check(ctx, store.CheckOptions{Rehash: true})
+	if err != nil || len(left) != 1 || left[0].Kind != "damaged_image" || !strings.Contains(left[0].Detail, layer.String()) {
+		t.Fatalf("after repair: %v %v (want the pushed image reported damaged)", left, err)
+	}
+	if dmg, _ := s.DamagedImages(ctx); len(dmg) != 1 || dmg[0] != "local/app@"+m.String() {
+		t.Errorf("DamagedImages = %v", dmg)
+	}
+	if _, err := s.ResolveTag(ctx, "local/app", "latest"); err != nil {
+		t.Errorf("the damaged image's tag was dropped: %v", err)
+	}
+	if _, err := s.StatBlob(ctx, cachedLayer); !store.IsNotFound(err) {
+		t.Errorf("the damaged cached layer was kept: %v", err)
+	}
+	if err := s.Repair(ctx, left); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.Check(ctx, store.CheckOptions{}); len(again) != 1 {
+		t.Errorf("a second repair hid the damage: %v", again)
+	}
+	// Pushed again: whole.
+	put(t, s, layerBytes, store.Link{Repo: "local/app", Kind: store.LinkPushed})
+	if after, _ := s.Check(ctx, store.CheckOptions{Rehash: true}); len(after) != 0 {
+		t.Errorf("after the push: %v", after)
+	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
