@@ -385,9 +385,36 @@ func (c *Config) setDefaults() error {
 	if !seen[c.DefaultRepository] {
 		return fmt.Errorf("config: default_repository %q is not a configured repository", c.DefaultRepository)
 	}
+	addrs := map[string]string{c.Listen: "listen"}
 	for i, l := range c.Listeners {
-		if l.Listen == "" || !seen[l.Repository] {
-			return fmt.Errorf("config: listener[%d]: needs listen and a configured repository", i)
+		where := fmt.Sprintf("config: listener[%d]", i)
+		switch {
+		case l.Listen == "":
+			return fmt.Errorf("%s: listen is required", where)
+		case l.Repository == "":
+			return fmt.Errorf("%s (%s): repository is required", where, l.Listen)
+		case !seen[l.Repository]:
+			return fmt.Errorf("%s (%s): repository %q is not configured", where, l.Listen, l.Repository)
+		case addrs[l.Listen] != "" && !strings.HasSuffix(l.Listen, ":0"): // :0 picks a free port each time
+			return fmt.Errorf("%s: listen %q is already used by %s", where, l.Listen, addrs[l.Listen])
+		}
+		addrs[l.Listen] = fmt.Sprintf("listener[%d]", i)
+	}
+	for _, f := range []struct{ key, path string }{{"tls_cert", c.TLSCert}, {"tls_key", c.TLSKey}, {"auth.htpasswd", c.Auth.Htpasswd}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return fmt.Errorf("config: %s: %w", f.key, err)
+		}
+	}
+	for _, u := range c.Users {
+		for _, g := range append(append([]string{}, u.Pull...), u.Push...) {
+			// A grant names a repository (or a glob over them) first.
+			repo, _, _ := strings.Cut(g, "/")
+			if !strings.ContainsAny(repo, "*?[") && !seen[repo] {
+				return fmt.Errorf("config: user %q: grant %q names repository %q, which is not configured", u.Name, g, repo)
+			}
 		}
 	}
 	return nil

@@ -52,6 +52,10 @@ url = "https://registry-1.docker.io"
 		{"bad external url", "[auth]\nexternal_url = \"registry.example\"\n" + base, "auth.external_url"},
 		{"bad trusted proxy", "[auth]\ntrusted_proxies = [\"not-an-ip\"]\n" + base, "auth.trusted_proxies"},
 		{"token ttl", "[auth]\ntoken_ttl = \"1s\"\n" + base, "token_ttl"},
+		{"listener names its repository", base + "[[listener]]\nlisten = \":1\"\nrepository = \"nope\"\n", `listener[0] (:1): repository "nope" is not configured`},
+		{"duplicate listen", "listen = \":5000\"\n" + base + "[[listener]]\nlisten = \":5000\"\nrepository = \"hub\"\n", `listen ":5000" is already used by listen`},
+		{"missing tls file", "tls_cert = \"/nonexistent/tls.crt\"\ntls_key = \"/nonexistent/tls.key\"\n" + base, "tls_cert: stat /nonexistent/tls.crt"},
+		{"grant on no repository", base + "[[user]]\nname = \"a\"\npassword_hash = \"$2a$10$DUbwPxEDrDMqEL7WoOUgre9SbJeGuXtT4Ot/eo7OmaL82JHivnzi2\"\npull = [\"intrenal/*\"]\n", `grant "intrenal/*" names repository "intrenal", which is not configured`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

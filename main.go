@@ -196,7 +196,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Name:  "version",
 				Usage: "print version and build information",
 				Action: func(c *cli.Context) error {
-					fmt.Fprintf(stdout, "berth %s\n", version)
+					fmt.Fprintf(stdout, "berth %s\n", versionString())
 					if bi, ok := debug.ReadBuildInfo(); ok {
 						fmt.Fprintf(stdout, "go %s\n", bi.GoVersion)
 						for _, s := range bi.Settings {
@@ -216,6 +216,37 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		}
 	}
 	return app
+}
+
+// versionString is the version stamped by make (git describe), else the
+// module version go install recorded, else the VCS revision go build
+// recorded, else "dev".
+func versionString() string {
+	if version != "dev" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return version
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "-dirty"
+			}
+		}
+	}
+	if len(rev) > 12 {
+		return "dev-" + rev[:12] + dirty
+	}
+	return version
 }
 
 // noArgs refuses positional arguments to a command that takes none: urfave/cli
@@ -417,7 +448,7 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 			}
 			name := rc.Name
 			up, err := upstream.New(upstream.Options{
-				URL: rc.URL, Username: rc.Username, Password: pw, UserAgent: "berth/" + version, Logger: log,
+				URL: rc.URL, Username: rc.Username, Password: pw, UserAgent: "berth/" + versionString(), Logger: log,
 				HeaderTimeout: time.Duration(rc.UpstreamTimeout),
 				Observe: func(method string, status int, d time.Duration, err error) {
 					upReqs.WithLabelValues(name, method, fmt.Sprint(status)).Inc()

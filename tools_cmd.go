@@ -30,6 +30,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 	"github.com/urfave/cli/v2"
@@ -237,6 +238,17 @@ func registryTarget(c *cli.Context, cfg *Config) (base string, opts []remote.Opt
 	return base, append(opts, remote.WithTransport(rt))
 }
 
+// explainRegistryErr turns the registry's 401 or 403 (which a HEAD
+// reports as "HEAD responses have no body") into what to do about it.
+func explainRegistryErr(err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden) {
+		return fmt.Errorf("berth answered %d %s: give a user's credentials with --creds USER:PASSWORD, or run the command on the berth host without --server (over its admin socket): %w",
+			te.StatusCode, http.StatusText(te.StatusCode), err)
+	}
+	return err
+}
+
 func registryOptions(c *cli.Context) []remote.Option {
 	opts := []remote.Option{remote.WithContext(c.Context)}
 	if creds := c.String("creds"); creds != "" {
@@ -286,7 +298,7 @@ func runExport(c *cli.Context, out io.Writer) error {
 		}
 		desc, err := remote.Get(ref, ropts...)
 		if err != nil {
-			return fmt.Errorf("export %s: %w", img, err)
+			return fmt.Errorf("export %s: %w", img, explainRegistryErr(err))
 		}
 		// Collect the manifests and blobs first, so the bar knows the total.
 		var plan exportPlan
@@ -581,7 +593,7 @@ func runImport(c *cli.Context, out io.Writer) (err error) {
 		err = write(ref, append(slices.Clone(ropts), remote.WithProgress(updates))...)
 		<-done
 		if err != nil {
-			return fmt.Errorf("import %s: %w", target, err)
+			return fmt.Errorf("import %s: %w", target, explainRegistryErr(err))
 		}
 		pr.finish()
 		pr.object("pushed", pr.total)

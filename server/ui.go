@@ -234,7 +234,17 @@ func (s *Server) uiRepository(r *http.Request, p principal) (string, map[string]
 		tags, _ := s.store.Tags(r.Context(), path)
 		rows = append(rows, row{image, len(tags)})
 	}
-	return "repository", map[string]any{"Title": rp.Name, "Repo": rp.Name, "Kind": rp.Kind, "Images": rows}, nil
+	data := map[string]any{"Title": rp.Name, "Repo": rp.Name, "Kind": rp.Kind, "Images": rows}
+	if rp.Kind == KindGroup {
+		var members []string
+		for _, m := range rp.Members {
+			if mr := s.repos[m]; mr != nil && s.visible(p, mr) {
+				members = append(members, m)
+			}
+		}
+		data["Members"] = members
+	}
+	return "repository", data, nil
 }
 
 func (s *Server) uiImageAllowed(r *http.Request, p principal) (*repo, string, error) {

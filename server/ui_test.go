@@ -96,3 +96,16 @@ func mustLastAccess(t *testing.T, st *store.Store, d store.Digest) time.Time {
 	}
 	return at
 }
+
+// TestGroupPageNamesItsMembers: a group's page points at its members
+// instead of saying "nothing stored yet" while they hold content.
+func TestGroupPageNamesItsMembers(t *testing.T) {
+	f := newAuthBerth(t)
+	f.up.push("library/nginx", "latest", randomImage(t, 512, 1))
+	readAll(t, f.get("GET", "/v2/hub/library/nginx/manifests/latest"))
+	resp := f.get("GET", "/ui/repository?repo=all")
+	page := string(readAll(t, resp))
+	if resp.StatusCode != 200 || strings.Contains(page, "nothing stored yet") || !strings.Contains(page, `href="/ui/repository?repo=hub"`) {
+		t.Errorf("group page: %d\n%s", resp.StatusCode, page)
+	}
+}
