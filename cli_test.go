@@ -364,3 +364,53 @@ func TestVerifyRepairKeepsHostedDamageVisible(t *testing.T) {
 		t.Error("the status page does not show the damage")
 	}
 }
+
+// TestBackupCommand: berth backup writes an index that opens, both from a
+// stopped data dir and from a running berth (over its admin socket).
+func TestBackupCommand(t *testing.T) {
+	dir := t.TempDir()
+	cfg := &Config{DataDir: filepath.Join(dir, "data"), Listen: "127.0.0.1:0", Repositories: []RepositoryConfig{{Name: "local", Kind: "hosted"}}}
+	if err := cfg.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := NewMain(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}`)
+	if err := m.store.PutManifest(context.Background(), "local/app", store.Manifest{Digest: store.DigestOf(body), MediaType: "application/vnd.oci.image.manifest.v1+json", Body: body, Hosted: true}, "v1", nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	m.Addrs()
+	check := func(file string) {
+		t.Helper()
+		restore := filepath.Join(t.TempDir(), "restore")
+		os.MkdirAll(restore, 0o750)
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(restore, "index.db"), b, 0o600)
+		os.CopyFS(filepath.Join(restore, "blobs"), os.DirFS(filepath.Join(cfg.DataDir, "blobs")))
+		out, err := runCLI(t, dir, "ls", "--data-dir", restore)
+		if err != nil || !strings.Contains(out, "app") {
+			t.Errorf("ls of the restored copy: %v\n%s", err, out)
+		}
+	}
+	out, err := runCLI(t, dir, "backup", "--data-dir", cfg.DataDir, "--out", filepath.Join(dir, "live.db"))
+	if err != nil || !strings.Contains(out, "from the running berth") {
+		t.Fatalf("backup while serving: %v\n%s", err, out)
+	}
+	check(filepath.Join(dir, "live.db"))
+	cancel()
+	<-done
+	m.Close()
+	out, err = runCLI(t, dir, "backup", "--data-dir", cfg.DataDir, "--out", filepath.Join(dir, "offline.db"))
+	if err != nil || !strings.Contains(out, "from the data dir") {
+		t.Fatalf("backup of a stopped data dir: %v\n%s", err, out)
+	}
+	check(filepath.Join(dir, "offline.db"))
+}

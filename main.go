@@ -183,6 +183,17 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Action: func(c *cli.Context) error { return runGC(c, stdout) },
 			},
 			{
+				Name:  "backup",
+				Usage: "write a consistent copy of index.db (from the running berth, or the data dir when it is stopped)",
+				Flags: []cli.Flag{
+					configFlag,
+					&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` (overrides the file)"},
+					&cli.StringFlag{Name: "out", Usage: "`FILE` to write (written whole or not at all)"},
+					&cli.StringFlag{Name: "server", Usage: "the running berth's admin listener, `unix:SOCKET or http://HOST:PORT`"},
+				},
+				Action: func(c *cli.Context) error { return runBackup(c, stdout) },
+			},
+			{
 				Name:  "verify",
 				Usage: "check the index against the blob files (run with the server stopped)",
 				Flags: []cli.Flag{

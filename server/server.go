@@ -61,6 +61,7 @@ type Store interface {
 	Dir() string
 	Hits(ctx context.Context, d store.Digest) int64
 	DamagedImages(ctx context.Context) ([]string, error)
+	Backup(w io.Writer) (int64, error)
 	LastAccess(ctx context.Context, d store.Digest) (time.Time, error)
 }
 
@@ -244,6 +245,15 @@ func (s *Server) AdminHandler(listenerRepo string) http.Handler {
 	mux.HandleFunc("POST /admin/gc", s.adminGC)
 	mux.HandleFunc("POST /admin/prefetch", s.adminPrefetch(listenerRepo))
 	mux.HandleFunc("GET /admin/ls", s.adminList)
+	mux.HandleFunc("GET /admin/backup", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		n, err := s.store.Backup(w)
+		if err != nil {
+			s.log.Error("backup of the index", "err", err, "bytes", n)
+			panic(http.ErrAbortHandler) // the client sees a cut body, never a short file as whole
+		}
+		s.log.Info("index backed up", "bytes", n)
+	})
 	v2 := s.v2Handler(listenerRepo)
 	trusted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		v2.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), internalKey{}, true)))

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -94,27 +95,10 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error)
 			return err
 		}
 		probs = append(probs, damagedImages(tx)...)
-		referenced := map[string]bool{} // repoKey(repo, digest) named by a manifest of repo
-		tx.Bucket(bucketRefs).ForEach(func(k, v []byte) error {
-			repo, _, _ := strings.Cut(string(k), "\x00")
-			var refs []string
-			json.Unmarshal(v, &refs)
-			for _, r := range refs {
-				referenced[string(repoKey(repo, r))] = true
-			}
-			return nil
-		})
-		err = tx.Bucket(bucketLinks).ForEach(func(k, v []byte) error {
+		for _, k := range danglingLinks(tx) {
 			i := lastNUL(k)
-			if i < 0 || blobs.Get(k[i+1:]) != nil || referenced[string(k)] || manifests.Get(k) != nil {
-				return nil
-			}
 			key = string(k)
 			add("dangling_link", "%s@%s names no stored blob", k[:i], k[i+1:])
-			return nil
-		})
-		if err != nil {
-			return err
 		}
 		for _, b := range [][]byte{bucketPending, bucketDeleting} {
 			tx.Bucket(b).ForEach(func(k, v []byte) error {
@@ -340,4 +324,30 @@ func (s *Store) DamagedImages(ctx context.Context) ([]string, error) {
 		return nil
 	})
 	return out, err
+}
+
+// danglingLinks returns the links (repoKey) that name no stored blob, no
+// manifest of their repository, and nothing a manifest of their
+// repository references (a layer not pulled yet).
+func danglingLinks(tx *bolt.Tx) [][]byte {
+	referenced := map[string]bool{} // repoKey(repo, digest) named by a manifest of repo
+	tx.Bucket(bucketRefs).ForEach(func(k, v []byte) error {
+		repo, _, _ := strings.Cut(string(k), "\x00")
+		var refs []string
+		json.Unmarshal(v, &refs)
+		for _, r := range refs {
+			referenced[string(repoKey(repo, r))] = true
+		}
+		return nil
+	})
+	blobs, manifests := tx.Bucket(bucketBlobs), tx.Bucket(bucketManifests)
+	var out [][]byte
+	tx.Bucket(bucketLinks).ForEach(func(k, v []byte) error {
+		i := lastNUL(k)
+		if i >= 0 && blobs.Get(k[i+1:]) == nil && !referenced[string(k)] && manifests.Get(k) == nil {
+			out = append(out, bytes.Clone(k))
+		}
+		return nil
+	})
+	return out
 }

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -212,5 +214,113 @@ func TestMemCacheForgetsOnlyWhatChanged(t *testing.T) {
 	}
 	if _, ok := s.cache.manifests.Get(string(repoKey("hub/app", ds[0].String()))); !ok {
 		t.Error("an unrelated manifest was dropped from the cache")
+	}
+}
+
+// TestSchemaVersion: a new index records SchemaVersion; an index without
+// a version (schema 1) is migrated, its dangling links dropped; an index
+// from a newer berth is refused before anything is written to it.
+func TestSchemaVersion(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ghost := DigestOf([]byte("gone"))
+	if err := s.Link(context.Background(), "hub/a", ghost, LinkFetched); err != nil {
+		t.Fatal(err)
+	}
+	// Make it look like an index from before versions were recorded.
+	s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(metaSchema) })
+	s.Close()
+
+	s, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.HasLink(context.Background(), "hub/a", ghost); ok {
+		t.Error("migration kept a dangling link")
+	}
+	var v int64
+	s.db.View(func(tx *bolt.Tx) error { v = schemaOf(tx); return nil })
+	if v != SchemaVersion {
+		t.Errorf("schema %d after open, want %d", v, SchemaVersion)
+	}
+	s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(metaSchema, encodeInt(SchemaVersion+1)) })
+	s.Close()
+	before, _ := os.ReadFile(filepath.Join(dir, "index.db"))
+
+	_, err = Open(dir, Options{})
+	if !errors.Is(err, ErrSchemaNewer) || !strings.Contains(err.Error(), fmt.Sprintf("schema is %d, this berth reads up to %d", SchemaVersion+1, SchemaVersion)) {
+		t.Fatalf("opening a newer index: %v", err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, "index.db")); !bytes.Equal(before, after) {
+		t.Error("the refused index was written to")
+	}
+}
+
+// TestBackupWhileServing: Backup writes a consistent index while writes go
+// on; with the blob files copied after it, the copy opens and checks
+// clean (blobs stored after the backup are orphan files there, which
+// repair removes).
+func TestBackupWhileServing(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	put := func(i int) {
+		b := []byte(fmt.Sprintf("blob %d", i))
+		if _, err := s.PutBlob(ctx, DigestOf(b), b, Link{Repo: "local/app", Kind: LinkPushed}); err != nil {
+			t.Error(err)
+		}
+	}
+	for i := 0; i < 50; i++ {
+		put(i)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 50; i < 150; i++ {
+			put(i)
+		}
+	}()
+	restore := t.TempDir()
+	f, err := os.Create(filepath.Join(restore, "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Backup(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	<-done
+	if err := os.CopyFS(filepath.Join(restore, "blobs"), os.DirFS(filepath.Join(dir, "blobs"))); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(restore, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	probs, err := r.Check(ctx, CheckOptions{Rehash: true, Orphans: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range probs {
+		if p.Kind != "orphan_file" {
+			t.Errorf("restored copy: %s", p)
+		}
+	}
+	if err := r.Repair(ctx, probs); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := r.Check(ctx, CheckOptions{Rehash: true, Orphans: true}); len(left) != 0 {
+		t.Errorf("after repair: %v", left)
+	}
+	if _, n := r.Stats(); n < 50 {
+		t.Errorf("restored %d blobs, want at least the 50 before the backup", n)
 	}
 }

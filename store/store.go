@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 
 	"log/slog"
 	"os"
@@ -145,6 +146,10 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.LowWater <= 0 {
 		opts.LowWater = 0.8
 	}
+	if err := checkSchema(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %s: %w", dir, err)
+	}
 	s := &Store{dir: dir, db: db, log: log, access: map[string]accessEntry{}, stop: make(chan struct{}), opts: opts,
 		pins: map[string]int{}, evicting: map[string]bool{}, evictc: make(chan struct{}, 1), cache: newMemCache()}
 	err = db.Update(func(tx *bolt.Tx) error {
@@ -179,7 +184,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		s.count.Store(decodeInt(meta.Get(metaCount)))
 		s.bytes.Store(decodeInt(meta.Get(metaBytes)))
-		return nil
+		return s.migrate(tx)
 	})
 	if err == nil {
 		err = s.recover()
@@ -389,4 +394,79 @@ func (s *Store) LastVerify() (at time.Time, problems int, ok bool) {
 		return nil
 	})
 	return at, problems, ok
+}
+
+// SchemaVersion is the layout of index.db this berth reads and writes.
+// The index records the version that last wrote it: an older index is
+// migrated when opened, a newer one is refused (ErrSchemaNewer), so an
+// older binary never misreads what a newer one wrote.
+//
+//	1  the layout before versions were recorded
+//	2  links go with their blobs (the migration drops dangling links)
+const SchemaVersion = 2
+
+// ErrSchemaNewer is returned by Open for an index written by a newer
+// berth.
+var ErrSchemaNewer = errors.New("index.db was written by a newer berth")
+
+var metaSchema = []byte("schema")
+
+// schemaOf is the index's recorded version: 1 when it has data but no
+// version, 0 when it is new.
+func schemaOf(tx *bolt.Tx) int64 {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		if tx.Bucket(bucketBlobs) != nil {
+			return 1
+		}
+		return 0
+	}
+	if v := meta.Get(metaSchema); len(v) == 8 {
+		return decodeInt(v)
+	}
+	return 1
+}
+
+// checkSchema refuses an index newer than this binary, before anything is
+// written to it.
+func checkSchema(db *bolt.DB) error {
+	return db.View(func(tx *bolt.Tx) error {
+		if v := schemaOf(tx); v > SchemaVersion {
+			return fmt.Errorf("%w: its schema is %d, this berth reads up to %d; run the newer berth, or restore a backup made by this version (see README, Upgrading)", ErrSchemaNewer, v, SchemaVersion)
+		}
+		return nil
+	})
+}
+
+// migrate brings an older index up to SchemaVersion, in the open
+// transaction, and records the version.
+func (s *Store) migrate(tx *bolt.Tx) error {
+	from := schemaOf(tx)
+	if from == SchemaVersion {
+		return nil
+	}
+	if from >= 1 && from < 2 {
+		links := tx.Bucket(bucketLinks)
+		dangling := danglingLinks(tx)
+		for _, k := range dangling {
+			if err := links.Delete(k); err != nil {
+				return err
+			}
+		}
+		s.log.Info("index migrated", "from", from, "to", 2, "dangling_links_dropped", len(dangling))
+	}
+	return tx.Bucket(bucketMeta).Put(metaSchema, encodeInt(SchemaVersion))
+}
+
+// Backup writes a consistent copy of index.db to w while the store serves
+// (one read transaction; writers go on). Blob files are immutable and
+// are copied as they are, after the index.
+func (s *Store) Backup(w io.Writer) (int64, error) {
+	var n int64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
 }

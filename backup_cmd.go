@@ -1,0 +1,83 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/berth-registry/berth/store"
+	"github.com/urfave/cli/v2"
+)
+
+// runBackup writes a consistent copy of index.db to --out: from the
+// running berth over its admin socket (a read transaction; it keeps
+// serving), or from the data dir when none runs. Blob files are immutable:
+// copy data_dir/blobs/ after this (README, Upgrading and backup).
+func runBackup(c *cli.Context, out io.Writer) (err error) {
+	dest := c.String("out")
+	if dest == "" {
+		return errors.New("backup needs --out FILE")
+	}
+	cfg, err := storageConfig(c)
+	if err != nil {
+		return err
+	}
+	if err := dataDirExists(cfg.DataDir); err != nil && c.String("server") == "" {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dest), ".berth-backup-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(tmp.Name())
+		}
+	}()
+	var n int64
+	from := "the data dir"
+	st, oerr := (*store.Store)(nil), store.ErrLocked
+	if c.String("server") == "" {
+		st, oerr = store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 300 * time.Millisecond, KeepTmp: true})
+	}
+	switch {
+	case oerr == nil:
+		n, err = st.Backup(tmp)
+		st.Close()
+	case errors.Is(oerr, store.ErrLocked):
+		from = "the running berth"
+		base, client := adminClient(c, cfg)
+		resp, gerr := client.Get(base + "/admin/backup")
+		if gerr != nil {
+			tmp.Close()
+			return notRunning(c, cfg, "backup", gerr)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			tmp.Close()
+			return fmt.Errorf("backup: the running berth answered %s", resp.Status)
+		}
+		n, err = io.Copy(tmp, resp.Body)
+	default:
+		tmp.Close()
+		return oerr
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), dest)
+	}
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	fmt.Fprintf(out, "backup: wrote %s (%s of index, from %s); now copy %s as it is\n", dest, humanSize(n), from, filepath.Join(cfg.DataDir, "blobs"))
+	return nil
+}
