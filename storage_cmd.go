@@ -19,7 +19,14 @@ import (
 // storageConfig reads the config (or defaults) for the offline commands.
 func storageConfig(c *cli.Context) (*Config, error) {
 	cfg := defaultConfig()
-	if path := c.String("config"); path != "" {
+	path := c.String("config")
+	if path == "" && c.String("data-dir") == "" && c.String("server") == "" {
+		// On the box, the operator commands find the server's config.
+		if _, err := os.Stat(installedConfig); err == nil {
+			path = installedConfig
+		}
+	}
+	if path != "" {
 		var err error
 		if cfg, err = loadConfigFile(path); err != nil {
 			return nil, err
@@ -30,6 +37,11 @@ func storageConfig(c *cli.Context) (*Config, error) {
 	}
 	return cfg, cfg.setDefaults()
 }
+
+// installedConfig is where the README's install puts the config; the
+// operator commands read it when given neither -c, BERTH_CONFIG,
+// --data-dir nor --server.
+const installedConfig = "/etc/berth/berth.toml"
 
 // dataDirExists refuses a data dir that is not there: every command but
 // serve works on an existing store, and would otherwise create an empty
