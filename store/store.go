@@ -146,7 +146,8 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.LowWater <= 0 {
 		opts.LowWater = 0.8
 	}
-	if err := checkSchema(db); err != nil {
+	schema, err := checkSchema(db)
+	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", dir, err)
 	}
@@ -184,7 +185,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		s.count.Store(decodeInt(meta.Get(metaCount)))
 		s.bytes.Store(decodeInt(meta.Get(metaBytes)))
-		return s.migrate(tx)
+		return s.migrate(tx, schema)
 	})
 	if err == nil {
 		err = s.recover()
@@ -427,11 +428,11 @@ func schemaOf(tx *bolt.Tx) int64 {
 	return 1
 }
 
-// checkSchema refuses an index newer than this binary, before anything is
-// written to it.
-func checkSchema(db *bolt.DB) error {
-	return db.View(func(tx *bolt.Tx) error {
-		if v := schemaOf(tx); v > SchemaVersion {
+// checkSchema returns the index's version (0: new) and refuses one newer
+// than this binary, before anything is written to it.
+func checkSchema(db *bolt.DB) (v int64, err error) {
+	return v, db.View(func(tx *bolt.Tx) error {
+		if v = schemaOf(tx); v > SchemaVersion {
 			return fmt.Errorf("%w: its schema is %d, this berth reads up to %d; run the newer berth, or restore a backup made by this version (see README, Upgrading)", ErrSchemaNewer, v, SchemaVersion)
 		}
 		return nil
@@ -440,8 +441,7 @@ func checkSchema(db *bolt.DB) error {
 
 // migrate brings an older index up to SchemaVersion, in the open
 // transaction, and records the version.
-func (s *Store) migrate(tx *bolt.Tx) error {
-	from := schemaOf(tx)
+func (s *Store) migrate(tx *bolt.Tx, from int64) error {
 	if from == SchemaVersion {
 		return nil
 	}
