@@ -268,6 +268,10 @@ func TestCommandsReachTheAdminSocket(t *testing.T) {
 	if out, err := runCLI(t, dir, "ls", "--data-dir", cfg.DataDir); err != nil || !strings.Contains(out, "REPOSITORY") {
 		t.Errorf("ls while running: %v\n%s", err, out)
 	}
+	// --server wins over a local data dir (even one that is not there).
+	if out, err := runCLI(t, dir, "ls", "--server", "unix:"+sock, "--data-dir", filepath.Join(dir, "elsewhere")); err != nil || !strings.Contains(out, "REPOSITORY") {
+		t.Errorf("ls --server: %v\n%s", err, out)
+	}
 	resp, err := http.Post("http://"+m.Addrs()[0]+"/admin/gc", "", nil)
 	if err != nil {
 		t.Fatal(err)
