@@ -248,15 +248,7 @@ func TestCommandsReachTheAdminSocket(t *testing.T) {
 	if err := cfg.setDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	m, err := NewMain(cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	m := runMain(t, cfg)
 	sock := m.AdminAddr()
 	if st, err := os.Stat(sock); err != nil || st.Mode().Perm() != 0o600 || st.Mode()&os.ModeSocket == 0 {
 		t.Fatalf("admin socket %s: %v %v", sock, st.Mode(), err)
@@ -343,15 +335,7 @@ func TestVerifyRepairKeepsHostedDamageVisible(t *testing.T) {
 	if err := cfg.setDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	m, err := NewMain(cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	m := runMain(t, cfg)
 	get := func(p string) string {
 		resp, err := http.Get("http://" + m.Addrs()[0] + p)
 		if err != nil {
@@ -417,4 +401,29 @@ func TestBackupCommand(t *testing.T) {
 		t.Fatalf("backup of a stopped data dir: %v\n%s", err, out)
 	}
 	check(filepath.Join(dir, "offline.db"))
+}
+
+// runMain sets cfg's defaults, starts berth on it and stops it (drained,
+// closed) when the test ends.
+func runMain(t *testing.T, cfg *Config) *Main {
+	t.Helper()
+	if err := cfg.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := NewMain(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		m.Close()
+	})
+	m.Addrs() // listening
+	return m
 }

@@ -119,23 +119,27 @@ not_found_ttl = "1ms"
 	}
 }
 
-// outcome is a table cell: "ok" or the client's error, shortened.
+// outcome is a table cell: "ok", or the part of the client's error that
+// names the problem.
 func outcome(out string, err error) string {
 	if err == nil {
 		return "ok"
 	}
-	line := ""
+	line := lastLine(out)
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		if strings.Contains(strings.ToLower(l), "error") || strings.Contains(l, "Error") {
+		if strings.Contains(strings.ToLower(l), "error") {
 			line = l
 		}
 	}
-	if line == "" {
-		line = lastLine(out)
+	for _, key := range []string{"TOOMANYREQUESTS", "UNAVAILABLE", "timeout awaiting", "connection reset", "nothing cached",
+		"undersized", "does not match", "retry limit", "unexpected EOF", "EOF"} {
+		if i := strings.Index(line, key); i >= 0 {
+			line = line[max(0, i-30):min(len(line), i+40)]
+			break
+		}
 	}
-
-	if len(line) > 66 {
-		line = line[len(line)-66:]
+	if len(line) > 70 {
+		line = line[len(line)-70:]
 	}
-	return "error: " + strings.TrimSpace(line)
+	return "error: …" + strings.TrimSpace(line)
 }
