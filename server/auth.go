@@ -159,7 +159,7 @@ func (a *auth) checkPassword(name, password string) (*User, bool) {
 
 var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("berth-dummy"), bcrypt.DefaultCost)
 
-// errUnauthorized marks bad or missing credentials.
+// errBadCredentials marks credentials that are malformed or wrong.
 var errBadCredentials = errors.New("invalid credentials")
 
 // authenticate reads the Authorization header: none (anonymous), Basic
@@ -501,7 +501,7 @@ func parseScopes(values []string) ([]scope, error) {
 // (POST). The token grants the intersection of what was asked and what
 // the principal may do.
 func (s *Server) serveToken(listenerRepo string) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
+	return s.handle(formatToken, func(w http.ResponseWriter, r *http.Request) error {
 		var p principal
 		var q url.Values
 		switch r.Method {
@@ -510,39 +510,32 @@ func (s *Server) serveToken(listenerRepo string) http.HandlerFunc {
 			if r.Header.Get("Authorization") != "" {
 				var err error
 				if p, err = s.auth.authenticate(r); err != nil || p.token != nil {
-					s.tokenError(w, http.StatusUnauthorized, "invalid credentials")
-					return
+					return errWrongCredentials
 				}
 			}
 		case http.MethodPost:
 			r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 			if err := r.ParseForm(); err != nil {
-				s.tokenError(w, http.StatusBadRequest, "invalid form")
-				return
+				return errf(codeRequestInvalid, "invalid form")
 			}
 			q = r.PostForm
 			if q.Get("grant_type") != "password" {
-				s.tokenError(w, http.StatusBadRequest, "unsupported grant_type (password only)")
-				return
+				return errf(codeRequestInvalid, "unsupported grant_type (password only)")
 			}
 			u, ok := s.auth.checkPassword(q.Get("username"), q.Get("password"))
 			if !ok {
-				s.tokenError(w, http.StatusUnauthorized, "invalid credentials")
-				return
+				return errWrongCredentials
 			}
 			p.user = u
 		default:
-			s.tokenError(w, http.StatusMethodNotAllowed, "use GET or POST")
-			return
+			return errf(codeUnsupported, "use GET or POST")
 		}
 		if svc := q.Get("service"); svc != "" && svc != s.auth.opts.Service {
-			s.tokenError(w, http.StatusBadRequest, "unknown service")
-			return
+			return errf(codeRequestInvalid, "unknown service")
 		}
 		scopes, err := parseScopes(q["scope"])
 		if err != nil {
-			s.tokenError(w, http.StatusBadRequest, err.Error())
-			return
+			return errf(codeRequestInvalid, "%v", err)
 		}
 		now := time.Now()
 		var jti [12]byte
@@ -565,8 +558,14 @@ func (s *Server) serveToken(listenerRepo string) http.HandlerFunc {
 			"issued_at": now.UTC().Format(time.RFC3339),
 		})
 		s.log.Info("token issued", "user", p.name(), "scopes", len(scopes), "granted", len(c.Access))
-	}
+		return nil
+	})
 }
+
+// errWrongCredentials answers a token or page request with wrong credentials; the
+// Basic challenge lets a browser or curl ask for them again.
+var errWrongCredentials = &regError{Code: codeUnauthorized, Message: "invalid credentials",
+	Header: http.Header{"Www-Authenticate": {`Basic realm="berth"`}}}
 
 // grantScope resolves a scope's name as the listener would route it and
 // keeps the actions the principal may do.
@@ -604,15 +603,6 @@ func (s *Server) grantScope(r *http.Request, p principal, listenerRepo string, s
 		}
 	}
 	return acc, len(acc.Actions) > 0
-}
-
-func (s *Server) tokenError(w http.ResponseWriter, status int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	if status == http.StatusUnauthorized {
-		w.Header().Set("Www-Authenticate", `Basic realm="berth"`)
-	}
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(map[string]any{"errors": []errorEntry{{Code: codeUnauthorized, Message: msg}}, "details": msg})
 }
 
 // uploadLimiter caps concurrent upload requests per client address.

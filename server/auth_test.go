@@ -195,27 +195,27 @@ func TestAuthAttacks(t *testing.T) {
 		status                    int
 		code                      string
 	}{
-		{"anonymous pull of a private hosted repository", "GET", manifest, "", 401, codeUnauthorized},
-		{"wrong password", "GET", manifest, basic("alice", "nope"), 401, codeUnauthorized},
-		{"unknown user", "GET", manifest, basic("mallory", "x"), 401, codeUnauthorized},
-		{"user without the right (bob)", "GET", manifest, basic("bob", "bob-pw"), 403, codeDenied},
+		{"anonymous pull of a private hosted repository", "GET", manifest, "", 401, codeUnauthorized.name},
+		{"wrong password", "GET", manifest, basic("alice", "nope"), 401, codeUnauthorized.name},
+		{"unknown user", "GET", manifest, basic("mallory", "x"), 401, codeUnauthorized.name},
+		{"user without the right (bob)", "GET", manifest, basic("bob", "bob-pw"), 403, codeDenied.name},
 		{"good basic credentials", "GET", manifest, basic("alice", "alice-pw"), 200, ""},
 		{"good token", "GET", manifest, "Bearer " + pullA, 200, ""},
-		{"tampered token", "GET", manifest, "Bearer " + tamper(pullA), 401, codeUnauthorized},
+		{"tampered token", "GET", manifest, "Bearer " + tamper(pullA), 401, codeUnauthorized.name},
 		{"token signed with another key", "GET", manifest, "Bearer " + func() string {
 			a, _ := newAuth(AuthOptions{})
 			return a.signToken(tokenClaims{Subject: "alice", Audience: "berth", Expires: time.Now().Add(time.Hour).Unix()})
-		}(), 401, codeUnauthorized},
-		{"expired token", "GET", manifest, "Bearer " + forged(func(c *tokenClaims) { c.Expires = time.Now().Add(-time.Second).Unix() }), 401, codeUnauthorized},
-		{"token for another service", "GET", manifest, "Bearer " + forged(func(c *tokenClaims) { c.Audience = "other" }), 401, codeUnauthorized},
-		{"token for repo A used on repo B", "GET", "/v2/internal/team-a/other/manifests/v1", "Bearer " + pullA, 401, codeUnauthorized},
-		{"pull-only token used to push", "PUT", manifest, "Bearer " + pullA, 401, codeUnauthorized},
-		{"push token outside the user's grants", "PUT", "/v2/internal/team-b/app/manifests/v1", "Bearer " + forged(func(c *tokenClaims) { c.Access[0].Name = "internal/team-b/app" }), 403, codeDenied},
-		{"token for a deleted user", "GET", manifest, "Bearer " + forged(func(c *tokenClaims) { c.Subject = "eve" }), 401, codeUnauthorized},
-		{"push token used to delete", "DELETE", "/v2/internal/team-a/app/manifests/nope", "Bearer " + pushA, 401, codeUnauthorized},
-		{"delete token", "DELETE", "/v2/internal/team-a/app/manifests/nope", "Bearer " + deleteA, 404, codeManifestUnknown},
-		{"anonymous push to hosted", "POST", "/v2/internal/team-a/app/blobs/uploads/", "", 401, codeUnauthorized},
-		{"garbage authorization", "GET", "/v2/", "Bearer", 401, codeUnauthorized},
+		}(), 401, codeUnauthorized.name},
+		{"expired token", "GET", manifest, "Bearer " + forged(func(c *tokenClaims) { c.Expires = time.Now().Add(-time.Second).Unix() }), 401, codeUnauthorized.name},
+		{"token for another service", "GET", manifest, "Bearer " + forged(func(c *tokenClaims) { c.Audience = "other" }), 401, codeUnauthorized.name},
+		{"token for repo A used on repo B", "GET", "/v2/internal/team-a/other/manifests/v1", "Bearer " + pullA, 401, codeUnauthorized.name},
+		{"pull-only token used to push", "PUT", manifest, "Bearer " + pullA, 401, codeUnauthorized.name},
+		{"push token outside the user's grants", "PUT", "/v2/internal/team-b/app/manifests/v1", "Bearer " + forged(func(c *tokenClaims) { c.Access[0].Name = "internal/team-b/app" }), 403, codeDenied.name},
+		{"token for a deleted user", "GET", manifest, "Bearer " + forged(func(c *tokenClaims) { c.Subject = "eve" }), 401, codeUnauthorized.name},
+		{"push token used to delete", "DELETE", "/v2/internal/team-a/app/manifests/nope", "Bearer " + pushA, 401, codeUnauthorized.name},
+		{"delete token", "DELETE", "/v2/internal/team-a/app/manifests/nope", "Bearer " + deleteA, 404, codeManifestUnknown.name},
+		{"anonymous push to hosted", "POST", "/v2/internal/team-a/app/blobs/uploads/", "", 401, codeUnauthorized.name},
+		{"garbage authorization", "GET", "/v2/", "Bearer", 401, codeUnauthorized.name},
 		{"path escape in a name", "GET", "/v2/internal/../hub/x/manifests/v1", basic("bob", "bob-pw"), 404, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -224,7 +224,7 @@ func TestAuthAttacks(t *testing.T) {
 				t.Fatalf("status %d, want %d", resp.StatusCode, tc.status)
 			}
 			if tc.code != "" {
-				if got := errCode(t, resp); got != tc.code {
+				if got := respCode(t, resp); got != tc.code {
 					t.Fatalf("code %s, want %s", got, tc.code)
 				}
 			} else {
@@ -311,7 +311,7 @@ func TestGroupAnonymousReadsOnlyPublicMembers(t *testing.T) {
 	}
 	readAll(t, resp)
 	wantStatus(t, f.do("GET", "/v2/team-a/app/manifests/v1", nil, "Authorization", basic("alice", "alice-pw")), 200, "")
-	wantStatus(t, f.do("GET", "/v2/team-a/app/manifests/v1", nil, "Authorization", basic("bob", "bob-pw")), 404, codeManifestUnknown)
+	wantStatus(t, f.do("GET", "/v2/team-a/app/manifests/v1", nil, "Authorization", basic("bob", "bob-pw")), 404, codeManifestUnknown.name)
 	// The catalog lists only what the principal may read.
 	resp = f.do("GET", "/v2/_catalog", nil)
 	if body := string(readAll(t, resp)); strings.Contains(body, "team-a") {
@@ -322,8 +322,8 @@ func TestGroupAnonymousReadsOnlyPublicMembers(t *testing.T) {
 	resp = f.do("GET", "/v2/internal/team-a/app/manifests/v1", nil, "Authorization", basic("alice", "alice-pw"))
 	var m manifestDoc
 	json.Unmarshal(readAll(t, resp), &m)
-	wantStatus(t, f.do("GET", "/v2/internal/team-b/app/blobs/"+m.Layers[0].Digest, nil, "Authorization", basic("alice", "alice-pw")), 404, codeBlobUnknown)
-	wantStatus(t, f.do("GET", "/v2/library/nginx/blobs/"+m.Layers[0].Digest, nil, "Authorization", basic("bob", "bob-pw")), 404, codeBlobUnknown)
+	wantStatus(t, f.do("GET", "/v2/internal/team-b/app/blobs/"+m.Layers[0].Digest, nil, "Authorization", basic("alice", "alice-pw")), 404, codeBlobUnknown.name)
+	wantStatus(t, f.do("GET", "/v2/library/nginx/blobs/"+m.Layers[0].Digest, nil, "Authorization", basic("bob", "bob-pw")), 404, codeBlobUnknown.name)
 	// Mounting from a repository the client may not read falls back to an upload.
 	resp = f.do("POST", "/v2/internal/team-a/copy/blobs/uploads/?mount="+m.Layers[0].Digest+"&from=internal/team-a/app", nil, "Authorization", basic("alice", "alice-pw"))
 	wantStatus(t, resp, 201, "")

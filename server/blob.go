@@ -57,7 +57,7 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	if r.Method == http.MethodHead {
 		resp, err := rp.Upstream.Blob(ctx, http.MethodHead, image, d.String())
 		if err != nil {
-			return s.blobUpstreamError(rp, err, d)
+			return s.blobUpstreamFailed(rp, err)
 		}
 		resp.Body.Close()
 		// No link: a link names a stored blob (store.Check); the GET
@@ -111,7 +111,7 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 		if errors.Is(err, errStoreWrite) {
 			return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
 		}
-		return downloadError(err, d)
+		return err
 	}
 	s.cacheResult(r, rp, "blob", result, source)
 	if size < 0 {
@@ -120,7 +120,7 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 			if errors.Is(err, errStoreWrite) {
 				return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
 			}
-			return downloadError(err, d)
+			return err
 		}
 		f, err := s.store.OpenBlob(ctx, d)
 		if err != nil {
@@ -140,7 +140,7 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 			if errors.Is(err, errStoreWrite) {
 				return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
 			}
-			return downloadError(err, d)
+			return err
 		}
 	}
 	if whole {
@@ -247,32 +247,19 @@ func (c *countingBody) Read(p []byte) (int, error) {
 func (s *Server) confirmBlob(ctx context.Context, rp *repo, image string, d store.Digest) error {
 	resp, err := rp.Upstream.Blob(ctx, http.MethodHead, image, d.String())
 	if err != nil {
-		return s.blobUpstreamError(rp, err, d)
+		return s.blobUpstreamFailed(rp, err)
 	}
 	resp.Body.Close()
 	return s.store.Link(ctx, rp.Name+"/"+image, d, store.LinkConfirmed)
 }
 
-// blobUpstreamError maps and counts the failure of a request's own
-// upstream call (HEAD).
-func (s *Server) blobUpstreamError(rp *repo, err error, d store.Digest) error {
+// blobUpstreamFailed counts the failure of a request's own upstream call
+// (HEAD, pass-through) and returns err.
+func (s *Server) blobUpstreamFailed(rp *repo, err error) error {
 	if !errors.Is(err, upstream.ErrNotFound) && !errors.Is(err, context.Canceled) {
 		s.upstreamError(rp, err)
 	}
-	return downloadError(err, d)
-}
-
-// downloadError maps the failure of a shared download (counted once, by
-// the download itself).
-func downloadError(err error, d store.Digest) error {
-	var re *regError
-	switch {
-	case errors.As(err, &re), errors.Is(err, context.Canceled):
-		return err
-	case errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch):
-		return errf(codeUnavailable, "upstream sent corrupt content for %s; not cached", d)
-	}
-	return fromUpstream(err, codeBlobUnknown, fmt.Sprintf("blob %s", d))
+	return err
 }
 
 // passThrough serves blob d straight from upstream without caching it,
@@ -289,7 +276,7 @@ func (s *Server) passThrough(w http.ResponseWriter, r *http.Request, rp *repo, i
 		if started {
 			return err
 		}
-		return s.blobUpstreamError(rp, err, d)
+		return s.blobUpstreamFailed(rp, err)
 	}
 	defer resp.Body.Close()
 	if sent > 0 && resp.StatusCode != http.StatusPartialContent {

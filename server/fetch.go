@@ -112,6 +112,7 @@ func (d *download) run(fetch fetchFunc, commit commitFunc, onDone func(error)) {
 		return
 	}
 	if err = d.w.Verify(d.want, -1); err != nil {
+		err = fmt.Errorf("%w: %w", errUpstreamBroken, err)
 		return
 	}
 	// Readers may have the last byte now; making the blob durable (fsync
@@ -153,12 +154,12 @@ func (d *download) transfer(ctx context.Context, fetch fetchFunc) error {
 			}
 			d.update(func() { d.written += int64(n) })
 			if size >= 0 && d.written > size {
-				return fmt.Errorf("%w: upstream sent more than its Content-Length %d", store.ErrSizeMismatch, size)
+				return fmt.Errorf("%w: %w: upstream sent more than its Content-Length %d", errUpstreamBroken, store.ErrSizeMismatch, size)
 			}
 		}
 		if rerr == io.EOF {
 			if size >= 0 && d.written != size {
-				return fmt.Errorf("%w: upstream sent %d of %d bytes", store.ErrSizeMismatch, d.written, size)
+				return fmt.Errorf("%w: %w: upstream sent %d of %d bytes", errUpstreamBroken, store.ErrSizeMismatch, d.written, size)
 			}
 			return nil
 		}

@@ -72,9 +72,9 @@ func (s *Server) serveGroup(w http.ResponseWriter, r *http.Request, g *repo, ima
 	case routeManifest:
 		return s.groupMiss(r, g, image, rt, s.groupManifest(w, r, g, image, rt))
 	case routeBlob:
-		return s.groupMiss(r, g, image, rt, s.groupBlob(w, r, g, image, rt.digest))
+		return s.groupMiss(r, g, image, rt, s.groupBlob(w, r, g, image, rt))
 	case routeTags:
-		return s.groupMiss(r, g, image, rt, s.groupTags(w, r, g, image, rt.name))
+		return s.groupMiss(r, g, image, rt, s.groupTags(w, r, g, image, rt))
 	case routeReferrers:
 		return s.groupReferrers(w, r, g, image, rt.digest)
 	}
@@ -86,9 +86,11 @@ func (s *Server) serveGroup(w http.ResponseWriter, r *http.Request, g *repo, ima
 // and asks again (as a registry does for a private repository). Every such
 // miss gets the challenge, so it reveals nothing about what exists.
 func (s *Server) groupMiss(r *http.Request, g *repo, image string, rt route, err error) error {
-	var re *regError
 	p := infoOf(r.Context()).principal
-	if err == nil || p.user != nil || !errors.As(err, &re) || re.Code == codeUnauthorized || statusOf[re.Code] != http.StatusNotFound {
+	if err == nil || p.user != nil {
+		return err
+	}
+	if re, _ := registryError(err, rt); re.Code.status != http.StatusNotFound {
 		return err
 	}
 	if len(s.readableMembers(r, g, image)) < len(g.leaves) {
@@ -110,17 +112,15 @@ func (s *Server) readableMembers(r *http.Request, g *repo, image string) []*repo
 	return out
 }
 
-// memberMiss reports whether err means "try the next member": not found
-// there, or its upstream unreachable or refusing.
-func memberMiss(err error) bool {
-	var re *regError
-	if errors.As(err, &re) {
-		switch re.Code {
-		case codeManifestUnknown, codeBlobUnknown, codeNameUnknown, codeUnavailable, codeTooManyRequests, codeDenied:
-			return true
-		}
+// memberMiss reports whether err, on route rt, means "try the next
+// member": not found there, or its upstream unreachable or refusing.
+func memberMiss(err error, rt route) bool {
+	re, _ := registryError(err, rt)
+	switch re.Code {
+	case codeManifestUnknown, codeBlobUnknown, codeNameUnknown, codeUnavailable, codeTooManyRequests, codeDenied:
+		return true
 	}
-	return errors.Is(err, upstream.ErrUnavailable) || errors.Is(err, upstream.ErrNotFound)
+	return false
 }
 
 type memberTry struct {
@@ -128,12 +128,9 @@ type memberTry struct {
 	Result string `json:"result"`
 }
 
-func tryResult(err error) string {
-	var re *regError
-	if errors.As(err, &re) {
-		return re.Code
-	}
-	return err.Error()
+func tryResult(err error, rt route) string {
+	re, _ := registryError(err, rt)
+	return re.Code.name
 }
 
 // groupManifest: the first member that has the manifest answers; the
@@ -153,10 +150,10 @@ func (s *Server) groupManifest(w http.ResponseWriter, r *http.Request, g *repo, 
 			a, err = s.proxyManifest(r, m, img, rt)
 		}
 		if err != nil {
-			if !memberMiss(err) {
+			if !memberMiss(err, rt) {
 				return err
 			}
-			tried = append(tried, memberTry{m.Name, tryResult(err)})
+			tried = append(tried, memberTry{m.Name, tryResult(err, rt)})
 			continue
 		}
 		g.served.Add(image, m)
@@ -172,7 +169,8 @@ func (s *Server) groupManifest(w http.ResponseWriter, r *http.Request, g *repo, 
 
 // groupBlob asks the member that served the image's manifest first, then
 // the others in order.
-func (s *Server) groupBlob(w http.ResponseWriter, r *http.Request, g *repo, image string, d store.Digest) error {
+func (s *Server) groupBlob(w http.ResponseWriter, r *http.Request, g *repo, image string, rt route) error {
+	d := rt.digest
 	order := s.readableMembers(r, g, image)
 	if first, _ := g.served.Get(image); first != nil && slices.Contains(order, first) {
 		order = append([]*repo{first}, slices.DeleteFunc(slices.Clone(order), func(m *repo) bool { return m == first })...)
@@ -187,23 +185,24 @@ func (s *Server) groupBlob(w http.ResponseWriter, r *http.Request, g *repo, imag
 		case KindProxy:
 			err = s.proxyBlob(w, r, m, img, d)
 		}
-		if err == nil || !memberMiss(err) {
+		if err == nil || !memberMiss(err, rt) {
 			return err
 		}
-		tried = append(tried, memberTry{m.Name, tryResult(err)})
+		tried = append(tried, memberTry{m.Name, tryResult(err, rt)})
 	}
 	return errf(codeBlobUnknown, "blob %s not found in group %q", d, g.Name).withDetail(map[string]any{"tried": tried})
 }
 
 // groupTags merges the members' tags (deduplicated, sorted, paginated).
-func (s *Server) groupTags(w http.ResponseWriter, r *http.Request, g *repo, image, clientName string) error {
+func (s *Server) groupTags(w http.ResponseWriter, r *http.Request, g *repo, image string, rt route) error {
+	clientName := rt.name
 	ctx := r.Context()
 	set := map[string]bool{}
 	found := false
 	for _, m := range s.readableMembers(r, g, image) {
 		tags, err := s.memberTags(ctx, m, memberImage(m, image))
 		if err != nil {
-			if memberMiss(err) || store.IsNotFound(err) {
+			if memberMiss(err, rt) {
 				continue
 			}
 			return err

@@ -91,7 +91,7 @@ func TestGroupPullOrderAndAuth(t *testing.T) {
 	resp := f.get("GET", "/v2/nothing/here/manifests/v1")
 	var body errorBody
 	json.Unmarshal(readAll(t, resp), &body)
-	if resp.StatusCode != 404 || body.Errors[0].Code != codeManifestUnknown || !strings.Contains(body.Errors[0].Message, `group "all"`) {
+	if resp.StatusCode != 404 || body.Errors[0].Code != codeManifestUnknown.name || !strings.Contains(body.Errors[0].Message, `group "all"`) {
 		t.Fatalf("miss: %d %+v", resp.StatusCode, body)
 	}
 	detail, _ := json.Marshal(body.Errors[0].Detail)
@@ -116,7 +116,7 @@ func TestGroupMemberDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp := f.get("GET", "/v2/only/pub/manifests/v1")
-	if resp.StatusCode != 404 || !strings.Contains(string(readAll(t, resp)), codeUnavailable) {
+	if resp.StatusCode != 404 || !strings.Contains(string(readAll(t, resp)), codeUnavailable.name) {
 		t.Fatalf("down member: status %d", resp.StatusCode)
 	}
 }

@@ -34,7 +34,7 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 		return s.hostedGetBlob(w, r, path, rt.digest)
 	case rt.kind == routeBlob && m == http.MethodDelete:
 		if err := s.store.Unlink(r.Context(), path, rt.digest); err != nil {
-			return notFoundAs(err, codeBlobUnknown, "blob %s unknown to repository", rt.digest)
+			return err
 		}
 		w.WriteHeader(http.StatusAccepted)
 		return nil
@@ -43,7 +43,7 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 	case rt.kind == routeUpload && m == http.MethodGet:
 		u, err := s.store.GetUpload(r.Context(), path, rt.uploadID)
 		if err != nil {
-			return uploadError(err)
+			return err
 		}
 		uploadHeaders(w, rt.name, u)
 		w.WriteHeader(http.StatusNoContent)
@@ -54,7 +54,7 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 		return s.finishUpload(w, r, path, rt)
 	case rt.kind == routeUpload && m == http.MethodDelete:
 		if err := s.store.DeleteUpload(r.Context(), path, rt.uploadID); err != nil {
-			return uploadError(err)
+			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
 		return nil
@@ -66,26 +66,19 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 	return errf(codeUnsupported, "%s not allowed on %s", m, rt.kind)
 }
 
-func notFoundAs(err error, code, format string, args ...any) error {
-	if store.IsNotFound(err) {
-		return errf(code, format, args...)
-	}
-	return err
-}
-
 // hostedManifest finds /v2/<name>/manifests/<ref> (end-3) in the store.
 func (s *Server) hostedManifest(ctx context.Context, path string, rt route) (store.Manifest, error) {
 	d := rt.digest
 	if d.IsZero() {
 		ti, err := s.store.ResolveTag(ctx, path, rt.ref)
 		if err != nil {
-			return store.Manifest{}, notFoundAs(err, codeManifestUnknown, "manifest %s unknown", rt.ref)
+			return store.Manifest{}, err
 		}
 		d = ti.Digest
 	}
 	m, err := s.store.GetManifest(ctx, path, d)
 	if err != nil {
-		return store.Manifest{}, notFoundAs(err, codeManifestUnknown, "manifest %s unknown", rt.ref)
+		return store.Manifest{}, err
 	}
 	return m, nil
 }
@@ -96,16 +89,14 @@ func (s *Server) hostedManifest(ctx context.Context, path string, rt route) (sto
 func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, path string, rt route) error {
 	ctx := r.Context()
 	if r.ContentLength > maxManifestSize {
-		return &regError{Code: codeManifestInvalid, Status: http.StatusRequestEntityTooLarge,
-			Message: fmt.Sprintf("manifest is %d bytes, over the %d byte limit", r.ContentLength, maxManifestSize)}
+		return errf(codeManifestTooLarge, "manifest is %d bytes, over the %d byte limit", r.ContentLength, maxManifestSize)
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxManifestSize+1))
 	if err != nil {
 		return errf(codeManifestInvalid, "reading manifest: %v", err)
 	}
 	if len(body) > maxManifestSize {
-		return &regError{Code: codeManifestInvalid, Status: http.StatusRequestEntityTooLarge,
-			Message: fmt.Sprintf("manifest is over the %d byte limit", maxManifestSize)}
+		return errf(codeManifestTooLarge, "manifest is over the %d byte limit", maxManifestSize)
 	}
 	d := store.DigestOf(body)
 	tag := ""
@@ -190,7 +181,7 @@ func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, path str
 		err = s.store.DeleteManifest(ctx, path, rt.digest)
 	}
 	if err != nil {
-		return notFoundAs(err, codeManifestUnknown, "manifest %s unknown", rt.ref)
+		return err
 	}
 	w.WriteHeader(http.StatusAccepted)
 	return nil
@@ -209,7 +200,7 @@ func (s *Server) hostedGetBlob(w http.ResponseWriter, r *http.Request, path stri
 	}
 	f, err := s.store.OpenBlob(ctx, d)
 	if err != nil {
-		return notFoundAs(err, codeBlobUnknown, "blob %s unknown", d)
+		return err
 	}
 	defer f.Close()
 	infoOf(ctx).source = "cache"
@@ -260,7 +251,7 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rp *repo, p
 			return errf(codeBlobUploadInvalid, "reading blob: %v", err)
 		}
 		if _, err := bw.Commit(ctx, d, r.ContentLength, store.Link{Repo: path, Kind: store.LinkPushed}); err != nil {
-			return commitError(err)
+			return err
 		}
 		w.Header().Set("Location", "/v2/"+rt.name+"/blobs/"+d.String())
 		w.Header().Set("Docker-Content-Digest", d.String())
@@ -351,9 +342,9 @@ func (s *Server) patchUpload(w http.ResponseWriter, r *http.Request, path string
 	u, err := s.store.AppendUpload(ctx, path, rt.uploadID, startAt, r.Body, size)
 	if err != nil {
 		if errors.Is(err, store.ErrRangeInvalid) {
-			return s.rangeError(ctx, w, path, rt, errf(codeRangeInvalid, "%v", err))
+			return s.rangeError(ctx, w, path, rt, err)
 		}
-		return uploadError(err)
+		return err
 	}
 	uploadHeaders(w, rt.name, u)
 	w.WriteHeader(http.StatusAccepted)
@@ -367,7 +358,7 @@ func (s *Server) rangeError(ctx context.Context, w http.ResponseWriter, path str
 		uploadHeaders(w, rt.name, u)
 		w.Header().Del("Content-Length")
 	} else {
-		return uploadError(gerr)
+		return gerr
 	}
 	return err
 }
@@ -392,7 +383,7 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, path strin
 			return err
 		} else if ok {
 			if u, err := s.store.GetUpload(ctx, path, rt.uploadID); err != nil {
-				return uploadError(err)
+				return err
 			} else if start != u.Offset {
 				return s.rangeError(ctx, w, path, rt, errf(codeRangeInvalid, "chunk starts at %d, upload has %d bytes", start, u.Offset))
 			}
@@ -403,32 +394,12 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, path strin
 		if errors.Is(err, store.ErrRangeInvalid) {
 			return errf(codeSizeInvalid, "%v", err)
 		}
-		if errors.Is(err, store.ErrUploadUnknown) {
-			return uploadError(err)
-		}
-		return commitError(err)
+		return err
 	}
 	w.Header().Set("Location", "/v2/"+rt.name+"/blobs/"+d.String())
 	w.Header().Set("Docker-Content-Digest", d.String())
 	w.WriteHeader(http.StatusCreated)
 	return nil
-}
-
-func uploadError(err error) error {
-	if errors.Is(err, store.ErrUploadUnknown) {
-		return errf(codeBlobUploadUnknown, "upload unknown or expired")
-	}
-	return err
-}
-
-func commitError(err error) error {
-	switch {
-	case errors.Is(err, store.ErrDigestMismatch):
-		return errf(codeDigestInvalid, "%v", err)
-	case errors.Is(err, store.ErrSizeMismatch):
-		return errf(codeSizeInvalid, "%v", err)
-	}
-	return err
 }
 
 // hostedTags: GET /v2/<name>/tags/list (end-8a/b) with n/last.

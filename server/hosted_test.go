@@ -54,7 +54,7 @@ func wantStatus(t *testing.T, resp *http.Response, status int, code string) {
 		t.Fatalf("%s %s: status %d, want %d", resp.Request.Method, resp.Request.URL.Path, resp.StatusCode, status)
 	}
 	if code != "" {
-		if got := errCode(t, resp); got != code {
+		if got := respCode(t, resp); got != code {
 			t.Fatalf("%s %s: code %s, want %s", resp.Request.Method, resp.Request.URL.Path, got, code)
 		}
 	} else {
@@ -152,24 +152,24 @@ func TestUploadBadInput(t *testing.T) {
 	wantStatus(t, b.do("PATCH", loc, data[5:], "Content-Range", fmt.Sprintf("5-%d", len(data)-1)), 202, "")
 	// Wrong digest: refused, nothing stored.
 	wrong := sha([]byte("other"))
-	wantStatus(t, b.do("PUT", loc+"?digest="+wrong, nil), 400, codeDigestInvalid)
+	wantStatus(t, b.do("PUT", loc+"?digest="+wrong, nil), 400, codeDigestInvalid.name)
 	if _, err := b.store.StatBlob(context.Background(), store.MustDigest(wrong)); !store.IsNotFound(err) {
 		t.Fatal("mismatched upload stored")
 	}
 	// Unknown and malformed upload ids.
-	wantStatus(t, b.do("PATCH", "/v2/app/blobs/uploads/0123456789abcdef0123456789abcdef", data), 404, codeBlobUploadUnknown)
-	wantStatus(t, b.do("GET", "/v2/app/blobs/uploads/nope", nil), 404, codeBlobUploadUnknown)
+	wantStatus(t, b.do("PATCH", "/v2/app/blobs/uploads/0123456789abcdef0123456789abcdef", data), 404, codeBlobUploadUnknown.name)
+	wantStatus(t, b.do("GET", "/v2/app/blobs/uploads/nope", nil), 404, codeBlobUploadUnknown.name)
 	wantStatus(t, b.do("GET", "/v2/app/blobs/uploads/..%2F..%2Findex.db", nil), 404, "")
 	// An upload id belongs to its repository.
 	resp = b.do("POST", "/v2/app/blobs/uploads/", nil)
 	readAll(t, resp)
 	other := strings.Replace(resp.Header.Get("Location"), "/v2/app/", "/v2/other/", 1)
-	wantStatus(t, b.do("GET", other, nil), 404, codeBlobUploadUnknown)
+	wantStatus(t, b.do("GET", other, nil), 404, codeBlobUploadUnknown.name)
 	// Monolithic POST with a truncated body.
-	wantStatus(t, b.do("POST", "/v2/app/blobs/uploads/?digest="+sha(data), data[:4]), 400, codeDigestInvalid)
-	wantStatus(t, b.do("PUT", "/v2/app/blobs/uploads/0123456789abcdef0123456789abcdef?digest="+sha(data), nil), 404, codeBlobUploadUnknown)
+	wantStatus(t, b.do("POST", "/v2/app/blobs/uploads/?digest="+sha(data), data[:4]), 400, codeDigestInvalid.name)
+	wantStatus(t, b.do("PUT", "/v2/app/blobs/uploads/0123456789abcdef0123456789abcdef?digest="+sha(data), nil), 404, codeBlobUploadUnknown.name)
 	// Bad digest parameter.
-	wantStatus(t, b.do("POST", "/v2/app/blobs/uploads/?digest=sha256:xyz", data), 400, codeDigestInvalid)
+	wantStatus(t, b.do("POST", "/v2/app/blobs/uploads/?digest=sha256:xyz", data), 400, codeDigestInvalid.name)
 }
 
 func TestManifestPushValidation(t *testing.T) {
@@ -198,16 +198,16 @@ func TestManifestPushValidation(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"invalid json", "/v2/app/manifests/v1", []byte(`{"schemaVersion":2,`), mtOCIManifest, 400, codeManifestInvalid},
-		{"unknown media type", "/v2/app/manifests/v1", good, "application/x-bogus", 400, codeManifestInvalid},
-		{"media type mismatch", "/v2/app/manifests/v1", good, mtDockerV2, 400, codeManifestInvalid},
-		{"missing blob", "/v2/app/manifests/v1", manifest(sha([]byte("never pushed"))), mtOCIManifest, 400, codeManifestBlobUnknown},
-		{"blob of another repository", "/v2/other/manifests/v1", good, mtOCIManifest, 400, codeManifestBlobUnknown},
-		{"digest mismatch", "/v2/app/manifests/" + sha([]byte("x")), good, mtOCIManifest, 400, codeDigestInvalid},
-		{"bad tag", "/v2/app/manifests/-v1", good, mtOCIManifest, 400, codeManifestInvalid},
-		{"schema 1", "/v2/app/manifests/v1", []byte(`{"schemaVersion":1}`), mtDockerV1, 400, codeManifestInvalid},
-		{"missing child", "/v2/app/manifests/idx", []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"%s","manifests":[{"mediaType":"%s","digest":"%s","size":1}]}`, mtOCIIndex, mtOCIManifest, sha([]byte("nope")))), mtOCIIndex, 400, codeManifestBlobUnknown},
-		{"oversize", "/v2/app/manifests/v1", bytes.Repeat([]byte(" "), maxManifestSize+1), mtOCIManifest, 413, codeManifestInvalid},
+		{"invalid json", "/v2/app/manifests/v1", []byte(`{"schemaVersion":2,`), mtOCIManifest, 400, codeManifestInvalid.name},
+		{"unknown media type", "/v2/app/manifests/v1", good, "application/x-bogus", 400, codeManifestInvalid.name},
+		{"media type mismatch", "/v2/app/manifests/v1", good, mtDockerV2, 400, codeManifestInvalid.name},
+		{"missing blob", "/v2/app/manifests/v1", manifest(sha([]byte("never pushed"))), mtOCIManifest, 400, codeManifestBlobUnknown.name},
+		{"blob of another repository", "/v2/other/manifests/v1", good, mtOCIManifest, 400, codeManifestBlobUnknown.name},
+		{"digest mismatch", "/v2/app/manifests/" + sha([]byte("x")), good, mtOCIManifest, 400, codeDigestInvalid.name},
+		{"bad tag", "/v2/app/manifests/-v1", good, mtOCIManifest, 400, codeManifestInvalid.name},
+		{"schema 1", "/v2/app/manifests/v1", []byte(`{"schemaVersion":1}`), mtDockerV1, 400, codeManifestInvalid.name},
+		{"missing child", "/v2/app/manifests/idx", []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"%s","manifests":[{"mediaType":"%s","digest":"%s","size":1}]}`, mtOCIIndex, mtOCIManifest, sha([]byte("nope")))), mtOCIIndex, 400, codeManifestBlobUnknown.name},
+		{"oversize", "/v2/app/manifests/v1", bytes.Repeat([]byte(" "), maxManifestSize+1), mtOCIManifest, 413, codeManifestInvalid.name},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			wantStatus(t, b.do("PUT", tc.path, tc.body, ct, tc.ctype), tc.status, tc.code)
@@ -232,7 +232,7 @@ func TestBlobsSharedButIsolated(t *testing.T) {
 	data := []byte("shared layer")
 	d := sha(data)
 	wantStatus(t, b.do("POST", "/v2/a/blobs/uploads/?digest="+d, data), 201, "")
-	wantStatus(t, b.do("GET", "/v2/b/blobs/"+d, nil), 404, codeBlobUnknown)
+	wantStatus(t, b.do("GET", "/v2/b/blobs/"+d, nil), 404, codeBlobUnknown.name)
 	wantStatus(t, b.do("HEAD", "/v2/b/blobs/"+d, nil), 404, "")
 	// Mount from a source that does not hold it: falls back to an upload.
 	wantStatus(t, b.do("POST", "/v2/b/blobs/uploads/?mount="+d+"&from=c", nil), 202, "")
@@ -249,7 +249,7 @@ func TestBlobsSharedButIsolated(t *testing.T) {
 	}
 	// Deleting from one repository leaves the others and the file.
 	wantStatus(t, b.do("DELETE", "/v2/a/blobs/"+d, nil), 202, "")
-	wantStatus(t, b.do("GET", "/v2/a/blobs/"+d, nil), 404, codeBlobUnknown)
+	wantStatus(t, b.do("GET", "/v2/a/blobs/"+d, nil), 404, codeBlobUnknown.name)
 	wantStatus(t, b.do("GET", "/v2/b/blobs/"+d, nil), 200, "")
 }
 
@@ -270,9 +270,9 @@ func TestDeleteManifestAndTags(t *testing.T) {
 	wantStatus(t, b.do("DELETE", "/v2/app/manifests/v2", nil), 202, "") // a tag only
 	wantStatus(t, b.do("GET", "/v2/app/manifests/v1", nil), 200, "")
 	wantStatus(t, b.do("DELETE", "/v2/app/manifests/"+d.String(), nil), 202, "")
-	wantStatus(t, b.do("GET", "/v2/app/manifests/v1", nil), 404, codeManifestUnknown)
-	wantStatus(t, b.do("GET", "/v2/app/manifests/"+d.String(), nil), 404, codeManifestUnknown)
-	wantStatus(t, b.do("DELETE", "/v2/app/manifests/"+d.String(), nil), 404, codeManifestUnknown)
+	wantStatus(t, b.do("GET", "/v2/app/manifests/v1", nil), 404, codeManifestUnknown.name)
+	wantStatus(t, b.do("GET", "/v2/app/manifests/"+d.String(), nil), 404, codeManifestUnknown.name)
+	wantStatus(t, b.do("DELETE", "/v2/app/manifests/"+d.String(), nil), 404, codeManifestUnknown.name)
 	// Blobs are left for garbage collection, not deleted inline.
 	layers, _ := img.Layers()
 	ld, _ := layers[0].Digest()
@@ -291,7 +291,7 @@ func TestUploadsExpire(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("expired %d, %v", n, err)
 	}
-	wantStatus(t, b.do("PATCH", loc, []byte("def")), 404, codeBlobUploadUnknown)
+	wantStatus(t, b.do("PATCH", loc, []byte("def")), 404, codeBlobUploadUnknown.name)
 	entries, _ := os.ReadDir(filepath.Join(b.store.Dir(), "uploads"))
 	if len(entries) != 0 {
 		t.Fatalf("upload files left: %v", entries)
@@ -317,5 +317,5 @@ func TestCatalogPagination(t *testing.T) {
 	if got := string(readAll(t, resp)); got != `{"repositories":["c"]}` || resp.Header.Get("Link") != "" {
 		t.Fatalf("page 2: %s %q", got, resp.Header.Get("Link"))
 	}
-	wantStatus(t, b.do("GET", "/v2/_catalog?n=-1", nil), 400, codeUnsupported)
+	wantStatus(t, b.do("GET", "/v2/_catalog?n=-1", nil), 400, codePaginationInvalid.name)
 }

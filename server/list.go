@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -126,7 +127,7 @@ func imageSize(ctx context.Context, st ListStore, path string, m store.Manifest)
 }
 
 // adminList: GET /admin/ls?filter= (admin listener).
-func (s *Server) adminList(w http.ResponseWriter, r *http.Request) {
+func (s *Server) adminList(w http.ResponseWriter, r *http.Request) error {
 	var names []string
 	for _, rp := range s.order {
 		if rp.Kind != KindGroup {
@@ -135,11 +136,7 @@ func (s *Server) adminList(w http.ResponseWriter, r *http.Request) {
 	}
 	list, err := List(r.Context(), s.store, names, r.URL.Query().Get("filter"))
 	if err != nil {
-		http.Error(w, `{"error":"listing failed"}`, http.StatusInternalServerError)
-		return
+		return fmt.Errorf("admin ls: %w", err)
 	}
-	w.Header().Set("Content-Type", "application/json")
-	if err := json.NewEncoder(w).Encode(list); err != nil {
-		s.log.Debug("admin ls: client gone", "err", err)
-	}
+	return writeJSON(w, r, list)
 }

@@ -38,7 +38,7 @@ func (s *Server) recoverPanics(h http.Handler) http.Handler {
 				panic(v)
 			}()
 			if sw.status == 0 {
-				writeError(sw, r, errf(codeUnknown, "internal error"))
+				s.writeError(sw, r, errf(codeUnknown, "internal error"), route{}, formatRegistry)
 			}
 		}()
 		h.ServeHTTP(sw, r)

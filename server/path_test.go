@@ -37,32 +37,32 @@ func TestParsePath(t *testing.T) {
 		{path: "/v2/a__b/manifests/x", kind: routeManifest, name: "a__b", ref: "x"},
 		{path: "/v2/a---b.c_d/manifests/x", kind: routeManifest, name: "a---b.c_d", ref: "x"},
 
-		{path: "/v2/UPPER/manifests/latest", code: codeNameInvalid},
-		{path: "/v2/a//b/manifests/latest", code: codeNameInvalid},
-		{path: "/v2/-a/manifests/latest", code: codeNameInvalid},
-		{path: "/v2/a-/manifests/latest", code: codeNameInvalid},
-		{path: "/v2/a___b/manifests/latest", code: codeNameInvalid},
-		{path: "/v2/a..b/manifests/latest", code: codeNameInvalid},
-		{path: "/v2/../etc/manifests/latest", code: codeNameInvalid},
-		{path: "/v2/" + long + "/manifests/latest", code: codeNameInvalid},
-		{path: "/v2/manifests/latest", code: codeNotFound},
-		{path: "/v2/a/manifests/-bad", code: codeManifestInvalid},
-		{path: "/v2/a/manifests/" + strings.Repeat("t", 129), code: codeManifestInvalid},
-		{path: "/v2/a/manifests/sha256:abc", code: codeDigestInvalid},
-		{path: "/v2/a/blobs/sha256:ABC", code: codeDigestInvalid},
-		{path: "/v2/a/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", code: codeDigestInvalid},
-		{path: "/v2/a/blobs/sha256:" + strings.Repeat("A", 64), code: codeDigestInvalid},
-		{path: "/v2/a/blobs/uploads/../../x", code: codeNotFound},
-		{path: "/v2/a/blobs/uploads/x.y", code: codeBlobUploadUnknown},
-		{path: "/v2/a/unknown/x", code: codeNotFound},
-		{path: "/v3/a/manifests/x", code: codeNotFound},
+		{path: "/v2/UPPER/manifests/latest", code: codeNameInvalid.name},
+		{path: "/v2/a//b/manifests/latest", code: codeNameInvalid.name},
+		{path: "/v2/-a/manifests/latest", code: codeNameInvalid.name},
+		{path: "/v2/a-/manifests/latest", code: codeNameInvalid.name},
+		{path: "/v2/a___b/manifests/latest", code: codeNameInvalid.name},
+		{path: "/v2/a..b/manifests/latest", code: codeNameInvalid.name},
+		{path: "/v2/../etc/manifests/latest", code: codeNameInvalid.name},
+		{path: "/v2/" + long + "/manifests/latest", code: codeNameInvalid.name},
+		{path: "/v2/manifests/latest", code: codeNotFound.name},
+		{path: "/v2/a/manifests/-bad", code: codeManifestInvalid.name},
+		{path: "/v2/a/manifests/" + strings.Repeat("t", 129), code: codeManifestInvalid.name},
+		{path: "/v2/a/manifests/sha256:abc", code: codeDigestInvalid.name},
+		{path: "/v2/a/blobs/sha256:ABC", code: codeDigestInvalid.name},
+		{path: "/v2/a/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", code: codeDigestInvalid.name},
+		{path: "/v2/a/blobs/sha256:" + strings.Repeat("A", 64), code: codeDigestInvalid.name},
+		{path: "/v2/a/blobs/uploads/../../x", code: codeNotFound.name},
+		{path: "/v2/a/blobs/uploads/x.y", code: codeBlobUploadUnknown.name},
+		{path: "/v2/a/unknown/x", code: codeNotFound.name},
+		{path: "/v3/a/manifests/x", code: codeNotFound.name},
 	}
 	for _, tt := range tests {
 		t.Run(tt.path[:min(len(tt.path), 60)], func(t *testing.T) {
 			rt, err := parsePath(tt.path)
 			if tt.code != "" {
 				var re *regError
-				if !errors.As(err, &re) || re.Code != tt.code {
+				if !errors.As(err, &re) || re.Code.name != tt.code {
 					t.Fatalf("parsePath(%q) = %+v, %v; want error %s", tt.path, rt, err, tt.code)
 				}
 				return
@@ -89,7 +89,7 @@ func FuzzParsePath(f *testing.F) {
 		rt, err := parsePath(p)
 		if err != nil {
 			var re *regError
-			if !errors.As(err, &re) || statusOf[re.Code] == 0 {
+			if !errors.As(err, &re) || re.Code.status == 0 {
 				t.Fatalf("parsePath(%q): error %v is not a registry error", p, err)
 			}
 			return

@@ -220,16 +220,15 @@ func (l *limitedBuilder) Write(p []byte) (int, error) {
 // adminPrefetch: POST /admin/prefetch (admin listener) with
 // {"images":[...],"platforms":[...],"all_platforms":bool}; streams one
 // JSON event per line.
-func (s *Server) adminPrefetch(listener string) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
+func (s *Server) adminPrefetch(listener string) func(w http.ResponseWriter, r *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		var req struct {
 			Images       []string `json:"images"`
 			Platforms    []string `json:"platforms"`
 			AllPlatforms bool     `json:"all_platforms"`
 		}
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || len(req.Images) == 0 {
-			http.Error(w, `{"error":"want {\"images\":[...]}"}`, http.StatusBadRequest)
-			return
+			return errf(codeRequestInvalid, `want {"images":[...]}`)
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		var mu sync.Mutex
@@ -248,5 +247,6 @@ func (s *Server) adminPrefetch(listener string) http.HandlerFunc {
 				send(PrefetchEvent{Image: img, Kind: "error", Error: err.Error()})
 			}
 		}
+		return nil
 	}
 }

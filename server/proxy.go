@@ -118,7 +118,7 @@ func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m s
 			return manifestAnswer{m: m}, nil
 		}
 		s.upstreamError(rp, err)
-		return manifestAnswer{}, fromUpstream(err, codeManifestUnknown, "manifest "+image+":"+tag)
+		return manifestAnswer{}, err
 	}
 	if dg := v.(string); dg == m.Digest.String() {
 		if err := s.store.TagChecked(ctx, path, tag, m.Digest, time.Now()); err != nil {
@@ -141,7 +141,7 @@ func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey
 	if r.Method == http.MethodHead {
 		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, image, ref)
 		if err != nil {
-			return manifestAnswer{}, s.manifestUpstreamError(rp, err, image, ref, negKey)
+			return manifestAnswer{}, s.manifestUpstreamFailed(rp, err, negKey)
 		}
 		resp.Body.Close()
 		dg := resp.Header.Get("Docker-Content-Digest")
@@ -169,23 +169,24 @@ func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey
 		return s.fetchManifest(ctx, rp, image, ref, tag)
 	})
 	if err != nil {
-		return manifestAnswer{}, s.manifestUpstreamError(rp, err, image, ref, negKey)
+		return manifestAnswer{}, s.manifestUpstreamFailed(rp, err, negKey)
 	}
 	s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
 	return manifestAnswer{m: v.(store.Manifest)}, nil
 }
 
-func (s *Server) manifestUpstreamError(rp *repo, err error, image, ref, negKey string) error {
+// manifestUpstreamFailed remembers an upstream 404 or counts another
+// failure, and returns err.
+func (s *Server) manifestUpstreamFailed(rp *repo, err error, negKey string) error {
 	var re *regError
-	if errors.As(err, &re) {
-		return err
-	}
-	if errors.Is(err, upstream.ErrNotFound) {
+	switch {
+	case errors.As(err, &re):
+	case errors.Is(err, upstream.ErrNotFound):
 		rp.rememberNotFound(negKey)
-	} else {
+	default:
 		s.upstreamError(rp, err)
 	}
-	return fromUpstream(err, codeManifestUnknown, "manifest "+image+":"+ref)
+	return err
 }
 
 // fetchManifest GETs a manifest, checks its size, digest and shape, and
@@ -197,8 +198,7 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 	}
 	defer resp.Body.Close()
 	if resp.ContentLength > maxManifestSize {
-		return store.Manifest{}, &regError{Code: codeManifestInvalid, Status: http.StatusRequestEntityTooLarge,
-			Message: fmt.Sprintf("upstream manifest is %d bytes, over the %d byte limit", resp.ContentLength, maxManifestSize)}
+		return store.Manifest{}, errf(codeManifestTooLarge, "upstream manifest is %d bytes, over the %d byte limit", resp.ContentLength, maxManifestSize)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
 	s.m.upstreamBytes.WithLabelValues(rp.Name).Add(float64(len(body)))
@@ -206,8 +206,7 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 		return store.Manifest{}, fmt.Errorf("%w: reading the manifest: %w", errUpstreamBroken, err)
 	}
 	if len(body) > maxManifestSize {
-		return store.Manifest{}, &regError{Code: codeManifestInvalid, Status: http.StatusRequestEntityTooLarge,
-			Message: fmt.Sprintf("upstream manifest is over the %d byte limit", maxManifestSize)}
+		return store.Manifest{}, errf(codeManifestTooLarge, "upstream manifest is over the %d byte limit", maxManifestSize)
 	}
 	var dg store.Digest
 	if strings.Contains(ref, ":") {
@@ -354,7 +353,7 @@ func (s *Server) proxyTags(w http.ResponseWriter, r *http.Request, rp *repo, ima
 		if !errors.Is(err, upstream.ErrNotFound) {
 			s.upstreamError(rp, err)
 		}
-		return fromUpstream(err, codeNameUnknown, "repository "+image)
+		return err
 	}
 	defer resp.Body.Close()
 	var list struct {
@@ -454,7 +453,7 @@ func paginate(all []string, q url.Values) (page []string, next string, err error
 	if ns := q.Get("n"); ns != "" {
 		n, err := strconv.Atoi(ns)
 		if err != nil || n < 0 {
-			return nil, "", errf(codeUnsupported, "invalid n %q", ns).withStatus(http.StatusBadRequest)
+			return nil, "", errf(codePaginationInvalid, "invalid n %q", ns)
 		}
 		if n < len(page) {
 			page = page[:n]
@@ -469,4 +468,3 @@ func paginate(all []string, q url.Values) (page []string, next string, err error
 	return page, next, nil
 }
 
-func (e *regError) withStatus(s int) *regError { e.Status = s; return e }

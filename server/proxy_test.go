@@ -380,7 +380,7 @@ func TestServeStaleWhenUpstreamFails(t *testing.T) {
 	}
 	// Nothing cached and upstream down: a clear error, not a hang.
 	resp := b.get("GET", "/v2/other/manifests/v1")
-	if resp.StatusCode != http.StatusServiceUnavailable || errCode(t, resp) != codeUnavailable {
+	if resp.StatusCode != http.StatusServiceUnavailable || respCode(t, resp) != codeUnavailable.name {
 		t.Errorf("uncached with upstream down: %d", resp.StatusCode)
 	}
 }
@@ -390,7 +390,7 @@ func TestNotFoundRemembered(t *testing.T) {
 	b := newTestBerth(t, up)
 	for i := 0; i < 3; i++ {
 		resp := b.get("GET", "/v2/nothing/manifests/latest")
-		if resp.StatusCode != 404 || errCode(t, resp) != codeManifestUnknown {
+		if resp.StatusCode != 404 || respCode(t, resp) != codeManifestUnknown.name {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
 	}
@@ -451,7 +451,7 @@ func TestBlobOnlyFromRepositoryThatHoldsIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp := b.get("GET", "/v2/team-b/app/blobs/"+dg.String())
-	if resp.StatusCode != 404 || errCode(t, resp) != codeBlobUnknown {
+	if resp.StatusCode != 404 || respCode(t, resp) != codeBlobUnknown.name {
 		t.Fatalf("blob of team-a served as team-b: %d", resp.StatusCode)
 	}
 	// Once upstream holds it in team-b too, a HEAD confirms it and the
@@ -483,7 +483,7 @@ func TestRateLimitPassedThrough(t *testing.T) {
 		return true
 	})
 	resp := b.get("GET", "/v2/app/manifests/v1")
-	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "120" || errCode(t, resp) != codeTooManyRequests {
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "120" || respCode(t, resp) != codeTooManyRequests.name {
 		t.Fatalf("status %d Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 	if n := up.count("GET manifest"); n != 1 {
@@ -635,19 +635,19 @@ func TestErrorResponses(t *testing.T) {
 		status       int
 		code         string
 	}{
-		{"GET", "/v2/Bad_Name/manifests/latest", 400, codeNameInvalid},
-		{"GET", "/v2/app/blobs/sha256:1234", 400, codeDigestInvalid},
-		{"GET", "/v2/app/manifests/sha256:zz", 400, codeDigestInvalid},
-		{"GET", "/v2/app/manifests/missing", 404, codeManifestUnknown},
-		{"GET", "/v2/app/blobs/" + testDigest, 404, codeBlobUnknown},
-		{"PUT", "/v2/app/manifests/v1", 405, codeUnsupported},
-		{"DELETE", "/v2/app/manifests/v1", 405, codeUnsupported},
-		{"POST", "/v2/app/blobs/uploads/", 405, codeUnsupported},
-		{"GET", "/v2/app/nothing/here", 404, codeNotFound},
-		{"GET", "/v2/app/manifests/v1?ns=quay.io", 404, codeNameUnknown},
+		{"GET", "/v2/Bad_Name/manifests/latest", 400, codeNameInvalid.name},
+		{"GET", "/v2/app/blobs/sha256:1234", 400, codeDigestInvalid.name},
+		{"GET", "/v2/app/manifests/sha256:zz", 400, codeDigestInvalid.name},
+		{"GET", "/v2/app/manifests/missing", 404, codeManifestUnknown.name},
+		{"GET", "/v2/app/blobs/" + testDigest, 404, codeBlobUnknown.name},
+		{"PUT", "/v2/app/manifests/v1", 405, codeUnsupported.name},
+		{"DELETE", "/v2/app/manifests/v1", 405, codeUnsupported.name},
+		{"POST", "/v2/app/blobs/uploads/", 405, codeUnsupported.name},
+		{"GET", "/v2/app/nothing/here", 404, codeNotFound.name},
+		{"GET", "/v2/app/manifests/v1?ns=quay.io", 404, codeNameUnknown.name},
 	} {
 		resp := b.get(tc.method, tc.path)
-		if resp.StatusCode != tc.status || errCode(t, resp) != tc.code {
+		if resp.StatusCode != tc.status || respCode(t, resp) != tc.code {
 			t.Errorf("%s %s: status %d, want %d %s", tc.method, tc.path, resp.StatusCode, tc.status, tc.code)
 		}
 	}
@@ -671,7 +671,7 @@ func TestOversizeManifestRefused(t *testing.T) {
 		return true
 	})
 	resp := b.get("GET", "/v2/app/manifests/huge")
-	if resp.StatusCode != http.StatusRequestEntityTooLarge || errCode(t, resp) != codeManifestInvalid {
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || respCode(t, resp) != codeManifestInvalid.name {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
 	if _, n := b.store.Stats(); n != 0 {

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/berth-registry/berth/internal/lru"
@@ -139,11 +138,6 @@ type Server struct {
 	loggedCauses *lru.Cache[string, struct{}] // upstream failures logged in the last minute
 }
 
-// diskFull reports an error of a full filesystem (or quota).
-func diskFull(err error) bool {
-	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
-}
-
 type repo struct {
 	Repository
 	health  *upstreamHealth                // proxy: what real requests said of the upstream
@@ -242,18 +236,10 @@ func (s *Server) Handler(listenerRepo string) http.Handler {
 // behind a reverse proxy on the same box every client is "loopback".
 func (s *Server) AdminHandler(listenerRepo string) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /admin/gc", s.adminGC)
-	mux.HandleFunc("POST /admin/prefetch", s.adminPrefetch(listenerRepo))
-	mux.HandleFunc("GET /admin/ls", s.adminList)
-	mux.HandleFunc("GET /admin/backup", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/octet-stream")
-		n, err := s.store.Backup(w)
-		if err != nil {
-			s.log.Error("backup of the index", "err", err, "bytes", n)
-			panic(http.ErrAbortHandler) // the client sees a cut body, never a short file as whole
-		}
-		s.log.Info("index backed up", "bytes", n)
-	})
+	mux.HandleFunc("POST /admin/gc", s.handle(formatRegistry, s.adminGC))
+	mux.HandleFunc("POST /admin/prefetch", s.handle(formatRegistry, s.adminPrefetch(listenerRepo)))
+	mux.HandleFunc("GET /admin/ls", s.handle(formatRegistry, s.adminList))
+	mux.HandleFunc("GET /admin/backup", s.handle(formatRegistry, s.adminBackup))
 	v2 := s.v2Handler(listenerRepo)
 	trusted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		v2.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), internalKey{}, true)))
@@ -271,6 +257,7 @@ type reqInfo struct {
 	principal        principal
 	repo, image, ref string
 	kind             string
+	route            route // the parsed path, for error messages
 	result           string // cache result
 	source           string // "cache" or "upstream" for bytes served
 }
@@ -320,22 +307,10 @@ func (s *Server) v2Handler(listenerRepo string) http.Handler {
 			info.principal = p
 			err = s.dispatch(sw, r, listenerRepo)
 		}
-		if err != nil && diskFull(err) {
-			// The server's problem, not the client's: 507, logged and
-			// counted, shown on the status page.
-			s.diskFullAt.Store(time.Now().UnixNano())
-			s.m.diskFull.Inc()
-			s.log.Error("disk full: request refused, nothing stored", "method", r.Method, "path", r.URL.Path, "err", err)
-			err = errf(codeStorageFull, "berth's disk is full; nothing was stored (the operator must free space)")
-		}
-		if err != nil {
-			var re *regError
-			if !errors.As(err, &re) && !errors.Is(err, store.ErrDigestInvalid) {
-				s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-			}
-			if sw.status == 0 {
-				writeError(sw, r, err)
-			}
+		if err != nil && sw.status == 0 {
+			s.writeError(sw, r, err, info.route, formatRegistry)
+		} else if err != nil {
+			s.log.Error("request failed after its response began", "method", r.Method, "path", r.URL.Path, "err", err)
 		}
 		aborted = false
 	})
@@ -348,7 +323,7 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 	if err != nil {
 		return err
 	}
-	info.kind = rt.kind.String()
+	info.kind, info.route = rt.kind.String(), rt
 	switch rt.kind {
 	case routeBase:
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -531,17 +506,25 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 
 // adminGC runs a garbage collection now (berth gc asks a running server
 // here, on the admin listener).
-func (s *Server) adminGC(w http.ResponseWriter, r *http.Request) {
+func (s *Server) adminGC(w http.ResponseWriter, r *http.Request) error {
 	res, err := s.store.GC(store.GCOptions{Grace: s.opts.GCGrace, DryRun: r.URL.Query().Get("dry_run") != ""})
-	w.Header().Set("Content-Type", "application/json")
 	if err != nil {
-		s.log.Error("garbage collection", "err", err)
-		w.WriteHeader(http.StatusInternalServerError)
-		json.NewEncoder(w).Encode(map[string]string{"error": "garbage collection failed"})
-		return
+		return fmt.Errorf("garbage collection: %w", err)
 	}
 	s.log.Info("garbage collection asked by admin", "blobs", res.Blobs, "bytes", res.Bytes, "dry_run", r.URL.Query().Get("dry_run") != "")
-	json.NewEncoder(w).Encode(map[string]any{"blobs": res.Blobs, "bytes": res.Bytes, "digests": res.Digests})
+	return writeJSON(w, r, map[string]any{"blobs": res.Blobs, "bytes": res.Bytes, "digests": res.Digests})
+}
+
+// adminBackup streams a consistent copy of the index (berth backup).
+func (s *Server) adminBackup(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Content-Type", "application/octet-stream")
+	n, err := s.store.Backup(w)
+	if err != nil {
+		s.log.Error("backup of the index", "err", err, "bytes", n)
+		panic(http.ErrAbortHandler) // the client sees a cut body, never a short file as whole
+	}
+	s.log.Info("index backed up", "bytes", n)
+	return nil
 }
 
 // statusWriter records the status and body bytes of a response. It keeps

@@ -33,8 +33,8 @@ func (s *Server) uiHandlers(mux *http.ServeMux, listenerRepo string) {
 			http.Redirect(w, r, "/", http.StatusSeeOther)
 			return
 		}
-		w.Header().Set("Www-Authenticate", `Basic realm="berth"`)
-		http.Error(w, "sign in with a berth user", http.StatusUnauthorized)
+		s.writeError(w, r, &regError{Code: codeUnauthorized, Message: "sign in with a berth user",
+			Header: http.Header{"Www-Authenticate": {`Basic realm="berth"`}}}, route{}, formatText)
 	})
 }
 
@@ -44,13 +44,15 @@ func (s *Server) uiPage(f uiPageFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.auth.authenticate(r)
 		if err != nil {
-			w.Header().Set("Www-Authenticate", `Basic realm="berth"`)
-			http.Error(w, "invalid credentials", http.StatusUnauthorized)
+			s.writeError(w, r, errWrongCredentials, route{}, formatText)
 			return
 		}
 		name, data, err := f(r, p)
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusNotFound)
+			// A store miss is a page that does not exist; the route
+			// makes it MANIFEST_UNKNOWN (the only store read that fails
+			// a page).
+			s.writeError(w, r, err, route{kind: routeManifest, name: r.URL.Query().Get("name"), ref: r.URL.Query().Get("digest")}, formatText)
 			return
 		}
 		data["User"] = p.name()
@@ -210,7 +212,7 @@ func (s *Server) uiRepo(r *http.Request, p principal) (*repo, error) {
 		rp = s.repos[r.URL.Query().Get("name")]
 	}
 	if rp == nil || !s.visible(p, rp) {
-		return nil, fmt.Errorf("no such repository")
+		return nil, errf(codeNameUnknown, "no such repository")
 	}
 	return rp, nil
 }
@@ -254,7 +256,7 @@ func (s *Server) uiImageAllowed(r *http.Request, p principal) (*repo, string, er
 	}
 	image := r.URL.Query().Get("name")
 	if validateName(image) != nil || rp.Kind == KindGroup || !s.allowed(p, rp, image, actionPull) {
-		return nil, "", fmt.Errorf("no such image")
+		return nil, "", errf(codeNameUnknown, "no such image")
 	}
 	return rp, image, nil
 }
@@ -326,7 +328,7 @@ func (s *Server) uiManifest(r *http.Request, p principal) (string, map[string]an
 	path := rp.Name + "/" + image
 	m, err := s.store.PeekManifest(r.Context(), path, d)
 	if err != nil {
-		return "", nil, fmt.Errorf("manifest not in the store")
+		return "", nil, err // not found: MANIFEST_UNKNOWN
 	}
 	var doc struct {
 		manifestDoc

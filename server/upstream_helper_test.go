@@ -233,7 +233,7 @@ func (b *testBerth) cacheCount(kind, result string) float64 {
 	return testutil.ToFloat64(b.srv.m.cache.WithLabelValues("hub", kind, result))
 }
 
-func errCode(t *testing.T, resp *http.Response) string {
+func respCode(t *testing.T, resp *http.Response) string {
 	t.Helper()
 	var body errorBody
 	if err := json.Unmarshal(readAll(t, resp), &body); err != nil || len(body.Errors) == 0 {
