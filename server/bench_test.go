@@ -79,14 +79,12 @@ func BenchmarkFanOut(b *testing.B) {
 	d := store.DigestOf(blob)
 	b.SetBytes(int64(len(blob)) * 20)
 	for b.Loop() {
-		g := newFetchGroup(time.Minute, nil, nil)
+		g := newFetchGroup(time.Minute, storeTemps(st), nil, nil)
 		var wg sync.WaitGroup
 		for i := 0; i < 20; i++ {
-			dl, _, err := g.join(d, func() (*store.BlobWriter, error) { return st.NewBlobWriter(context.Background(), "sha256") },
-				func(ctx context.Context) (io.ReadCloser, int64, error) {
-					return io.NopCloser(bytes.NewReader(blob)), int64(len(blob)), nil
-				},
-				func(ctx context.Context, w *store.BlobWriter) error { return nil }, nil)
+			dl, _, err := g.join(context.Background(), fetchJob{want: d, fetch: func(ctx context.Context) (io.ReadCloser, int64, error) {
+				return io.NopCloser(bytes.NewReader(blob)), int64(len(blob)), nil
+			}})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -43,11 +43,11 @@ var (
 	codePaginationInvalid   = errCode{"PAGINATION_NUMBER_INVALID", http.StatusBadRequest} // bad ?n=
 	codeTooManyRequests     = errCode{"TOOMANYREQUESTS", http.StatusTooManyRequests}
 	codeRangeInvalid        = errCode{"RANGE_INVALID", http.StatusRequestedRangeNotSatisfiable}
-	codeNotFound            = errCode{"NOT_FOUND", http.StatusNotFound}                // no such endpoint or page
-	codeUnavailable         = errCode{"UNAVAILABLE", http.StatusServiceUnavailable}    // upstream unreachable, nothing cached
-	codeUnknown             = errCode{"UNKNOWN", http.StatusInternalServerError}       // berth's own failure
-	codeStorageFull         = errCode{"STORAGE_FULL", http.StatusInsufficientStorage}  // berth's disk is full
-	codeRequestInvalid      = errCode{"INVALID_REQUEST", http.StatusBadRequest}        // token endpoint, admin: bad form or body
+	codeNotFound            = errCode{"NOT_FOUND", http.StatusNotFound}               // no such endpoint or page
+	codeUnavailable         = errCode{"UNAVAILABLE", http.StatusServiceUnavailable}   // upstream unreachable, nothing cached
+	codeUnknown             = errCode{"UNKNOWN", http.StatusInternalServerError}      // berth's own failure
+	codeStorageFull         = errCode{"STORAGE_FULL", http.StatusInsufficientStorage} // berth's disk is full
+	codeRequestInvalid      = errCode{"INVALID_REQUEST", http.StatusBadRequest}       // token endpoint, admin: bad form or body
 )
 
 // regError is the one error type for protocol errors.

@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -24,6 +28,7 @@ import (
 // finish while the blob is made durable and entered in the index.
 type fetchGroup struct {
 	timeout time.Duration
+	newTemp func(ctx context.Context, alg string) (tempBlob, error)
 	onStart func()
 	onEnd   func()
 	spawn   func(where string, f func()) // starts the download goroutine (Server.goSafe)
@@ -32,23 +37,49 @@ type fetchGroup struct {
 	active map[string]*download
 }
 
-func newFetchGroup(timeout time.Duration, onStart, onEnd func()) *fetchGroup {
+// newFetchGroup returns a fetchGroup whose downloads write into temp
+// files made by newTemp and end within timeout. onStart and onEnd (may be
+// nil) are told when a download begins and ends.
+func newFetchGroup(timeout time.Duration, newTemp func(ctx context.Context, alg string) (tempBlob, error), onStart, onEnd func()) *fetchGroup {
 	if onStart == nil {
 		onStart = func() {}
 	}
 	if onEnd == nil {
 		onEnd = func() {}
 	}
-	return &fetchGroup{timeout: timeout, onStart: onStart, onEnd: onEnd, active: map[string]*download{},
+	return &fetchGroup{timeout: timeout, newTemp: newTemp, onStart: onStart, onEnd: onEnd, active: map[string]*download{},
 		spawn: func(_ string, f func()) { go f() }}
 }
+
+// tempBlob is the file a download writes and its readers follow: what the
+// download needs of store.BlobWriter.
+type tempBlob interface {
+	io.Writer
+	io.ReaderAt
+	// Verify checks the bytes written against want (and size, when >= 0).
+	Verify(want store.Digest, size int64) error
+	// Commit makes the file the stored blob want, with links.
+	Commit(ctx context.Context, want store.Digest, size int64, links ...store.Link) (store.BlobInfo, error)
+	// OpenReader opens the file on its own offset (for sendfile); it stays
+	// readable after Commit or Close.
+	OpenReader() (*os.File, error)
+	Close() error
+}
+
+var _ tempBlob = (*store.BlobWriter)(nil)
 
 // fetchFunc starts the upstream transfer: it returns the body and its
 // length (-1 when unknown).
 type fetchFunc func(ctx context.Context) (body io.ReadCloser, size int64, err error)
 
-// commitFunc verifies and stores the finished temp file.
-type commitFunc func(ctx context.Context, w *store.BlobWriter) error
+// fetchJob is one blob to download: where its bytes come from, the link
+// recorded when it is stored, and whom to tell how it ended.
+type fetchJob struct {
+	want  store.Digest
+	fetch fetchFunc
+	link  store.Link  // recorded with the blob when it commits
+	ended func(error) // told the result once (metrics, logs); may be nil
+}
 
 // errDownloadPanicked is a download's result when its goroutine panicked.
 var errDownloadPanicked = errors.New("download panicked")
@@ -65,7 +96,7 @@ var errStoreWrite = errors.New("store write failed")
 type download struct {
 	g    *fetchGroup
 	want store.Digest
-	w    *store.BlobWriter
+	w    tempBlob
 
 	mu       sync.Mutex
 	changed  chan struct{} // closed and replaced on every state change
@@ -78,11 +109,12 @@ type download struct {
 	refs     int // guarded by g.mu
 }
 
-// join returns the download of blob want, starting one when none is under
+// join returns the download of job.want, starting job when none is under
 // way. leader is true for the caller that started it. The caller must call
-// release when done reading. newWriter makes the temp file; commit stores
-// it once its digest is verified.
-func (g *fetchGroup) join(want store.Digest, newWriter func() (*store.BlobWriter, error), fetch fetchFunc, commit commitFunc, onDone func(error)) (d *download, leader bool, err error) {
+// release when done reading. An error means no temp file could be made
+// (the store cannot write).
+func (g *fetchGroup) join(ctx context.Context, job fetchJob) (d *download, leader bool, err error) {
+	want := job.want
 	key := want.String()
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -90,25 +122,25 @@ func (g *fetchGroup) join(want store.Digest, newWriter func() (*store.BlobWriter
 		d.refs++
 		return d, false, nil
 	}
-	w, err := newWriter()
+	w, err := g.newTemp(ctx, want.Algorithm())
 	if err != nil {
 		return nil, false, err
 	}
 	d = &download{g: g, want: want, w: w, changed: make(chan struct{}), size: -1, refs: 2} // caller + runner
 	g.active[key] = d
 	g.onStart()
-	g.spawn("blob download", func() { d.run(fetch, commit, onDone) })
+	g.spawn("blob download", func() { d.run(job) })
 	return d, true, nil
 }
 
-func (d *download) run(fetch fetchFunc, commit commitFunc, onDone func(error)) {
+func (d *download) run(job fetchJob) {
 	// A panic below still ends the download, failed, for every reader
 	// (the goroutine's guard logs and counts it).
 	err := errDownloadPanicked
-	defer func() { d.finish(err, onDone) }()
+	defer func() { d.finish(err, job.ended) }()
 	ctx, cancel := context.WithTimeout(context.Background(), d.g.timeout)
 	defer cancel()
-	if err = d.transfer(ctx, fetch); err != nil {
+	if err = d.transfer(ctx, job.fetch); err != nil {
 		return
 	}
 	if err = d.w.Verify(d.want, -1); err != nil {
@@ -118,7 +150,7 @@ func (d *download) run(fetch fetchFunc, commit commitFunc, onDone func(error)) {
 	// Readers may have the last byte now; making the blob durable (fsync
 	// of the whole file, rename, index) need not hold them up.
 	d.update(func() { d.verified = true })
-	err = commit(ctx, d.w)
+	_, err = d.w.Commit(ctx, d.want, -1, job.link)
 }
 
 // finish reports the download's end to onDone and its readers, and frees
@@ -340,10 +372,55 @@ func (r *dlReader) avail() (int64, error) {
 // prefixHash hashes the bytes before the offset again, from the temp
 // file, in d's algorithm: what a response that must be finished from
 // elsewhere has sent so far.
-func (r *dlReader) prefixHash(d store.Digest) (hash.Hash, error) {
-	h := d.NewHash()
+func (r *dlReader) prefixHash() (hash.Hash, error) {
+	h := r.d.want.NewHash()
 	if _, err := io.Copy(h, io.NewSectionReader(r.d.w, 0, r.off)); err != nil {
 		return nil, err
 	}
 	return h, nil
 }
+
+// copyBufs are the buffers of streamed downloads that cannot use sendfile.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// streamTo sends a whole blob while it downloads: each stretch that
+// has arrived goes out with sendfile from the temp file (which stays open
+// when it is committed or removed), so following a download costs no
+// user-space copy; 256 KiB buffered copies if the file cannot be reopened.
+func (rd *dlReader) streamTo(w http.ResponseWriter, log *slog.Logger) {
+	d := rd.d.want
+	blobHeaders(w, d)
+	w.Header().Set("Content-Length", strconv.FormatInt(rd.size, 10))
+	w.WriteHeader(http.StatusOK)
+	f, err := rd.d.w.OpenReader()
+	if err != nil {
+		log.Warn("cannot reopen a download for sendfile, copying", "digest", d, "err", err)
+		bp := copyBufs.Get().(*[]byte)
+		defer copyBufs.Put(bp)
+		if _, err := io.CopyBuffer(writerOnly{w}, rd, *bp); err != nil {
+			rd.fail(err)
+		}
+		return
+	}
+	defer f.Close()
+	for {
+		n, err := rd.avail()
+		if err != nil {
+			rd.fail(err)
+			return
+		}
+		if _, err := f.Seek(rd.off, io.SeekStart); err != nil {
+			rd.fail(err)
+			return
+		}
+		m, err := io.CopyN(w, f, n)
+		rd.off += m
+		if err != nil {
+			rd.fail(err)
+			return
+		}
+	}
+}
+
+// writerOnly hides a writer's ReadFrom, so io.Copy uses its buffer.
+type writerOnly struct{ io.Writer }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"syscall"
 	"testing"
 	"time"
 
@@ -12,24 +13,39 @@ import (
 	"github.com/berth-registry/berth/store/storetest"
 )
 
+// storeTemps makes a download's temp files in st.
+func storeTemps(st *store.Store) func(ctx context.Context, alg string) (tempBlob, error) {
+	return func(ctx context.Context, alg string) (tempBlob, error) { return st.NewBlobWriter(ctx, alg) }
+}
+
+// slowCommit is a temp file whose Commit waits until release is closed.
+type slowCommit struct {
+	tempBlob
+	release chan struct{}
+}
+
+func (c slowCommit) Commit(ctx context.Context, want store.Digest, size int64, links ...store.Link) (store.BlobInfo, error) {
+	<-c.release
+	return c.tempBlob.Commit(ctx, want, size, links...)
+}
+
 // startDownload joins a download of blob whose commit blocks until
 // release is closed, and whose body is body.
 func startDownload(t *testing.T, blob, body []byte, release chan struct{}) (*download, chan error) {
 	t.Helper()
 	st := storetest.Open(t)
-	g := newFetchGroup(time.Minute, nil, nil)
+	g := newFetchGroup(time.Minute, func(ctx context.Context, alg string) (tempBlob, error) {
+		w, err := st.NewBlobWriter(ctx, alg)
+		return slowCommit{w, release}, err
+	}, nil, nil)
 	committed := make(chan error, 1)
-	dl, _, err := g.join(store.DigestOf(blob),
-		func() (*store.BlobWriter, error) { return st.NewBlobWriter(context.Background(), "sha256") },
-		func(ctx context.Context) (io.ReadCloser, int64, error) {
+	dl, _, err := g.join(context.Background(), fetchJob{
+		want: store.DigestOf(blob),
+		fetch: func(ctx context.Context) (io.ReadCloser, int64, error) {
 			return io.NopCloser(bytes.NewReader(body)), int64(len(body)), nil
 		},
-		func(ctx context.Context, w *store.BlobWriter) error {
-			<-release
-			_, err := w.Commit(ctx, store.DigestOf(blob), -1)
-			return err
-		},
-		func(err error) { committed <- err })
+		ended: func(err error) { committed <- err },
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,4 +100,100 @@ func TestUnverifiedLastByteHeld(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fullDisk is a temp file on a disk that fills up after room bytes, or
+// whose commit fails.
+type fullDisk struct {
+	tempBlob
+	room      int64
+	commitErr error
+}
+
+func (f *fullDisk) Write(p []byte) (int, error) {
+	if int64(len(p)) > f.room {
+		n, _ := f.tempBlob.Write(p[:f.room])
+		f.room = 0
+		return n, syscall.ENOSPC
+	}
+	f.room -= int64(len(p))
+	return f.tempBlob.Write(p)
+}
+
+func (f *fullDisk) Commit(ctx context.Context, want store.Digest, size int64, links ...store.Link) (store.BlobInfo, error) {
+	if f.commitErr != nil {
+		return store.BlobInfo{}, f.commitErr
+	}
+	return f.tempBlob.Commit(ctx, want, size, links...)
+}
+
+// TestDownloadOnFailingDisk: a disk that fills mid-blob ends every reader
+// with errStoreWrite (their cue to pass the upstream through) after a
+// correct prefix of what was written; a commit that fails after verification does
+// not take back the verified bytes readers already have, and the failure
+// reaches the download's end.
+func TestDownloadOnFailingDisk(t *testing.T) {
+	blob := bytes.Repeat([]byte("berth"), 200_000) // 1 MB
+	d := store.DigestOf(blob)
+	body := func(ctx context.Context) (io.ReadCloser, int64, error) {
+		return io.NopCloser(bytes.NewReader(blob)), int64(len(blob)), nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	t.Run("full mid-blob", func(t *testing.T) {
+		st := storetest.Open(t)
+		g := newFetchGroup(time.Minute, func(ctx context.Context, alg string) (tempBlob, error) {
+			w, err := st.NewBlobWriter(ctx, alg)
+			return &fullDisk{tempBlob: w, room: 300_000}, err
+		}, nil, nil)
+		ended := make(chan error, 1)
+		dl, _, err := g.join(ctx, fetchJob{want: d, fetch: body, ended: func(err error) { ended <- err }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dl.release()
+		got, err := io.ReadAll(dl.reader(ctx, int64(len(blob))))
+		if !errors.Is(err, errStoreWrite) || !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("reader error %v, want errStoreWrite with ENOSPC", err)
+		}
+		// Readers see whole chunks that reached the disk: a prefix of
+		// the blob, never past what fitted.
+		if len(got) == 0 || len(got) > 300_000 || !bytes.Equal(got, blob[:len(got)]) {
+			t.Fatalf("reader got %d bytes, want a prefix of the 300000 written", len(got))
+		}
+		if err := <-ended; !errors.Is(err, errStoreWrite) {
+			t.Fatalf("download ended with %v", err)
+		}
+		if _, err := st.StatBlob(ctx, d); !store.IsNotFound(err) {
+			t.Fatalf("a blob that did not fit is in the store: %v", err)
+		}
+	})
+
+	t.Run("commit fails", func(t *testing.T) {
+		st := storetest.Open(t)
+		g := newFetchGroup(time.Minute, func(ctx context.Context, alg string) (tempBlob, error) {
+			w, err := st.NewBlobWriter(ctx, alg)
+			return &fullDisk{tempBlob: w, room: 1 << 30, commitErr: syscall.EIO}, err
+		}, nil, nil)
+		ended := make(chan error, 1)
+		dl, _, err := g.join(ctx, fetchJob{want: d, fetch: body, ended: func(err error) { ended <- err }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dl.release()
+		if err := <-ended; !errors.Is(err, syscall.EIO) {
+			t.Fatalf("download ended with %v, want the commit's EIO", err)
+		}
+		if err := dl.waitVerified(ctx); err != nil {
+			t.Fatalf("verified bytes taken back after a failed commit: %v", err)
+		}
+		got, err := io.ReadAll(dl.reader(ctx, int64(len(blob))))
+		if err != nil || !bytes.Equal(got, blob) {
+			t.Fatalf("read %d bytes, %v", len(got), err)
+		}
+		if _, err := st.StatBlob(ctx, d); !store.IsNotFound(err) {
+			t.Fatalf("a blob whose commit failed is in the store: %v", err)
+		}
+	})
 }

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -273,34 +272,6 @@ func (a manifestAnswer) write(w http.ResponseWriter, r *http.Request) error {
 	return serveManifest(w, r, a.m)
 }
 
-// serveManifest writes a stored manifest with its headers (end-3).
-func serveManifest(w http.ResponseWriter, r *http.Request, m store.Manifest) error {
-	h := w.Header()
-	h.Set("Content-Type", m.MediaType)
-	h.Set("Docker-Content-Digest", m.Digest.String())
-	h.Set("Etag", `"`+m.Digest.String()+`"`)
-	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatch(inm, m.Digest.String()) {
-		w.WriteHeader(http.StatusNotModified)
-		return nil
-	}
-	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		w.Write(m.Body)
-	}
-	return nil
-}
-
-func etagMatch(header, digest string) bool {
-	for _, t := range strings.Split(header, ",") {
-		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
-		if t == "*" || strings.Trim(t, `"`) == digest {
-			return true
-		}
-	}
-	return false
-}
-
 // upstreamError counts an upstream failure by reason and logs it at WARN,
 // once per repository and reason a minute (the count says how many).
 func (s *Server) upstreamError(rp *repo, err error) {
@@ -377,37 +348,6 @@ func (s *Server) proxyTags(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	return writeTagList(w, r, clientName, list.Tags)
 }
 
-// decodeJSON reads an upstream JSON body of at most 32 MiB.
-func decodeJSON(r io.Reader, v any) error {
-	return json.NewDecoder(io.LimitReader(r, 32<<20)).Decode(v)
-}
-
-func writeTagList(w http.ResponseWriter, r *http.Request, name string, tags []string) error {
-	if tags == nil {
-		tags = []string{}
-	}
-	return writeJSON(w, r, map[string]any{"name": name, "tags": tags})
-}
-
-func writeJSON(w http.ResponseWriter, r *http.Request, v any) error {
-	w.Header().Set("Content-Type", "application/json")
-	return writeJSONTyped(w, r, v)
-}
-
-// writeJSONTyped writes v as JSON with the Content-Type already set.
-func writeJSONTyped(w http.ResponseWriter, r *http.Request, v any) error {
-	body, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		w.Write(body)
-	}
-	return nil
-}
-
 // catalog: GET /v2/_catalog (end-... optional) of the listener's
 // repository: the images it has cached or hosts, with n/last pagination.
 func (s *Server) catalog(w http.ResponseWriter, r *http.Request, rp *repo) error {
@@ -467,4 +407,3 @@ func paginate(all []string, q url.Values) (page []string, next string, err error
 	}
 	return page, next, nil
 }
-

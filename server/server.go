@@ -208,7 +208,9 @@ func New(opts Options) (*Server, error) {
 	for _, rp := range s.order {
 		s.m.initRepository(rp.Name, rp.Kind == KindProxy)
 	}
-	s.fetches = newFetchGroup(opts.FetchTimeout, s.m.inflight.Inc, s.m.inflight.Dec)
+	s.fetches = newFetchGroup(opts.FetchTimeout, func(ctx context.Context, alg string) (tempBlob, error) {
+		return s.store.NewBlobWriter(ctx, alg)
+	}, s.m.inflight.Inc, s.m.inflight.Dec)
 	s.fetches.spawn = s.goSafe
 	return s, nil
 }
@@ -257,7 +259,7 @@ type reqInfo struct {
 	principal        principal
 	repo, image, ref string
 	kind             string
-	route            route // the parsed path, for error messages
+	route            route  // the parsed path, for error messages
 	result           string // cache result
 	source           string // "cache" or "upstream" for bytes served
 }
@@ -525,53 +527,6 @@ func (s *Server) adminBackup(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.log.Info("index backed up", "bytes", n)
 	return nil
-}
-
-// statusWriter records the status and body bytes of a response. It keeps
-// io.ReaderFrom so that files are still sent with sendfile.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-	bytes  int64
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	n, err := w.ResponseWriter.Write(p)
-	w.bytes += int64(n)
-	return n, err
-}
-
-func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	var n int64
-	var err error
-	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(r)
-	} else {
-		n, err = io.Copy(w.ResponseWriter, r)
-	}
-	w.bytes += n
-	return n, err
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (w *statusWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
 }
 
 // pendingTag is what an upstream HEAD said a tag points at, kept for a

@@ -8,90 +8,75 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"sync"
-	"time"
 
 	"github.com/berth-registry/berth/store"
 	"github.com/berth-registry/berth/upstream"
 )
 
-// serveBlobFile writes a stored blob with http.ServeContent (Range, HEAD,
-// conditional requests, sendfile) (end-2).
-func serveBlobFile(w http.ResponseWriter, r *http.Request, d store.Digest, f io.ReadSeeker) {
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", d.String())
-	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set("Cache-Control", "max-age=31536000, immutable")
-	http.ServeContent(w, r, "", time.Time{}, f)
-}
-
 // proxyBlob: GET/HEAD /v2/<name>/blobs/<digest> through the cache. A blob
 // on disk is served from repository R only when R is known to hold it
-// (linked); otherwise an upstream HEAD confirms it first. A miss joins (or
-// starts) the one download of that digest and streams from its temp file.
+// (linked); otherwise an upstream HEAD confirms it first. A HEAD of a
+// blob not on disk asks the upstream; a GET joins (or starts) the one
+// download of that digest and streams from its temp file (fetch.go).
 func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest) error {
 	ctx := r.Context()
-	path := rp.Name + "/" + image
-	linked, err := s.store.HasLink(ctx, path, d)
+	linked, err := s.store.HasLink(ctx, rp.Name+"/"+image, d)
 	if err != nil {
 		return err
 	}
-	if f, err := s.store.OpenBlob(ctx, d); err == nil {
+	f, err := s.store.OpenBlob(ctx, d)
+	switch {
+	case err == nil:
 		defer f.Close()
-		if !linked {
-			if err := s.confirmBlob(ctx, rp, image, d); err != nil {
-				return err
-			}
-		}
-		s.cacheResult(r, rp, "blob", resultHit, "cache")
-		if f.Info.Size >= largeBlob && r.Method == http.MethodGet {
-			limitUnsent(ctx)
-		}
-		serveBlobFile(w, r, d, f.File)
-		return nil
-	} else if !store.IsNotFound(err) {
+		return s.proxyBlobHit(w, r, rp, image, f, linked)
+	case !store.IsNotFound(err):
 		return err
+	case r.Method == http.MethodHead:
+		return s.proxyBlobHead(w, r, rp, image, d)
 	}
+	return s.proxyBlobMiss(w, r, rp, image, d, linked)
+}
 
-	if r.Method == http.MethodHead {
-		resp, err := rp.Upstream.Blob(ctx, http.MethodHead, image, d.String())
-		if err != nil {
-			return s.blobUpstreamFailed(rp, err)
-		}
-		resp.Body.Close()
-		// No link: a link names a stored blob (store.Check); the GET
-		// that follows fetches through this repository and links it.
-		s.cacheResult(r, rp, "blob", resultMiss, "upstream")
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Docker-Content-Digest", d.String())
-		w.Header().Set("Etag", `"`+d.String()+`"`)
-		if resp.ContentLength >= 0 {
-			w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
-		}
-		w.WriteHeader(http.StatusOK)
-		return nil
-	}
-
-	dl, leader, err := s.fetches.join(d,
-		func() (*store.BlobWriter, error) { return s.store.NewBlobWriter(ctx, d.Algorithm()) },
-		s.blobFetcher(rp, image, d),
-		func(ctx context.Context, bw *store.BlobWriter) error {
-			_, err := bw.Commit(ctx, d, -1, store.Link{Repo: path, Kind: store.LinkFetched})
+// proxyBlobHit serves a blob on disk.
+func (s *Server) proxyBlobHit(w http.ResponseWriter, r *http.Request, rp *repo, image string, f *store.Blob, linked bool) error {
+	ctx := r.Context()
+	d := f.Info.Digest
+	if !linked {
+		if err := s.confirmBlob(ctx, rp, image, d); err != nil {
 			return err
-		},
-		func(err error) {
-			switch {
-			case err == nil:
-			case errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch):
-				s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
-				s.upstreamError(rp, err)
-				s.log.Error("upstream blob corrupt, not cached", "repository", rp.Name, "name", image, "digest", d, "err", err)
-			case !errors.Is(err, upstream.ErrNotFound):
-				s.upstreamError(rp, err)
-				s.log.Debug("upstream blob download failed", "repository", rp.Name, "name", image, "digest", d, "err", err)
-			}
-		})
+		}
+	}
+	s.cacheResult(r, rp, "blob", resultHit, "cache")
+	if f.Info.Size >= largeBlob && r.Method == http.MethodGet {
+		limitUnsent(ctx)
+	}
+	serveBlobFile(w, r, d, f.File)
+	return nil
+}
+
+// proxyBlobHead answers a HEAD of a blob not on disk from an upstream
+// HEAD. Nothing is linked: a link names a stored blob (store.Check); the
+// GET that follows fetches through this repository and links it.
+func (s *Server) proxyBlobHead(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest) error {
+	resp, err := rp.Upstream.Blob(r.Context(), http.MethodHead, image, d.String())
+	if err != nil {
+		return s.blobUpstreamFailed(rp, err)
+	}
+	resp.Body.Close()
+	s.cacheResult(r, rp, "blob", resultMiss, "upstream")
+	blobHeaders(w, d)
+	if resp.ContentLength >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// proxyBlobMiss serves a GET of a blob not on disk from the download of
+// it (fetch.go): the one under way, or one this request starts.
+func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest, linked bool) error {
+	ctx := r.Context()
+	dl, leader, err := s.fetches.join(ctx, s.blobJob(rp, image, d))
 	if err != nil {
 		// The store cannot even start a temp file: serve from upstream.
 		return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
@@ -106,21 +91,25 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 			}
 		}
 	}
-	size, err := dl.wait(ctx)
-	if err != nil {
+	// storeFailed: the download failed because the store could not write;
+	// the client is served from upstream instead.
+	storeFailed := func(err error) error {
 		if errors.Is(err, errStoreWrite) {
 			return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
 		}
 		return err
 	}
+	size, err := dl.wait(ctx)
+	if err != nil {
+		return storeFailed(err)
+	}
 	s.cacheResult(r, rp, "blob", result, source)
-	if size < 0 {
+	ranged := r.Header.Get("Range") != ""
+	switch {
+	case size < 0:
 		// No Content-Length upstream: serve once complete and verified.
 		if err := dl.waitDone(ctx); err != nil {
-			if errors.Is(err, errStoreWrite) {
-				return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
-			}
-			return err
+			return storeFailed(err)
 		}
 		f, err := s.store.OpenBlob(ctx, d)
 		if err != nil {
@@ -129,29 +118,22 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 		defer f.Close()
 		serveBlobFile(w, r, d, f.File)
 		return nil
-	}
-	rd := dl.reader(ctx, size)
-	whole := r.Header.Get("Range") == "" && r.Method == http.MethodGet
-	if r.Header.Get("Range") != "" && r.Method == http.MethodGet {
+	case ranged:
 		// A range is answered once the whole blob is verified: bytes
 		// before the end cannot be checked earlier, and a 206 is never
 		// allowed to carry wrong bytes (found by FuzzProxyPromise).
 		if err := dl.waitVerified(ctx); err != nil {
-			if errors.Is(err, errStoreWrite) {
-				return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
-			}
-			return err
+			return storeFailed(err)
 		}
+		serveBlobFile(w, r, d, dl.reader(ctx, size))
+		return nil
 	}
-	if whole {
-		s.streamDownload(w, d, rd)
-	} else {
-		serveBlobFile(w, r, d, rd)
-	}
-	if errors.Is(rd.err, errStoreWrite) && whole && rd.off < size {
+	rd := dl.reader(ctx, size)
+	rd.streamTo(w, s.log)
+	if errors.Is(rd.err, errStoreWrite) && rd.off < size {
 		// The store failed mid-blob: finish this response from upstream,
 		// still checking the digest of the whole.
-		h, err := rd.prefixHash(d)
+		h, err := rd.prefixHash()
 		if err == nil {
 			err = s.passThrough(w, r, rp, image, d, rd.off, h, true, rd.err)
 		}
@@ -170,52 +152,27 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	return nil
 }
 
-// copyBufs are the buffers of streamed downloads that cannot use sendfile.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
-
-// streamDownload sends a whole blob while it downloads: each stretch that
-// has arrived goes out with sendfile from the temp file (which stays open
-// when it is committed or removed), so following a download costs no
-// user-space copy; 256 KiB buffered copies if the file cannot be reopened.
-func (s *Server) streamDownload(w http.ResponseWriter, d store.Digest, rd *dlReader) {
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", d.String())
-	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set("Content-Length", strconv.FormatInt(rd.size, 10))
-	w.WriteHeader(http.StatusOK)
-	f, err := rd.d.w.OpenReader()
-	if err != nil {
-		s.log.Warn("cannot reopen a download for sendfile, copying", "digest", d, "err", err)
-		bp := copyBufs.Get().(*[]byte)
-		defer copyBufs.Put(bp)
-		if _, err := io.CopyBuffer(writerOnly{w}, rd, *bp); err != nil {
-			rd.fail(err)
-		}
-		return
-	}
-	defer f.Close()
-	for {
-		n, err := rd.avail()
-		if err != nil {
-			rd.fail(err)
-			return
-		}
-		if _, err := f.Seek(rd.off, io.SeekStart); err != nil {
-			rd.fail(err)
-			return
-		}
-		m, err := io.CopyN(w, f, n)
-		rd.off += m
-		if err != nil {
-			rd.fail(err)
-			return
-		}
+// blobJob is the download of blob d of image from rp's upstream: linked
+// to the image when stored, counted and logged when it ends.
+func (s *Server) blobJob(rp *repo, image string, d store.Digest) fetchJob {
+	return fetchJob{
+		want:  d,
+		fetch: s.blobFetcher(rp, image, d),
+		link:  store.Link{Repo: rp.Name + "/" + image, Kind: store.LinkFetched},
+		ended: func(err error) {
+			switch {
+			case err == nil:
+			case errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch):
+				s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
+				s.upstreamError(rp, err)
+				s.log.Error("upstream blob corrupt, not cached", "repository", rp.Name, "name", image, "digest", d, "err", err)
+			case !errors.Is(err, upstream.ErrNotFound):
+				s.upstreamError(rp, err)
+				s.log.Debug("upstream blob download failed", "repository", rp.Name, "name", image, "digest", d, "err", err)
+			}
+		},
 	}
 }
-
-// writerOnly hides a writer's ReadFrom, so io.Copy uses its buffer.
-type writerOnly struct{ io.Writer }
 
 // blobFetcher returns the function that GETs blob d of image upstream,
 // counting bytes and mismatches.
@@ -285,12 +242,9 @@ func (s *Server) passThrough(w http.ResponseWriter, r *http.Request, rp *repo, i
 	info := infoOf(ctx)
 	info.result, info.source = resultMiss, "upstream"
 	if !started {
-		hd := w.Header()
-		hd.Set("Content-Type", "application/octet-stream")
-		hd.Set("Docker-Content-Digest", d.String())
-		hd.Set("Etag", `"`+d.String()+`"`)
+		blobHeaders(w, d)
 		if resp.ContentLength >= 0 {
-			hd.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+			w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 		}
 		w.WriteHeader(http.StatusOK)
 		if r.Method == http.MethodHead {
