@@ -235,7 +235,7 @@ func (s *Server) groupTags(w http.ResponseWriter, r *http.Request, g *repo, imag
 func (s *Server) memberTags(ctx context.Context, m *repo, image string) ([]string, error) {
 	path := m.Name + "/" + image
 	if m.Kind == KindHosted {
-		tags, err := s.store.Tags(ctx, path)
+		tags, err := s.manifests.Tags(ctx, path)
 		if err == nil && len(tags) == 0 {
 			return nil, errf(codeNameUnknown, "no tags")
 		}
@@ -247,7 +247,7 @@ func (s *Server) memberTags(ctx context.Context, m *repo, image string) ([]strin
 			return nil, err
 		}
 		s.upstreamError(m, err)
-		tags, serr := s.store.Tags(ctx, path)
+		tags, serr := s.manifests.Tags(ctx, path)
 		if serr != nil || len(tags) == 0 {
 			return nil, errf(codeUnavailable, "upstream unavailable")
 		}
@@ -271,7 +271,7 @@ func (s *Server) groupReferrers(w http.ResponseWriter, r *http.Request, g *repo,
 		if m.Kind != KindHosted {
 			continue
 		}
-		refs, err := s.store.Referrers(r.Context(), m.Name+"/"+memberImage(m, image), d)
+		refs, err := s.manifests.Referrers(r.Context(), m.Name+"/"+memberImage(m, image), d)
 		if err != nil {
 			return err
 		}

@@ -33,7 +33,7 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 	case rt.kind == routeBlob && read:
 		return s.hostedGetBlob(w, r, path, rt.digest)
 	case rt.kind == routeBlob && m == http.MethodDelete:
-		if err := s.store.Unlink(r.Context(), path, rt.digest); err != nil {
+		if err := s.blobs.Unlink(r.Context(), path, rt.digest); err != nil {
 			return err
 		}
 		w.WriteHeader(http.StatusAccepted)
@@ -41,7 +41,7 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 	case rt.kind == routeUploads && m == http.MethodPost:
 		return s.startUpload(w, r, rp, path, rt)
 	case rt.kind == routeUpload && m == http.MethodGet:
-		u, err := s.store.GetUpload(r.Context(), path, rt.uploadID)
+		u, err := s.pushes.GetUpload(r.Context(), path, rt.uploadID)
 		if err != nil {
 			return err
 		}
@@ -53,7 +53,7 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 	case rt.kind == routeUpload && m == http.MethodPut:
 		return s.finishUpload(w, r, path, rt)
 	case rt.kind == routeUpload && m == http.MethodDelete:
-		if err := s.store.DeleteUpload(r.Context(), path, rt.uploadID); err != nil {
+		if err := s.pushes.DeleteUpload(r.Context(), path, rt.uploadID); err != nil {
 			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -70,13 +70,13 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 func (s *Server) hostedManifest(ctx context.Context, path string, rt route) (store.Manifest, error) {
 	d := rt.digest
 	if d.IsZero() {
-		ti, err := s.store.ResolveTag(ctx, path, rt.ref)
+		ti, err := s.manifests.ResolveTag(ctx, path, rt.ref)
 		if err != nil {
 			return store.Manifest{}, err
 		}
 		d = ti.Digest
 	}
-	m, err := s.store.GetManifest(ctx, path, d)
+	m, err := s.manifests.GetManifest(ctx, path, d)
 	if err != nil {
 		return store.Manifest{}, err
 	}
@@ -123,12 +123,12 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, path string
 		return errf(codeManifestInvalid, "schema 1 manifests cannot be pushed")
 	}
 	for _, b := range pm.blobs {
-		ok, err := s.store.HasLink(ctx, path, b)
+		ok, err := s.blobs.HasLink(ctx, path, b)
 		if err != nil {
 			return err
 		}
 		if ok {
-			if _, err := s.store.StatBlob(ctx, b); err == nil {
+			if _, err := s.blobs.StatBlob(ctx, b); err == nil {
 				continue
 			} else if !store.IsNotFound(err) {
 				return err
@@ -137,7 +137,7 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, path string
 		return errf(codeManifestBlobUnknown, "blob %s is not in the repository", b).withDetail(map[string]string{"digest": b.String()})
 	}
 	for _, c := range pm.children {
-		ok, err := s.store.HasManifest(ctx, path, c)
+		ok, err := s.manifests.HasManifest(ctx, path, c)
 		if err != nil {
 			return err
 		}
@@ -149,11 +149,11 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, path string
 	if pm.subject != nil {
 		m.Subject = pm.subject.Digest
 	}
-	if err := s.store.PutManifest(ctx, path, m, tag, pm.refs()); err != nil {
+	if err := s.manifests.PutManifest(ctx, path, m, tag, pm.refs()); err != nil {
 		return err
 	}
 	for _, t := range extraTags {
-		if err := s.store.TagChecked(ctx, path, t, d, time.Now()); err != nil {
+		if err := s.manifests.TagChecked(ctx, path, t, d, time.Now()); err != nil {
 			return err
 		}
 	}
@@ -176,9 +176,9 @@ func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, path str
 	ctx := r.Context()
 	var err error
 	if rt.digest.IsZero() {
-		err = s.store.DeleteTag(ctx, path, rt.ref)
+		err = s.manifests.DeleteTag(ctx, path, rt.ref)
 	} else {
-		err = s.store.DeleteManifest(ctx, path, rt.digest)
+		err = s.manifests.DeleteManifest(ctx, path, rt.digest)
 	}
 	if err != nil {
 		return err
@@ -191,14 +191,14 @@ func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, path str
 // pushed or mounted into this repository.
 func (s *Server) hostedGetBlob(w http.ResponseWriter, r *http.Request, path string, d store.Digest) error {
 	ctx := r.Context()
-	ok, err := s.store.HasLink(ctx, path, d)
+	ok, err := s.blobs.HasLink(ctx, path, d)
 	if err != nil {
 		return err
 	}
 	if !ok {
 		return errf(codeBlobUnknown, "blob %s unknown to repository", d)
 	}
-	f, err := s.store.OpenBlob(ctx, d)
+	f, err := s.blobs.OpenBlob(ctx, d)
 	if err != nil {
 		return err
 	}
@@ -224,7 +224,7 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rp *repo, p
 			return errf(codeDigestInvalid, "mount: %v", err)
 		}
 		if from := q.Get("from"); from != "" && s.mountable(r, from, d) {
-			if err := s.store.Link(ctx, path, d, store.LinkMounted); err != nil {
+			if err := s.blobs.Link(ctx, path, d, store.LinkMounted); err != nil {
 				return err
 			}
 			w.Header().Set("Location", "/v2/"+rt.name+"/blobs/"+d.String())
@@ -239,7 +239,7 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rp *repo, p
 		if err != nil {
 			return errf(codeDigestInvalid, "%v", err)
 		}
-		bw, err := s.store.NewBlobWriter(ctx, d.Algorithm())
+		bw, err := s.blobs.NewBlobWriter(ctx, d.Algorithm())
 		if err != nil {
 			return err
 		}
@@ -258,7 +258,7 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rp *repo, p
 		w.WriteHeader(http.StatusCreated)
 		return nil
 	}
-	u, err := s.store.CreateUpload(ctx, path)
+	u, err := s.pushes.CreateUpload(ctx, path)
 	if err != nil {
 		return err
 	}
@@ -284,9 +284,9 @@ func (s *Server) mountable(r *http.Request, from string, d store.Digest) bool {
 		return false // the client may not read the source: no mount
 	}
 	for _, h := range holders {
-		ok, err := s.store.HasLink(r.Context(), h.Name+"/"+memberImage(h, image), d)
+		ok, err := s.blobs.HasLink(r.Context(), h.Name+"/"+memberImage(h, image), d)
 		if err == nil && ok {
-			_, err = s.store.StatBlob(r.Context(), d)
+			_, err = s.blobs.StatBlob(r.Context(), d)
 			return err == nil
 		}
 	}
@@ -339,7 +339,7 @@ func (s *Server) patchUpload(w http.ResponseWriter, r *http.Request, path string
 	} else if r.ContentLength >= 0 {
 		size = r.ContentLength
 	}
-	u, err := s.store.AppendUpload(ctx, path, rt.uploadID, startAt, r.Body, size)
+	u, err := s.pushes.AppendUpload(ctx, path, rt.uploadID, startAt, r.Body, size)
 	if err != nil {
 		if errors.Is(err, store.ErrRangeInvalid) {
 			return s.rangeError(ctx, w, path, rt, err)
@@ -354,7 +354,7 @@ func (s *Server) patchUpload(w http.ResponseWriter, r *http.Request, path string
 // rangeError answers 416 with the upload's current Range and Location so
 // the client can resume.
 func (s *Server) rangeError(ctx context.Context, w http.ResponseWriter, path string, rt route, err error) error {
-	if u, gerr := s.store.GetUpload(ctx, path, rt.uploadID); gerr == nil {
+	if u, gerr := s.pushes.GetUpload(ctx, path, rt.uploadID); gerr == nil {
 		uploadHeaders(w, rt.name, u)
 		w.Header().Del("Content-Length")
 	} else {
@@ -382,7 +382,7 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, path strin
 		if start, end, ok, err := parseContentRange(r.Header.Get("Content-Range")); err != nil {
 			return err
 		} else if ok {
-			if u, err := s.store.GetUpload(ctx, path, rt.uploadID); err != nil {
+			if u, err := s.pushes.GetUpload(ctx, path, rt.uploadID); err != nil {
 				return err
 			} else if start != u.Offset {
 				return s.rangeError(ctx, w, path, rt, errf(codeRangeInvalid, "chunk starts at %d, upload has %d bytes", start, u.Offset))
@@ -390,7 +390,7 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, path strin
 			size = end - start + 1
 		}
 	}
-	if _, err := s.store.FinishUpload(ctx, path, rt.uploadID, body, size, d); err != nil {
+	if _, err := s.pushes.FinishUpload(ctx, path, rt.uploadID, body, size, d); err != nil {
 		if errors.Is(err, store.ErrRangeInvalid) {
 			return errf(codeSizeInvalid, "%v", err)
 		}
@@ -404,12 +404,12 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, path strin
 
 // hostedTags: GET /v2/<name>/tags/list (end-8a/b) with n/last.
 func (s *Server) hostedTags(w http.ResponseWriter, r *http.Request, path, clientName string) error {
-	tags, err := s.store.Tags(r.Context(), path)
+	tags, err := s.manifests.Tags(r.Context(), path)
 	if err != nil {
 		return err
 	}
 	if len(tags) == 0 {
-		repos, err := s.store.Repositories(r.Context(), path+"\x00")
+		repos, err := s.manifests.Repositories(r.Context(), path+"\x00")
 		if err != nil {
 			return err
 		}
@@ -430,7 +430,7 @@ func (s *Server) hostedTags(w http.ResponseWriter, r *http.Request, path, client
 // referrers: GET /v2/<name>/referrers/<digest> (end-12a/b), an OCI index
 // of the manifests whose subject is digest, filtered by artifactType.
 func (s *Server) referrers(w http.ResponseWriter, r *http.Request, path string, d store.Digest) error {
-	refs, err := s.store.Referrers(r.Context(), path, d)
+	refs, err := s.manifests.Referrers(r.Context(), path, d)
 	if err != nil {
 		return err
 	}

@@ -92,9 +92,9 @@ func TestNoLeaksUnderMixedTraffic(t *testing.T) {
 	b.srv.fetches.mu.Lock()
 	active := len(b.srv.fetches.active)
 	b.srv.fetches.mu.Unlock()
-	b.srv.uploads.mu.Lock()
-	limits := len(b.srv.uploads.n)
-	b.srv.uploads.mu.Unlock()
+	b.srv.uploadLimit.mu.Lock()
+	limits := len(b.srv.uploadLimit.n)
+	b.srv.uploadLimit.mu.Unlock()
 	if active != 0 || limits != 0 {
 		t.Errorf("after the traffic: %d downloads, %d upload-limit entries", active, limits)
 	}

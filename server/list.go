@@ -26,17 +26,6 @@ type ListEntry struct {
 	Damaged bool `json:"damaged,omitempty"`
 }
 
-// ListStore is what List needs of the store.
-type ListStore interface {
-	Repositories(ctx context.Context, prefix string) ([]string, error)
-	Tags(ctx context.Context, repo string) ([]string, error)
-	ResolveTag(ctx context.Context, repo, tag string) (store.TagInfo, error)
-	PeekManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
-	LastAccess(ctx context.Context, d store.Digest) (time.Time, error)
-	Hits(ctx context.Context, d store.Digest) int64
-	DamagedImages(ctx context.Context) ([]string, error)
-}
-
 // List returns the tags of the images of repositories (all of them, or
 // those under filter, "REPOSITORY[/IMAGE]"), with digests, sizes, last
 // pull and pulls. With no repositories it lists every repository the
@@ -134,7 +123,7 @@ func (s *Server) adminList(w http.ResponseWriter, r *http.Request) error {
 			names = append(names, rp.Name)
 		}
 	}
-	list, err := List(r.Context(), s.store, names, r.URL.Query().Get("filter"))
+	list, err := List(r.Context(), s.index, names, r.URL.Query().Get("filter"))
 	if err != nil {
 		return fmt.Errorf("admin ls: %w", err)
 	}

@@ -34,7 +34,7 @@ type metrics struct {
 
 // damaged is the number of damaged images, counted at most once a minute
 // (it scans the index).
-func (m *metrics) damaged(st statser) int {
+func (m *metrics) damaged(st opsStore) int {
 	m.damagedMu.Lock()
 	defer m.damagedMu.Unlock()
 	if time.Since(m.damagedAt) >= time.Minute {
@@ -55,7 +55,7 @@ const (
 	resultNegative    = "negative"    // remembered upstream 404
 )
 
-func newMetrics(reg prometheus.Registerer, st statser) *metrics {
+func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_http_requests_total", Help: "Registry API requests by repository, endpoint kind, method and status code.",
@@ -157,14 +157,6 @@ func (m *metrics) initRepository(name string, proxy bool) {
 		m.digestMismatch.WithLabelValues(name)
 		m.passThrough.WithLabelValues(name, "store_error")
 	}
-}
-
-type statser interface {
-	DamagedImages(ctx context.Context) ([]string, error)
-	Stats() (bytes, count int64)
-	Counters() store.Counters
-	LastVerify() (at time.Time, problems int, ok bool)
-	Dir() string
 }
 
 // diskFree returns the bytes available to berth on dir's filesystem.

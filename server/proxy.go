@@ -55,7 +55,7 @@ func (s *Server) proxyManifest(r *http.Request, rp *repo, image string, rt route
 	negKey := path + "@" + rt.ref
 
 	if !rt.digest.IsZero() {
-		if m, err := s.store.GetManifest(ctx, path, rt.digest); err == nil {
+		if m, err := s.manifests.GetManifest(ctx, path, rt.digest); err == nil {
 			s.cacheResult(r, rp, "manifest", resultHit, "cache")
 			return manifestAnswer{m: m}, nil
 		} else if !store.IsNotFound(err) {
@@ -65,12 +65,12 @@ func (s *Server) proxyManifest(r *http.Request, rp *repo, image string, rt route
 	}
 
 	tag := rt.ref
-	ti, err := s.store.ResolveTag(ctx, path, tag)
+	ti, err := s.manifests.ResolveTag(ctx, path, tag)
 	if err != nil && !store.IsNotFound(err) {
 		return manifestAnswer{}, err
 	}
 	if err == nil {
-		m, err := s.store.GetManifest(ctx, path, ti.Digest)
+		m, err := s.manifests.GetManifest(ctx, path, ti.Digest)
 		if err != nil && !store.IsNotFound(err) {
 			return manifestAnswer{}, err
 		}
@@ -104,7 +104,7 @@ func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m s
 	if err != nil {
 		switch {
 		case errors.Is(err, upstream.ErrNotFound):
-			if err := s.store.DeleteTag(ctx, path, tag); err != nil && !store.IsNotFound(err) {
+			if err := s.manifests.DeleteTag(ctx, path, tag); err != nil && !store.IsNotFound(err) {
 				s.log.Error("forget a tag deleted upstream", "repository", rp.Name, "name", image, "tag", tag, "err", err)
 			}
 			rp.rememberNotFound(path + "@" + tag)
@@ -120,7 +120,7 @@ func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m s
 		return manifestAnswer{}, err
 	}
 	if dg := v.(string); dg == m.Digest.String() {
-		if err := s.store.TagChecked(ctx, path, tag, m.Digest, time.Now()); err != nil {
+		if err := s.manifests.TagChecked(ctx, path, tag, m.Digest, time.Now()); err != nil {
 			return manifestAnswer{}, err
 		}
 		s.cacheResult(r, rp, "manifest", resultRevalidated, "cache")
@@ -237,7 +237,7 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 		m.Subject = pm.subject.Digest
 	}
 	path := rp.Name + "/" + image
-	if err := s.store.PutManifest(ctx, path, m, tag, pm.refs()); err != nil {
+	if err := s.manifests.PutManifest(ctx, path, m, tag, pm.refs()); err != nil {
 		// Pass through: serve what upstream sent even if it cannot be kept.
 		s.m.passThrough.WithLabelValues(rp.Name, "store_error").Inc()
 		s.log.Error("cache manifest", "repository", rp.Name, "name", image, "ref", ref, "err", err)
@@ -246,7 +246,7 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 	if tag == "" {
 		tags, checked := rp.takePending(path, dg.String())
 		for _, t := range tags {
-			if err := s.store.TagChecked(ctx, path, t, dg, checked); err != nil {
+			if err := s.manifests.TagChecked(ctx, path, t, dg, checked); err != nil {
 				return m, err
 			}
 		}
@@ -312,7 +312,7 @@ func (s *Server) proxyTags(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	if err != nil {
 		if rp.ServeStale && errors.Is(err, upstream.ErrUnavailable) {
 			s.upstreamError(rp, err)
-			tags, serr := s.store.Tags(ctx, rp.Name+"/"+image)
+			tags, serr := s.manifests.Tags(ctx, rp.Name+"/"+image)
 			if serr != nil {
 				return serr
 			}
@@ -357,7 +357,7 @@ func (s *Server) catalog(w http.ResponseWriter, r *http.Request, rp *repo) error
 	}
 	set := map[string]bool{}
 	for _, m := range members {
-		paths, err := s.store.Repositories(r.Context(), m.Name+"/")
+		paths, err := s.manifests.Repositories(r.Context(), m.Name+"/")
 		if err != nil {
 			return err
 		}

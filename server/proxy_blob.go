@@ -20,11 +20,11 @@ import (
 // download of that digest and streams from its temp file (fetch.go).
 func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest) error {
 	ctx := r.Context()
-	linked, err := s.store.HasLink(ctx, rp.Name+"/"+image, d)
+	linked, err := s.blobs.HasLink(ctx, rp.Name+"/"+image, d)
 	if err != nil {
 		return err
 	}
-	f, err := s.store.OpenBlob(ctx, d)
+	f, err := s.blobs.OpenBlob(ctx, d)
 	switch {
 	case err == nil:
 		defer f.Close()
@@ -111,7 +111,7 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 		if err := dl.waitDone(ctx); err != nil {
 			return storeFailed(err)
 		}
-		f, err := s.store.OpenBlob(ctx, d)
+		f, err := s.blobs.OpenBlob(ctx, d)
 		if err != nil {
 			return err
 		}
@@ -207,7 +207,7 @@ func (s *Server) confirmBlob(ctx context.Context, rp *repo, image string, d stor
 		return s.blobUpstreamFailed(rp, err)
 	}
 	resp.Body.Close()
-	return s.store.Link(ctx, rp.Name+"/"+image, d, store.LinkConfirmed)
+	return s.blobs.Link(ctx, rp.Name+"/"+image, d, store.LinkConfirmed)
 }
 
 // blobUpstreamFailed counts the failure of a request's own upstream call

@@ -28,42 +28,6 @@ const (
 	KindGroup  = "group"
 )
 
-// Store is what the server needs of the content store (store.Store).
-type Store interface {
-	StatBlob(ctx context.Context, d store.Digest) (store.BlobInfo, error)
-	OpenBlob(ctx context.Context, d store.Digest) (*store.Blob, error)
-	NewBlobWriter(ctx context.Context, alg string) (*store.BlobWriter, error)
-	Link(ctx context.Context, repo string, d store.Digest, kind string) error
-	HasLink(ctx context.Context, repo string, d store.Digest) (bool, error)
-	PutManifest(ctx context.Context, repo string, m store.Manifest, tag string, refs []store.Digest) error
-	GetManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
-	PeekManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
-	HasManifest(ctx context.Context, repo string, d store.Digest) (bool, error)
-	DeleteManifest(ctx context.Context, repo string, d store.Digest) error
-	Unlink(ctx context.Context, repo string, d store.Digest) error
-	Referrers(ctx context.Context, repo string, subject store.Digest) ([]store.Referrer, error)
-	CreateUpload(ctx context.Context, repo string) (store.Upload, error)
-	GetUpload(ctx context.Context, repo, id string) (store.Upload, error)
-	AppendUpload(ctx context.Context, repo, id string, start int64, r io.Reader, size int64) (store.Upload, error)
-	FinishUpload(ctx context.Context, repo, id string, r io.Reader, size int64, want store.Digest) (store.BlobInfo, error)
-	DeleteUpload(ctx context.Context, repo, id string) error
-	ResolveTag(ctx context.Context, repo, tag string) (store.TagInfo, error)
-	TagChecked(ctx context.Context, repo, tag string, d store.Digest, t time.Time) error
-	DeleteTag(ctx context.Context, repo, tag string) error
-	Tags(ctx context.Context, repo string) ([]string, error)
-	Repositories(ctx context.Context, prefix string) ([]string, error)
-	Stats() (bytes, count int64)
-	Ping(ctx context.Context) error
-	GC(opts store.GCOptions) (store.GCResult, error)
-	Counters() store.Counters
-	LastVerify() (at time.Time, problems int, ok bool)
-	Dir() string
-	Hits(ctx context.Context, d store.Digest) int64
-	DamagedImages(ctx context.Context) ([]string, error)
-	Backup(w io.Writer) (int64, error)
-	LastAccess(ctx context.Context, d store.Digest) (time.Time, error)
-}
-
 // Upstream is what a proxy repository needs of its remote registry
 // (upstream.Client). Successful calls return a 2xx response whose body the
 // caller closes; failures are upstream errors.
@@ -123,16 +87,20 @@ type Options struct {
 
 // Server answers the registry API for a set of repositories.
 type Server struct {
-	opts    Options
-	repos   map[string]*repo
-	order   []*repo
-	store   Store
-	log     *slog.Logger
-	m       *metrics
-	fetches *fetchGroup
-	flight  singleflight.Group
-	auth    *auth
-	uploads *uploadLimiter
+	opts        Options
+	repos       map[string]*repo
+	order       []*repo
+	blobs       blobStore
+	manifests   manifestStore
+	pushes      uploadStore
+	index       ListStore // reads for the status page and berth ls
+	ops         opsStore
+	log         *slog.Logger
+	m           *metrics
+	fetches     *fetchGroup
+	flight      singleflight.Group
+	auth        *auth
+	uploadLimit *uploadLimiter
 
 	diskFullAt   atomic.Int64                 // unix nanos of the last request refused for a full disk
 	loggedCauses *lru.Cache[string, struct{}] // upstream failures logged in the last minute
@@ -164,8 +132,9 @@ func New(opts Options) (*Server, error) {
 	if opts.FetchTimeout <= 0 {
 		opts.FetchTimeout = time.Hour
 	}
-	s := &Server{opts: opts, repos: map[string]*repo{}, store: opts.Store, log: opts.Logger,
+	s := &Server{opts: opts, repos: map[string]*repo{}, log: opts.Logger,
 		loggedCauses: lru.New[string, struct{}](1000, time.Minute)}
+	s.blobs, s.manifests, s.pushes, s.index, s.ops = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
 	for _, r := range opts.Repositories {
 		if _, dup := s.repos[r.Name]; dup {
 			return nil, fmt.Errorf("server: duplicate repository %q", r.Name)
@@ -203,13 +172,13 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.auth = a
-	s.uploads = &uploadLimiter{n: map[string]int{}, max: a.opts.MaxUploadsPerClient}
+	s.uploadLimit = &uploadLimiter{n: map[string]int{}, max: a.opts.MaxUploadsPerClient}
 	s.m = newMetrics(opts.Registry, opts.Store)
 	for _, rp := range s.order {
 		s.m.initRepository(rp.Name, rp.Kind == KindProxy)
 	}
 	s.fetches = newFetchGroup(opts.FetchTimeout, func(ctx context.Context, alg string) (tempBlob, error) {
-		return s.store.NewBlobWriter(ctx, alg)
+		return s.blobs.NewBlobWriter(ctx, alg)
 	}, s.m.inflight.Inc, s.m.inflight.Dec)
 	s.fetches.spawn = s.goSafe
 	return s, nil
@@ -396,7 +365,7 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 		return err
 	}
 	if rt.kind == routeUploads || (rt.kind == routeUpload && r.Method != http.MethodGet) {
-		release, ok := s.uploads.acquire(r)
+		release, ok := s.uploadLimit.acquire(r)
 		if !ok {
 			return &regError{Code: codeTooManyRequests, Message: "too many concurrent uploads from this client",
 				Header: http.Header{"Retry-After": {"1"}}}
@@ -474,13 +443,13 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	status := map[string]string{}
 	ready := true
-	if err := s.store.Ping(ctx); err != nil {
+	if err := s.ops.Ping(ctx); err != nil {
 		status["store"] = err.Error()
 		ready = false
 	} else {
 		status["store"] = "ok"
 	}
-	_, cached := s.store.Stats()
+	_, cached := s.ops.Stats()
 	for _, rp := range s.order {
 		if rp.Kind != KindProxy {
 			continue
@@ -509,7 +478,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 // adminGC runs a garbage collection now (berth gc asks a running server
 // here, on the admin listener).
 func (s *Server) adminGC(w http.ResponseWriter, r *http.Request) error {
-	res, err := s.store.GC(store.GCOptions{Grace: s.opts.GCGrace, DryRun: r.URL.Query().Get("dry_run") != ""})
+	res, err := s.ops.GC(store.GCOptions{Grace: s.opts.GCGrace, DryRun: r.URL.Query().Get("dry_run") != ""})
 	if err != nil {
 		return fmt.Errorf("garbage collection: %w", err)
 	}
@@ -520,7 +489,7 @@ func (s *Server) adminGC(w http.ResponseWriter, r *http.Request) error {
 // adminBackup streams a consistent copy of the index (berth backup).
 func (s *Server) adminBackup(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/octet-stream")
-	n, err := s.store.Backup(w)
+	n, err := s.ops.Backup(w)
 	if err != nil {
 		s.log.Error("backup of the index", "err", err, "bytes", n)
 		panic(http.ErrAbortHandler) // the client sees a cut body, never a short file as whole

@@ -167,7 +167,7 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 		if rp.Kind != KindGroup {
 			totHit, totAll, totCache, totUp = totHit+h, totAll+a, totCache+c, totUp+u
 		}
-		images, _ := s.store.Repositories(r.Context(), rp.Name+"/")
+		images, _ := s.index.Repositories(r.Context(), rp.Name+"/")
 		rw := row{Name: rp.Name, Kind: rp.Kind, HitRatio: ratio(h, a), CacheBytes: humanBytes(c), UpstreamBytes: humanBytes(u), Images: len(images)}
 		switch rp.Kind {
 		case KindProxy:
@@ -182,11 +182,11 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 		}
 		rows = append(rows, rw)
 	}
-	bytes, blobs := s.store.Stats()
+	bytes, blobs := s.ops.Stats()
 	data := map[string]any{"Title": "status", "Repos": rows, "HitRatio": ratio(totHit, totAll),
 		"CacheBytes": humanBytes(totCache), "UpstreamBytes": humanBytes(totUp), "StoreBytes": humanBytes(float64(bytes)),
-		"Blobs": blobs, "DiskFree": humanBytes(float64(diskFree(s.store.Dir())))}
-	if n := s.m.damaged(s.store); n > 0 {
+		"Blobs": blobs, "DiskFree": humanBytes(float64(diskFree(s.ops.Dir())))}
+	if n := s.m.damaged(s.ops); n > 0 {
 		data["Damaged"] = n
 	}
 	if at := s.diskFullAt.Load(); at != 0 {
@@ -227,13 +227,13 @@ func (s *Server) uiRepository(r *http.Request, p principal) (string, map[string]
 		Tags int
 	}
 	var rows []row
-	paths, _ := s.store.Repositories(r.Context(), rp.Name+"/")
+	paths, _ := s.index.Repositories(r.Context(), rp.Name+"/")
 	for _, path := range paths {
 		image := strings.TrimPrefix(path, rp.Name+"/")
 		if !s.allowed(p, rp, image, actionPull) {
 			continue
 		}
-		tags, _ := s.store.Tags(r.Context(), path)
+		tags, _ := s.index.Tags(r.Context(), path)
 		rows = append(rows, row{image, len(tags)})
 	}
 	data := map[string]any{"Title": rp.Name, "Repo": rp.Name, "Kind": rp.Kind, "Images": rows}
@@ -272,21 +272,21 @@ func (s *Server) uiImage(r *http.Request, p principal) (string, map[string]any, 
 		Hits                                     int64
 	}
 	var rows []row
-	tags, _ := s.store.Tags(r.Context(), path)
+	tags, _ := s.index.Tags(r.Context(), path)
 	for _, t := range tags {
-		ti, err := s.store.ResolveTag(r.Context(), path, t)
+		ti, err := s.index.ResolveTag(r.Context(), path, t)
 		if err != nil {
 			continue
 		}
 		rw := row{Tag: t, Digest: ti.Digest.String()}
-		if m, err := s.store.PeekManifest(r.Context(), path, ti.Digest); err == nil {
+		if m, err := s.index.PeekManifest(r.Context(), path, ti.Digest); err == nil {
 			rw.MediaType = m.MediaType
 			rw.Size = humanBytes(float64(s.manifestTotal(r.Context(), path, m)))
 		}
-		if at, err := s.store.LastAccess(r.Context(), ti.Digest); err == nil {
+		if at, err := s.index.LastAccess(r.Context(), ti.Digest); err == nil {
 			rw.LastPulled = at.UTC().Format("2006-01-02 15:04:05")
 		}
-		rw.Hits = s.store.Hits(r.Context(), ti.Digest)
+		rw.Hits = s.index.Hits(r.Context(), ti.Digest)
 		rows = append(rows, rw)
 	}
 	return "image", map[string]any{"Title": image, "Repo": rp.Name, "Image": image, "Tags": rows}, nil
@@ -309,7 +309,7 @@ func (s *Server) manifestTotal(ctx context.Context, path string, m store.Manifes
 		total += doc.Config.Size
 	}
 	for _, c := range pm.children {
-		if cm, err := s.store.PeekManifest(ctx, path, c); err == nil {
+		if cm, err := s.index.PeekManifest(ctx, path, c); err == nil {
 			total += s.manifestTotal(ctx, path, cm)
 		}
 	}
@@ -326,7 +326,7 @@ func (s *Server) uiManifest(r *http.Request, p principal) (string, map[string]an
 		return "", nil, err
 	}
 	path := rp.Name + "/" + image
-	m, err := s.store.PeekManifest(r.Context(), path, d)
+	m, err := s.index.PeekManifest(r.Context(), path, d)
 	if err != nil {
 		return "", nil, err // not found: MANIFEST_UNKNOWN
 	}
@@ -351,7 +351,7 @@ func (s *Server) uiManifest(r *http.Request, p principal) (string, map[string]an
 	for _, l := range doc.Layers {
 		cached := false
 		if dg, err := store.ParseDigest(l.Digest); err == nil {
-			_, serr := s.store.StatBlob(r.Context(), dg)
+			_, serr := s.index.StatBlob(r.Context(), dg)
 			cached = serr == nil
 		}
 		layers = append(layers, layer{l.Digest, l.MediaType, humanBytes(float64(l.Size)), cached})
@@ -379,7 +379,7 @@ func (s *Server) uiManifest(r *http.Request, p principal) (string, map[string]an
 		}
 		cached := false
 		if dg, err := store.ParseDigest(c.Digest); err == nil {
-			cached, _ = s.store.HasManifest(r.Context(), path, dg)
+			cached, _ = s.index.HasManifest(r.Context(), path, dg)
 		}
 		plats = append(plats, platform{name, c.Digest, humanBytes(float64(c.Size)), cached})
 	}
