@@ -2,13 +2,10 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
 	"time"
-
-	"github.com/berth-registry/berth/store"
 )
 
 // ListEntry is one tag of one image, for `berth ls`.
@@ -90,29 +87,6 @@ func List(ctx context.Context, st ListStore, repositories []string, filter strin
 		}
 	}
 	return out, nil
-}
-
-// imageSize adds up the blobs an image names, or its cached platforms'.
-func imageSize(ctx context.Context, st ListStore, path string, m store.Manifest) int64 {
-	var doc manifestDoc
-	if json.Unmarshal(m.Body, &doc) != nil {
-		return int64(len(m.Body))
-	}
-	total := int64(len(m.Body))
-	if doc.Config != nil {
-		total += doc.Config.Size
-	}
-	for _, l := range doc.Layers {
-		total += l.Size
-	}
-	for _, c := range doc.Manifests {
-		if d, err := store.ParseDigest(c.Digest); err == nil {
-			if cm, err := st.PeekManifest(ctx, path, d); err == nil {
-				total += imageSize(ctx, st, path, cm)
-			}
-		}
-	}
-	return total
 }
 
 // adminList: GET /admin/ls?filter= (admin listener).

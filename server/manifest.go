@@ -1,58 +1,50 @@
 package server
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"mime"
-	"strconv"
 	"strings"
 
 	"github.com/berth-registry/berth/store"
+	"github.com/berth-registry/berth/upstream"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// Manifest media types berth stores and serves.
+// Manifest media types berth names in its own code.
 const (
-	mtOCIIndex      = "application/vnd.oci.image.index.v1+json"
-	mtOCIManifest   = "application/vnd.oci.image.manifest.v1+json"
-	mtDockerList    = "application/vnd.docker.distribution.manifest.list.v2+json"
-	mtDockerV2      = "application/vnd.docker.distribution.manifest.v2+json"
-	mtDockerV1      = "application/vnd.docker.distribution.manifest.v1+json"
-	mtDockerV1Signd = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+	mtOCIIndex      = string(types.OCIImageIndex)
+	mtOCIManifest   = string(types.OCIManifestSchema1) // go-containerregistry's name for the OCI image manifest
+	mtDockerList    = string(types.DockerManifestList)
+	mtDockerV2      = string(types.DockerManifestSchema2)
+	mtDockerV1      = string(types.DockerManifestSchema1)
+	mtDockerV1Signd = string(types.DockerManifestSchema1Signed)
 )
 
-var knownManifestTypes = map[string]bool{
-	mtOCIIndex: true, mtOCIManifest: true, mtDockerList: true, mtDockerV2: true,
-	mtDockerV1: true, mtDockerV1Signd: true,
-}
+// manifestTypes are the types berth stores and serves: the ones it asks
+// upstreams for (upstream.ManifestAccept, the one list), and Docker's
+// schema 1, passed through when an upstream sends it anyway.
+var manifestTypes = func() map[string]bool {
+	m := map[string]bool{mtDockerV1: true, mtDockerV1Signd: true}
+	for _, t := range strings.Split(upstream.ManifestAccept, ", ") {
+		m[t] = true
+	}
+	return m
+}()
 
-type descriptor struct {
-	MediaType    string            `json:"mediaType"`
-	Digest       string            `json:"digest"`
-	Size         int64             `json:"size"`
-	ArtifactType string            `json:"artifactType,omitempty"`
-	Annotations  map[string]string `json:"annotations,omitempty"`
-}
-
-// manifestDoc is the union of the fields berth reads from image manifests
-// and indexes.
-type manifestDoc struct {
-	SchemaVersion int               `json:"schemaVersion"`
-	MediaType     string            `json:"mediaType"`
-	ArtifactType  string            `json:"artifactType"`
-	Config        *descriptor       `json:"config"`
-	Layers        []descriptor      `json:"layers"`
-	Manifests     []descriptor      `json:"manifests"`
-	Blobs         []descriptor      `json:"blobs"`
-	Subject       *descriptor       `json:"subject"`
-	Annotations   map[string]string `json:"annotations"`
-}
-
-// parsedManifest is a manifest body with what berth needs to know of it.
+// parsedManifest is a manifest body parsed once, with go-containerregistry's
+// v1.ParseManifest or v1.ParseIndexManifest, and what berth needs of it.
 type parsedManifest struct {
-	mediaType    string
-	blobs        []store.Digest // config and layers
+	mediaType string
+	image     *v1.Manifest      // image manifests
+	index     *v1.IndexManifest // indexes
+
+	blobs        []store.Digest // config and distributable layers
 	children     []store.Digest // manifests of an index
-	subject      *descriptor
+	subject      string         // digest of the subject, "" for none
 	artifactType string
 	annotations  map[string]string
 }
@@ -61,13 +53,24 @@ func (p *parsedManifest) refs() []store.Digest {
 	return append(append([]store.Digest{}, p.blobs...), p.children...)
 }
 
+// schema1 reports Docker's legacy manifest format.
+func (p *parsedManifest) schema1() bool {
+	return p.mediaType == mtDockerV1 || p.mediaType == mtDockerV1Signd
+}
+
 // parseManifest checks that body is a manifest of a known type and reads
 // its references. contentType is the Content-Type it came with; when empty
 // or generic, the body's mediaType field decides. Errors are
 // MANIFEST_INVALID regErrors.
 func parseManifest(body []byte, contentType string) (*parsedManifest, error) {
-	var doc manifestDoc
-	if err := json.Unmarshal(body, &doc); err != nil {
+	// The fields that say what the document is, before parsing it as one.
+	var head struct {
+		SchemaVersion int             `json:"schemaVersion"`
+		MediaType     string          `json:"mediaType"`
+		Config        json.RawMessage `json:"config"`
+		Manifests     json.RawMessage `json:"manifests"`
+	}
+	if err := json.Unmarshal(body, &head); err != nil {
 		return nil, errf(codeManifestInvalid, "manifest is not valid JSON: %v", err)
 	}
 	mt := ""
@@ -77,81 +80,115 @@ func parseManifest(body []byte, contentType string) (*parsedManifest, error) {
 		}
 	}
 	if mt == "" || mt == "application/json" || mt == "application/octet-stream" || mt == "text/plain" {
-		mt = doc.MediaType
+		mt = head.MediaType
 	}
 	if mt == "" {
 		switch {
-		case doc.Manifests != nil:
+		case head.Manifests != nil:
 			mt = mtOCIIndex
-		case doc.Config != nil:
+		case head.Config != nil:
 			mt = mtOCIManifest
 		}
 	}
-	if !knownManifestTypes[mt] {
+	if !manifestTypes[mt] {
 		return nil, errf(codeManifestInvalid, "unsupported manifest media type %q", mt)
 	}
-	if doc.MediaType != "" && doc.MediaType != mt {
-		return nil, errf(codeManifestInvalid, "media type %q does not match the manifest's mediaType %q", mt, doc.MediaType)
+	if head.MediaType != "" && head.MediaType != mt {
+		return nil, errf(codeManifestInvalid, "media type %q does not match the manifest's mediaType %q", mt, head.MediaType)
 	}
-	p := &parsedManifest{mediaType: mt, subject: doc.Subject, artifactType: doc.ArtifactType, annotations: doc.Annotations}
-	if mt == mtDockerV1 || mt == mtDockerV1Signd {
-		return p, nil // schema 1: pulled through as is, never pushed
+	p := &parsedManifest{mediaType: mt}
+	if p.schema1() {
+		return p, nil // pulled through as is, never pushed
 	}
-	if doc.SchemaVersion != 2 {
+	if head.SchemaVersion != 2 {
 		return nil, errf(codeManifestInvalid, "schemaVersion must be 2")
 	}
-	add := func(list *[]store.Digest, d descriptor, what string) error {
-		dg, err := store.ParseDigest(d.Digest)
-		if err != nil {
-			return errf(codeManifestInvalid, "%s: %v", what, err)
-		}
-		if d.Size < 0 {
-			return errf(codeManifestInvalid, "%s: negative size", what)
-		}
-		*list = append(*list, dg)
-		return nil
-	}
+	var subject *v1.Descriptor
 	switch mt {
 	case mtOCIIndex, mtDockerList:
-		for i, d := range doc.Manifests {
-			if err := add(&p.children, d, "manifests["+strconv.Itoa(i)+"]"); err != nil {
+		idx, err := v1.ParseIndexManifest(bytes.NewReader(body))
+		if err != nil {
+			return nil, errf(codeManifestInvalid, "%v", err)
+		}
+		p.index, subject, p.artifactType, p.annotations = idx, idx.Subject, idx.ArtifactType, idx.Annotations
+		for i, d := range idx.Manifests {
+			if err := p.add(&p.children, d, fmt.Sprintf("manifests[%d]", i)); err != nil {
 				return nil, err
 			}
 		}
 	default:
-		if doc.Config == nil {
+		if head.Config == nil {
 			return nil, errf(codeManifestInvalid, "image manifest without config")
 		}
-		if err := add(&p.blobs, *doc.Config, "config"); err != nil {
+		img, err := v1.ParseManifest(bytes.NewReader(body))
+		if err != nil {
+			return nil, errf(codeManifestInvalid, "%v", err)
+		}
+		p.image, subject, p.artifactType, p.annotations = img, img.Subject, img.ArtifactType, img.Annotations
+		if err := p.add(&p.blobs, img.Config, "config"); err != nil {
 			return nil, err
 		}
-		for i, d := range doc.Layers {
-			if nonDistributable(d.MediaType) {
-				// Foreign layers live elsewhere; the digest is still checked.
-				if _, err := store.ParseDigest(d.Digest); err != nil {
-					return nil, errf(codeManifestInvalid, "layers[%d]: %v", i, err)
-				}
-				continue
+		for i, l := range img.Layers {
+			if nonDistributable(l.MediaType) {
+				continue // foreign layers live elsewhere; the digest was parsed
 			}
-			if err := add(&p.blobs, d, fmt.Sprintf("layers[%d]", i)); err != nil {
+			if err := p.add(&p.blobs, l, fmt.Sprintf("layers[%d]", i)); err != nil {
 				return nil, err
 			}
 		}
 		// end-12: an image manifest's artifactType defaults to its config
 		// media type.
 		if mt == mtOCIManifest && p.artifactType == "" {
-			p.artifactType = doc.Config.MediaType
+			p.artifactType = string(img.Config.MediaType)
 		}
 	}
-	if p.subject != nil {
-		if _, err := store.ParseDigest(p.subject.Digest); err != nil {
-			return nil, errf(codeManifestInvalid, "subject: %v", err)
-		}
+	if subject != nil {
+		p.subject = subject.Digest.String()
 	}
 	return p, nil
 }
 
+// add appends the digest of descriptor d (named what in errors) to list.
+func (p *parsedManifest) add(list *[]store.Digest, d v1.Descriptor, what string) error {
+	dg, err := store.ParseDigest(d.Digest.String())
+	if err != nil {
+		return errf(codeManifestInvalid, "%s: %v", what, err)
+	}
+	if d.Size < 0 {
+		return errf(codeManifestInvalid, "%s: negative size", what)
+	}
+	*list = append(*list, dg)
+	return nil
+}
+
 // nonDistributable reports layer types that registries need not hold.
-func nonDistributable(mediaType string) bool {
-	return strings.Contains(mediaType, ".nondistributable.") || strings.Contains(mediaType, ".foreign.")
+func nonDistributable(mediaType types.MediaType) bool {
+	return strings.Contains(string(mediaType), ".nondistributable.") || strings.Contains(string(mediaType), ".foreign.")
+}
+
+// manifestPeeker reads a stored manifest without counting a pull.
+type manifestPeeker interface {
+	PeekManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
+}
+
+// imageSize is what an image takes: its manifest, config and layers; for
+// an index, itself and its cached platforms'.
+func imageSize(ctx context.Context, st manifestPeeker, path string, m store.Manifest) int64 {
+	total := int64(len(m.Body))
+	pm, err := parseManifest(m.Body, m.MediaType)
+	if err != nil {
+		return total
+	}
+	if pm.image != nil {
+		total += pm.image.Config.Size
+		for _, l := range pm.image.Layers {
+			total += l.Size
+		}
+	}
+	for _, c := range pm.children {
+		if cm, err := st.PeekManifest(ctx, path, c); err == nil {
+			total += imageSize(ctx, st, path, cm)
+		}
+	}
+	return total
 }

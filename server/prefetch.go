@@ -10,6 +10,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/berth-registry/berth/upstream"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // internalKey marks a request berth makes to itself (prefetch): it passes
@@ -72,7 +75,7 @@ func (s *Server) Prefetch(ctx context.Context, listener, image string, opts Pref
 	ctx = context.WithValue(ctx, internalKey{}, true)
 	get := func(path string, w io.Writer) (http.Header, int, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, path, nil)
-		req.Header.Set("Accept", strings.Join([]string{mtOCIIndex, mtOCIManifest, mtDockerList, mtDockerV2}, ", "))
+		req.Header.Set("Accept", upstream.ManifestAccept)
 		req.RemoteAddr = "127.0.0.1:0"
 		rw := &sinkWriter{header: http.Header{}, w: w}
 		h.ServeHTTP(rw, req)
@@ -82,68 +85,56 @@ func (s *Server) Prefetch(ctx context.Context, listener, image string, opts Pref
 		return rw.header, rw.status, nil
 	}
 	var done, total atomic.Int64
-	manifest := func(reference string) (manifestDoc, []byte, error) {
+	manifest := func(reference string) (*parsedManifest, error) {
 		var buf strings.Builder
-		_, _, err := get("/v2/"+name+"/manifests/"+reference, &limitedBuilder{b: &buf, max: maxManifestSize})
-		var doc manifestDoc
-		if err == nil {
-			err = json.Unmarshal([]byte(buf.String()), &doc)
+		h, _, err := get("/v2/"+name+"/manifests/"+reference, &limitedBuilder{b: &buf, max: maxManifestSize})
+		if err != nil {
+			return nil, err
 		}
-		if err == nil {
-			progress(PrefetchEvent{Image: image, Digest: reference, Kind: "manifest", Bytes: int64(buf.Len())})
+		pm, err := parseManifest([]byte(buf.String()), h.Get("Content-Type"))
+		if err != nil {
+			return nil, fmt.Errorf("prefetch %s: %s: %w", image, reference, err)
 		}
-		return doc, []byte(buf.String()), err
+		progress(PrefetchEvent{Image: image, Digest: reference, Kind: "manifest", Bytes: int64(buf.Len())})
+		return pm, nil
 	}
-	doc, body, err := manifest(ref)
+	top, err := manifest(ref)
 	if err != nil {
 		return err
 	}
-	docs := []manifestDoc{doc}
-	if len(doc.Manifests) > 0 {
-		var plat struct {
-			Manifests []struct {
-				Digest   string `json:"digest"`
-				Platform *struct {
-					OS           string `json:"os"`
-					Architecture string `json:"architecture"`
-					Variant      string `json:"variant"`
-				} `json:"platform"`
-			} `json:"manifests"`
-		}
-		if err := json.Unmarshal(body, &plat); err != nil {
-			return fmt.Errorf("prefetch %s: index: %w", image, err)
-		}
+	images := []*parsedManifest{top}
+	if top.index != nil {
 		want := opts.Platforms
 		if len(want) == 0 {
 			want = []string{"linux/amd64"}
 		}
-		docs = nil
-		for _, c := range plat.Manifests {
-			p := ""
-			if c.Platform != nil {
-				p = c.Platform.OS + "/" + c.Platform.Architecture
-				if !opts.AllPlatforms && !slices.Contains(want, p) && !slices.Contains(want, p+"/"+c.Platform.Variant) {
+		images = nil
+		for _, c := range top.index.Manifests {
+			if p := c.Platform; p != nil {
+				plat := p.OS + "/" + p.Architecture
+				if !opts.AllPlatforms && !slices.Contains(want, plat) && !slices.Contains(want, plat+"/"+p.Variant) {
 					continue
 				}
 			} else if !opts.AllPlatforms {
 				continue
 			}
-			child, _, err := manifest(c.Digest)
+			child, err := manifest(c.Digest.String())
 			if err != nil {
 				return err
 			}
-			docs = append(docs, child)
+			images = append(images, child)
 		}
-		if len(docs) == 0 {
+		if len(images) == 0 {
 			return fmt.Errorf("%s: no manifest for platform %s", image, strings.Join(want, ","))
 		}
 	}
-	var blobs []descriptor
-	for _, d := range docs {
-		if d.Config != nil {
-			blobs = append(blobs, *d.Config)
+	var blobs []v1.Descriptor
+	for _, pm := range images {
+		if pm.image == nil {
+			continue
 		}
-		for _, l := range d.Layers {
+		blobs = append(blobs, pm.image.Config)
+		for _, l := range pm.image.Layers {
 			if !nonDistributable(l.MediaType) {
 				blobs = append(blobs, l)
 			}
@@ -162,11 +153,11 @@ func (s *Server) Prefetch(ctx context.Context, listener, image string, opts Pref
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			cw := &countWriter{add: func(n int64) { done.Add(n) }}
-			if _, _, err := get("/v2/"+name+"/blobs/"+b.Digest, cw); err != nil {
+			if _, _, err := get("/v2/"+name+"/blobs/"+b.Digest.String(), cw); err != nil {
 				errs <- err
 				return
 			}
-			progress(PrefetchEvent{Image: image, Digest: b.Digest, Kind: "blob", Bytes: b.Size, DoneBytes: done.Load(), TotalBytes: total.Load()})
+			progress(PrefetchEvent{Image: image, Digest: b.Digest.String(), Kind: "blob", Bytes: b.Size, DoneBytes: done.Load(), TotalBytes: total.Load()})
 		})
 	}
 	wg.Wait()

@@ -1,9 +1,7 @@
 package server
 
 import (
-	"context"
 	"embed"
-	"encoding/json"
 	"fmt"
 	"html/template"
 	"net/http"
@@ -281,7 +279,7 @@ func (s *Server) uiImage(r *http.Request, p principal) (string, map[string]any, 
 		rw := row{Tag: t, Digest: ti.Digest.String()}
 		if m, err := s.index.PeekManifest(r.Context(), path, ti.Digest); err == nil {
 			rw.MediaType = m.MediaType
-			rw.Size = humanBytes(float64(s.manifestTotal(r.Context(), path, m)))
+			rw.Size = humanBytes(float64(imageSize(r.Context(), s.index, path, m)))
 		}
 		if at, err := s.index.LastAccess(r.Context(), ti.Digest); err == nil {
 			rw.LastPulled = at.UTC().Format("2006-01-02 15:04:05")
@@ -290,30 +288,6 @@ func (s *Server) uiImage(r *http.Request, p principal) (string, map[string]any, 
 		rows = append(rows, rw)
 	}
 	return "image", map[string]any{"Title": image, "Repo": rp.Name, "Image": image, "Tags": rows}, nil
-}
-
-// manifestTotal is the size of an image's blobs, or of an index's cached
-// children.
-func (s *Server) manifestTotal(ctx context.Context, path string, m store.Manifest) int64 {
-	pm, err := parseManifest(m.Body, m.MediaType)
-	if err != nil {
-		return int64(len(m.Body))
-	}
-	var total int64
-	var doc manifestDoc
-	json.Unmarshal(m.Body, &doc)
-	for _, l := range doc.Layers {
-		total += l.Size
-	}
-	if doc.Config != nil {
-		total += doc.Config.Size
-	}
-	for _, c := range pm.children {
-		if cm, err := s.index.PeekManifest(ctx, path, c); err == nil {
-			total += s.manifestTotal(ctx, path, cm)
-		}
-	}
-	return total
 }
 
 func (s *Server) uiManifest(r *http.Request, p principal) (string, map[string]any, error) {
@@ -330,58 +304,51 @@ func (s *Server) uiManifest(r *http.Request, p principal) (string, map[string]an
 	if err != nil {
 		return "", nil, err // not found: MANIFEST_UNKNOWN
 	}
-	var doc struct {
-		manifestDoc
-		Manifests []struct {
-			descriptor
-			Platform *struct {
-				OS, Architecture, Variant string
-			} `json:"platform"`
-		} `json:"manifests"`
-	}
-	json.Unmarshal(m.Body, &doc)
 	data := map[string]any{"Title": image, "Repo": rp.Name, "Image": image, "Digest": d.String(), "MediaType": m.MediaType,
 		"ManifestSize": humanBytes(float64(len(m.Body)))}
+	pm, err := parseManifest(m.Body, m.MediaType)
+	if err != nil {
+		pm = &parsedManifest{} // stored, so once valid: show what there is
+	}
 	type layer struct {
 		Digest, MediaType, Size string
 		Cached                  bool
 	}
-	var layers []layer
-	var total int64
-	for _, l := range doc.Layers {
-		cached := false
-		if dg, err := store.ParseDigest(l.Digest); err == nil {
-			_, serr := s.index.StatBlob(r.Context(), dg)
-			cached = serr == nil
+	if img := pm.image; img != nil {
+		var layers []layer
+		var total int64
+		for _, l := range img.Layers {
+			cached := false
+			if dg, err := store.ParseDigest(l.Digest.String()); err == nil {
+				_, serr := s.index.StatBlob(r.Context(), dg)
+				cached = serr == nil
+			}
+			layers = append(layers, layer{l.Digest.String(), string(l.MediaType), humanBytes(float64(l.Size)), cached})
+			total += l.Size
 		}
-		layers = append(layers, layer{l.Digest, l.MediaType, humanBytes(float64(l.Size)), cached})
-		total += l.Size
-	}
-	if doc.Config != nil {
-		data["Config"] = doc.Config.Digest
-	}
-	if len(layers) > 0 {
-		data["Layers"] = layers
-		data["Total"] = humanBytes(float64(total))
+		data["Config"] = img.Config.Digest.String()
+		if len(layers) > 0 {
+			data["Layers"] = layers
+			data["Total"] = humanBytes(float64(total))
+		}
 	}
 	type platform struct {
 		Platform, Digest, Size string
 		Cached                 bool
 	}
 	var plats []platform
-	for _, c := range doc.Manifests {
-		name := "unknown"
-		if c.Platform != nil {
-			name = c.Platform.OS + "/" + c.Platform.Architecture
-			if c.Platform.Variant != "" {
-				name += "/" + c.Platform.Variant
+	if idx := pm.index; idx != nil {
+		for i, c := range idx.Manifests {
+			name := "unknown"
+			if p := c.Platform; p != nil {
+				name = p.OS + "/" + p.Architecture
+				if p.Variant != "" {
+					name += "/" + p.Variant
+				}
 			}
+			cached, _ := s.index.HasManifest(r.Context(), path, pm.children[i])
+			plats = append(plats, platform{name, c.Digest.String(), humanBytes(float64(c.Size)), cached})
 		}
-		cached := false
-		if dg, err := store.ParseDigest(c.Digest); err == nil {
-			cached, _ = s.index.HasManifest(r.Context(), path, dg)
-		}
-		plats = append(plats, platform{name, c.Digest, humanBytes(float64(c.Size)), cached})
 	}
 	sort.Slice(plats, func(i, j int) bool { return plats[i].Platform < plats[j].Platform })
 	if len(plats) > 0 {

@@ -15,17 +15,15 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/singleflight"
 )
 
-// ManifestAccept is the Accept header sent for manifests: every type berth
-// stores and serves.
-var ManifestAccept = strings.Join([]string{
-	"application/vnd.oci.image.index.v1+json",
-	"application/vnd.oci.image.manifest.v1+json",
-	"application/vnd.docker.distribution.manifest.list.v2+json",
-	"application/vnd.docker.distribution.manifest.v2+json",
-}, ", ")
+// ManifestAccept is the Accept header sent for manifests: the one list of
+// the manifest types berth asks for, stores and serves (the server's
+// manifest parser accepts exactly these, and Docker's schema 1).
+const ManifestAccept = string(types.OCIImageIndex) + ", " + string(types.OCIManifestSchema1) + ", " +
+	string(types.DockerManifestList) + ", " + string(types.DockerManifestSchema2)
 
 // Options configure a Client. Only URL is required.
 type Options struct {

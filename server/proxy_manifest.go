@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -232,10 +229,7 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 	if err != nil {
 		return store.Manifest{}, err
 	}
-	m := store.Manifest{Digest: dg, MediaType: pm.mediaType, Body: body, ArtifactType: pm.artifactType, Annotations: pm.annotations}
-	if pm.subject != nil {
-		m.Subject = pm.subject.Digest
-	}
+	m := store.Manifest{Digest: dg, MediaType: pm.mediaType, Body: body, ArtifactType: pm.artifactType, Annotations: pm.annotations, Subject: pm.subject}
 	path := rp.Name + "/" + image
 	if err := s.manifests.PutManifest(ctx, path, m, tag, pm.refs()); err != nil {
 		// Pass through: serve what upstream sent even if it cannot be kept.
@@ -295,115 +289,4 @@ func (s *Server) upstreamError(rp *repo, err error) {
 		s.log.Warn("upstream failing; more of this kind are only counted for a minute (berth_upstream_errors_total)",
 			"repository", rp.Name, "reason", reason, "err", err)
 	}
-}
-
-// proxyTags: GET /v2/<name>/tags/list (end-8a/b) from upstream, rewritten
-// to the client's name; the cached tags when the upstream is unavailable.
-func (s *Server) proxyTags(w http.ResponseWriter, r *http.Request, rp *repo, image string) error {
-	ctx := r.Context()
-	q := url.Values{}
-	for _, k := range []string{"n", "last"} {
-		if v := r.URL.Query().Get(k); v != "" {
-			q.Set(k, v)
-		}
-	}
-	clientName := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/v2/"), "/tags/list")
-	resp, err := rp.Upstream.Tags(ctx, image, q)
-	if err != nil {
-		if rp.ServeStale && errors.Is(err, upstream.ErrUnavailable) {
-			s.upstreamError(rp, err)
-			tags, serr := s.manifests.Tags(ctx, rp.Name+"/"+image)
-			if serr != nil {
-				return serr
-			}
-			if len(tags) > 0 {
-				s.cacheResult(r, rp, "tags", resultStale, "cache")
-				return writeTagList(w, r, clientName, tags)
-			}
-		}
-		if !errors.Is(err, upstream.ErrNotFound) {
-			s.upstreamError(rp, err)
-		}
-		return err
-	}
-	defer resp.Body.Close()
-	var list struct {
-		Name string   `json:"name"`
-		Tags []string `json:"tags"`
-	}
-	if err := decodeJSON(resp.Body, &list); err != nil {
-		return fmt.Errorf("upstream tag list: %w", err)
-	}
-	// A next page may exist when upstream says so, or when this page is
-	// as long as asked (some registries send no Link header).
-	full := q.Get("n") != "" && strconv.Itoa(len(list.Tags)) == q.Get("n")
-	if (resp.Header.Get("Link") != "" || full) && len(list.Tags) > 0 {
-		next := url.Values{"last": {list.Tags[len(list.Tags)-1]}}
-		if n := q.Get("n"); n != "" {
-			next.Set("n", n)
-		}
-		w.Header().Set("Link", fmt.Sprintf(`</v2/%s/tags/list?%s>; rel="next"`, clientName, next.Encode()))
-	}
-	s.cacheResult(r, rp, "tags", resultMiss, "upstream")
-	return writeTagList(w, r, clientName, list.Tags)
-}
-
-// catalog: GET /v2/_catalog (end-... optional) of the listener's
-// repository: the images it has cached or hosts, with n/last pagination.
-func (s *Server) catalog(w http.ResponseWriter, r *http.Request, rp *repo) error {
-	members := []*repo{rp}
-	if rp.Kind == KindGroup {
-		members = s.readableMembers(r, rp, "")
-	}
-	set := map[string]bool{}
-	for _, m := range members {
-		paths, err := s.manifests.Repositories(r.Context(), m.Name+"/")
-		if err != nil {
-			return err
-		}
-		for _, p := range paths {
-			set[strings.TrimPrefix(p, m.Name+"/")] = true
-		}
-	}
-	names := make([]string, 0, len(set))
-	for n := range set {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	page, next, err := paginate(names, r.URL.Query())
-	if err != nil {
-		return err
-	}
-	if next != "" {
-		w.Header().Set("Link", fmt.Sprintf(`</v2/_catalog?%s>; rel="next"`, next))
-	}
-	return writeJSON(w, r, map[string]any{"repositories": page})
-}
-
-// paginate applies n and last to a sorted list; next is the query of the
-// following page, empty on the last one.
-func paginate(all []string, q url.Values) (page []string, next string, err error) {
-	start := 0
-	if last := q.Get("last"); last != "" {
-		for start < len(all) && all[start] <= last {
-			start++
-		}
-	}
-	page = all[start:]
-	if ns := q.Get("n"); ns != "" {
-		n, err := strconv.Atoi(ns)
-		if err != nil || n < 0 {
-			return nil, "", errf(codePaginationInvalid, "invalid n %q", ns)
-		}
-		if n < len(page) {
-			page = page[:n]
-			if n > 0 {
-				next = url.Values{"n": {ns}, "last": {page[n-1]}}.Encode()
-			}
-		}
-	}
-	if page == nil {
-		page = []string{}
-	}
-	return page, next, nil
 }

@@ -1,0 +1,71 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/berth-registry/berth/store"
+)
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	status := map[string]string{}
+	ready := true
+	if err := s.ops.Ping(ctx); err != nil {
+		status["store"] = err.Error()
+		ready = false
+	} else {
+		status["store"] = "ok"
+	}
+	_, cached := s.ops.Stats()
+	for _, rp := range s.order {
+		if rp.Kind != KindProxy {
+			continue
+		}
+		// What real requests (and at most one probe a minute) said:
+		// a load balancer polling here sends nothing upstream.
+		st := s.health(rp)
+		v := "ok"
+		switch {
+		case !st.known:
+			v = "not asked yet"
+		case !st.ok && cached == 0:
+			v = "unreachable, nothing cached: " + st.cause
+		case !st.ok:
+			v = "unreachable for " + ago(time.Since(st.since)) + ", serving cache: " + st.cause
+		}
+		status["upstream "+rp.Name] = v
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if !ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	json.NewEncoder(w).Encode(status)
+}
+
+// adminGC runs a garbage collection now (berth gc asks a running server
+// here, on the admin listener).
+func (s *Server) adminGC(w http.ResponseWriter, r *http.Request) error {
+	res, err := s.ops.GC(store.GCOptions{Grace: s.opts.GCGrace, DryRun: r.URL.Query().Get("dry_run") != ""})
+	if err != nil {
+		return fmt.Errorf("garbage collection: %w", err)
+	}
+	s.log.Info("garbage collection asked by admin", "blobs", res.Blobs, "bytes", res.Bytes, "dry_run", r.URL.Query().Get("dry_run") != "")
+	return writeJSON(w, r, map[string]any{"blobs": res.Blobs, "bytes": res.Bytes, "digests": res.Digests})
+}
+
+// adminBackup streams a consistent copy of the index (berth backup).
+func (s *Server) adminBackup(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Content-Type", "application/octet-stream")
+	n, err := s.ops.Backup(w)
+	if err != nil {
+		s.log.Error("backup of the index", "err", err, "bytes", n)
+		panic(http.ErrAbortHandler) // the client sees a cut body, never a short file as whole
+	}
+	s.log.Info("index backed up", "bytes", n)
+	return nil
+}

@@ -1,0 +1,61 @@
+package server
+
+import (
+	"slices"
+	"time"
+
+	"github.com/berth-registry/berth/internal/lru"
+)
+
+// repo is a configured repository with what berth keeps of it while
+// running.
+type repo struct {
+	Repository
+	health  *upstreamHealth                // proxy: what real requests said of the upstream
+	neg     *lru.Cache[string, struct{}]   // upstream 404s, for not_found_ttl
+	pending *lru.Cache[string, pendingTag] // "<path>@<digest>" → tags an upstream HEAD named
+	leaves  []*repo                        // group: proxy and hosted members, nested groups flattened, in order
+	served  *lru.Cache[string, *repo]      // group: which member served an image's manifest
+}
+
+// pendingTag is what an upstream HEAD said a tag points at, kept for a
+// short while. Docker asks HEAD manifests/<tag>, then GET
+// manifests/<digest>; when that manifest is fetched the tag is recorded
+// with it, so that the tag is cached (and can be served stale) too.
+type pendingTag struct {
+	tags    []string
+	checked time.Time
+}
+
+const pendingTagTTL = 5 * time.Minute
+
+// rememberNotFound keeps an upstream 404 for not_found_ttl.
+func (rp *repo) rememberNotFound(key string) {
+	if rp.NotFoundTTL > 0 {
+		rp.neg.AddTTL(key, struct{}{}, rp.NotFoundTTL)
+	}
+}
+
+// notFound reports a remembered upstream 404.
+func (rp *repo) notFound(key string) bool {
+	_, ok := rp.neg.Get(key)
+	return ok
+}
+
+// addPending records that an upstream HEAD said tag of path points at
+// digest.
+func (rp *repo) addPending(path, tag, digest string) {
+	rp.pending.Update(path+"@"+digest, func(pt pendingTag, _ bool) pendingTag {
+		if !slices.Contains(pt.tags, tag) {
+			pt.tags = append(slices.Clone(pt.tags), tag)
+		}
+		pt.checked = time.Now()
+		return pt
+	})
+}
+
+// takePending returns and forgets the tags last seen pointing at digest.
+func (rp *repo) takePending(path, digest string) ([]string, time.Time) {
+	pt, _ := rp.pending.Take(path + "@" + digest)
+	return pt.tags, pt.checked
+}

@@ -1,0 +1,266 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Handler returns the HTTP handler of a listener whose requests, when no
+// other rule routes them, go to repository listenerRepo.
+func (s *Server) Handler(listenerRepo string) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/v2/", s.v2Handler(listenerRepo))
+	mux.Handle("/v2", s.v2Handler(listenerRepo))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("/token", s.serveToken(listenerRepo))
+	s.uiHandlers(mux, listenerRepo)
+	return s.recoverPanics(mux)
+}
+
+// AdminHandler serves the operator endpoints (/admin/gc, /admin/prefetch,
+// /admin/ls) and the registry API with full rights, for the berth
+// commands. It belongs on its own listener that only the operator can
+// reach (a mode-0600 Unix socket by default), never on a public one:
+// behind a reverse proxy on the same box every client is "loopback".
+func (s *Server) AdminHandler(listenerRepo string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /admin/gc", s.handle(formatRegistry, s.adminGC))
+	mux.HandleFunc("POST /admin/prefetch", s.handle(formatRegistry, s.adminPrefetch(listenerRepo)))
+	mux.HandleFunc("GET /admin/ls", s.handle(formatRegistry, s.adminList))
+	mux.HandleFunc("GET /admin/backup", s.handle(formatRegistry, s.adminBackup))
+	v2 := s.v2Handler(listenerRepo)
+	trusted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v2.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), internalKey{}, true)))
+	})
+	mux.Handle("/v2/", trusted)
+	mux.Handle("/v2", trusted)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	return s.recoverPanics(mux)
+}
+
+// reqInfo is what a handler learned, for the request's log line and
+// metrics.
+type reqInfo struct {
+	listener         string // the listener's repository
+	principal        principal
+	repo, image, ref string
+	kind             string
+	route            route  // the parsed path, for error messages
+	result           string // cache result
+	source           string // "cache" or "upstream" for bytes served
+}
+
+type infoKey struct{}
+
+func infoOf(ctx context.Context) *reqInfo {
+	if i, ok := ctx.Value(infoKey{}).(*reqInfo); ok {
+		return i
+	}
+	return &reqInfo{}
+}
+
+func (s *Server) v2Handler(listenerRepo string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		info := &reqInfo{repo: "-", kind: "other", listener: listenerRepo}
+		sw := &statusWriter{ResponseWriter: w}
+		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, info))
+		sw.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		aborted := true
+		defer func() {
+			status := sw.status
+			if status == 0 {
+				status = http.StatusOK
+			}
+			code := fmt.Sprint(status)
+			if aborted {
+				code = "aborted"
+			}
+			s.m.requests.WithLabelValues(info.repo, info.kind, r.Method, code).Inc()
+			s.m.requestDuration.WithLabelValues(info.kind, r.Method).Observe(time.Since(start).Seconds())
+			if info.source != "" && sw.bytes > 0 {
+				s.m.servedBytes.WithLabelValues(info.repo, info.source).Add(float64(sw.bytes))
+			}
+			s.log.Info("request", "method", r.Method, "path", r.URL.Path, "repository", info.repo,
+				"name", info.image, "ref", info.ref, "result", info.result, "status", code,
+				"bytes", sw.bytes, "duration", time.Since(start).Round(time.Microsecond), "remote", r.RemoteAddr)
+		}()
+		p, err := s.auth.authenticate(r)
+		if internal, _ := r.Context().Value(internalKey{}).(bool); internal {
+			p, err = principal{internal: true}, nil
+		}
+		if err != nil {
+			err = s.challenge(r, "", "", "")
+		} else {
+			info.principal = p
+			err = s.dispatch(sw, r, listenerRepo)
+		}
+		if err != nil && sw.status == 0 {
+			s.writeError(sw, r, err, info.route, formatRegistry)
+		} else if err != nil {
+			s.log.Error("request failed after its response began", "method", r.Method, "path", r.URL.Path, "err", err)
+		}
+		aborted = false
+	})
+}
+
+// dispatch routes one /v2 request (DESIGN: "Which repository answers").
+func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo string) error {
+	info := infoOf(r.Context())
+	rt, err := parsePath(r.URL.Path)
+	if err != nil {
+		return err
+	}
+	info.kind, info.route = rt.kind.String(), rt
+	switch rt.kind {
+	case routeBase:
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return errf(codeUnsupported, "method %s not allowed on /v2/", r.Method)
+		}
+		// end-1: 200 when the credentials are good, or when anonymous
+		// access covers everything here (no users, anonymous pulls).
+		// Otherwise the challenge: clients learn the realm only from this
+		// answer (Docker never asks for a token after a 200 here), and
+		// anonymous ones get tokens for what anonymous access allows.
+		if info.principal.user == nil && info.principal.token == nil && !info.principal.internal {
+			if rp := s.repos[listenerRepo]; rp == nil || !rp.AnonymousPull || len(*s.auth.users.Load()) > 0 {
+				return s.challenge(r, "", "", "")
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "2")
+		if r.Method == http.MethodGet {
+			io.WriteString(w, "{}")
+		}
+		return nil
+	case routeCatalog:
+		rp := s.repos[listenerRepo]
+		if rp == nil {
+			return errf(codeNameUnknown, "no repository on this listener")
+		}
+		info.repo = rp.Name
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return errf(codeUnsupported, "method %s not allowed on /v2/_catalog", r.Method)
+		}
+		p := info.principal
+		if !s.allowed(p, rp, "", actionPull) && rp.Kind != KindGroup {
+			if p.user == nil {
+				return s.challenge(r, "", "", "")
+			}
+			return errf(codeDenied, "%s may not list %s", p.name(), rp.Name)
+		}
+		if p.token != nil && !p.token.grants("registry", "catalog", "*") {
+			return s.challenge(r, "", "", "insufficient_scope")
+		}
+		return s.catalog(w, r, rp)
+	}
+	rp, image, err := s.resolve(r, listenerRepo, rt.name)
+	if err != nil {
+		return err
+	}
+	info.repo, info.image, info.ref = rp.Name, image, rt.ref
+	// Writes a repository kind cannot take are refused whoever asks.
+	if actionFor(r, rt) != actionPull {
+		switch {
+		case rp.Kind == KindProxy:
+			return errf(codeUnsupported, "repository %q is a %s repository (read-only); push to a hosted repository", rp.Name, rp.Kind)
+		case rp.Kind == KindGroup && rp.PushTo == "":
+			return errf(codeUnsupported, "group %q has no push_to repository; push to a hosted repository", rp.Name)
+		}
+	}
+	target := rp
+	if rp.Kind == KindGroup && actionFor(r, rt) != actionPull && rp.PushTo != "" {
+		// A write through a group needs the right on the group or on
+		// the repository it goes to.
+		if s.allowed(info.principal, rp, image, actionPush) {
+			target = rp
+		} else {
+			target = s.repos[rp.PushTo]
+		}
+	}
+	if err := s.authorize(r, info.principal, target, image, rt.name, actionFor(r, rt)); err != nil {
+		return err
+	}
+	if rt.kind == routeUploads || (rt.kind == routeUpload && r.Method != http.MethodGet) {
+		release, ok := s.uploadLimit.acquire(r)
+		if !ok {
+			return &regError{Code: codeTooManyRequests, Message: "too many concurrent uploads from this client",
+				Header: http.Header{"Retry-After": {"1"}}}
+		}
+		defer release()
+	}
+	switch rp.Kind {
+	case KindProxy:
+		return s.serveProxy(w, r, rp, image, rt)
+	case KindHosted:
+		return s.serveHosted(w, r, rp, image, rt)
+	case KindGroup:
+		return s.serveGroup(w, r, rp, image, rt)
+	}
+	return errf(codeUnsupported, "repository %q of kind %s cannot serve this yet", rp.Name, rp.Kind)
+}
+
+// resolve picks the repository for a request and the image name within it:
+// (1) ?ns=<host> picks the proxy of that upstream host; (2) a first path
+// segment naming a repository or an upstream host picks it and is
+// stripped; (3) else the listener's repository.
+func (s *Server) resolve(r *http.Request, listenerRepo, name string) (*repo, string, error) {
+	var rp *repo
+	image := name
+	if ns := r.URL.Query().Get("ns"); ns != "" {
+		rp = s.proxyForHost(ns)
+		if rp == nil {
+			return nil, "", errf(codeNameUnknown, "no repository serves namespace %q", ns)
+		}
+	} else if first, rest, ok := strings.Cut(name, "/"); ok {
+		if p := s.repos[first]; p != nil {
+			rp, image = p, rest
+		} else if p := s.proxyForHost(first); p != nil && strings.Contains(first, ".") {
+			rp, image = p, rest
+		}
+	}
+	if rp == nil {
+		rp = s.repos[listenerRepo]
+		if rp == nil {
+			return nil, "", errf(codeNameUnknown, "no repository for %q", name)
+		}
+	}
+	if rp.DockerHub && !strings.Contains(image, "/") {
+		image = "library/" + image
+	}
+	return rp, image, nil
+}
+
+// dockerHubHosts are the names Docker Hub's registry goes by.
+var dockerHubHosts = map[string]bool{"docker.io": true, "registry-1.docker.io": true, "index.docker.io": true}
+
+// proxyForHost returns the first proxy whose upstream is host (Docker
+// Hub's names are one) or lists it in ns_aliases.
+func (s *Server) proxyForHost(host string) *repo {
+	host = strings.ToLower(host)
+	for _, rp := range s.order {
+		if rp.Kind != KindProxy {
+			continue
+		}
+		up := strings.ToLower(rp.UpstreamHost)
+		if up == host || (dockerHubHosts[up] && dockerHubHosts[host]) {
+			return rp
+		}
+		for _, a := range rp.NSAliases {
+			if strings.EqualFold(a, host) {
+				return rp
+			}
+		}
+	}
+	return nil
+}
