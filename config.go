@@ -9,7 +9,6 @@ import (
 	"os"
 	"path"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -224,7 +223,15 @@ func loadConfigFile(path string) (*Config, error) {
 	return c, nil
 }
 
-var repoNameRe = regexp.MustCompile(`^[a-z0-9]+(?:[._-][a-z0-9]+)*$`)
+// serverRepositories is what server.ValidateRepositories checks of the
+// [[repository]] tables (no upstream clients are made for it).
+func (c *Config) serverRepositories() []server.Repository {
+	out := make([]server.Repository, len(c.Repositories))
+	for i, r := range c.Repositories {
+		out[i] = server.Repository{Name: r.Name, Kind: r.Kind, Members: r.Members, PushTo: r.PushTo, AnonymousPush: r.AnonymousPush}
+	}
+	return out
+}
 
 // setDefaults fills in defaults and validates; errors name the key.
 func (c *Config) setDefaults() error {
@@ -278,12 +285,6 @@ func (c *Config) setDefaults() error {
 		if r.Name != "" {
 			where = fmt.Sprintf("repository %q", r.Name)
 		}
-		if !repoNameRe.MatchString(r.Name) {
-			return fmt.Errorf("config: %s: name must be lowercase letters, digits and . _ - (no slash)", where)
-		}
-		if seen[r.Name] {
-			return fmt.Errorf("config: %s: duplicate name", where)
-		}
 		seen[r.Name] = true
 		if r.TagTTL == 0 {
 			r.TagTTL = Duration(time.Hour)
@@ -309,18 +310,12 @@ func (c *Config) setDefaults() error {
 			if r.Password != "" && r.PasswordFile != "" {
 				return fmt.Errorf("config: %s: password and password_file are exclusive", where)
 			}
-			if len(r.Members) > 0 || r.PushTo != "" {
-				return fmt.Errorf("config: %s: members and push_to are for groups", where)
-			}
 		case "hosted":
 			if r.AnonymousPull == nil {
 				r.AnonymousPull = ptr(false)
 			}
 			if r.URL != "" || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
 				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
-			}
-			if len(r.Members) > 0 || r.PushTo != "" {
-				return fmt.Errorf("config: %s: members and push_to are for groups", where)
 			}
 		case "group":
 			if r.AnonymousPull == nil {
@@ -329,39 +324,14 @@ func (c *Config) setDefaults() error {
 			if r.URL != "" || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
 				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
 			}
-			if len(r.Members) == 0 {
-				return fmt.Errorf("config: %s: members is required for a group", where)
-			}
-		case "":
-			return fmt.Errorf("config: %s: kind is required (proxy, hosted or group)", where)
-		default:
-			return fmt.Errorf("config: %s: kind %q: want proxy, hosted or group", where, r.Kind)
 		}
 	}
-	kinds := map[string]string{}
-	for _, r := range c.Repositories {
-		kinds[r.Name] = r.Kind
+	if c.DefaultRepository == "" {
+		c.DefaultRepository = c.Repositories[0].Name
 	}
-	for _, r := range c.Repositories {
-		if r.Kind != "group" {
-			continue
-		}
-		for _, m := range r.Members {
-			if kinds[m] == "" {
-				return fmt.Errorf("config: repository %q: member %q is not a configured repository", r.Name, m)
-			}
-		}
-		if r.PushTo != "" && (kinds[r.PushTo] != "hosted" || !slices.Contains(r.Members, r.PushTo)) {
-			return fmt.Errorf("config: repository %q: push_to %q must be one of its hosted members", r.Name, r.PushTo)
-		}
-		if cycle := findCycle(c.Repositories, r.Name, nil); cycle != nil {
-			return fmt.Errorf("config: group cycle: %s", strings.Join(cycle, " → "))
-		}
-	}
-	for _, r := range c.Repositories {
-		if r.AnonymousPush && r.Kind != "hosted" {
-			return fmt.Errorf("config: repository %q: anonymous_push is for hosted repositories", r.Name)
-		}
+	// The rules between repositories are the server's (one source).
+	if err := server.ValidateRepositories(c.serverRepositories(), c.DefaultRepository); err != nil {
+		return fmt.Errorf("config: %w", err)
 	}
 	if err := c.checkAuth(); err != nil {
 		return err
@@ -378,12 +348,6 @@ func (c *Config) setDefaults() error {
 		if p.Every != 0 && p.Every < Duration(time.Minute) {
 			return fmt.Errorf("config: prefetch[%d]: every must be at least 1m", i)
 		}
-	}
-	if c.DefaultRepository == "" {
-		c.DefaultRepository = c.Repositories[0].Name
-	}
-	if !seen[c.DefaultRepository] {
-		return fmt.Errorf("config: default_repository %q is not a configured repository", c.DefaultRepository)
 	}
 	addrs := map[string]string{c.Listen: "listen"}
 	for i, l := range c.Listeners {
@@ -519,18 +483,3 @@ func loadHtpasswd(file string) (map[string]string, error) {
 
 // findCycle returns a path of group memberships that comes back to a group
 // already on it, or nil.
-func findCycle(repos []RepositoryConfig, name string, path []string) []string {
-	if i := slices.Index(path, name); i >= 0 {
-		return append(path[i:], name)
-	}
-	for _, r := range repos {
-		if r.Name == name && r.Kind == "group" {
-			for _, m := range r.Members {
-				if c := findCycle(repos, m, append(path, name)); c != nil {
-					return c
-				}
-			}
-		}
-	}
-	return nil
-}

@@ -376,8 +376,8 @@ func printConfig(w io.Writer, cfg *Config) {
 			host := upstreamHost(r.URL)
 			prefixes = append(prefixes, "/v2/"+host+"/…")
 			ns = append(ns, host)
-			if dockerHubHost(host) {
-				ns = append(ns, "docker.io", "index.docker.io", "registry-1.docker.io")
+			if upstream.IsDockerHub(host) {
+				ns = append(ns, upstream.DockerHubHosts()...)
 			}
 			ns = append(ns, r.NSAliases...)
 			slices.Sort(ns)
@@ -388,10 +388,6 @@ func printConfig(w io.Writer, cfg *Config) {
 			fmt.Fprintf(w, "  ?ns=%s → %s\n", strings.Join(ns, ", ?ns="), r.Name)
 		}
 	}
-}
-
-func dockerHubHost(h string) bool {
-	return h == "registry-1.docker.io" || h == "index.docker.io" || h == "docker.io"
 }
 
 func upstreamHost(u string) string {
@@ -471,7 +467,7 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 				return nil, fmt.Errorf("repository %q: %w", rc.Name, err)
 			}
 			r.Upstream, r.UpstreamHost = up, up.Host()
-			r.DockerHub = dockerHubHost(up.Host())
+			r.DockerHub = upstream.IsDockerHub(up.Host())
 			if rc.LibraryPrefix != nil {
 				r.DockerHub = *rc.LibraryPrefix
 			}

@@ -13,30 +13,15 @@ import (
 )
 
 // flatten lists the proxy and hosted repositories of group g in pull
-// order, nested groups expanded, each once. A cycle is an error.
-func (s *Server) flatten(g *repo, path []string) ([]*repo, error) {
-	if slices.Contains(path, g.Name) {
-		return nil, fmt.Errorf("server: group cycle: %s → %s", strings.Join(path, " → "), g.Name)
-	}
-	path = append(path, g.Name)
-	if len(g.Members) == 0 {
-		return nil, fmt.Errorf("server: group %q has no members", g.Name)
-	}
+// order, nested groups expanded, each once. The groups were validated
+// (ValidateRepositories): members exist and form no cycle.
+func (s *Server) flatten(g *repo) []*repo {
 	var out []*repo
 	for _, name := range g.Members {
 		m := s.repos[name]
-		if m == nil {
-			return nil, fmt.Errorf("server: group %q: member %q is not configured", g.Name, name)
-		}
-		var add []*repo
+		add := []*repo{m}
 		if m.Kind == KindGroup {
-			sub, err := s.flatten(m, path)
-			if err != nil {
-				return nil, err
-			}
-			add = sub
-		} else {
-			add = []*repo{m}
+			add = s.flatten(m)
 		}
 		for _, a := range add {
 			if !slices.Contains(out, a) {
@@ -44,7 +29,7 @@ func (s *Server) flatten(g *repo, path []string) ([]*repo, error) {
 			}
 		}
 	}
-	return out, nil
+	return out
 }
 
 // memberImage is how member m names image (Docker Hub proxies add

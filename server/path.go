@@ -101,7 +101,7 @@ func parsePath(p string) (route, error) {
 			return route{}, errf(codeManifestInvalid, "invalid tag %q", rt.ref).withDetail(map[string]string{"tag": rt.ref})
 		}
 	case routeUpload:
-		if !validUploadID(rt.uploadID) {
+		if !store.ValidUploadID(rt.uploadID) {
 			return route{}, errf(codeBlobUploadUnknown, "unknown upload")
 		}
 	}
@@ -177,20 +177,6 @@ func validTag(t string) bool {
 			ok = ok || c == '.' || c == '-'
 		}
 		if !ok {
-			return false
-		}
-	}
-	return true
-}
-
-// validUploadID accepts the ids berth hands out: 1 to 64 of [a-zA-Z0-9-_].
-func validUploadID(id string) bool {
-	if id == "" || len(id) > 64 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
 			return false
 		}
 	}

@@ -28,7 +28,7 @@ func TestParsePath(t *testing.T) {
 		{path: "/v2/my-app/tags/list", kind: routeTags, name: "my-app"},
 		{path: "/v2/foo/blobs/uploads/", kind: routeUploads, name: "foo"},
 		{path: "/v2/foo/blobs/uploads", kind: routeUploads, name: "foo"},
-		{path: "/v2/foo/blobs/uploads/abc-123_X", kind: routeUpload, name: "foo", uploadID: "abc-123_X"},
+		{path: "/v2/foo/blobs/uploads/0123456789abcdef0123456789abcdef", kind: routeUpload, name: "foo", uploadID: "0123456789abcdef0123456789abcdef"},
 		{path: "/v2/foo/referrers/" + testDigest, kind: routeReferrers, name: "foo", ref: testDigest},
 		// A repository may be called "blobs" or "manifests": the path is read from the end.
 		{path: "/v2/blobs/manifests/latest", kind: routeManifest, name: "blobs", ref: "latest"},
@@ -54,6 +54,7 @@ func TestParsePath(t *testing.T) {
 		{path: "/v2/a/blobs/sha256:" + strings.Repeat("A", 64), code: codeDigestInvalid.name},
 		{path: "/v2/a/blobs/uploads/../../x", code: codeNotFound.name},
 		{path: "/v2/a/blobs/uploads/x.y", code: codeBlobUploadUnknown.name},
+		{path: "/v2/a/blobs/uploads/abc-123_X", code: codeBlobUploadUnknown.name}, // not the store's grammar
 		{path: "/v2/a/unknown/x", code: codeNotFound.name},
 		{path: "/v3/a/manifests/x", code: codeNotFound.name},
 	}

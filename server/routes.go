@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-registry/berth/upstream"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -241,9 +242,6 @@ func (s *Server) resolve(r *http.Request, listenerRepo, name string) (*repo, str
 	return rp, image, nil
 }
 
-// dockerHubHosts are the names Docker Hub's registry goes by.
-var dockerHubHosts = map[string]bool{"docker.io": true, "registry-1.docker.io": true, "index.docker.io": true}
-
 // proxyForHost returns the first proxy whose upstream is host (Docker
 // Hub's names are one) or lists it in ns_aliases.
 func (s *Server) proxyForHost(host string) *repo {
@@ -253,7 +251,7 @@ func (s *Server) proxyForHost(host string) *repo {
 			continue
 		}
 		up := strings.ToLower(rp.UpstreamHost)
-		if up == host || (dockerHubHosts[up] && dockerHubHosts[host]) {
+		if up == host || (upstream.IsDockerHub(up) && upstream.IsDockerHub(host)) {
 			return rp
 		}
 		for _, a := range rp.NSAliases {

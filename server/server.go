@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -121,10 +120,10 @@ func New(opts Options) (*Server, error) {
 	s := &Server{opts: opts, repos: map[string]*repo{}, log: opts.Logger,
 		loggedCauses: lru.New[string, struct{}](1000, time.Minute)}
 	s.blobs, s.manifests, s.pushes, s.index, s.ops = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
+	if err := ValidateRepositories(opts.Repositories, opts.DefaultRepository); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	for _, r := range opts.Repositories {
-		if _, dup := s.repos[r.Name]; dup {
-			return nil, fmt.Errorf("server: duplicate repository %q", r.Name)
-		}
 		if r.Kind == KindProxy && r.Upstream == nil {
 			return nil, fmt.Errorf("server: proxy repository %q has no upstream", r.Name)
 		}
@@ -139,19 +138,7 @@ func New(opts Options) (*Server, error) {
 		if rp.Kind != KindGroup {
 			continue
 		}
-		leaves, err := s.flatten(rp, nil)
-		if err != nil {
-			return nil, err
-		}
-		rp.leaves, rp.served = leaves, lru.New[string, *repo](100_000, 0)
-		if rp.PushTo != "" {
-			if p := s.repos[rp.PushTo]; p == nil || p.Kind != KindHosted || !slices.Contains(rp.Members, rp.PushTo) {
-				return nil, fmt.Errorf("server: group %q: push_to %q must be one of its hosted members", rp.Name, rp.PushTo)
-			}
-		}
-	}
-	if _, ok := s.repos[opts.DefaultRepository]; !ok && opts.DefaultRepository != "" {
-		return nil, fmt.Errorf("server: default repository %q is not configured", opts.DefaultRepository)
+		rp.leaves, rp.served = s.flatten(rp), lru.New[string, *repo](100_000, 0)
 	}
 	a, err := newAuth(opts.Auth)
 	if err != nil {

@@ -213,7 +213,7 @@ func (s *Store) Repair(ctx context.Context, probs []Problem) error {
 				err = os.Remove(filepath.Join(s.dir, p.Key))
 			}
 		case "orphan_upload":
-			if validUploadID(p.Key) {
+			if ValidUploadID(p.Key) {
 				err = os.Remove(s.uploadPath(p.Key))
 			}
 		case "missing_upload":

@@ -89,7 +89,10 @@ func (l *keyedLocks) len() int {
 
 func (s *Store) uploadPath(id string) string { return filepath.Join(s.dir, "uploads", id) }
 
-func validUploadID(id string) bool {
+// ValidUploadID reports whether id has the form of the upload ids the
+// store hands out (32 hex digits): the one grammar of an upload id, also
+// used to reject a bad URL before the store is asked.
+func ValidUploadID(id string) bool {
 	if len(id) != 32 {
 		return false
 	}
@@ -123,7 +126,7 @@ func (s *Store) putUpload(u Upload) error {
 // GetUpload returns the session id of repo, or ErrUploadUnknown.
 func (s *Store) GetUpload(ctx context.Context, repo, id string) (Upload, error) {
 	var u Upload
-	if !validUploadID(id) {
+	if !ValidUploadID(id) {
 		return u, ErrUploadUnknown
 	}
 	err := s.db.View(func(tx *bolt.Tx) error {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -328,3 +329,12 @@ func (c *Client) Tags(ctx context.Context, image string, query url.Values) (*htt
 	}
 	return c.do(ctx, image, http.MethodGet, p, nil)
 }
+
+// dockerHubHosts are the names Docker Hub's registry goes by.
+var dockerHubHosts = []string{"docker.io", "index.docker.io", "registry-1.docker.io"}
+
+// DockerHubHosts returns the names Docker Hub's registry goes by.
+func DockerHubHosts() []string { return slices.Clone(dockerHubHosts) }
+
+// IsDockerHub reports whether host is one of Docker Hub's names.
+func IsDockerHub(host string) bool { return slices.Contains(dockerHubHosts, strings.ToLower(host)) }
