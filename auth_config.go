@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,8 +11,6 @@ import (
 	"time"
 
 	"github.com/berth-registry/berth/server"
-	"golang.org/x/crypto/bcrypt"
-	"golang.org/x/term"
 )
 
 // authOptions builds the server's access control from the config: users
@@ -95,42 +91,4 @@ func tokenKey(file string) ([]byte, error) {
 		return nil, err
 	}
 	return key, f.Sync()
-}
-
-// passwdHash reads a password (asking twice, without echo, on a
-// terminal; else the first line of in) and returns its bcrypt hash.
-func passwdHash(in *os.File, prompt io.Writer) (string, error) {
-	var pw []byte
-	if term.IsTerminal(int(in.Fd())) {
-		fmt.Fprint(prompt, "Password: ")
-		a, err := term.ReadPassword(int(in.Fd()))
-		fmt.Fprintln(prompt)
-		if err != nil {
-			return "", err
-		}
-		fmt.Fprint(prompt, "Again: ")
-		b, err := term.ReadPassword(int(in.Fd()))
-		fmt.Fprintln(prompt)
-		if err != nil {
-			return "", err
-		}
-		if string(a) != string(b) {
-			return "", errors.New("the passwords differ")
-		}
-		pw = a
-	} else {
-		line, err := bufio.NewReader(io.LimitReader(in, 4096)).ReadString('\n')
-		if err != nil && !errors.Is(err, io.EOF) {
-			return "", err
-		}
-		pw = []byte(strings.TrimRight(line, "\r\n"))
-	}
-	if len(pw) == 0 {
-		return "", errors.New("empty password")
-	}
-	if len(pw) > 72 {
-		return "", errors.New("password longer than 72 bytes (bcrypt's limit)")
-	}
-	hash, err := bcrypt.GenerateFromPassword(pw, bcrypt.DefaultCost)
-	return string(hash), err
 }

@@ -59,7 +59,7 @@ func runBackup(c *cli.Context, out io.Writer) (err error) {
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			tmp.Close()
-			return fmt.Errorf("backup: the running berth answered %s", resp.Status)
+			return adminFailure("backup", resp)
 		}
 		n, err = io.Copy(tmp, resp.Body)
 	default:
@@ -80,4 +80,19 @@ func runBackup(c *cli.Context, out io.Writer) (err error) {
 	}
 	fmt.Fprintf(out, "backup: wrote %s (%s of index, from %s); now copy %s as it is\n", dest, humanSize(n), from, filepath.Join(cfg.DataDir, "blobs"))
 	return nil
+}
+
+// backupCommand: berth backup, write a consistent copy of index.db.
+func backupCommand(stdout, stderr io.Writer) *cli.Command {
+	return &cli.Command{
+		Name:  "backup",
+		Usage: "write a consistent copy of index.db (from the running berth, or the data dir when it is stopped)",
+		Flags: []cli.Flag{
+			configFlag(),
+			&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` (overrides the file)"},
+			&cli.StringFlag{Name: "out", Usage: "`FILE` to write (written whole or not at all)"},
+			&cli.StringFlag{Name: "server", Usage: "the running berth's admin listener, `unix:SOCKET or http://HOST:PORT`"},
+		},
+		Action: func(c *cli.Context) error { return runBackup(c, stdout) },
+	}
 }

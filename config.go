@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -233,8 +234,22 @@ func (c *Config) serverRepositories() []server.Repository {
 	return out
 }
 
-// setDefaults fills in defaults and validates; errors name the key.
+// setDefaults fills in defaults and validates, section by section;
+// errors name the key.
 func (c *Config) setDefaults() error {
+	for _, check := range []func() error{
+		c.setTopDefaults, c.Storage.setDefaults, c.setRepositoryDefaults, c.checkAuth,
+		c.checkPrefetch, c.checkListeners, c.checkFiles, c.checkGrants,
+	} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setTopDefaults: data_dir, listen, TLS and logging.
+func (c *Config) setTopDefaults() error {
 	if c.DataDir == "" {
 		c.DataDir = "./berth-data"
 	}
@@ -254,38 +269,48 @@ func (c *Config) setDefaults() error {
 	default:
 		return fmt.Errorf("config: log_format %q: want text or json", c.LogFormat)
 	}
-	if c.Storage.MaxSize < 0 {
+	return nil
+}
+
+// setDefaults: the [storage] table.
+func (st *StorageConfig) setDefaults() error {
+	if st.MaxSize < 0 {
 		return errors.New("config: storage.max_size must not be negative")
 	}
-	if c.Storage.HighWater == 0 {
-		c.Storage.HighWater = 0.9
+	if st.HighWater == 0 {
+		st.HighWater = 0.9
 	}
-	if c.Storage.LowWater == 0 {
-		c.Storage.LowWater = 0.8
+	if st.LowWater == 0 {
+		st.LowWater = 0.8
 	}
-	if c.Storage.UploadTTL == 0 {
-		c.Storage.UploadTTL = Duration(24 * time.Hour)
+	if st.UploadTTL == 0 {
+		st.UploadTTL = Duration(24 * time.Hour)
 	}
-	if c.Storage.GCInterval == 0 {
-		c.Storage.GCInterval = Duration(time.Hour)
+	if st.GCInterval == 0 {
+		st.GCInterval = Duration(time.Hour)
 	}
-	if c.Storage.GCGrace == 0 {
-		c.Storage.GCGrace = Duration(time.Hour)
+	if st.GCGrace == 0 {
+		st.GCGrace = Duration(time.Hour)
 	}
-	if c.Storage.HighWater <= 0 || c.Storage.HighWater > 1 || c.Storage.LowWater <= 0 || c.Storage.LowWater >= c.Storage.HighWater {
+	if st.HighWater <= 0 || st.HighWater > 1 || st.LowWater <= 0 || st.LowWater >= st.HighWater {
 		return errors.New("config: storage: want 0 < low_water < high_water <= 1")
 	}
+	return nil
+}
+
+// setRepositoryDefaults: the [[repository]] tables. The keys of each kind
+// are checked here; the rules between repositories are the server's
+// (server.ValidateRepositories).
+func (c *Config) setRepositoryDefaults() error {
 	if len(c.Repositories) == 0 {
 		return errors.New("config: no [[repository]]")
 	}
-	seen := map[string]bool{}
 	for i := range c.Repositories {
 		r := &c.Repositories[i]
 		where := fmt.Sprintf("repository[%d]", i)
 		if r.Name != "" {
 			where = fmt.Sprintf("repository %q", r.Name)
 		}
-		seen[r.Name] = true
 		if r.TagTTL == 0 {
 			r.TagTTL = Duration(time.Hour)
 		}
@@ -333,9 +358,11 @@ func (c *Config) setDefaults() error {
 	if err := server.ValidateRepositories(c.serverRepositories(), c.DefaultRepository); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	if err := c.checkAuth(); err != nil {
-		return err
-	}
+	return nil
+}
+
+// checkPrefetch: the [[prefetch]] tables.
+func (c *Config) checkPrefetch() error {
 	for i, p := range c.Prefetch {
 		if len(p.Images) == 0 {
 			return fmt.Errorf("config: prefetch[%d]: images is required", i)
@@ -349,6 +376,11 @@ func (c *Config) setDefaults() error {
 			return fmt.Errorf("config: prefetch[%d]: every must be at least 1m", i)
 		}
 	}
+	return nil
+}
+
+// checkListeners: [[listener]] addresses and repositories.
+func (c *Config) checkListeners() error {
 	addrs := map[string]string{c.Listen: "listen"}
 	for i, l := range c.Listeners {
 		where := fmt.Sprintf("config: listener[%d]", i)
@@ -357,13 +389,18 @@ func (c *Config) setDefaults() error {
 			return fmt.Errorf("%s: listen is required", where)
 		case l.Repository == "":
 			return fmt.Errorf("%s (%s): repository is required", where, l.Listen)
-		case !seen[l.Repository]:
+		case !c.hasRepository(l.Repository):
 			return fmt.Errorf("%s (%s): repository %q is not configured", where, l.Listen, l.Repository)
 		case addrs[l.Listen] != "" && !strings.HasSuffix(l.Listen, ":0"): // :0 picks a free port each time
 			return fmt.Errorf("%s: listen %q is already used by %s", where, l.Listen, addrs[l.Listen])
 		}
 		addrs[l.Listen] = fmt.Sprintf("listener[%d]", i)
 	}
+	return nil
+}
+
+// checkFiles: the files the config names exist.
+func (c *Config) checkFiles() error {
 	for _, f := range []struct{ key, path string }{{"tls_cert", c.TLSCert}, {"tls_key", c.TLSKey}, {"auth.htpasswd", c.Auth.Htpasswd}} {
 		if f.path == "" {
 			continue
@@ -372,16 +409,26 @@ func (c *Config) setDefaults() error {
 			return fmt.Errorf("config: %s: %w", f.key, err)
 		}
 	}
+	return nil
+}
+
+// checkGrants: every grant names a configured repository (or a glob).
+func (c *Config) checkGrants() error {
 	for _, u := range c.Users {
 		for _, g := range append(append([]string{}, u.Pull...), u.Push...) {
 			// A grant names a repository (or a glob over them) first.
 			repo, _, _ := strings.Cut(g, "/")
-			if !strings.ContainsAny(repo, "*?[") && !seen[repo] {
+			if !strings.ContainsAny(repo, "*?[") && !c.hasRepository(repo) {
 				return fmt.Errorf("config: user %q: grant %q names repository %q, which is not configured", u.Name, g, repo)
 			}
 		}
 	}
 	return nil
+}
+
+// hasRepository reports a [[repository]] named name.
+func (c *Config) hasRepository(name string) bool {
+	return slices.ContainsFunc(c.Repositories, func(r RepositoryConfig) bool { return r.Name == name })
 }
 
 // password returns the upstream password: password_file's first line, or

@@ -11,17 +11,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/berth-registry/berth/server"
@@ -43,182 +39,23 @@ func main() {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	configFlag := &cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"BERTH_CONFIG"}, Usage: "TOML config `FILE`"}
 	app := &cli.App{
 		Name:      "berth",
 		Usage:     "pull-through cache and private registry for container images",
 		Writer:    stdout,
 		ErrWriter: stderr,
 		Commands: []*cli.Command{
-			{
-				Name:  "serve",
-				Usage: "run the registry",
-				Flags: []cli.Flag{
-					configFlag,
-					&cli.StringFlag{Name: "listen", Usage: "listen `ADDR` (overrides the file)"},
-					&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` (overrides the file)"},
-					&cli.StringFlag{Name: "upstream", Usage: "proxy the registry at `URL` instead of Docker Hub (no config file)"},
-					&cli.StringFlag{Name: "pprof", Usage: "serve Go's pprof profiles on `ADDR` (for profiling; keep it on loopback)"},
-				},
-				Action: func(c *cli.Context) error {
-					cfg, err := configFromFlags(c)
-					if err != nil {
-						return err
-					}
-					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
-					defer stop()
-					log, level := newLogger(cfg, stderr)
-					m, err := NewMain(cfg, log)
-					if err != nil {
-						return err
-					}
-					if addr := c.String("pprof"); addr != "" {
-						m.srv.Go("pprof listener", func() {
-							if err := http.ListenAndServe(addr, pprofMux()); err != nil {
-								m.log.Error("pprof listener", "addr", addr, "err", err)
-							}
-						})
-					}
-					defer m.Close()
-					m.level, m.cfgPath = level, c.String("config")
-					return m.Run(ctx)
-				},
-			},
-			{
-				Name:      "check-config",
-				Usage:     "validate a config file and print what it would serve",
-				ArgsUsage: "FILE",
-				Action: func(c *cli.Context) error {
-					if c.NArg() != 1 {
-						return errors.New("check-config needs one FILE")
-					}
-					cfg, err := loadConfigFile(c.Args().First())
-					if err != nil {
-						return err
-					}
-					if err := cfg.setDefaults(); err != nil {
-						return err
-					}
-					for i := range cfg.Repositories {
-						if _, err := cfg.Repositories[i].password(); err != nil {
-							return err
-						}
-					}
-					if cfg.Auth.Htpasswd != "" {
-						htp, err := loadHtpasswd(cfg.Auth.Htpasswd)
-						if err != nil {
-							return err
-						}
-						for _, u := range cfg.Users {
-							if u.PasswordHash == "" && htp[u.Name] == "" {
-								return fmt.Errorf("user %q has no password_hash and is not in %s", u.Name, cfg.Auth.Htpasswd)
-							}
-						}
-					}
-					printConfig(stdout, cfg)
-					return nil
-				},
-			},
-			{
-				Name:      "prefetch",
-				Usage:     "pull images into the running berth's cache (a progress bar on a terminal)",
-				ArgsUsage: "IMAGE...",
-				Flags: append([]cli.Flag{
-					&cli.StringFlag{Name: "platform", Usage: "`os/arch[,...]` of multi-platform images (default linux/amd64)"},
-					&cli.BoolFlag{Name: "all-platforms", Usage: "every platform"},
-				}, serverFlags...),
-				Action: func(c *cli.Context) error { return runPrefetch(c, stdout, stderr) },
-			},
-			{
-				Name:      "ls",
-				Usage:     "list repositories, images, tags, digests, sizes, last pulled and pulls",
-				ArgsUsage: "[REPOSITORY[/IMAGE]]",
-				Flags: append([]cli.Flag{
-					&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` (overrides the file)"},
-					&cli.BoolFlag{Name: "json", Usage: "JSON instead of a table"},
-				}, serverFlags...),
-				Action: func(c *cli.Context) error { return runLs(c, stdout) },
-			},
-			{
-				Name:      "export",
-				Usage:     "write images as an OCI image layout tarball (fetching what is not cached)",
-				ArgsUsage: "IMAGE...",
-				Flags: append([]cli.Flag{
-					&cli.StringFlag{Name: "out", Usage: "`FILE.tar` to write"},
-					&cli.StringFlag{Name: "creds", Usage: "`user:password` for protected repositories"},
-				}, serverFlags...),
-				Action: func(c *cli.Context) error { return runExport(c, stdout) },
-			},
-			{
-				Name:      "import",
-				Usage:     "push the images of an OCI layout (or docker save) tarball into a repository, verifying every digest",
-				ArgsUsage: "FILE.tar",
-				Flags: append([]cli.Flag{
-					&cli.StringFlag{Name: "repository", Usage: "the hosted `NAME` to import into (default: the listener's repository)"},
-					&cli.StringFlag{Name: "creds", Usage: "`user:password` with push rights"},
-				}, serverFlags...),
-				Action: func(c *cli.Context) error { return runImport(c, stdout) },
-			},
-			{
-				Name:  "passwd",
-				Usage: "print a bcrypt hash of a password read from stdin (or asked for on a terminal)",
-				Action: func(c *cli.Context) error {
-					hash, err := passwdHash(os.Stdin, stderr)
-					if err != nil {
-						return err
-					}
-					fmt.Fprintln(stdout, hash)
-					return nil
-				},
-			},
-			{
-				Name:  "gc",
-				Usage: "delete blobs no manifest references (online through a running server, else on the data dir)",
-				Flags: []cli.Flag{
-					configFlag,
-					&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` (overrides the file)"},
-					&cli.BoolFlag{Name: "dry-run", Usage: "only print what would be freed"},
-					&cli.StringFlag{Name: "server", Usage: "ask the berth at `URL` (default: the listen address of the config, when the data dir is in use)"},
-				},
-				Action: func(c *cli.Context) error { return runGC(c, stdout) },
-			},
-			{
-				Name:  "backup",
-				Usage: "write a consistent copy of index.db (from the running berth, or the data dir when it is stopped)",
-				Flags: []cli.Flag{
-					configFlag,
-					&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` (overrides the file)"},
-					&cli.StringFlag{Name: "out", Usage: "`FILE` to write (written whole or not at all)"},
-					&cli.StringFlag{Name: "server", Usage: "the running berth's admin listener, `unix:SOCKET or http://HOST:PORT`"},
-				},
-				Action: func(c *cli.Context) error { return runBackup(c, stdout) },
-			},
-			{
-				Name:  "verify",
-				Usage: "check the index against the blob files (run with the server stopped)",
-				Flags: []cli.Flag{
-					configFlag,
-					&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` (overrides the file)"},
-					&cli.BoolFlag{Name: "repair", Usage: "drop bad entries and files so the next pull refetches them"},
-				},
-				Action: func(c *cli.Context) error { return runVerify(c, stdout) },
-			},
-			{
-				Name:  "version",
-				Usage: "print version and build information",
-				Action: func(c *cli.Context) error {
-					fmt.Fprintf(stdout, "berth %s\n", versionString())
-					if bi, ok := debug.ReadBuildInfo(); ok {
-						fmt.Fprintf(stdout, "go %s\n", bi.GoVersion)
-						for _, s := range bi.Settings {
-							if strings.HasPrefix(s.Key, "vcs.") {
-								fmt.Fprintf(stdout, "%s %s\n", s.Key, s.Value)
-							}
-						}
-					}
-					return nil
-				},
-			},
+			serveCommand(stdout, stderr),
+			checkConfigCommand(stdout, stderr),
+			prefetchCommand(stdout, stderr),
+			lsCommand(stdout, stderr),
+			exportCommand(stdout, stderr),
+			importCommand(stdout, stderr),
+			passwdCommand(stdout, stderr),
+			gcCommand(stdout, stderr),
+			backupCommand(stdout, stderr),
+			verifyCommand(stdout, stderr),
+			versionCommand(stdout, stderr),
 		},
 	}
 	for _, cmd := range app.Commands {
@@ -227,37 +64,6 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		}
 	}
 	return app
-}
-
-// versionString is the version stamped by make (git describe), else the
-// module version go install recorded, else the VCS revision go build
-// recorded, else "dev".
-func versionString() string {
-	if version != "dev" {
-		return version
-	}
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return version
-	}
-	if v := bi.Main.Version; v != "" && v != "(devel)" {
-		return v
-	}
-	var rev, dirty string
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				dirty = "-dirty"
-			}
-		}
-	}
-	if len(rev) > 12 {
-		return "dev-" + rev[:12] + dirty
-	}
-	return version
 }
 
 // noArgs refuses positional arguments to a command that takes none: urfave/cli
@@ -274,125 +80,6 @@ func noArgs(c *cli.Context) error {
 		msg += "; flags go before them, and a config file with --config FILE"
 	}
 	return cli.Exit(msg, 2)
-}
-
-func configFromFlags(c *cli.Context) (*Config, error) {
-	cfg := defaultConfig()
-	if path := c.String("config"); path != "" {
-		if c.IsSet("upstream") {
-			return nil, errors.New("--upstream is for running without a config file")
-		}
-		var err error
-		if cfg, err = loadConfigFile(path); err != nil {
-			return nil, err
-		}
-	} else if u := c.String("upstream"); u != "" {
-		cfg.Repositories = []RepositoryConfig{{Name: "upstream", Kind: "proxy", URL: u}}
-	}
-	if v := c.String("listen"); v != "" {
-		cfg.Listen = v
-	}
-	if v := c.String("data-dir"); v != "" {
-		cfg.DataDir = v
-	}
-	if err := cfg.setDefaults(); err != nil {
-		return nil, err
-	}
-	return cfg, nil
-}
-
-func pprofMux() *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return mux
-}
-
-// newLogger returns the logger of cfg and its level, which SIGHUP may
-// change.
-func newLogger(cfg *Config, w io.Writer) (*slog.Logger, *slog.LevelVar) {
-	level := new(slog.LevelVar)
-	level.Set(logLevel(cfg))
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts)), level
-	}
-	return slog.New(slog.NewTextHandler(w, opts)), level
-}
-
-// logLevel is cfg's log_level (INFO when unset; a bad one was refused by
-// the config check).
-func logLevel(cfg *Config) slog.Level {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		return slog.LevelInfo
-	}
-	return level
-}
-
-func printConfig(w io.Writer, cfg *Config) {
-	fmt.Fprintf(w, "data_dir: %s\nmax_size: %s (evict above %.0f%% down to %.0f%%)\n",
-		cfg.DataDir, cfg.Storage.MaxSize, cfg.Storage.HighWater*100, cfg.Storage.LowWater*100)
-	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nREPOSITORY\tKIND\tUPSTREAM / MEMBERS\tTAG TTL\tNOT FOUND TTL\tSERVE STALE\tANONYMOUS PULL\tCREDENTIALS")
-	for _, r := range cfg.Repositories {
-		cred := "-"
-		if r.Username != "" || r.Password != "" || r.PasswordFile != "" {
-			cred = r.Username + ":****"
-		}
-		target, ttl, nf, stale := r.URL, r.TagTTL.String(), r.NotFoundTTL.String(), fmt.Sprint(*r.ServeStale)
-		switch r.Kind {
-		case "group":
-			target = strings.Join(r.Members, " → ")
-			if r.PushTo != "" {
-				target += " (push to " + r.PushTo + ")"
-			}
-			ttl, nf, stale = "-", "-", "-"
-		case "hosted":
-			target, ttl, nf, stale = "-", "-", "-", "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%t\t%s\n", r.Name, r.Kind, target, ttl, nf, stale, *r.AnonymousPull, cred)
-	}
-	tw.Flush()
-	if len(cfg.Users) > 0 {
-		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "\nUSER\tPULL\tPUSH")
-		for _, u := range cfg.Users {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", u.Name, strings.Join(u.Pull, " "), strings.Join(u.Push, " "))
-		}
-		tw.Flush()
-	}
-	fmt.Fprintln(w, "\nROUTING")
-	fmt.Fprintf(w, "  listener %s → %s\n", cfg.Listen, cfg.DefaultRepository)
-	for _, l := range cfg.Listeners {
-		fmt.Fprintf(w, "  listener %s → %s\n", l.Listen, l.Repository)
-	}
-	for _, r := range cfg.Repositories {
-		prefixes := []string{"/v2/" + r.Name + "/…"}
-		var ns []string
-		if r.Kind == "proxy" {
-			host := upstreamHost(r.URL)
-			prefixes = append(prefixes, "/v2/"+host+"/…")
-			ns = append(ns, host)
-			if upstream.IsDockerHub(host) {
-				ns = append(ns, upstream.DockerHubHosts()...)
-			}
-			ns = append(ns, r.NSAliases...)
-			slices.Sort(ns)
-			ns = slices.Compact(ns)
-		}
-		fmt.Fprintf(w, "  path prefix %s → %s\n", strings.Join(prefixes, ", "), r.Name)
-		if len(ns) > 0 {
-			fmt.Fprintf(w, "  ?ns=%s → %s\n", strings.Join(ns, ", ?ns="), r.Name)
-		}
-	}
-}
-
-func upstreamHost(u string) string {
-	u = strings.TrimPrefix(strings.TrimPrefix(u, "https://"), "http://")
-	return strings.TrimSuffix(u, "/")
 }
 
 // Main is a running berth: store, upstream clients, server and listeners.

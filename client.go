@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/urfave/cli/v2"
+)
+
+// adminTarget is where the operator commands reach the running berth:
+// its admin listener (--server unix:PATH or http://HOST:PORT, else the
+// config's admin_listen, by default data_dir/admin.sock). It returns the
+// base URL and the transport to use.
+func adminTarget(c *cli.Context, cfg *Config) (base string, rt http.RoundTripper) {
+	network, addr := adminAddr(cfg)
+	if u := c.String("server"); u != "" {
+		if !strings.HasPrefix(u, "unix:") {
+			return strings.TrimSuffix(u, "/"), http.DefaultTransport
+		}
+		network, addr = "unix", strings.TrimPrefix(u, "unix:")
+	}
+	if network == "tcp" {
+		return "http://" + addr, http.DefaultTransport
+	}
+	return "http://localhost", &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", addr)
+	}}
+}
+
+// adminClient is an HTTP client for adminTarget.
+func adminClient(c *cli.Context, cfg *Config) (string, *http.Client) {
+	base, rt := adminTarget(c, cfg)
+	return base, &http.Client{Transport: rt}
+}
+
+// notRunning explains a failure to reach the admin listener.
+func notRunning(c *cli.Context, cfg *Config, what string, err error) error {
+	network, addr := adminAddr(cfg)
+	where := network + ":" + addr
+	if u := c.String("server"); u != "" {
+		where = u
+	}
+	return fmt.Errorf("%s needs a running berth: none answers at %s (give its config with -c FILE, or --server unix:SOCKET or http://ADMIN_HOST:PORT): %w",
+		what, where, err)
+}
+
+var serverFlags = []cli.Flag{
+	&cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"BERTH_CONFIG"}, Usage: "TOML config `FILE` (for the listen address)"},
+	&cli.StringFlag{Name: "server", Usage: "the running berth's admin listener, `unix:SOCKET or http://HOST:PORT` (default: the config's admin_listen, data_dir/admin.sock)"},
+}
+
+// registryOptions are the ggcr options for talking to berth.
+// registryTarget is the registry export and import talk to: --server URL
+// (over the network, with --creds), else the admin listener, which acts
+// with full rights like prefetch (the same rule for all three: the admin
+// socket is the operator's; the network needs credentials).
+func registryTarget(c *cli.Context, cfg *Config) (base string, opts []remote.Option) {
+	opts = registryOptions(c)
+	if u := c.String("server"); u != "" && !strings.HasPrefix(u, "unix:") {
+		return strings.TrimSuffix(u, "/"), opts
+	}
+	base, rt := adminTarget(c, cfg)
+	return base, append(opts, remote.WithTransport(rt))
+}
+
+// explainRegistryErr turns the registry's 401 or 403 (which a HEAD
+// reports as "HEAD responses have no body") into what to do about it.
+func explainRegistryErr(err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden) {
+		return fmt.Errorf("berth answered %d %s: give a user's credentials with --creds USER:PASSWORD, or run the command on the berth host without --server (over its admin socket): %w",
+			te.StatusCode, http.StatusText(te.StatusCode), err)
+	}
+	return err
+}
+
+func registryOptions(c *cli.Context) []remote.Option {
+	opts := []remote.Option{remote.WithContext(c.Context)}
+	if creds := c.String("creds"); creds != "" {
+		u, p, _ := strings.Cut(creds, ":")
+		opts = append(opts, remote.WithAuth(&authn.Basic{Username: u, Password: p}))
+	}
+	return opts
+}
+
+func berthRef(base, image string) (name.Reference, error) {
+	host := strings.TrimPrefix(strings.TrimPrefix(base, "https://"), "http://")
+	var nopts []name.Option
+	if strings.HasPrefix(base, "http://") {
+		nopts = append(nopts, name.Insecure)
+	}
+	return name.ParseReference(host+"/"+image, nopts...)
+}
+
+// configFlag is -c/--config of the commands that read the config.
+func configFlag() cli.Flag {
+	return &cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"BERTH_CONFIG"}, Usage: "TOML config `FILE`"}
+}
+
+// adminFailure is the error of an admin answer that is not 200: the
+// registry error body every berth endpoint writes (server/errors.go),
+// named by what was asked.
+func adminFailure(what string, resp *http.Response) error {
+	var body struct {
+		Errors []struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"errors"`
+	}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(raw, &body) == nil && len(body.Errors) > 0 {
+		return fmt.Errorf("%s: the running berth answered %s: %s: %s", what, resp.Status, body.Errors[0].Code, body.Errors[0].Message)
+	}
+	return fmt.Errorf("%s: the running berth answered %s: %s", what, resp.Status, strings.TrimSpace(string(raw)))
+}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/berth-registry/berth/server"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+)
+
+// runPrefetch asks the running server to pull images into its cache and
+// shows progress: a bar on a terminal, log lines otherwise.
+func runPrefetch(c *cli.Context, out, errOut io.Writer) error {
+	if c.NArg() == 0 {
+		return errors.New("prefetch needs at least one IMAGE")
+	}
+	cfg, err := storageConfig(c)
+	if err != nil {
+		return err
+	}
+	var platforms []string
+	if p := c.String("platform"); p != "" {
+		platforms = strings.Split(p, ",")
+	}
+	body, _ := json.Marshal(map[string]any{"images": c.Args().Slice(), "platforms": platforms, "all_platforms": c.Bool("all-platforms")})
+	base, client := adminClient(c, cfg)
+	resp, err := client.Post(base+"/admin/prefetch", "application/json", strings.NewReader(string(body)))
+	if err != nil {
+		return notRunning(c, cfg, "prefetch", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return adminFailure("prefetch", resp)
+	}
+	tty := false
+	if f, ok := out.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	start := time.Now()
+	failed := 0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		var ev server.PrefetchEvent
+		if json.Unmarshal(sc.Bytes(), &ev) != nil {
+			continue
+		}
+		switch ev.Kind {
+		case "error":
+			failed++
+			fmt.Fprintf(errOut, "prefetch %s: error: %s\n", ev.Image, ev.Error)
+		case "done":
+			if tty {
+				fmt.Fprintln(out)
+			}
+			fmt.Fprintf(out, "prefetched %s: %s in %s\n", ev.Image, humanSize(ev.DoneBytes), time.Since(start).Round(time.Millisecond))
+		case "blob":
+			if tty {
+				fmt.Fprintf(out, "\r%s", progressBar(ev.Image, ev.DoneBytes, ev.TotalBytes, time.Since(start)))
+			} else {
+				fmt.Fprintf(out, "prefetch %s: blob %s (%s) %d/%d bytes\n", ev.Image, ev.Digest, humanSize(ev.Bytes), ev.DoneBytes, ev.TotalBytes)
+			}
+		}
+	}
+	if failed > 0 {
+		return cli.Exit(fmt.Sprintf("prefetch: %d image(s) failed", failed), 1)
+	}
+	return sc.Err()
+}
+
+func progressBar(image string, done, total int64, took time.Duration) string {
+	const width = 30
+	frac := 0.0
+	if total > 0 {
+		frac = float64(done) / float64(total)
+	}
+	n := int(frac * width)
+	rate := float64(done) / max(took.Seconds(), 0.001)
+	eta := "-"
+	if rate > 0 && total > done {
+		eta = (time.Duration(float64(total-done)/rate) * time.Second / time.Second * time.Second).String()
+	}
+	return fmt.Sprintf("%-30s [%s%s] %5.1f%% %s/%s %s/s ETA %s", truncateStr(image, 30), strings.Repeat("=", n), strings.Repeat(" ", width-n),
+		frac*100, humanSize(done), humanSize(total), humanSize(int64(rate)), eta)
+}
+
+func truncateStr(s string, n int) string {
+	if len(s) > n {
+		return s[:n-1] + "…"
+	}
+	return s
+}
+
+// prefetchCommand: berth prefetch, pull images into the running berth's cache.
+func prefetchCommand(stdout, stderr io.Writer) *cli.Command {
+	return &cli.Command{
+		Name:      "prefetch",
+		Usage:     "pull images into the running berth's cache (a progress bar on a terminal)",
+		ArgsUsage: "IMAGE...",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "platform", Usage: "`os/arch[,...]` of multi-platform images (default linux/amd64)"},
+			&cli.BoolFlag{Name: "all-platforms", Usage: "every platform"},
+		}, serverFlags...),
+		Action: func(c *cli.Context) error { return runPrefetch(c, stdout, stderr) },
+	}
+}
