@@ -78,7 +78,6 @@ func TestAuthTLS(t *testing.T) {
 		h, _ := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.DefaultCost)
 		return string(h)
 	}
-	securePort := freePort(t)
 	cfg := fmt.Sprintf(`default_repository = "all"
 tls_cert = %q
 tls_key = %q
@@ -100,7 +99,7 @@ members = ["secure", "hub"]
 push_to = "secure"
 
 [[listener]]
-listen = "127.0.0.1:%d"
+listen = "127.0.0.1:0"
 repository = "secure"
 
 [[user]]
@@ -112,12 +111,12 @@ push = ["secure", "all"]
 name = "reader"
 password_hash = %q
 pull = ["secure/team/*"]
-`, certFile, keyFile, up.proxy, securePort, hash("push-pw"), hash("read-pw"))
+`, certFile, keyFile, up.proxy, hash("push-pw"), hash("read-pw"))
 	b := startBerthTLS(t, cfg, ca.pemFile)
 	home := t.TempDir()
 	env := []string{"HOME=" + home, "SSL_CERT_FILE=" + ca.pemFile}
 	crane := func(args ...string) (string, error) {
-		out, errOut, err := runSplit("", 2*time.Minute, env, tool("crane"), args...)
+		out, errOut, err := runIn("", 2*time.Minute, env, tool("crane"), args...)
 		return strings.TrimSpace(out), fmtErr(err, errOut)
 	}
 
@@ -159,7 +158,7 @@ pull = ["secure/team/*"]
 	if !strings.Contains(out, public.String()) {
 		t.Fatalf("skopeo as reader: %s", out)
 	}
-	if _, _, err := runSplit("", time.Minute, env, "skopeo", "inspect", "--cert-dir", certDir, "--creds", "reader:read-pw", "docker://"+b.addr+"/secure/other/app:v1"); err == nil {
+	if _, _, err := runIn("", time.Minute, env, "skopeo", "inspect", "--cert-dir", certDir, "--creds", "reader:read-pw", "docker://"+b.addr+"/secure/other/app:v1"); err == nil {
 		t.Fatal("reader read outside its grant")
 	}
 
@@ -219,7 +218,7 @@ pull = ["secure/team/*"]
 
 	// The conformance suite with credentials, over TLS, against the
 	// protected hosted repository's listener.
-	runConformance(t, "auth-tls", fmt.Sprintf("127.0.0.1:%d", securePort), "OCI_TLS=enabled", "SSL_CERT_FILE="+ca.pemFile,
+	runConformance(t, "auth-tls", b.listeners[0], "OCI_TLS=enabled", "SSL_CERT_FILE="+ca.pemFile,
 		"OCI_USERNAME=pusher", "OCI_PASSWORD=push-pw", "OCI_API_BLOBS_UPLOAD_CANCEL=true")
 }
 

@@ -21,7 +21,7 @@ const ciPassword = "ci-password"
 type nexusSetup struct {
 	hub, ghcr *upstreamRegistry
 	b         *berth
-	ghcrPort  string // the extra listener bound to the ghcr proxy
+	ghcrAddr  string // the extra listener bound to the ghcr proxy
 	certsDir  string // the example hosts.toml files, pointed at berth
 }
 
@@ -40,14 +40,14 @@ func startNexusSetup(t *testing.T) *nexusSetup {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.ghcrPort = fmt.Sprint(freePort(t))
 	cfg := strings.NewReplacer(
 		"https://registry-1.docker.io", "http://"+n.hub.proxy,
 		"https://ghcr.io", "http://"+n.ghcr.proxy,
-		`listen = ":5001"`, `listen = "127.0.0.1:`+n.ghcrPort+`"`,
+		`listen = ":5001"`, `listen = "127.0.0.1:0"`,
 		"/etc/berth/htpasswd", berthHtpasswd,
 	).Replace(string(example))
 	n.b = startBerthEnv(t, cfg, "GHCR_TOKEN=robot-token")
+	n.ghcrAddr = n.b.listeners[0]
 
 	n.certsDir = t.TempDir()
 	for _, ns := range []string{"docker.io", "ghcr.io"} {
@@ -163,10 +163,10 @@ func TestNexusStyleDockerAndClients(t *testing.T) {
 		t.Errorf("skopeo through the group: %s", out)
 	}
 	// The extra listener serves only the ghcr proxy.
-	if got := digest("127.0.0.1:" + n.ghcrPort + "/team/tool:v1"); got != ghcrImg.String() {
+	if got := digest(n.ghcrAddr + "/team/tool:v1"); got != ghcrImg.String() {
 		t.Errorf("ghcr listener: %s", got)
 	}
-	if _, err := runErr(time.Minute, env, tool("crane"), "digest", "--insecure", "127.0.0.1:"+n.ghcrPort+"/library/e2e-grp:latest"); err == nil {
+	if _, err := runErr(time.Minute, env, tool("crane"), "digest", "--insecure", n.ghcrAddr+"/library/e2e-grp:latest"); err == nil {
 		t.Error("the ghcr listener served a Docker Hub image")
 	}
 }

@@ -156,18 +156,10 @@ func waitHTTP(t *testing.T, url string, timeout time.Duration) {
 	t.Fatalf("%s not up after %s", url, timeout)
 }
 
-// run runs a command with a time limit and returns its stdout; it fails
-// the test on error, showing stdout and stderr.
-func run(t *testing.T, timeout time.Duration, env []string, bin string, args ...string) string {
-	t.Helper()
-	out, errOut, err := runSplit("", timeout, env, bin, args...)
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s%s", filepath.Base(bin), strings.Join(args, " "), err, out, errOut)
-	}
-	return out
-}
-
-func runSplit(dir string, timeout time.Duration, env []string, bin string, args ...string) (stdout, stderr string, err error) {
+// runIn runs bin (in dir, when not "") with a time limit and env added to
+// the test's, and returns its stdout and stderr apart: the one place the
+// tests run a command to completion. run and runErr are its two shapes.
+func runIn(dir string, timeout time.Duration, env []string, bin string, args ...string) (stdout, stderr string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
@@ -179,18 +171,22 @@ func runSplit(dir string, timeout time.Duration, env []string, bin string, args 
 	return o.String(), e.String(), err
 }
 
-func runErr(timeout time.Duration, env []string, bin string, args ...string) (string, error) {
-	return runErrDir("", timeout, env, bin, args...)
+// run is runIn that fails the test on error (showing both outputs) and
+// returns stdout.
+func run(t *testing.T, timeout time.Duration, env []string, bin string, args ...string) string {
+	t.Helper()
+	out, errOut, err := runIn("", timeout, env, bin, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s%s", filepath.Base(bin), strings.Join(args, " "), err, out, errOut)
+	}
+	return out
 }
 
-func runErrDir(dir string, timeout time.Duration, env []string, bin string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+// runErr is runIn with stdout and stderr together, for tests that look
+// for a message wherever the tool prints it.
+func runErr(timeout time.Duration, env []string, bin string, args ...string) (string, error) {
+	out, errOut, err := runIn("", timeout, env, bin, args...)
+	return out + errOut, err
 }
 
 // upstreamRegistry is distribution's registry on a free port, behind a
@@ -363,6 +359,7 @@ type berth struct {
 	addr      string
 	dir       string
 	data      string       // data dir
+	listeners []string     // addresses of the [[listener]]s, in config order
 	tlsClient *http.Client // for a TLS listener
 }
 
@@ -378,14 +375,17 @@ func startBerthEnv(t *testing.T, config string, env ...string) *berth {
 	return b
 }
 
-// launchBerth writes config and starts `berth serve` on addr (a free
-// port when "") with its data in dataDir (under the test's temp dir when
-// ""), without waiting for it to answer.
+// launchBerth writes config and starts `berth serve` on addr with its
+// data in dataDir (under the test's temp dir when ""). With addr "" berth
+// binds 127.0.0.1:0 itself and the addresses it logs are read back (no
+// free-port guess that another process could take between the guess and
+// the bind); it does not wait for berth to answer HTTP.
 func launchBerth(t *testing.T, config, addr, dataDir string, env []string) *berth {
 	t.Helper()
 	dir := t.TempDir()
-	if addr == "" {
-		addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	readBack := addr == ""
+	if readBack {
+		addr = "127.0.0.1:0"
 	}
 	if dataDir == "" {
 		dataDir = filepath.Join(dir, "data")
@@ -394,7 +394,40 @@ func launchBerth(t *testing.T, config, addr, dataDir string, env []string) *bert
 	os.WriteFile(cfgPath, []byte(config), 0o644)
 	b := &berth{addr: addr, dir: dir, data: dataDir}
 	b.proc = start(t, env, berthBin, "serve", "--config", cfgPath, "--listen", addr, "--data-dir", dataDir)
+	if readBack {
+		ls := b.proc.listening(t, 1+strings.Count(config, "[[listener]]"), 20*time.Second)
+		b.addr, b.listeners = ls[0], ls[1:]
+	}
 	return b
+}
+
+// listeningRe matches berth's "listening" log line, text or JSON.
+var listeningRe = regexp.MustCompile(`msg"?[=:]"?listening"?,? "?addr"?[=:]"?([0-9.:\[\]]+)`)
+
+// listening waits until the process has logged n "listening" lines and
+// returns their addresses in order: berth logs its main listener first,
+// then its [[listener]]s in config order.
+func (p *proc) listening(t *testing.T, n int, timeout time.Duration) []string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(p.log)
+		if m := listeningRe.FindAllStringSubmatch(string(b), -1); len(m) >= n {
+			var out []string
+			for _, x := range m[:n] {
+				out = append(out, x[1])
+			}
+			return out
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("berth exited before listening: %v\n%s", p.err, tail(string(b), 3000))
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("berth did not log %d listening lines in %s:\n%s", n, timeout, tail(string(b), 3000))
+		}
+	}
 }
 
 // admin is the --server value for the operator commands: the admin

@@ -77,7 +77,8 @@ func TestClientsPush(t *testing.T) {
 		orasIn := func(args ...string) string {
 			t.Helper()
 			cmd := append([]string{}, args...)
-			out, err := runErrDir(dir, 2*time.Minute, env, tool("oras"), cmd...)
+			o, e, err := runIn(dir, 2*time.Minute, env, tool("oras"), cmd...)
+			out := o + e
 			if err != nil {
 				t.Fatalf("oras %v: %v\n%s", args, err, out)
 			}

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -25,7 +24,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 )
 
-// startBerthAt starts berth with a config on a fixed address and data dir.
+// startBerthAt starts berth with a config on addr ("": one berth picks,
+// read back) and data dir.
 func startBerthAt(t *testing.T, config, addr, dataDir string) *berth {
 	t.Helper()
 	b := launchBerth(t, config, addr, dataDir, nil)
@@ -36,10 +36,10 @@ func startBerthAt(t *testing.T, config, addr, dataDir string) *berth {
 func mountTmpfs(t *testing.T, size string) string {
 	t.Helper()
 	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+	if out, err := runErr(time.Minute, nil, "mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir); err != nil {
 		t.Fatalf("mount tmpfs (the disk-full test needs root): %v %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	t.Cleanup(func() { runIn("", time.Minute, nil, "umount", "-l", dir) })
 	return dir
 }
 
@@ -52,7 +52,7 @@ func TestDiskFull(t *testing.T) {
 	img := testImage(t, "amd64", 1, 12<<20)
 	want := up.push(t, "library/big:v1", img)
 	dataDir := mountTmpfs(t, "6m")
-	b := startBerthAt(t, proxyConfig(up.proxy), fmt.Sprintf("127.0.0.1:%d", freePort(t)), dataDir)
+	b := startBerthAt(t, proxyConfig(up.proxy), "", dataDir)
 	ref := b.addr + "/big:v1"
 
 	run(t, 2*time.Minute, nil, tool("crane"), "validate", "--insecure", "--remote", ref)
@@ -71,7 +71,7 @@ func TestDiskFull(t *testing.T) {
 	}
 
 	// Space returns: the next pull caches.
-	if out, err := exec.Command("mount", "-o", "remount,size=64m", dataDir).CombinedOutput(); err != nil {
+	if out, err := runErr(time.Minute, nil, "mount", "-o", "remount,size=64m", dataDir); err != nil {
 		t.Fatalf("remount: %v %s", err, out)
 	}
 	run(t, 2*time.Minute, nil, tool("crane"), "validate", "--insecure", "--remote", ref)
@@ -167,9 +167,9 @@ kind = "hosted"
 anonymous_pull = true
 anonymous_push = true   # a scratch registry for the test
 `
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	dataDir := t.TempDir()
-	b := startBerthAt(t, cfg, addr, dataDir)
+	b := startBerthAt(t, cfg, "", dataDir)
+	addr := b.addr // restarts bind the same address: the clients keep it
 
 	var stop atomic.Bool
 	var mu sync.Mutex
@@ -273,7 +273,7 @@ name = "local"
 kind = "hosted"
 anonymous_push = true
 anonymous_pull = true
-`, fmt.Sprintf("127.0.0.1:%d", freePort(t)), dataDir)
+`, "", dataDir)
 	out, err := runErr(2*time.Minute, nil, tool("crane"), "push", "--insecure", writeImageTar(t, testImage(t, "amd64", 1, 12<<20)), b.addr+"/local/big:v1")
 	if err == nil {
 		t.Fatal("a 12 MiB push into 8 MiB succeeded")

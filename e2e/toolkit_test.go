@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -38,7 +37,7 @@ func TestPrefetchThenUpstreamDown(t *testing.T) {
 		t.Errorf("prefetch not counted as cache misses: %v", n)
 	}
 	// A bad image name is a clear error, not a crash.
-	if out, errOut, err := runSplit("", time.Minute, nil, berthBin, "prefetch", "--server", b.admin(), "Bad//Name"); err == nil || !strings.Contains(errOut, "invalid") {
+	if out, errOut, err := runIn("", time.Minute, nil, berthBin, "prefetch", "--server", b.admin(), "Bad//Name"); err == nil || !strings.Contains(errOut, "invalid") {
 		t.Fatalf("bad name: %v %s %s", err, out, errOut)
 	}
 	up.setDown(true)
@@ -102,7 +101,7 @@ name = "importer"
 password_hash = "$2a$10$DUbwPxEDrDMqEL7WoOUgre9SbJeGuXtT4Ot/eo7OmaL82JHivnzi2"
 push = ["airgap"]
 `) // the hash is of "secret"
-	if _, errOut, err := runSplit("", time.Minute, nil, berthBin, "import", "--server", "http://"+dst.addr, archive); err == nil {
+	if _, errOut, err := runIn("", time.Minute, nil, berthBin, "import", "--server", "http://"+dst.addr, archive); err == nil {
 		t.Fatal("import without credentials succeeded")
 	} else if !strings.Contains(errOut, "--creds USER:PASSWORD") || strings.Contains(errOut, "HEAD responses have no body") && !strings.Contains(errOut, "berth answered 401") {
 		t.Errorf("import without credentials does not say what to do: %s", errOut)
@@ -136,7 +135,7 @@ push = ["airgap"]
 	// A tampered archive is refused.
 	bad := filepath.Join(t.TempDir(), "bad.tar")
 	corruptBlob(t, archive, bad)
-	if _, _, err := runSplit("", time.Minute, nil, berthBin, "import", "--server", "http://"+dst.addr, "--creds", "importer:secret", "--repository", "airgap", bad); err == nil {
+	if _, _, err := runIn("", time.Minute, nil, berthBin, "import", "--server", "http://"+dst.addr, "--creds", "importer:secret", "--repository", "airgap", bad); err == nil {
 		t.Fatal("a corrupted archive was imported")
 	}
 }
@@ -144,7 +143,7 @@ push = ["airgap"]
 func corruptBlob(t *testing.T, in, out string) {
 	t.Helper()
 	dir := t.TempDir()
-	if o, err := exec.Command("tar", "-xf", in, "-C", dir).CombinedOutput(); err != nil {
+	if o, err := runErr(time.Minute, nil, "tar", "-xf", in, "-C", dir); err != nil {
 		t.Fatalf("tar: %v %s", err, o)
 	}
 	var biggest string
@@ -158,7 +157,7 @@ func corruptBlob(t *testing.T, in, out string) {
 	f, _ := os.OpenFile(biggest, os.O_RDWR, 0)
 	f.WriteAt([]byte("corrupt"), size/2)
 	f.Close()
-	if o, err := exec.Command("tar", "-cf", out, "-C", dir, ".").CombinedOutput(); err != nil {
+	if o, err := runErr(time.Minute, nil, "tar", "-cf", out, "-C", dir, "."); err != nil {
 		t.Fatalf("tar: %v %s", err, o)
 	}
 }
@@ -178,7 +177,7 @@ kind = "hosted"
 	chromium := func(args ...string) string {
 		base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
 			"--disable-component-update", "--disable-sync", "--user-data-dir=" + t.TempDir(), "--window-size=1280,900"}
-		out, errOut, err := runSplit("", 2*time.Minute, nil, "chromium", append(base, args...)...)
+		out, errOut, err := runIn("", 2*time.Minute, nil, "chromium", append(base, args...)...)
 		if err != nil {
 			t.Fatalf("chromium %v: %v\n%s", args, err, tail(errOut, 2000))
 		}
@@ -270,7 +269,7 @@ func TestSystemdUnit(t *testing.T) {
 	unit, _ := os.ReadFile("../systemd/berth.service")
 	// verify checks that ExecStart exists: point it at the built binary.
 	os.WriteFile(filepath.Join(dir, "berth.service"), []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/berth", berthBin)), 0o644)
-	out, errOut, err := runSplit("", time.Minute, nil, "systemd-analyze", "verify", filepath.Join(dir, "berth.service"))
+	out, errOut, err := runIn("", time.Minute, nil, "systemd-analyze", "verify", filepath.Join(dir, "berth.service"))
 	if err != nil || strings.TrimSpace(errOut+out) != "" {
 		t.Fatalf("systemd-analyze verify: %v\n%s%s", err, out, errOut)
 	}

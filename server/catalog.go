@@ -9,7 +9,7 @@ import (
 	"strings"
 )
 
-// catalog: GET /v2/_catalog (end-... optional) of the listener's
+// catalog: GET /v2/_catalog (Docker's catalog API; not in the OCI spec) of the listener's
 // repository: the images it has cached or hosts, with n/last pagination.
 func (s *Server) catalog(w http.ResponseWriter, r *http.Request, rp *repo) error {
 	members := []*repo{rp}

@@ -17,8 +17,6 @@ type metrics struct {
 	requestDuration *prometheus.HistogramVec // kind, method
 	cache           *prometheus.CounterVec   // repository, kind, result
 	servedBytes     *prometheus.CounterVec   // repository, source
-	upstreamReqs    *prometheus.CounterVec   // repository, method, code
-	upstreamLatency *prometheus.HistogramVec // repository
 	upstreamBytes   *prometheus.CounterVec   // repository
 	upstreamErrors  *prometheus.CounterVec   // repository, reason
 	inflight        prometheus.Gauge
@@ -70,13 +68,6 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 		servedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_served_bytes_total", Help: "Bytes of manifests and blobs sent to clients, by where they came from (cache, upstream).",
 		}, []string{"repository", "source"}),
-		upstreamReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "berth_upstream_requests_total", Help: "HTTP exchanges with upstream registries (auth and redirects included).",
-		}, []string{"repository", "method", "code"}),
-		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "berth_upstream_request_duration_seconds", Help: "Time to upstream response headers.",
-			Buckets: prometheus.DefBuckets,
-		}, []string{"repository"}),
 		upstreamBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_upstream_bytes_total", Help: "Bytes of manifests and blobs read from upstream registries.",
 		}, []string{"repository"}),
@@ -101,8 +92,8 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 	m.diskFull = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "berth_disk_full_total", Help: "Requests refused (507) because the data directory's disk was full.",
 	})
-	reg.MustRegister(m.panics, m.diskFull, m.requests, m.requestDuration, m.cache, m.servedBytes, m.upstreamReqs,
-		m.upstreamLatency, m.upstreamBytes, m.upstreamErrors, m.inflight, m.digestMismatch, m.passThrough)
+	reg.MustRegister(m.panics, m.diskFull, m.requests, m.requestDuration, m.cache, m.servedBytes,
+		m.upstreamBytes, m.upstreamErrors, m.inflight, m.digestMismatch, m.passThrough)
 	if st != nil {
 		counter := func(name, help string, f func(store.Counters) int64) prometheus.Collector {
 			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f(st.Counters())) })

@@ -25,14 +25,22 @@
 //	access     "<alg>:<hex>"            → last access time (unix nanos)
 //	uploads    "<id>"                   → Upload (repo, offset, hash state)
 //	referrers  "<repo>\x00<subject>\x00<digest>" → referrer descriptor
+//	refs       "<repo>\x00<digest>"     → the digests a manifest names (for gc and check)
+//	meta       "schema", "count", "bytes" → index schema version, blob count and bytes
+//	pending    "<alg>:<hex>"            → intent: a blob renamed into blobs/, index entry to follow
+//	deleting   "<alg>:<hex>"            → intent: a blob out of the index, file to remove
 //
 // A repository path is "<berth repository>/<image name>", for example
 // "dockerhub/library/nginx".
 //
 // Writes are durable and atomic: a blob is written to tmp/, hashed while it
-// is written, fsynced, renamed into blobs/, the directory fsynced, and only
-// then is it entered in the index. A crash at any instant leaves at worst a
-// file without an index entry, never an index entry without a whole file.
+// is written, fsynced; a "pending" intent is recorded; the file is renamed
+// into blobs/, the directory fsynced, and only then is it entered in the
+// index (and the intent dropped). Deletes record a "deleting" intent in
+// the same transaction that drops the index entry, and remove the file
+// after. At the next start recover finishes every intent it finds, so a
+// crash at any instant leaves neither an index entry without a whole file
+// nor a file the index does not know of.
 //
 // The warm read path writes nothing to bbolt: access times are kept in
 // memory and flushed in one transaction every few seconds.

@@ -91,9 +91,9 @@ type Store struct {
 	accessMu sync.Mutex
 	access   map[string]accessEntry // digest → last access and hits, not yet flushed
 
-	uploads keyedLocks
-	digests keyedLocks
-	cache   *memCache // serializes commit and delete of one digest
+	uploads keyedLocks // serializes the requests of one upload
+	digests keyedLocks // serializes commit and delete of one digest
+	cache   *memCache  // recently read manifests and tags
 
 	opts     Options
 	pinMu    sync.Mutex
