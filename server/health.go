@@ -34,8 +34,8 @@ type upstreamHealth struct {
 // observe records the outcome of one upstream request. A cancelled request
 // says nothing about the upstream.
 func (h *upstreamHealth) observe(err error) {
-	if errors.Is(err, context.Canceled) {
-		return
+	if errors.Is(err, context.Canceled) || errors.Is(err, upstream.ErrBudgetSpent) {
+		return // nothing was asked, or the asker left
 	}
 	ok := err == nil || !(errors.Is(err, upstream.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded))
 	now := time.Now()
@@ -140,6 +140,14 @@ func (o observedUpstream) Tags(ctx context.Context, image string, query url.Valu
 	resp, err := o.Upstream.Tags(ctx, image, query)
 	o.h.observe(err)
 	return resp, err
+}
+
+// RateLimit passes on the pull budget of the upstream, when it reports one.
+func (o observedUpstream) RateLimit() (upstream.RateLimit, bool, time.Time) {
+	if r, ok := o.Upstream.(rateLimiter); ok {
+		return r.RateLimit()
+	}
+	return upstream.RateLimit{}, false, time.Time{}
 }
 
 func (o observedUpstream) Ping(ctx context.Context) error {

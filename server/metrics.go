@@ -72,7 +72,7 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 			Name: "berth_upstream_bytes_total", Help: "Bytes of manifests and blobs read from upstream registries.",
 		}, []string{"repository"}),
 		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "berth_upstream_errors_total", Help: "Failed upstream operations by reason (unavailable, denied, digest, size, timeout, other).",
+			Name: "berth_upstream_errors_total", Help: "Failed upstream operations by reason (unavailable, denied, digest, size, timeout, budget, other).",
 		}, []string{"repository", "reason"}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "berth_inflight_downloads", Help: "Upstream blob downloads under way.",
@@ -141,7 +141,7 @@ func (m *metrics) initRepository(name string, proxy bool) {
 	m.servedBytes.WithLabelValues(name, "cache")
 	m.servedBytes.WithLabelValues(name, "upstream")
 	if proxy {
-		for _, reason := range []string{"unavailable", "denied", "digest", "size", "timeout", "other"} {
+		for _, reason := range []string{"unavailable", "denied", "digest", "size", "timeout", "budget", "other"} {
 			m.upstreamErrors.WithLabelValues(name, reason)
 		}
 		m.upstreamBytes.WithLabelValues(name)

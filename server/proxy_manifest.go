@@ -271,6 +271,8 @@ func (a manifestAnswer) write(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) upstreamError(rp *repo, err error) {
 	reason := "other"
 	switch {
+	case errors.Is(err, upstream.ErrBudgetSpent):
+		reason = "budget" // refused by berth itself, nothing sent
 	case errors.Is(err, upstream.ErrUnavailable):
 		reason = "unavailable"
 	case errors.Is(err, upstream.ErrDenied):

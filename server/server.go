@@ -147,6 +147,7 @@ func New(opts Options) (*Server, error) {
 	s.auth = a
 	s.uploadLimit = &uploadLimiter{n: map[string]int{}, max: a.opts.MaxUploadsPerClient}
 	s.m = newMetrics(opts.Registry, opts.Store)
+	opts.Registry.MustRegister(newBudgetCollector(s))
 	for _, rp := range s.order {
 		s.m.initRepository(rp.Name, rp.Kind == KindProxy)
 	}

@@ -143,7 +143,7 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 	fromCache := s.metricSums("berth_served_bytes_total", func(l map[string]string) bool { return l["source"] == "cache" })
 	fromUp := s.metricSums("berth_served_bytes_total", func(l map[string]string) bool { return l["source"] == "upstream" })
 	type row struct {
-		Name, Kind, Target, Health, HitRatio, CacheBytes, UpstreamBytes string
+		Name, Kind, Target, Health, Budget, HitRatio, CacheBytes, UpstreamBytes string
 		Images                                                          int
 	}
 	var rows []row
@@ -172,6 +172,7 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 			rw.Target = rp.UpstreamHost
 			// From real requests' outcomes; never a request per view.
 			rw.Health = s.health(rp).String()
+			rw.Budget = budgetLine(rp.rateLimit())
 		case KindGroup:
 			rw.Target = strings.Join(rp.Members, " → ")
 			if rp.PushTo != "" {

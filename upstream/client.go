@@ -2,12 +2,15 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -61,6 +64,8 @@ type Client struct {
 	mu        sync.Mutex
 	challenge *transport.Challenge
 	images    map[string]*imageTransport
+
+	budget budget // the pull budget the upstream reports (ratelimit.go)
 }
 
 type imageTransport struct {
@@ -126,10 +131,25 @@ func New(opts Options) (*Client, error) {
 	if opts.Username != "" || opts.Password != "" {
 		auth = &authn.Basic{Username: opts.Username, Password: opts.Password}
 	}
-	return &Client{
+	c := &Client{
 		url: u, reg: reg, auth: auth, base: base, opts: opts, log: log,
 		images: map[string]*imageTransport{},
-	}, nil
+	}
+	c.budget.onChange = func(spent bool, t time.Time) {
+		if spent {
+			log.Warn("upstream pull budget spent: manifest requests are answered 429 without asking; cached tags are served as they are",
+				"upstream", c.URL(), "until", t.Format(time.RFC3339))
+		} else {
+			log.Info("upstream pull budget renewed: manifest requests go upstream again", "upstream", c.URL())
+		}
+	}
+	return c, nil
+}
+
+// RateLimit returns the pull budget the upstream last reported (known is
+// false when it never sent one) and, while it is spent, until when.
+func (c *Client) RateLimit() (rl RateLimit, known bool, spentUntil time.Time) {
+	return c.budget.state(time.Now())
 }
 
 // Host returns the upstream's host[:port].
@@ -302,8 +322,27 @@ func (c *Client) do(ctx context.Context, image, method, path string, hdr http.He
 // Manifest asks for image's manifest ref (tag or digest) with GET or HEAD.
 // On success the response carries Content-Type and usually
 // Docker-Content-Digest; the caller closes its body.
+//
+// Every answer's rate-limit headers are recorded (RateLimit). While the
+// budget is spent (remaining 0, or a 429) Manifest answers a 429 itself,
+// with Retry-After, and sends nothing (ErrBudgetSpent).
 func (c *Client) Manifest(ctx context.Context, method, image, ref string) (*http.Response, error) {
-	return c.do(ctx, image, method, "/v2/"+image+"/manifests/"+ref, http.Header{"Accept": {ManifestAccept}})
+	path := "/v2/" + image + "/manifests/" + ref
+	now := time.Now()
+	if spent, until := c.budget.spent(now); spent {
+		return nil, &Error{Method: method, URL: c.URL() + path, StatusCode: http.StatusTooManyRequests,
+			Code: "TOOMANYREQUESTS", Message: "the upstream's pull budget is spent; berth did not ask",
+			RetryAfter: strconv.Itoa(int(math.Ceil(until.Sub(now).Seconds()))), Refused: true}
+	}
+	resp, err := c.do(ctx, image, method, path, http.Header{"Accept": {ManifestAccept}})
+	var ue *Error
+	switch {
+	case err == nil:
+		c.budget.observe(resp.StatusCode, resp.Header, time.Now())
+	case errors.As(err, &ue) && ue.Header != nil:
+		c.budget.observe(ue.StatusCode, ue.Header, time.Now())
+	}
+	return resp, err
 }
 
 // Blob asks for image's blob dgst with GET or HEAD, following redirects.

@@ -19,6 +19,10 @@ var (
 	// ErrDenied is matched by 401 and 403 answers that survived the auth
 	// exchange.
 	ErrDenied = errors.New("upstream: access denied")
+	// ErrBudgetSpent is matched by the 429 a Client answers itself, without
+	// asking, while the upstream's pull budget is spent (it also matches
+	// ErrUnavailable, as the upstream's own 429 would).
+	ErrBudgetSpent = errors.New("upstream: pull budget spent")
 )
 
 // maxErrorBody caps how much of an error response body is read.
@@ -35,6 +39,11 @@ type Error struct {
 	Message string
 	// RetryAfter is the Retry-After header of a 429 or 503.
 	RetryAfter string
+	// Header holds the answer's headers (the rate-limit ones are read).
+	Header http.Header
+	// Refused is set on the 429 the Client answered itself because the
+	// pull budget is spent; nothing was sent.
+	Refused bool
 }
 
 func (e *Error) Error() string {
@@ -57,6 +66,8 @@ func (e *Error) Is(target error) bool {
 		return e.StatusCode == http.StatusRequestTimeout || e.StatusCode == http.StatusTooManyRequests || e.StatusCode >= 500
 	case ErrDenied:
 		return e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden
+	case ErrBudgetSpent:
+		return e.Refused
 	}
 	return false
 }
@@ -68,6 +79,7 @@ func errorFrom(resp *http.Response) *Error {
 	e := &Error{
 		StatusCode: resp.StatusCode,
 		RetryAfter: resp.Header.Get("Retry-After"),
+		Header:     resp.Header,
 	}
 	if resp.Request != nil {
 		e.Method = resp.Request.Method
