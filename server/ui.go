@@ -144,7 +144,7 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 	fromUp := s.metricSums("berth_served_bytes_total", func(l map[string]string) bool { return l["source"] == "upstream" })
 	type row struct {
 		Name, Kind, Target, Health, Budget, HitRatio, CacheBytes, UpstreamBytes string
-		Images                                                          int
+		Images                                                                  int
 	}
 	var rows []row
 	var totHit, totAll, totCache, totUp float64
