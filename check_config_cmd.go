@@ -53,7 +53,8 @@ func printConfig(w io.Writer, cfg *Config) {
 		prefixes := []string{"/v2/" + r.Name + "/…"}
 		var ns []string
 		if r.Kind == "proxy" {
-			host := upstreamHost(r.URL)
+			urls := r.upstreamURLs()
+			host := upstreamHost(urls[len(urls)-1]) // the origin: mirrors come first
 			prefixes = append(prefixes, "/v2/"+host+"/…")
 			ns = append(ns, host)
 			if upstream.IsDockerHub(host) {

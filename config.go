@@ -96,13 +96,29 @@ type RepositoryConfig struct {
 	PasswordFile string   `toml:"password_file"`
 	TagTTL       Duration `toml:"tag_ttl"`       // default 1h
 	NotFoundTTL  Duration `toml:"not_found_ttl"` // default 1m
+	// URLs are several URLs of one upstream, tried in order (mirrors
+	// first, the origin last); url is the one-URL form.
+	URLs []string `toml:"urls"`
+	// OfflinePeriod is how long a URL that failed gets no request. Default 1m.
+	OfflinePeriod Duration `toml:"offline_period"`
+	// ConnectTimeout bounds a connect and TLS handshake to the upstream.
+	// Default 10s.
+	ConnectTimeout Duration `toml:"connect_timeout"`
 	// UpstreamTimeout bounds the wait for an upstream's response headers
 	// (each of up to 3 tries). Default 30s.
 	UpstreamTimeout Duration `toml:"upstream_timeout"`
-	ServeStale      *bool    `toml:"serve_stale"`    // default true
-	AnonymousPull   *bool    `toml:"anonymous_pull"` // default true, false for hosted
-	AnonymousPush   bool     `toml:"anonymous_push"` // hosted only; default false
-	NSAliases       []string `toml:"ns_aliases"`
+	// UpstreamIdleTimeout fails an upstream body that sends no byte for
+	// this long. Default 60s.
+	UpstreamIdleTimeout Duration `toml:"upstream_idle_timeout"`
+	// MaxUpstreamConnections caps concurrent requests to the upstream (0:
+	// no cap); MaxUpstreamBandwidth caps the bytes per second read from it
+	// ("50MB/s"; 0: no cap). Neither slows what is served from the cache.
+	MaxUpstreamConnections int      `toml:"max_upstream_connections"`
+	MaxUpstreamBandwidth   Rate     `toml:"max_upstream_bandwidth"`
+	ServeStale             *bool    `toml:"serve_stale"`    // default true
+	AnonymousPull          *bool    `toml:"anonymous_pull"` // default true, false for hosted
+	AnonymousPush          bool     `toml:"anonymous_push"` // hosted only; default false
+	NSAliases              []string `toml:"ns_aliases"`
 	// LibraryPrefix adds "library/" to one-segment names, as Docker Hub
 	// needs. Default: true when the upstream host is Docker Hub's.
 	LibraryPrefix *bool    `toml:"library_prefix"`
@@ -110,11 +126,41 @@ type RepositoryConfig struct {
 	PushTo        string   `toml:"push_to"`
 }
 
+// upstreamURLs are the proxy's URLs: urls, or url.
+func (r *RepositoryConfig) upstreamURLs() []string {
+	if len(r.URLs) > 0 {
+		return r.URLs
+	}
+	if r.URL != "" {
+		return []string{r.URL}
+	}
+	return nil
+}
+
 // ListenerConfig binds another address to a repository.
 type ListenerConfig struct {
 	Listen     string `toml:"listen"`
 	Repository string `toml:"repository"`
 }
+
+// Rate is bytes per second written as a size per second: "50MB/s".
+type Rate int64
+
+// UnmarshalText parses "<size>/s".
+func (r *Rate) UnmarshalText(b []byte) error {
+	v, ok := strings.CutSuffix(strings.TrimSpace(string(b)), "/s")
+	if !ok {
+		return fmt.Errorf("invalid rate %q (use e.g. 50MB/s)", b)
+	}
+	var sz Size
+	if err := sz.UnmarshalText([]byte(v)); err != nil {
+		return fmt.Errorf("invalid rate %q: %w", b, err)
+	}
+	*r = Rate(sz)
+	return nil
+}
+
+func (r Rate) String() string { return humanSize(int64(r)) + "/s" }
 
 // Duration is a time.Duration written as "90s", "1h", "7d".
 type Duration time.Duration
@@ -325,12 +371,20 @@ func (c *Config) setRepositoryDefaults() error {
 			if r.AnonymousPull == nil {
 				r.AnonymousPull = ptr(true)
 			}
-			if r.URL == "" {
-				return fmt.Errorf("config: %s: url is required for a proxy", where)
+			switch {
+			case r.URL == "" && len(r.URLs) == 0:
+				return fmt.Errorf("config: %s: url is required for a proxy (or urls, the list form)", where)
+			case r.URL != "" && len(r.URLs) > 0:
+				return fmt.Errorf("config: %s: url and urls are exclusive (urls is the list form)", where)
 			}
-			u, err := url.Parse(r.URL)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
-				return fmt.Errorf("config: %s: url %q: want http(s)://host[:port]", where, r.URL)
+			for _, raw := range r.upstreamURLs() {
+				u, err := url.Parse(raw)
+				if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+					return fmt.Errorf("config: %s: url %q: want http(s)://host[:port]", where, raw)
+				}
+			}
+			if r.MaxUpstreamConnections < 0 || r.MaxUpstreamBandwidth < 0 {
+				return fmt.Errorf("config: %s: max_upstream_connections and max_upstream_bandwidth must not be negative", where)
 			}
 			if r.Password != "" && r.PasswordFile != "" {
 				return fmt.Errorf("config: %s: password and password_file are exclusive", where)
@@ -339,14 +393,14 @@ func (c *Config) setRepositoryDefaults() error {
 			if r.AnonymousPull == nil {
 				r.AnonymousPull = ptr(false)
 			}
-			if r.URL != "" || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
+			if r.URL != "" || len(r.URLs) > 0 || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
 				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
 			}
 		case "group":
 			if r.AnonymousPull == nil {
 				r.AnonymousPull = ptr(true)
 			}
-			if r.URL != "" || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
+			if r.URL != "" || len(r.URLs) > 0 || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
 				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
 			}
 		}

@@ -28,6 +28,11 @@ url = "https://registry-1.docker.io"
 		{"duplicate", base + base, `repository "hub": duplicate name`},
 		{"no url", "[[repository]]\nname = \"x\"\nkind = \"proxy\"\n", `repository "x": url is required`},
 		{"bad url", "[[repository]]\nname = \"x\"\nkind = \"proxy\"\nurl = \"ftp://x\"\n", `url "ftp://x"`},
+		{"url and urls", base + "urls = [\"https://a\"]\n", "url and urls are exclusive"},
+		{"bad url in urls", "[[repository]]\nname = \"x\"\nkind = \"proxy\"\nurls = [\"https://a\", \"b\"]\n", `url "b"`},
+		{"rate without /s", base + "max_upstream_bandwidth = \"50MB\"\n", `invalid rate "50MB"`},
+		{"bad rate", base + "max_upstream_bandwidth = \"fast/s\"\n", `invalid rate "fast/s"`},
+		{"negative connections", base + "max_upstream_connections = -1\n", "must not be negative"},
 		{"url with path", "[[repository]]\nname = \"x\"\nkind = \"proxy\"\nurl = \"https://x/v2\"\n", `want http(s)://host[:port]`},
 		{"bad name", "[[repository]]\nname = \"Hub/x\"\nkind = \"proxy\"\nurl = \"https://x\"\n", "name must be lowercase"},
 		{"no kind", "[[repository]]\nname = \"x\"\n", "kind is required"},
@@ -162,5 +167,32 @@ func TestTokenKeyFile(t *testing.T) {
 	k2, _ := tokenKey(f)
 	if string(k1) != string(k2) {
 		t.Fatal("key not kept across starts")
+	}
+}
+
+// TestUpstreamCapsAndURLs: the WAN keys parse to what the upstream
+// client gets.
+func TestUpstreamCapsAndURLs(t *testing.T) {
+	c, err := loadConfig(strings.NewReader(`[[repository]]
+name = "hub"
+kind = "proxy"
+urls = ["https://mirror.gcr.io", "https://registry-1.docker.io"]
+offline_period = "2m"
+max_upstream_bandwidth = "50MB/s"
+max_upstream_connections = 8
+upstream_idle_timeout = "90s"
+`))
+	if err == nil {
+		err = c.setDefaults()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Repositories[0]
+	if got := r.upstreamURLs(); len(got) != 2 || got[1] != "https://registry-1.docker.io" {
+		t.Errorf("urls %v", got)
+	}
+	if r.MaxUpstreamBandwidth != 50_000_000 || r.MaxUpstreamConnections != 8 || time.Duration(r.OfflinePeriod) != 2*time.Minute || time.Duration(r.UpstreamIdleTimeout) != 90*time.Second {
+		t.Errorf("parsed %+v", r)
 	}
 }

@@ -141,20 +141,36 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 				return nil, err
 			}
 			name := rc.Name
-			up, err := upstream.New(upstream.Options{
-				URL: rc.URL, Username: rc.Username, Password: pw, UserAgent: "berth/" + versionString(), Logger: log,
-				HeaderTimeout: time.Duration(rc.UpstreamTimeout),
-				Observe: func(method string, status int, d time.Duration, err error) {
-					upReqs.WithLabelValues(name, method, fmt.Sprint(status)).Inc()
-					upLatency.WithLabelValues(name).Observe(d.Seconds())
-				},
-			})
-			if err != nil {
-				st.Close()
-				return nil, fmt.Errorf("repository %q: %w", rc.Name, err)
+			var clients []*upstream.Client
+			caps := upstream.NewCaps(rc.MaxUpstreamConnections, int64(rc.MaxUpstreamBandwidth))
+			for _, u := range rc.upstreamURLs() {
+				c, err := upstream.New(upstream.Options{
+					URL: u, Username: rc.Username, Password: pw, UserAgent: "berth/" + versionString(), Logger: log,
+					ConnectTimeout: time.Duration(rc.ConnectTimeout), HeaderTimeout: time.Duration(rc.UpstreamTimeout),
+					IdleTimeout: time.Duration(rc.UpstreamIdleTimeout),
+					Caps:        caps,
+					Observe: func(method string, status int, d time.Duration, err error) {
+						upReqs.WithLabelValues(name, method, fmt.Sprint(status)).Inc()
+						upLatency.WithLabelValues(name).Observe(d.Seconds())
+					},
+				})
+				if err != nil {
+					st.Close()
+					return nil, fmt.Errorf("repository %q: %w", rc.Name, err)
+				}
+				clients = append(clients, c)
 			}
-			r.Upstream, r.UpstreamHost = up, up.Host()
-			r.DockerHub = upstream.IsDockerHub(up.Host())
+			if len(clients) == 1 {
+				r.Upstream, r.UpstreamHost = clients[0], clients[0].Host()
+			} else {
+				f, err := upstream.NewFailover(clients, time.Duration(rc.OfflinePeriod), log)
+				if err != nil {
+					st.Close()
+					return nil, fmt.Errorf("repository %q: %w", rc.Name, err)
+				}
+				r.Upstream, r.UpstreamHost = f, f.Host()
+			}
+			r.DockerHub = upstream.IsDockerHub(r.UpstreamHost)
 			if rc.LibraryPrefix != nil {
 				r.DockerHub = *rc.LibraryPrefix
 			}

@@ -95,3 +95,53 @@ func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 }
+
+// endpointer is an Upstream reached through several URLs
+// (upstream.Failover), each with its circuit breaker.
+type endpointer interface {
+	Endpoints() []upstream.Endpoint
+}
+
+// endpoints is rp's upstream URLs and their state, nil for one URL.
+func (rp *repo) endpoints() []upstream.Endpoint {
+	if e, ok := rp.Upstream.(endpointer); ok {
+		return e.Endpoints()
+	}
+	return nil
+}
+
+// endpointsLine is the status page's wording of a proxy's URLs:
+// "https://mirror.gcr.io (offline until 14:05:10) → https://registry-1.docker.io".
+func endpointsLine(eps []upstream.Endpoint) string {
+	s := ""
+	for i, e := range eps {
+		if i > 0 {
+			s += " → "
+		}
+		s += e.URL
+		if !e.OfflineUntil.IsZero() {
+			s += " (offline until " + e.OfflineUntil.Format("15:04:05") + ")"
+		}
+	}
+	return s
+}
+
+// endpointCollector exports berth_upstream_url_offline{repository,url}: 1
+// while a URL of a proxy is skipped after failing.
+type endpointCollector struct {
+	s    *Server
+	desc *prometheus.Desc
+}
+
+func (c *endpointCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *endpointCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, rp := range c.s.order {
+		if rp.Kind != KindProxy {
+			continue
+		}
+		for _, e := range rp.endpoints() {
+			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, boolf(!e.OfflineUntil.IsZero()), rp.Name, e.URL)
+		}
+	}
+}

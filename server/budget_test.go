@@ -220,3 +220,54 @@ func TestTokensShared(t *testing.T) {
 		}
 	}
 }
+
+// TestFailoverShown: a proxy over two URLs serves from the second while
+// the first fails, and the status page and /metrics say the first is
+// offline.
+func TestFailoverShown(t *testing.T) {
+	down, up := newFakeUpstream(t), newFakeUpstream(t)
+	up.push("library/app", "v1", randomImage(t, 1024, 1))
+	down.setFault(func(w http.ResponseWriter, r *http.Request) bool { w.WriteHeader(http.StatusServiceUnavailable); return true })
+	var clients []*upstream.Client
+	for _, f := range []*fakeUpstream{down, up} {
+		c, err := upstream.New(upstream.Options{URL: f.srv.URL, Attempts: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	fo, err := upstream.NewFailover(clients, time.Minute, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newTestBerth(t, up, func(r *Repository, o *Options) { r.Upstream, r.DockerHub = fo, true })
+	img, err := remote.Image(b.ref("app:v1"))
+	if err == nil {
+		err = validate.Image(img)
+	}
+	if err != nil {
+		t.Fatalf("pull with the first URL down: %v", err)
+	}
+	page := string(readAll(t, b.get("GET", "/")))
+	if !strings.Contains(page, down.srv.URL+" (offline until") {
+		t.Errorf("status page does not show the offline URL:\n%s", page)
+	}
+	mfs, _ := b.reg.Gather()
+	var offline []string
+	for _, mf := range mfs {
+		if mf.GetName() == "berth_upstream_url_offline" {
+			for _, m := range mf.Metric {
+				if m.GetGauge().GetValue() == 1 {
+					for _, l := range m.Label {
+						if l.GetName() == "url" {
+							offline = append(offline, l.GetValue())
+						}
+					}
+				}
+			}
+		}
+	}
+	if len(offline) != 1 || offline[0] != down.srv.URL {
+		t.Errorf("berth_upstream_url_offline = 1 for %v, want only %s", offline, down.srv.URL)
+	}
+}

@@ -150,6 +150,14 @@ func (o observedUpstream) RateLimit() (upstream.RateLimit, bool, time.Time) {
 	return upstream.RateLimit{}, false, time.Time{}
 }
 
+// Endpoints passes on the URLs of the upstream, when it has several.
+func (o observedUpstream) Endpoints() []upstream.Endpoint {
+	if e, ok := o.Upstream.(endpointer); ok {
+		return e.Endpoints()
+	}
+	return nil
+}
+
 func (o observedUpstream) Ping(ctx context.Context) error {
 	err := o.Upstream.Ping(ctx)
 	o.h.observe(err)

@@ -170,6 +170,9 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 		switch rp.Kind {
 		case KindProxy:
 			rw.Target = rp.UpstreamHost
+			if eps := rp.endpoints(); len(eps) > 1 {
+				rw.Target = endpointsLine(eps)
+			}
 			// From real requests' outcomes; never a request per view.
 			rw.Health = s.health(rp).String()
 			rw.Budget = budgetLine(rp.rateLimit())

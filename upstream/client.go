@@ -35,9 +35,15 @@ type Options struct {
 	URL string
 	// Username and Password for the registry; empty means anonymous.
 	Username, Password string
+	// ConnectTimeout bounds a TCP connect (and the TLS handshake). Zero
+	// means 10s.
+	ConnectTimeout time.Duration
 	// HeaderTimeout bounds the wait for response headers of each HTTP
 	// exchange. Zero means 30s.
 	HeaderTimeout time.Duration
+	// IdleTimeout fails a response body that sends no byte for this long.
+	// Zero means 60s.
+	IdleTimeout time.Duration
 	// Attempts is the number of tries for idempotent requests. Zero means 3.
 	Attempts int
 	// UserAgent is sent with every request. Empty means "berth".
@@ -48,6 +54,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Transport is the base transport. Nil means a pooled http.Transport.
 	Transport http.RoundTripper
+	// Caps limits the connections and bandwidth toward the upstream; the
+	// Clients of one proxy's URLs share it. Nil means no caps.
+	Caps *Caps
 }
 
 // Client talks to one upstream registry. It is safe for concurrent use.
@@ -66,6 +75,8 @@ type Client struct {
 	images    map[string]*imageTransport
 
 	budget budget // the pull budget the upstream reports (ratelimit.go)
+
+	caps *Caps // caps.go; nil: none
 }
 
 type imageTransport struct {
@@ -99,6 +110,12 @@ func New(opts Options) (*Client, error) {
 	if opts.HeaderTimeout <= 0 {
 		opts.HeaderTimeout = 30 * time.Second
 	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = 10 * time.Second
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = 60 * time.Second
+	}
 	if opts.Attempts <= 0 {
 		opts.Attempts = 3
 	}
@@ -113,12 +130,12 @@ func New(opts Options) (*Client, error) {
 	if base == nil {
 		base = &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:           (&net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
 			ForceAttemptHTTP2:     true,
 			MaxIdleConns:          256,
 			MaxIdleConnsPerHost:   64,
 			IdleConnTimeout:       90 * time.Second,
-			TLSHandshakeTimeout:   10 * time.Second,
+			TLSHandshakeTimeout:   opts.ConnectTimeout,
 			ResponseHeaderTimeout: opts.HeaderTimeout,
 			ExpectContinueTimeout: time.Second,
 		}
@@ -134,6 +151,11 @@ func New(opts Options) (*Client, error) {
 	c := &Client{
 		url: u, reg: reg, auth: auth, base: base, opts: opts, log: log,
 		images: map[string]*imageTransport{},
+	}
+	if opts.Caps != nil {
+		c.caps = opts.Caps
+	} else {
+		c.caps = &Caps{}
 	}
 	c.budget.onChange = func(spent bool, t time.Time) {
 		if spent {
@@ -285,8 +307,17 @@ func (c *Client) do(ctx context.Context, image, method, path string, hdr http.He
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.URL()+path, nil)
+	release, err := c.acquire(ctx)
 	if err != nil {
+		return nil, err
+	}
+	// The request's own context, cancelled when its body has been idle for
+	// IdleTimeout (or is closed).
+	rctx, cancel := context.WithCancel(ctx)
+	req, err := http.NewRequestWithContext(rctx, method, c.URL()+path, nil)
+	if err != nil {
+		cancel()
+		release()
 		return nil, err
 	}
 	for k, v := range hdr {
@@ -308,13 +339,22 @@ func (c *Client) do(ctx context.Context, image, method, path string, hdr http.He
 	}
 	resp, err := client.Do(req)
 	if err != nil {
+		cancel()
+		release()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
 		return nil, &transportError{err}
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, errorFrom(resp)
+		e := errorFrom(resp)
+		cancel()
+		release()
+		return nil, e
+	}
+	resp.Body = &heldBody{ReadCloser: newIdleBody(resp.Body, c.opts.IdleTimeout, cancel), release: release}
+	if c.caps.bw != nil {
+		resp.Body = &throttledBody{ReadCloser: resp.Body, ctx: ctx, lim: c.caps.bw}
 	}
 	return resp, nil
 }
