@@ -227,7 +227,10 @@ func TestTokensShared(t *testing.T) {
 func TestFailoverShown(t *testing.T) {
 	down, up := newFakeUpstream(t), newFakeUpstream(t)
 	up.push("library/app", "v1", randomImage(t, 1024, 1))
-	down.setFault(func(w http.ResponseWriter, r *http.Request) bool { w.WriteHeader(http.StatusServiceUnavailable); return true })
+	down.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return true
+	})
 	var clients []*upstream.Client
 	for _, f := range []*fakeUpstream{down, up} {
 		c, err := upstream.New(upstream.Options{URL: f.srv.URL, Attempts: 1})
