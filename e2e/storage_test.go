@@ -29,7 +29,7 @@ import (
 func startBerthAt(t *testing.T, config, addr, dataDir string) *berth {
 	t.Helper()
 	b := launchBerth(t, config, addr, dataDir, nil)
-	waitHTTP(t, "http://"+addr+"/healthz", 20*time.Second)
+	waitHTTP(t, "http://"+b.addr+"/healthz", 20*time.Second)
 	return b
 }
 
