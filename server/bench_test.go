@@ -119,3 +119,6 @@ func (nilUpstream) Tags(context.Context, string, url.Values) (*http.Response, er
 	return nil, io.ErrUnexpectedEOF
 }
 func (nilUpstream) Ping(context.Context) error { return nil }
+func (nilUpstream) Referrers(context.Context, string, string, string) (*http.Response, error) {
+	return nil, io.ErrUnexpectedEOF
+}

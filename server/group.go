@@ -252,11 +252,19 @@ func (s *Server) memberTags(ctx context.Context, m *repo, image string) ([]strin
 func (s *Server) groupReferrers(w http.ResponseWriter, r *http.Request, g *repo, image string, d store.Digest) error {
 	var all []store.Referrer
 	seen := map[string]bool{}
+	rt := route{kind: routeReferrers, name: image, ref: d.String(), digest: d}
 	for _, m := range s.readableMembers(r, g, image) {
-		if m.Kind != KindHosted {
-			continue
+		var refs []store.Referrer
+		var err error
+		switch m.Kind {
+		case KindHosted:
+			refs, err = s.manifests.Referrers(r.Context(), m.Name+"/"+memberImage(m, image), d)
+		case KindProxy:
+			refs, err = s.proxyReferrerList(r, m, memberImage(m, image), d)
+			if err != nil && memberMiss(err, rt) {
+				continue // this member's upstream has none (or no API), or is down
+			}
 		}
-		refs, err := s.manifests.Referrers(r.Context(), m.Name+"/"+memberImage(m, image), d)
 		if err != nil {
 			return err
 		}

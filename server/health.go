@@ -142,6 +142,12 @@ func (o observedUpstream) Tags(ctx context.Context, image string, query url.Valu
 	return resp, err
 }
 
+func (o observedUpstream) Referrers(ctx context.Context, image, dgst, artifactType string) (*http.Response, error) {
+	resp, err := o.Upstream.Referrers(ctx, image, dgst, artifactType)
+	o.h.observe(err)
+	return resp, err
+}
+
 // RateLimit passes on the pull budget of the upstream, when it reports one.
 func (o observedUpstream) RateLimit() (upstream.RateLimit, bool, time.Time) {
 	if r, ok := o.Upstream.(rateLimiter); ok {

@@ -59,6 +59,10 @@ func (u panickyUpstream) Blob(ctx context.Context, method, image, dgst string) (
 	return u.Upstream.Blob(ctx, method, image, dgst)
 }
 
+func (u panickyUpstream) Referrers(ctx context.Context, image, dgst, artifactType string) (*http.Response, error) {
+	panic("upstream Referrers")
+}
+
 func (u panickyUpstream) BlobFrom(ctx context.Context, image, dgst string, offset int64) (*http.Response, error) {
 	return u.Blob(ctx, http.MethodGet, image, dgst)
 }

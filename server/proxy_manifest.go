@@ -30,6 +30,8 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, rp *repo, im
 		return s.proxyBlob(w, r, rp, image, rt.digest)
 	case routeTags:
 		return s.proxyTags(w, r, rp, image)
+	case routeReferrers:
+		return s.proxyReferrers(w, r, rp, image, rt.digest)
 	case routeUploads, routeUpload:
 		return errf(codeUnsupported, "repository %q is a %s repository (read-only)", rp.Name, rp.Kind)
 	}
@@ -137,7 +139,7 @@ func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey
 	if r.Method == http.MethodHead {
 		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, image, ref)
 		if err != nil {
-			return manifestAnswer{}, s.manifestUpstreamFailed(rp, err, negKey)
+			return manifestAnswer{}, s.manifestMissFailed(r, rp, err, image, ref, negKey)
 		}
 		resp.Body.Close()
 		dg := resp.Header.Get("Docker-Content-Digest")
@@ -165,10 +167,22 @@ func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey
 		return s.fetchManifest(ctx, rp, image, ref, tag)
 	})
 	if err != nil {
-		return manifestAnswer{}, s.manifestUpstreamFailed(rp, err, negKey)
+		return manifestAnswer{}, s.manifestMissFailed(r, rp, err, image, ref, negKey)
 	}
 	s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
 	return manifestAnswer{m: v.(store.Manifest)}, nil
+}
+
+// manifestMissFailed answers a miss the upstream failed: a 404 it gave
+// before is answered again while it is unavailable (serve_stale), else
+// manifestUpstreamFailed.
+func (s *Server) manifestMissFailed(r *http.Request, rp *repo, err error, image, ref, negKey string) error {
+	if rp.ServeStale && errors.Is(err, upstream.ErrUnavailable) && rp.staleNotFound(negKey) {
+		s.upstreamError(rp, err)
+		s.cacheResult(r, rp, "manifest", resultNegative, "")
+		return errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered; the upstream is unavailable now)", image, ref)
+	}
+	return s.manifestUpstreamFailed(rp, err, negKey)
 }
 
 // manifestUpstreamFailed remembers an upstream 404 or counts another

@@ -746,3 +746,29 @@ func TestHeadThenDigestCachesTag(t *testing.T) {
 		}
 	}
 }
+
+// TestNotFoundAnsweredWhileUpstreamDown: past not_found_ttl a remembered
+// 404 is asked again; when the upstream is down then, the client gets the
+// 404 again (GET and HEAD), not 503: clients that fall back on a 404 (the
+// referrers tag schema) keep working.
+func TestNotFoundAnsweredWhileUpstreamDown(t *testing.T) {
+	up := newFakeUpstream(t)
+	b := newTestBerth(t, up, func(r *Repository, o *Options) { r.NotFoundTTL = time.Millisecond })
+	for _, m := range []string{"GET", "HEAD"} {
+		if resp := b.get(m, "/v2/nothing/manifests/"+m); resp.StatusCode != 404 {
+			t.Fatalf("%s: %d", m, resp.StatusCode)
+		}
+	}
+	time.Sleep(5 * time.Millisecond)
+	up.setFault(func(w http.ResponseWriter, r *http.Request) bool { w.WriteHeader(http.StatusBadGateway); return true })
+	for _, m := range []string{"GET", "HEAD"} {
+		resp := b.get(m, "/v2/nothing/manifests/"+m)
+		readAll(t, resp)
+		if resp.StatusCode != 404 {
+			t.Errorf("%s with the upstream down: %d, want the remembered 404", m, resp.StatusCode)
+		}
+	}
+	if resp := b.get("GET", "/v2/never-asked/manifests/x"); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("a name never asked, upstream down: %d, want 503", resp.StatusCode)
+	}
+}

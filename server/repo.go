@@ -11,11 +11,12 @@ import (
 // running.
 type repo struct {
 	Repository
-	health  *upstreamHealth                // proxy: what real requests said of the upstream
-	neg     *lru.Cache[string, struct{}]   // upstream 404s, for not_found_ttl
-	pending *lru.Cache[string, pendingTag] // "<path>@<digest>" → tags an upstream HEAD named
-	leaves  []*repo                        // group: proxy and hosted members, nested groups flattened, in order
-	served  *lru.Cache[string, *repo]      // group: which member served an image's manifest
+	health    *upstreamHealth                    // proxy: what real requests said of the upstream
+	neg       *lru.Cache[string, time.Time]      // upstream 404s → fresh until (kept negKeep, for stale answers)
+	pending   *lru.Cache[string, pendingTag]     // "<path>@<digest>" → tags an upstream HEAD named
+	referrers *lru.Cache[string, referrersEntry] // proxy: "<path>@<digest>?<artifactType>" → the upstream's referrers
+	leaves    []*repo                            // group: proxy and hosted members, nested groups flattened, in order
+	served    *lru.Cache[string, *repo]          // group: which member served an image's manifest
 }
 
 // pendingTag is what an upstream HEAD said a tag points at, kept for a
@@ -32,12 +33,24 @@ const pendingTagTTL = 5 * time.Minute
 // rememberNotFound keeps an upstream 404 for not_found_ttl.
 func (rp *repo) rememberNotFound(key string) {
 	if rp.NotFoundTTL > 0 {
-		rp.neg.AddTTL(key, struct{}{}, rp.NotFoundTTL)
+		rp.neg.AddTTL(key, time.Now().Add(rp.NotFoundTTL), max(rp.NotFoundTTL, negKeep))
 	}
 }
 
+// negKeep is how long an upstream 404 is kept to be answered again, stale,
+// while the upstream is down (a client that saw "not found" should not see
+// "unavailable" for the same name: oras falls back to the tag schema on the
+// one and gives up on the other).
+const negKeep = time.Hour
+
 // notFound reports a remembered upstream 404.
 func (rp *repo) notFound(key string) bool {
+	until, ok := rp.neg.Get(key)
+	return ok && time.Now().Before(until)
+}
+
+// staleNotFound reports an upstream 404 remembered past its not_found_ttl.
+func (rp *repo) staleNotFound(key string) bool {
 	_, ok := rp.neg.Get(key)
 	return ok
 }

@@ -32,6 +32,9 @@ type Upstream interface {
 	// offset > 0).
 	BlobFrom(ctx context.Context, image, dgst string, offset int64) (*http.Response, error)
 	Tags(ctx context.Context, image string, query url.Values) (*http.Response, error)
+	// Referrers GETs the referrers index of manifest dgst (artifactType
+	// filters when not "").
+	Referrers(ctx context.Context, image, dgst, artifactType string) (*http.Response, error)
 	Ping(ctx context.Context) error
 }
 
@@ -127,7 +130,8 @@ func New(opts Options) (*Server, error) {
 		if r.Kind == KindProxy && r.Upstream == nil {
 			return nil, fmt.Errorf("server: proxy repository %q has no upstream", r.Name)
 		}
-		rp := &repo{Repository: r, health: &upstreamHealth{}, neg: lru.New[string, struct{}](100_000, 0), pending: lru.New[string, pendingTag](10_000, pendingTagTTL)}
+		rp := &repo{Repository: r, health: &upstreamHealth{}, neg: lru.New[string, time.Time](100_000, 0), pending: lru.New[string, pendingTag](10_000, pendingTagTTL),
+			referrers: lru.New[string, referrersEntry](10_000, referrersKeep)}
 		if r.Kind == KindProxy {
 			rp.Upstream = observedUpstream{Upstream: r.Upstream, h: rp.health}
 		}

@@ -46,7 +46,7 @@ type fakeUpstream struct {
 }
 
 func newFakeUpstream(t *testing.T) *fakeUpstream {
-	f := &fakeUpstream{t: t, reg: registry.New(registry.Logger(log.New(io.Discard, "", 0))), counts: map[string]int{}}
+	f := &fakeUpstream{t: t, reg: registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(true)), counts: map[string]int{}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	f.seed = httptest.NewServer(f.reg)
 	t.Cleanup(func() { f.srv.Close(); f.seed.Close() })

@@ -400,6 +400,17 @@ func (c *Client) BlobFrom(ctx context.Context, image, dgst string, offset int64)
 	return c.do(ctx, image, http.MethodGet, "/v2/"+image+"/blobs/"+dgst, hdr)
 }
 
+// Referrers asks for the referrers of image's manifest dgst (OCI
+// end-12a/b), filtered by artifactType when not "". An upstream without
+// the API answers 404 (ErrNotFound): clients then use the tag schema.
+func (c *Client) Referrers(ctx context.Context, image, dgst, artifactType string) (*http.Response, error) {
+	p := "/v2/" + image + "/referrers/" + dgst
+	if artifactType != "" {
+		p += "?" + url.Values{"artifactType": {artifactType}}.Encode()
+	}
+	return c.do(ctx, image, http.MethodGet, p, http.Header{"Accept": {string(types.OCIImageIndex)}})
+}
+
 // Tags asks for image's tag list; query carries n and last.
 func (c *Client) Tags(ctx context.Context, image string, query url.Values) (*http.Response, error) {
 	p := "/v2/" + image + "/tags/list"

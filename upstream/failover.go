@@ -154,6 +154,14 @@ func (f *Failover) BlobFrom(ctx context.Context, image, dgst string, offset int6
 	return resp, err
 }
 
+// Referrers asks first the URL that served image's manifest.
+func (f *Failover) Referrers(ctx context.Context, image, dgst, artifactType string) (*http.Response, error) {
+	resp, _, err := f.try(ctx, f.preferred(image), func(c *Client) (*http.Response, error) {
+		return c.Referrers(ctx, image, dgst, artifactType)
+	})
+	return resp, err
+}
+
 // Tags asks the URLs in order.
 func (f *Failover) Tags(ctx context.Context, image string, query url.Values) (*http.Response, error) {
 	resp, _, err := f.try(ctx, -1, func(c *Client) (*http.Response, error) { return c.Tags(ctx, image, query) })
