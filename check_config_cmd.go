@@ -22,7 +22,17 @@ func printConfig(w io.Writer, cfg *Config) {
 		if r.Username != "" || r.Password != "" || r.PasswordFile != "" {
 			cred = r.Username + ":****"
 		}
-		target, ttl, nf, stale := r.URL, r.TagTTL.String(), r.NotFoundTTL.String(), fmt.Sprint(*r.ServeStale)
+		target, ttl, nf, stale := strings.Join(r.upstreamURLs(), " → "), r.TagTTL.String(), r.NotFoundTTL.String(), fmt.Sprint(*r.ServeStale)
+		if len(r.Hosts) > 0 {
+			target = "any of " + strings.Join(r.Hosts, " ")
+			if len(r.Credentials) > 0 {
+				var hs []string
+				for _, c := range r.Credentials {
+					hs = append(hs, c.Username+"@"+c.Host)
+				}
+				cred = strings.Join(hs, " ")
+			}
+		}
 		switch r.Kind {
 		case "group":
 			target = strings.Join(r.Members, " → ")
@@ -52,6 +62,19 @@ func printConfig(w io.Writer, cfg *Config) {
 	for _, r := range cfg.Repositories {
 		prefixes := []string{"/v2/" + r.Name + "/…"}
 		var ns []string
+		if r.Kind == "proxy" && len(r.Hosts) > 0 {
+			fmt.Fprintf(w, "  ?ns=<host> or path /v2/<host>/… → %s, for hosts matching %s (a proxy of https://<host> each", r.Name, strings.Join(r.Hosts, ", "))
+			if len(r.HTTPHosts) > 0 {
+				fmt.Fprintf(w, "; plain HTTP for %s", strings.Join(r.HTTPHosts, ", "))
+			}
+			if r.AllowPrivateNetworks {
+				fmt.Fprint(w, "; private addresses ALLOWED")
+			} else {
+				fmt.Fprint(w, "; hosts resolving to private, loopback or link-local addresses refused")
+			}
+			fmt.Fprintln(w, ")")
+			continue
+		}
 		if r.Kind == "proxy" {
 			urls := r.upstreamURLs()
 			host := upstreamHost(urls[len(urls)-1]) // the origin: mirrors come first

@@ -99,6 +99,15 @@ type RepositoryConfig struct {
 	// URLs are several URLs of one upstream, tried in order (mirrors
 	// first, the origin last); url is the one-URL form.
 	URLs []string `toml:"urls"`
+	// Hosts makes an allowlist proxy (instead of url): any registry whose
+	// host matches one of these globs ("ghcr.io", "*.gcr.io"), chosen by
+	// ?ns=<host> or a first path segment. HTTPHosts are spoken to over
+	// plain HTTP. Hosts resolving to private addresses are refused unless
+	// AllowPrivateNetworks. Credentials are per host.
+	Hosts                []string           `toml:"hosts"`
+	HTTPHosts            []string           `toml:"http_hosts"`
+	AllowPrivateNetworks bool               `toml:"allow_private_networks"`
+	Credentials          []CredentialConfig `toml:"credentials"`
 	// OfflinePeriod is how long a URL that failed gets no request. Default 1m.
 	OfflinePeriod Duration `toml:"offline_period"`
 	// ConnectTimeout bounds a connect and TLS handshake to the upstream.
@@ -124,6 +133,46 @@ type RepositoryConfig struct {
 	LibraryPrefix *bool    `toml:"library_prefix"`
 	Members       []string `toml:"members"`
 	PushTo        string   `toml:"push_to"`
+}
+
+// checkHosts validates the allowlist keys of a proxy.
+func (r *RepositoryConfig) checkHosts(where string) error {
+	if len(r.Hosts) == 0 && (len(r.HTTPHosts) > 0 || len(r.Credentials) > 0 || r.AllowPrivateNetworks) {
+		return fmt.Errorf("config: %s: http_hosts, credentials and allow_private_networks go with hosts", where)
+	}
+	for _, g := range append(append([]string{}, r.Hosts...), r.HTTPHosts...) {
+		if _, err := path.Match(g, ""); err != nil || g == "" || strings.Contains(g, "/") {
+			return fmt.Errorf("config: %s: host pattern %q: want a host[:port] glob such as \"*.gcr.io\"", where, g)
+		}
+	}
+	for i, c := range r.Credentials {
+		switch {
+		case c.Host == "":
+			return fmt.Errorf("config: %s: credentials[%d]: host is required", where, i)
+		case !matchAny(r.Hosts, c.Host):
+			return fmt.Errorf("config: %s: credentials[%d]: host %q matches none of hosts", where, i, c.Host)
+		case c.Password != "" && c.PasswordFile != "":
+			return fmt.Errorf("config: %s: credentials[%d]: password and password_file are exclusive", where, i)
+		}
+	}
+	return nil
+}
+
+func matchAny(globs []string, host string) bool {
+	for _, g := range globs {
+		if ok, _ := path.Match(g, host); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// CredentialConfig is an allowlist proxy's login for one registry host.
+type CredentialConfig struct {
+	Host         string `toml:"host"`
+	Username     string `toml:"username"`
+	Password     string `toml:"password"` // ${ENV} is expanded
+	PasswordFile string `toml:"password_file"`
 }
 
 // upstreamURLs are the proxy's URLs: urls, or url.
@@ -371,7 +420,13 @@ func (c *Config) setRepositoryDefaults() error {
 			if r.AnonymousPull == nil {
 				r.AnonymousPull = ptr(true)
 			}
+			if err := r.checkHosts(where); err != nil {
+				return err
+			}
 			switch {
+			case len(r.Hosts) > 0 && (r.URL != "" || len(r.URLs) > 0):
+				return fmt.Errorf("config: %s: hosts and url are exclusive (hosts serves any registry it matches)", where)
+			case len(r.Hosts) > 0:
 			case r.URL == "" && len(r.URLs) == 0:
 				return fmt.Errorf("config: %s: url is required for a proxy (or urls, the list form)", where)
 			case r.URL != "" && len(r.URLs) > 0:
@@ -393,14 +448,14 @@ func (c *Config) setRepositoryDefaults() error {
 			if r.AnonymousPull == nil {
 				r.AnonymousPull = ptr(false)
 			}
-			if r.URL != "" || len(r.URLs) > 0 || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
+			if r.URL != "" || len(r.URLs) > 0 || len(r.Hosts) > 0 || len(r.Credentials) > 0 || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
 				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
 			}
 		case "group":
 			if r.AnonymousPull == nil {
 				r.AnonymousPull = ptr(true)
 			}
-			if r.URL != "" || len(r.URLs) > 0 || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
+			if r.URL != "" || len(r.URLs) > 0 || len(r.Hosts) > 0 || len(r.Credentials) > 0 || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
 				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
 			}
 		}
@@ -488,15 +543,26 @@ func (c *Config) hasRepository(name string) bool {
 // password returns the upstream password: password_file's first line, or
 // password with ${ENV} references expanded.
 func (r *RepositoryConfig) password() (string, error) {
-	if r.PasswordFile != "" {
-		b, err := os.ReadFile(r.PasswordFile)
+	return readPassword(fmt.Sprintf("repository %q", r.Name), r.Password, r.PasswordFile)
+}
+
+// password returns the password of an allowlist proxy's host credentials.
+func (c *CredentialConfig) password(repo string) (string, error) {
+	return readPassword(fmt.Sprintf("repository %q: credentials for %s", repo, c.Host), c.Password, c.PasswordFile)
+}
+
+// readPassword returns file's first line, or password with ${ENV}
+// references expanded; errors start with what.
+func readPassword(what, password, file string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
 		if err != nil {
-			return "", fmt.Errorf("repository %q: password_file: %w", r.Name, err)
+			return "", fmt.Errorf("%s: password_file: %w", what, err)
 		}
 		return strings.TrimRight(string(b), "\r\n"), nil
 	}
 	var missing []string
-	out := os.Expand(r.Password, func(k string) string {
+	out := os.Expand(password, func(k string) string {
 		v, ok := os.LookupEnv(k)
 		if !ok {
 			missing = append(missing, k)
@@ -504,7 +570,7 @@ func (r *RepositoryConfig) password() (string, error) {
 		return v
 	})
 	if len(missing) > 0 {
-		return "", fmt.Errorf("repository %q: password: environment variable(s) not set: %s", r.Name, strings.Join(missing, ", "))
+		return "", fmt.Errorf("%s: password: environment variable(s) not set: %s", what, strings.Join(missing, ", "))
 	}
 	return out, nil
 }

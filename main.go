@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -141,6 +142,44 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 				return nil, err
 			}
 			name := rc.Name
+			if len(rc.Hosts) > 0 {
+				rc := rc
+				creds := map[string][2]string{}
+				for _, c := range rc.Credentials {
+					pw, err := c.password(rc.Name)
+					if err != nil {
+						st.Close()
+						return nil, err
+					}
+					creds[c.Host] = [2]string{c.Username, pw}
+				}
+				r.Hosts, r.HTTPHosts, r.AllowPrivateNetworks = rc.Hosts, rc.HTTPHosts, rc.AllowPrivateNetworks
+				r.NewUpstream = func(host string, plainHTTP bool) (server.Upstream, error) {
+					scheme := "https://"
+					if plainHTTP {
+						scheme = "http://"
+					}
+					var user, pass string
+					for pattern, c := range creds {
+						if ok, _ := path.Match(pattern, host); ok {
+							user, pass = c[0], c[1]
+						}
+					}
+					return upstream.New(upstream.Options{
+						URL: scheme + host, Username: user, Password: pass, UserAgent: "berth/" + versionString(), Logger: log,
+						ConnectTimeout: time.Duration(rc.ConnectTimeout), HeaderTimeout: time.Duration(rc.UpstreamTimeout),
+						IdleTimeout:           time.Duration(rc.UpstreamIdleTimeout),
+						RefusePrivateNetworks: !rc.AllowPrivateNetworks,
+						Caps:                  upstream.NewCaps(rc.MaxUpstreamConnections, int64(rc.MaxUpstreamBandwidth)),
+						Observe: func(method string, status int, d time.Duration, err error) {
+							upReqs.WithLabelValues(name+"/"+host, method, fmt.Sprint(status)).Inc()
+							upLatency.WithLabelValues(name + "/" + host).Observe(d.Seconds())
+						},
+					})
+				}
+				repos = append(repos, r)
+				continue
+			}
 			var clients []*upstream.Client
 			caps := upstream.NewCaps(rc.MaxUpstreamConnections, int64(rc.MaxUpstreamBandwidth))
 			for _, u := range rc.upstreamURLs() {

@@ -42,7 +42,8 @@ fi
 
 # Debian packages: skopeo (client), docker.io (a private dockerd for the seed
 # scenario), containerd, nginx (benchmark reference), chromium (the status
-# page test renders it in a real browser), systemd (systemd-analyze).
+# page test renders it in a real browser), systemd (systemd-analyze),
+# podman (a registries.conf path-prefix mirror client).
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v systemd-analyze >/dev/null || need+=(systemd)
@@ -51,6 +52,7 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v containerd >/dev/null || need+=(containerd)
 command -v nginx >/dev/null || need+=(nginx-light)
+command -v podman >/dev/null || need+=(podman)
 if ((${#need[@]})); then
   echo "install-tools: apt-get install ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -257,6 +257,11 @@ func (s *Server) allowed(p principal, rp *repo, image, action string) bool {
 	if p.internal {
 		return true
 	}
+	if rp.parent != nil {
+		// A per-host proxy is its allowlist repository's: grants name
+		// "<repository>/<host>/<image>".
+		rp, image = rp.parent, rp.UpstreamHost+"/"+image
+	}
 	if p.user == nil {
 		switch action {
 		case actionPull:

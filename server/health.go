@@ -100,7 +100,7 @@ func ago(d time.Duration) string {
 // when one is due. It never waits for the network.
 func (s *Server) health(rp *repo) healthState {
 	st, due := rp.health.state(time.Now())
-	if due {
+	if due && rp.Upstream != nil { // an allowlist repository has no upstream of its own
 		s.goSafe("upstream probe", func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()

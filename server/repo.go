@@ -16,6 +16,7 @@ type repo struct {
 	pending   *lru.Cache[string, pendingTag]     // "<path>@<digest>" → tags an upstream HEAD named
 	referrers *lru.Cache[string, referrersEntry] // proxy: "<path>@<digest>?<artifactType>" → the upstream's referrers
 	leaves    []*repo                            // group: proxy and hosted members, nested groups flattened, in order
+	parent    *repo                              // a per-host proxy: the allowlist repository that made it
 	served    *lru.Cache[string, *repo]          // group: which member served an image's manifest
 }
 

@@ -218,16 +218,31 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 func (s *Server) resolve(r *http.Request, listenerRepo, name string) (*repo, string, error) {
 	var rp *repo
 	image := name
-	if ns := r.URL.Query().Get("ns"); ns != "" {
+	if ns := strings.ToLower(r.URL.Query().Get("ns")); ns != "" {
 		rp = s.proxyForHost(ns)
 		if rp == nil {
-			return nil, "", errf(codeNameUnknown, "no repository serves namespace %q", ns)
+			g := s.allowlistFor(ns)
+			if g == nil {
+				return nil, "", errf(codeNameUnknown, "no repository serves namespace %q", ns)
+			}
+			hp, err := s.hostProxy(r.Context(), g, ns)
+			if err != nil {
+				return nil, "", err
+			}
+			rp = hp
 		}
 	} else if first, rest, ok := strings.Cut(name, "/"); ok {
+		host := strings.ToLower(first)
 		if p := s.repos[first]; p != nil {
 			rp, image = p, rest
-		} else if p := s.proxyForHost(first); p != nil && strings.Contains(first, ".") {
+		} else if p := s.proxyForHost(host); p != nil && strings.Contains(first, ".") {
 			rp, image = p, rest
+		} else if g := s.allowlistFor(host); g != nil && registryHost(first) {
+			hp, err := s.hostProxy(r.Context(), g, host)
+			if err != nil {
+				return nil, "", err
+			}
+			rp, image = hp, rest
 		}
 	}
 	if rp == nil {
@@ -235,6 +250,20 @@ func (s *Server) resolve(r *http.Request, listenerRepo, name string) (*repo, str
 		if rp == nil {
 			return nil, "", errf(codeNameUnknown, "no repository for %q", name)
 		}
+	}
+	if rp.Kind == KindProxy && rp.Upstream == nil {
+		// An allowlist repository named itself: the host comes next
+		// ("<repository>/<host>/<image>").
+		first, rest, ok := strings.Cut(image, "/")
+		host := strings.ToLower(first)
+		if !ok || !registryHost(first) || !matchHosts(rp.Hosts, host) {
+			return nil, "", errf(codeNameUnknown, "repository %q serves the registries %s; %q is not one", rp.Name, strings.Join(rp.Hosts, ", "), first)
+		}
+		hp, err := s.hostProxy(r.Context(), rp, host)
+		if err != nil {
+			return nil, "", err
+		}
+		rp, image = hp, rest
 	}
 	if rp.DockerHub && !strings.Contains(image, "/") {
 		image = "library/" + image

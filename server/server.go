@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"sync/atomic"
 	"time"
@@ -52,6 +54,15 @@ type Repository struct {
 	NotFoundTTL  time.Duration
 	ServeStale   bool
 
+	// Allowlist proxies: instead of one Upstream, any registry whose host
+	// matches Hosts (globs), through a proxy made by NewUpstream on first
+	// use (plainHTTP for hosts matching HTTPHosts). Hosts that resolve to
+	// private addresses are refused unless AllowPrivateNetworks (hosts.go).
+	Hosts                []string
+	HTTPHosts            []string
+	AllowPrivateNetworks bool
+	NewUpstream          func(host string, plainHTTP bool) (Upstream, error)
+
 	AnonymousPull bool
 	// AnonymousPush lets anyone push to a hosted repository (labs, CI
 	// scratch registries); off by default.
@@ -80,6 +91,11 @@ type Options struct {
 	Auth AuthOptions
 	// MaxSize is the store's cap, shown on the status page (0: none).
 	MaxSize int64
+	// Resolver looks up the hosts of allowlist proxies before they are
+	// served (nil: net.DefaultResolver).
+	Resolver interface {
+		LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+	}
 }
 
 // Server answers the registry API for a set of repositories.
@@ -98,6 +114,11 @@ type Server struct {
 	flight      singleflight.Group
 	auth        *auth
 	uploadLimit *uploadLimiter
+
+	hosts    hostProxies // per-host proxies of allowlist repositories (hosts.go)
+	resolver interface {
+		LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+	}
 
 	diskFullAt   atomic.Int64                 // unix nanos of the last request refused for a full disk
 	loggedCauses *lru.Cache[string, struct{}] // upstream failures logged in the last minute
@@ -120,21 +141,25 @@ func New(opts Options) (*Server, error) {
 	if opts.FetchTimeout <= 0 {
 		opts.FetchTimeout = time.Hour
 	}
-	s := &Server{opts: opts, repos: map[string]*repo{}, log: opts.Logger,
+	if opts.Resolver == nil {
+		opts.Resolver = net.DefaultResolver
+	}
+	s := &Server{opts: opts, repos: map[string]*repo{}, log: opts.Logger, hosts: hostProxies{repos: map[string]*repo{}},
+		resolver:     opts.Resolver,
 		loggedCauses: lru.New[string, struct{}](1000, time.Minute)}
 	s.blobs, s.manifests, s.pushes, s.index, s.ops = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
 	if err := ValidateRepositories(opts.Repositories, opts.DefaultRepository); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	for _, r := range opts.Repositories {
-		if r.Kind == KindProxy && r.Upstream == nil {
+		switch {
+		case r.Kind != KindProxy:
+		case len(r.Hosts) > 0 && (r.Upstream != nil || r.NewUpstream == nil):
+			return nil, fmt.Errorf("server: proxy repository %q: hosts needs NewUpstream and no Upstream", r.Name)
+		case len(r.Hosts) == 0 && r.Upstream == nil:
 			return nil, fmt.Errorf("server: proxy repository %q has no upstream", r.Name)
 		}
-		rp := &repo{Repository: r, health: &upstreamHealth{}, neg: lru.New[string, time.Time](100_000, 0), pending: lru.New[string, pendingTag](10_000, pendingTagTTL),
-			referrers: lru.New[string, referrersEntry](10_000, referrersKeep)}
-		if r.Kind == KindProxy {
-			rp.Upstream = observedUpstream{Upstream: r.Upstream, h: rp.health}
-		}
+		rp := s.newRepo(r)
 		s.repos[r.Name] = rp
 		s.order = append(s.order, rp)
 	}
@@ -161,4 +186,15 @@ func New(opts Options) (*Server, error) {
 	}, s.m.inflight.Inc, s.m.inflight.Dec)
 	s.fetches.spawn = s.goSafe
 	return s, nil
+}
+
+// newRepo returns the runtime state of repository r; a proxy's upstream
+// calls are observed for its health.
+func (s *Server) newRepo(r Repository) *repo {
+	rp := &repo{Repository: r, health: &upstreamHealth{}, neg: lru.New[string, time.Time](100_000, 0),
+		pending: lru.New[string, pendingTag](10_000, pendingTagTTL), referrers: lru.New[string, referrersEntry](10_000, referrersKeep)}
+	if r.Kind == KindProxy && r.Upstream != nil {
+		rp.Upstream = observedUpstream{Upstream: r.Upstream, h: rp.health}
+	}
+	return rp
 }

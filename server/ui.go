@@ -148,7 +148,7 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 	}
 	var rows []row
 	var totHit, totAll, totCache, totUp float64
-	for _, rp := range s.order {
+	for _, rp := range s.withHosts() {
 		if !s.visible(p, rp) {
 			continue
 		}
@@ -162,7 +162,7 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 		}
 		c += fromCache[rp.Name] * boolf(rp.Kind == KindGroup)
 		u += fromUp[rp.Name] * boolf(rp.Kind == KindGroup)
-		if rp.Kind != KindGroup {
+		if rp.Kind != KindGroup && !(rp.Kind == KindProxy && rp.Upstream == nil) {
 			totHit, totAll, totCache, totUp = totHit+h, totAll+a, totCache+c, totUp+u
 		}
 		images, _ := s.index.Repositories(r.Context(), rp.Name+"/")
@@ -170,12 +170,18 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 		switch rp.Kind {
 		case KindProxy:
 			rw.Target = rp.UpstreamHost
+			if len(rp.Hosts) > 0 {
+				rw.Target = "any of " + strings.Join(rp.Hosts, " ")
+			}
 			if eps := rp.endpoints(); len(eps) > 1 {
 				rw.Target = endpointsLine(eps)
 			}
 			// From real requests' outcomes; never a request per view.
 			rw.Health = s.health(rp).String()
 			rw.Budget = budgetLine(rp.rateLimit())
+			if len(rp.Hosts) > 0 {
+				rw.Health = fmt.Sprintf("%d registry hosts seen (below)", len(s.hostRepos(rp)))
+			}
 		case KindGroup:
 			rw.Target = strings.Join(rp.Members, " → ")
 			if rp.PushTo != "" {

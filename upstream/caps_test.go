@@ -281,3 +281,23 @@ func TestConnectTimeout(t *testing.T) {
 		t.Fatalf("connect to a full queue: %v after %s", err, time.Since(start))
 	}
 }
+
+// TestRefusePrivateNetworks: with RefusePrivateNetworks the client does
+// not connect to a loopback address, even one a name resolved to (the
+// check is at connect time, after DNS), and says why.
+func TestRefusePrivateNetworks(t *testing.T) {
+	up := newLab(t)
+	port := up.srv.URL[strings.LastIndex(up.srv.URL, ":")+1:]
+	for _, u := range []string{up.srv.URL, "http://localhost:" + port} {
+		c, err := New(Options{URL: u, RefusePrivateNetworks: true, Attempts: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Ping(context.Background()); !errors.Is(err, ErrPrivateAddress) {
+			t.Errorf("%s: %v, want ErrPrivateAddress", u, err)
+		}
+	}
+	if n := up.requests.Load(); n != 0 {
+		t.Fatalf("%d requests reached the loopback upstream", n)
+	}
+}

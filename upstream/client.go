@@ -8,11 +8,13 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/berth-registry/berth/internal/shared"
@@ -54,6 +56,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Transport is the base transport. Nil means a pooled http.Transport.
 	Transport http.RoundTripper
+	// RefusePrivateNetworks refuses connections to loopback, private,
+	// link-local (the cloud metadata address) and unspecified addresses,
+	// checked at connect time, after DNS: for upstreams whose host a
+	// client chose (an allowlist proxy's).
+	RefusePrivateNetworks bool
 	// Caps limits the connections and bandwidth toward the upstream; the
 	// Clients of one proxy's URLs share it. Nil means no caps.
 	Caps *Caps
@@ -128,9 +135,13 @@ func New(opts Options) (*Client, error) {
 	}
 	base := opts.Transport
 	if base == nil {
+		dialer := &net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: 30 * time.Second}
+		if opts.RefusePrivateNetworks {
+			dialer.Control = refusePrivate
+		}
 		base = &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:           dialer.DialContext,
 			ForceAttemptHTTP2:     true,
 			MaxIdleConns:          256,
 			MaxIdleConnsPerHost:   64,
@@ -428,3 +439,24 @@ func DockerHubHosts() []string { return slices.Clone(dockerHubHosts) }
 
 // IsDockerHub reports whether host is one of Docker Hub's names.
 func IsDockerHub(host string) bool { return slices.Contains(dockerHubHosts, strings.ToLower(host)) }
+
+// ErrPrivateAddress is returned for a connection refused by
+// Options.RefusePrivateNetworks.
+var ErrPrivateAddress = errors.New("upstream: refusing to connect to a private, loopback or link-local address")
+
+// refusePrivate is a net.Dialer Control that refuses private addresses.
+func refusePrivate(network, address string, _ syscall.RawConn) error {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return err
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return err
+	}
+	a = a.Unmap()
+	if a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsUnspecified() || a.IsMulticast() {
+		return fmt.Errorf("%w: %s", ErrPrivateAddress, a)
+	}
+	return nil
+}
