@@ -25,8 +25,6 @@ func startDockerd(t *testing.T, mirror string) *dockerd {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := "unix://" + dir + "/docker.sock"
-	noNet := []string{"HTTP_PROXY=http://127.0.0.1:9", "HTTPS_PROXY=http://127.0.0.1:9", "NO_PROXY=127.0.0.1,localhost",
-		"http_proxy=http://127.0.0.1:9", "https_proxy=http://127.0.0.1:9", "no_proxy=127.0.0.1,localhost"}
 	args := []string{"--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
 		"--data-root", dir + "/data", "--exec-root", dir + "/exec", "--pidfile", dir + "/docker.pid", "-H", sock}
 	if mirror != "" {

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,35 +67,7 @@ func TestNexusStyleContainerd(t *testing.T) {
 	hubImg := n.hub.push(t, "library/e2e-ctr:v1", testImage(t, "amd64", 2, 256<<10))
 	ghcrImg := n.ghcr.pushAuth(t, "team/tool:v1", testImage(t, "amd64", 1, 256<<10), "ci-robot", "robot-token")
 
-	dir, err := os.MkdirTemp("/tmp", "cd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := dir + "/containerd.sock"
-	os.WriteFile(dir+"/config.toml", []byte(fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = %q
-`, dir+"/root", dir+"/state", sock)), 0o644)
-	noNet := []string{"HTTP_PROXY=http://127.0.0.1:9", "HTTPS_PROXY=http://127.0.0.1:9", "NO_PROXY=127.0.0.1,localhost",
-		"http_proxy=http://127.0.0.1:9", "https_proxy=http://127.0.0.1:9", "no_proxy=127.0.0.1,localhost"}
-	start(t, noNet, "containerd", "--config", dir+"/config.toml")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := runErr(5*time.Second, nil, "ctr", "-a", sock, "version"); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("containerd did not start")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	ctr := func(args ...string) string {
-		return run(t, 3*time.Minute, noNet, "ctr", append([]string{"-a", sock, "-n", "e2e"}, args...)...)
-	}
+	ctr := startContainerd(t)
 	for _, tc := range []struct{ ref, repo, digest string }{
 		{"docker.io/library/e2e-ctr:v1", "dockerhub", hubImg.String()},
 		{"ghcr.io/team/tool:v1", "ghcr", ghcrImg.String()},

@@ -470,3 +470,41 @@ func (b *berth) metric(t *testing.T, name string, want ...string) float64 {
 }
 
 func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
+
+// noNet is the environment of daemons that must not reach the internet:
+// their proxy is a closed loopback port (loopback itself is direct).
+var noNet = []string{"HTTP_PROXY=http://127.0.0.1:9", "HTTPS_PROXY=http://127.0.0.1:9", "NO_PROXY=127.0.0.1,localhost",
+	"http_proxy=http://127.0.0.1:9", "https_proxy=http://127.0.0.1:9", "no_proxy=127.0.0.1,localhost"}
+
+// startContainerd starts Debian's containerd (1.6) with its state under a
+// temp dir and no CRI, and returns a ctr runner in namespace e2e.
+func startContainerd(t *testing.T) func(args ...string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "cd") // short: the socket path has a length limit
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := dir + "/containerd.sock"
+	os.WriteFile(dir+"/config.toml", []byte(fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+`, dir+"/root", dir+"/state", sock)), 0o644)
+	start(t, noNet, "containerd", "--config", dir+"/config.toml")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := runErr(5*time.Second, nil, "ctr", "-a", sock, "version"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("containerd did not start")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return func(args ...string) string {
+		return run(t, 3*time.Minute, noNet, "ctr", append([]string{"-a", sock, "-n", "e2e"}, args...)...)
+	}
+}
