@@ -91,6 +91,9 @@ func printConfig(w io.Writer, cfg *Config) {
 		if len(ns) > 0 {
 			fmt.Fprintf(w, "  ?ns=%s → %s\n", strings.Join(ns, ", ?ns="), r.Name)
 		}
+		if r.ForwardNS {
+			fmt.Fprintf(w, "  ?ns=<any other registry> → %s, passed on to its upstream (forward_ns)\n", r.Name)
+		}
 	}
 }
 

@@ -108,6 +108,9 @@ type RepositoryConfig struct {
 	HTTPHosts            []string           `toml:"http_hosts"`
 	AllowPrivateNetworks bool               `toml:"allow_private_networks"`
 	Credentials          []CredentialConfig `toml:"credentials"`
+	// ForwardNS passes a ?ns= no other proxy answers on to this proxy's
+	// upstream, a mirror of many registries (a berth a tier up).
+	ForwardNS bool `toml:"forward_ns"`
 	// OfflinePeriod is how long a URL that failed gets no request. Default 1m.
 	OfflinePeriod Duration `toml:"offline_period"`
 	// ConnectTimeout bounds a connect and TLS handshake to the upstream.
@@ -424,6 +427,8 @@ func (c *Config) setRepositoryDefaults() error {
 				return err
 			}
 			switch {
+			case len(r.Hosts) > 0 && r.ForwardNS:
+				return fmt.Errorf("config: %s: forward_ns is for a proxy with url (its upstream picks the registry by ns)", where)
 			case len(r.Hosts) > 0 && (r.URL != "" || len(r.URLs) > 0):
 				return fmt.Errorf("config: %s: hosts and url are exclusive (hosts serves any registry it matches)", where)
 			case len(r.Hosts) > 0:
@@ -448,14 +453,14 @@ func (c *Config) setRepositoryDefaults() error {
 			if r.AnonymousPull == nil {
 				r.AnonymousPull = ptr(false)
 			}
-			if r.URL != "" || len(r.URLs) > 0 || len(r.Hosts) > 0 || len(r.Credentials) > 0 || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
+			if r.URL != "" || len(r.URLs) > 0 || len(r.Hosts) > 0 || len(r.Credentials) > 0 || r.ForwardNS || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
 				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
 			}
 		case "group":
 			if r.AnonymousPull == nil {
 				r.AnonymousPull = ptr(true)
 			}
-			if r.URL != "" || len(r.URLs) > 0 || len(r.Hosts) > 0 || len(r.Credentials) > 0 || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
+			if r.URL != "" || len(r.URLs) > 0 || len(r.Hosts) > 0 || len(r.Credentials) > 0 || r.ForwardNS || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
 				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
 			}
 		}

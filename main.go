@@ -180,34 +180,48 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 				repos = append(repos, r)
 				continue
 			}
-			var clients []*upstream.Client
 			caps := upstream.NewCaps(rc.MaxUpstreamConnections, int64(rc.MaxUpstreamBandwidth))
-			for _, u := range rc.upstreamURLs() {
-				c, err := upstream.New(upstream.Options{
-					URL: u, Username: rc.Username, Password: pw, UserAgent: "berth/" + versionString(), Logger: log,
-					ConnectTimeout: time.Duration(rc.ConnectTimeout), HeaderTimeout: time.Duration(rc.UpstreamTimeout),
-					IdleTimeout: time.Duration(rc.UpstreamIdleTimeout),
-					Caps:        caps,
-					Observe: func(method string, status int, d time.Duration, err error) {
-						upReqs.WithLabelValues(name, method, fmt.Sprint(status)).Inc()
-						upLatency.WithLabelValues(name).Observe(d.Seconds())
-					},
-				})
-				if err != nil {
-					st.Close()
-					return nil, fmt.Errorf("repository %q: %w", rc.Name, err)
+			// proxyOf makes the upstream of rc's URLs, asking for namespace ns
+			// (forward_ns) when not "".
+			proxyOf := func(ns string) (server.Upstream, string, error) {
+				var clients []*upstream.Client
+				for _, u := range rc.upstreamURLs() {
+					c, err := upstream.New(upstream.Options{
+						URL: u, Username: rc.Username, Password: pw, UserAgent: "berth/" + versionString(), Logger: log,
+						ConnectTimeout: time.Duration(rc.ConnectTimeout), HeaderTimeout: time.Duration(rc.UpstreamTimeout),
+						IdleTimeout: time.Duration(rc.UpstreamIdleTimeout),
+						Caps:        caps, Namespace: ns,
+						Observe: func(method string, status int, d time.Duration, err error) {
+							upReqs.WithLabelValues(name, method, fmt.Sprint(status)).Inc()
+							upLatency.WithLabelValues(name).Observe(d.Seconds())
+						},
+					})
+					if err != nil {
+						return nil, "", fmt.Errorf("repository %q: %w", rc.Name, err)
+					}
+					clients = append(clients, c)
 				}
-				clients = append(clients, c)
-			}
-			if len(clients) == 1 {
-				r.Upstream, r.UpstreamHost = clients[0], clients[0].Host()
-			} else {
+				if len(clients) == 1 {
+					return clients[0], clients[0].Host(), nil
+				}
 				f, err := upstream.NewFailover(clients, time.Duration(rc.OfflinePeriod), log)
 				if err != nil {
-					st.Close()
-					return nil, fmt.Errorf("repository %q: %w", rc.Name, err)
+					return nil, "", fmt.Errorf("repository %q: %w", rc.Name, err)
 				}
-				r.Upstream, r.UpstreamHost = f, f.Host()
+				return f, f.Host(), nil
+			}
+			up, host, err := proxyOf("")
+			if err != nil {
+				st.Close()
+				return nil, err
+			}
+			r.Upstream, r.UpstreamHost = up, host
+			if rc.ForwardNS {
+				r.ForwardNS = true
+				r.NewUpstream = func(ns string, _ bool) (server.Upstream, error) {
+					up, _, err := proxyOf(ns)
+					return up, err
+				}
 			}
 			r.DockerHub = upstream.IsDockerHub(r.UpstreamHost)
 			if rc.LibraryPrefix != nil {

@@ -58,6 +58,16 @@ func (s *Server) allowlistFor(host string) *repo {
 	return nil
 }
 
+// forwarder returns the first proxy that passes ?ns= on to its upstream.
+func (s *Server) forwarder() *repo {
+	for _, rp := range s.order {
+		if rp.Kind == KindProxy && rp.ForwardNS {
+			return rp
+		}
+	}
+	return nil
+}
+
 // privateAddr reports addresses berth does not dial for a client's
 // choice of host: loopback, private, link-local (the cloud metadata
 // address 169.254.169.254 is one), unspecified, multicast.
@@ -70,8 +80,8 @@ func privateAddr(a netip.Addr) bool {
 // checkHost refuses host when it resolves to an address the allowlist
 // proxy g may not reach. Nothing is dialled.
 func (s *Server) checkHost(ctx context.Context, g *repo, host string) error {
-	if g.AllowPrivateNetworks {
-		return nil
+	if g.AllowPrivateNetworks || g.ForwardNS {
+		return nil // a forwarded namespace is never dialled: it goes to g's upstream
 	}
 	name := host
 	if h, _, err := net.SplitHostPort(host); err == nil {
@@ -128,7 +138,7 @@ func (s *Server) hostProxy(ctx context.Context, g *repo, host string) (*repo, er
 		return nil, fmt.Errorf("upstream for %s: %w", host, err)
 	}
 	r := g.Repository
-	r.Name, r.Upstream, r.UpstreamHost, r.Hosts, r.NSAliases = g.Name+"/"+host, up, host, nil, nil
+	r.Name, r.Upstream, r.UpstreamHost, r.Hosts, r.NSAliases, r.ForwardNS = g.Name+"/"+host, up, host, nil, nil, false
 	rp = s.newRepo(r)
 	rp.parent = g
 	s.hosts.repos[key] = rp
@@ -157,7 +167,7 @@ func (s *Server) withHosts() []*repo {
 	var out []*repo
 	for _, rp := range s.order {
 		out = append(out, rp)
-		if len(rp.Hosts) > 0 {
+		if len(rp.Hosts) > 0 || rp.ForwardNS {
 			out = append(out, s.hostRepos(rp)...)
 		}
 	}

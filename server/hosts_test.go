@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -112,5 +113,46 @@ func TestAllowlistRefusesPrivateHosts(t *testing.T) {
 	}
 	if resp := l.b.get("GET", "/v2/org/app/manifests/v1?ns=public.test"); resp.StatusCode == http.StatusForbidden || l.made.Load() != 1 {
 		t.Errorf("a public host: %d, %d upstreams made", resp.StatusCode, l.made.Load())
+	}
+}
+
+// TestForwardNS: a proxy whose upstream is a mirror of many registries
+// passes a ?ns= no other proxy answers on to it, keeping each namespace
+// apart; without ns it asks without one.
+func TestForwardNS(t *testing.T) {
+	up := newFakeUpstream(t)
+	d := up.push("library/app", "v1", randomImage(t, 1024, 1))
+	var mu sync.Mutex
+	var seen []string
+	up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.Contains(r.URL.Path, "/manifests/") {
+			mu.Lock()
+			seen = append(seen, r.URL.Query().Get("ns"))
+			mu.Unlock()
+		}
+		return false
+	})
+	b := newTestBerth(t, up, func(r *Repository, o *Options) {
+		r.ForwardNS, r.DockerHub = true, true
+		r.NewUpstream = func(ns string, _ bool) (Upstream, error) {
+			return upstream.New(upstream.Options{URL: up.srv.URL, Namespace: ns})
+		}
+	})
+	for _, p := range []string{"/v2/library/app/manifests/v1?ns=docker.io", "/v2/library/app/manifests/v1?ns=mirror.example", "/v2/app/manifests/v1"} {
+		resp := b.get("GET", p)
+		readAll(t, resp)
+		if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != d.String() {
+			t.Fatalf("%s: %d", p, resp.StatusCode)
+		}
+	}
+	mu.Lock()
+	got := strings.Join(seen, ",")
+	mu.Unlock()
+	if got != "docker.io,mirror.example," {
+		t.Errorf("ns sent upstream: %q, want docker.io, mirror.example and none", got)
+	}
+	paths, _ := b.store.Repositories(context.Background(), "hub/")
+	if strings.Join(paths, " ") != "hub/docker.io/library/app hub/library/app hub/mirror.example/library/app" {
+		t.Errorf("store paths %v, want one per namespace", paths)
 	}
 }

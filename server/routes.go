@@ -223,6 +223,9 @@ func (s *Server) resolve(r *http.Request, listenerRepo, name string) (*repo, str
 		if rp == nil {
 			g := s.allowlistFor(ns)
 			if g == nil {
+				g = s.forwarder()
+			}
+			if g == nil {
 				return nil, "", errf(codeNameUnknown, "no repository serves namespace %q", ns)
 			}
 			hp, err := s.hostProxy(r.Context(), g, ns)

@@ -62,6 +62,10 @@ type Repository struct {
 	HTTPHosts            []string
 	AllowPrivateNetworks bool
 	NewUpstream          func(host string, plainHTTP bool) (Upstream, error)
+	// ForwardNS: the upstream is a mirror of many registries (a berth a
+	// tier up). A ?ns= no other proxy answers is passed on to it, through
+	// a proxy NewUpstream makes per namespace (kept apart in the store).
+	ForwardNS bool
 
 	AnonymousPull bool
 	// AnonymousPush lets anyone push to a hosted repository (labs, CI
@@ -156,6 +160,8 @@ func New(opts Options) (*Server, error) {
 		case r.Kind != KindProxy:
 		case len(r.Hosts) > 0 && (r.Upstream != nil || r.NewUpstream == nil):
 			return nil, fmt.Errorf("server: proxy repository %q: hosts needs NewUpstream and no Upstream", r.Name)
+		case r.ForwardNS && (r.Upstream == nil || r.NewUpstream == nil):
+			return nil, fmt.Errorf("server: proxy repository %q: forward_ns needs Upstream and NewUpstream", r.Name)
 		case len(r.Hosts) == 0 && r.Upstream == nil:
 			return nil, fmt.Errorf("server: proxy repository %q has no upstream", r.Name)
 		}

@@ -56,6 +56,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Transport is the base transport. Nil means a pooled http.Transport.
 	Transport http.RoundTripper
+	// Namespace, when set, is sent as ?ns=<namespace> with every registry
+	// request: the upstream is a mirror (another berth, a tier up) that
+	// serves many registries and picks one by ns, as containerd asks.
+	Namespace string
 	// RefusePrivateNetworks refuses connections to loopback, private,
 	// link-local (the cloud metadata address) and unspecified addresses,
 	// checked at connect time, after DNS: for upstreams whose host a
@@ -321,6 +325,13 @@ func (c *Client) do(ctx context.Context, image, method, path string, hdr http.He
 	release, err := c.acquire(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if c.opts.Namespace != "" {
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		path += sep + "ns=" + url.QueryEscape(c.opts.Namespace)
 	}
 	// The request's own context, cancelled when its body has been idle for
 	// IdleTimeout (or is closed).
