@@ -68,17 +68,23 @@ type tempBlob interface {
 
 var _ tempBlob = (*store.BlobWriter)(nil)
 
-// fetchFunc starts the upstream transfer: it returns the body and its
-// length (-1 when unknown).
-type fetchFunc func(ctx context.Context) (body io.ReadCloser, size int64, err error)
+// fetchFunc starts the upstream transfer from byte offset on (0: the whole
+// blob): it returns the body, positioned at offset, and the blob's length
+// (-1 when unknown).
+type fetchFunc func(ctx context.Context, offset int64) (body io.ReadCloser, size int64, err error)
+
+// maxResumes bounds how often one download continues after its upstream
+// stream broke.
+const maxResumes = 3
 
 // fetchJob is one blob to download: where its bytes come from, the link
 // recorded when it is stored, and whom to tell how it ended.
 type fetchJob struct {
-	want  store.Digest
-	fetch fetchFunc
-	link  store.Link  // recorded with the blob when it commits
-	ended func(error) // told the result once (metrics, logs); may be nil
+	want    store.Digest
+	fetch   fetchFunc
+	link    store.Link  // recorded with the blob when it commits
+	ended   func(error) // told the result once (metrics, logs); may be nil
+	resumed func()      // told each time a broken stream continues; may be nil
 }
 
 // errDownloadPanicked is a download's result when its goroutine panicked.
@@ -140,7 +146,7 @@ func (d *download) run(job fetchJob) {
 	defer func() { d.finish(err, job.ended) }()
 	ctx, cancel := context.WithTimeout(context.Background(), d.g.timeout)
 	defer cancel()
-	if err = d.transfer(ctx, job.fetch); err != nil {
+	if err = d.transfer(ctx, job); err != nil {
 		return
 	}
 	if err = d.w.Verify(d.want, -1); err != nil {
@@ -169,15 +175,20 @@ func (d *download) finish(err error, onDone func(error)) {
 	}
 }
 
-func (d *download) transfer(ctx context.Context, fetch fetchFunc) error {
-	body, size, err := fetch(ctx)
+// transfer copies the upstream body into the temp file. A stream that
+// breaks (reset, timeout, a body idle for upstream_idle_timeout) continues
+// from the last byte on disk, up to maxResumes times, instead of failing
+// every reader: readers see a pause, not an error.
+func (d *download) transfer(ctx context.Context, job fetchJob) error {
+	body, size, err := job.fetch(ctx, 0)
 	if err != nil {
 		d.update(func() { d.started, d.err = true, err })
 		return err
 	}
-	defer body.Close()
+	defer func() { body.Close() }()
 	d.update(func() { d.started, d.size = true, size })
 	buf := make([]byte, 256<<10)
+	resumes := 0
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
@@ -195,8 +206,23 @@ func (d *download) transfer(ctx context.Context, fetch fetchFunc) error {
 			}
 			return nil
 		}
-		if rerr != nil {
-			return fmt.Errorf("%w: reading the blob: %w", errUpstreamBroken, rerr)
+		if rerr == nil {
+			continue
+		}
+		broken := fmt.Errorf("%w: reading the blob: %w", errUpstreamBroken, rerr)
+		if size < 0 || resumes == maxResumes || ctx.Err() != nil {
+			return broken
+		}
+		resumes++
+		body.Close()
+		next, _, err := job.fetch(ctx, d.written)
+		if err != nil {
+			body = io.NopCloser(nil)
+			return fmt.Errorf("%w (resuming at byte %d: %w)", broken, d.written, err)
+		}
+		body = next
+		if job.resumed != nil {
+			job.resumed()
 		}
 	}
 }

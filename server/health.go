@@ -130,8 +130,8 @@ func (o observedUpstream) Blob(ctx context.Context, method, image, dgst string) 
 	return resp, err
 }
 
-func (o observedUpstream) BlobFrom(ctx context.Context, image, dgst string, offset int64) (*http.Response, error) {
-	resp, err := o.Upstream.BlobFrom(ctx, image, dgst, offset)
+func (o observedUpstream) BlobRange(ctx context.Context, image, dgst string, start, end int64) (*http.Response, error) {
+	resp, err := o.Upstream.BlobRange(ctx, image, dgst, start, end)
 	o.h.observe(err)
 	return resp, err
 }

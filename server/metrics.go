@@ -19,6 +19,7 @@ type metrics struct {
 	servedBytes     *prometheus.CounterVec   // repository, source
 	upstreamBytes   *prometheus.CounterVec   // repository
 	upstreamErrors  *prometheus.CounterVec   // repository, reason
+	resumed         *prometheus.CounterVec   // repository
 	inflight        prometheus.Gauge
 	digestMismatch  *prometheus.CounterVec // repository
 	passThrough     *prometheus.CounterVec // repository, reason
@@ -68,6 +69,9 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 		servedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_served_bytes_total", Help: "Bytes of manifests and blobs sent to clients, by where they came from (cache, upstream).",
 		}, []string{"repository", "source"}),
+		resumed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_upstream_resumed_total", Help: "Upstream blob downloads that broke and continued from the last byte on disk.",
+		}, []string{"repository"}),
 		upstreamBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_upstream_bytes_total", Help: "Bytes of manifests and blobs read from upstream registries.",
 		}, []string{"repository"}),
@@ -93,7 +97,7 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 		Name: "berth_disk_full_total", Help: "Requests refused (507) because the data directory's disk was full.",
 	})
 	reg.MustRegister(m.panics, m.diskFull, m.requests, m.requestDuration, m.cache, m.servedBytes,
-		m.upstreamBytes, m.upstreamErrors, m.inflight, m.digestMismatch, m.passThrough)
+		m.upstreamBytes, m.upstreamErrors, m.resumed, m.inflight, m.digestMismatch, m.passThrough)
 	if st != nil {
 		counter := func(name, help string, f func(store.Counters) int64) prometheus.Collector {
 			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f(st.Counters())) })
@@ -145,6 +149,7 @@ func (m *metrics) initRepository(name string, proxy bool) {
 			m.upstreamErrors.WithLabelValues(name, reason)
 		}
 		m.upstreamBytes.WithLabelValues(name)
+		m.resumed.WithLabelValues(name)
 		m.digestMismatch.WithLabelValues(name)
 		m.passThrough.WithLabelValues(name, "store_error")
 	}

@@ -63,7 +63,7 @@ func (u panickyUpstream) Referrers(ctx context.Context, image, dgst, artifactTyp
 	panic("upstream Referrers")
 }
 
-func (u panickyUpstream) BlobFrom(ctx context.Context, image, dgst string, offset int64) (*http.Response, error) {
+func (u panickyUpstream) BlobRange(ctx context.Context, image, dgst string, start, end int64) (*http.Response, error) {
 	return u.Blob(ctx, http.MethodGet, image, dgst)
 }
 

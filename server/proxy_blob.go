@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/berth-registry/berth/store"
 	"github.com/berth-registry/berth/upstream"
@@ -159,6 +160,10 @@ func (s *Server) blobJob(rp *repo, image string, d store.Digest) fetchJob {
 		want:  d,
 		fetch: s.blobFetcher(rp, image, d),
 		link:  store.Link{Repo: rp.Name + "/" + image, Kind: store.LinkFetched},
+		resumed: func() {
+			s.m.resumed.WithLabelValues(rp.Name).Inc()
+			s.log.Info("upstream blob stream broke; resumed from the last byte on disk", "repository", rp.Name, "name", image, "digest", d)
+		},
 		ended: func(err error) {
 			switch {
 			case err == nil:
@@ -175,15 +180,51 @@ func (s *Server) blobJob(rp *repo, image string, d store.Digest) fetchJob {
 }
 
 // blobFetcher returns the function that GETs blob d of image upstream,
-// counting bytes and mismatches.
+// from an offset when a broken download resumes, counting the bytes.
 func (s *Server) blobFetcher(rp *repo, image string, d store.Digest) fetchFunc {
-	return func(ctx context.Context) (io.ReadCloser, int64, error) {
-		resp, err := rp.Upstream.Blob(ctx, http.MethodGet, image, d.String())
+	total := int64(-1) // the blob's size, from the first answer
+	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+		end := int64(-1)
+		if offset > 0 && total > 0 {
+			end = total - 1
+		}
+		resp, err := rp.Upstream.BlobRange(ctx, image, d.String(), offset, end)
 		if err != nil {
 			return nil, -1, err
 		}
-		return &countingBody{ReadCloser: resp.Body, add: s.m.upstreamBytes.WithLabelValues(rp.Name).Add}, resp.ContentLength, nil
+		body := io.ReadCloser(&countingBody{ReadCloser: resp.Body, add: s.m.upstreamBytes.WithLabelValues(rp.Name).Add})
+		if offset == 0 {
+			total = resp.ContentLength
+			return body, resp.ContentLength, nil
+		}
+		switch start, ok := contentRangeStart(resp.Header.Get("Content-Range")); {
+		case resp.StatusCode == http.StatusPartialContent && ok && start == offset:
+			return body, -1, nil
+		case resp.StatusCode == http.StatusOK:
+			// The upstream ignored Range: skip what is on disk already.
+			if _, err := io.CopyN(io.Discard, body, offset); err != nil {
+				body.Close()
+				return nil, -1, fmt.Errorf("%w: skipping to byte %d: %w", errUpstreamBroken, offset, err)
+			}
+			return body, -1, nil
+		}
+		body.Close()
+		return nil, -1, fmt.Errorf("%w: asked for bytes from %d, got %d with Content-Range %q", errUpstreamBroken, offset, resp.StatusCode, resp.Header.Get("Content-Range"))
 	}
+}
+
+// contentRangeStart reads the first byte of "bytes a-b/n".
+func contentRangeStart(v string) (int64, bool) {
+	v, ok := strings.CutPrefix(v, "bytes ")
+	if !ok {
+		return 0, false
+	}
+	a, _, ok := strings.Cut(v, "-")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(a, 10, 64)
+	return n, err == nil && n >= 0
 }
 
 type countingBody struct {
@@ -228,7 +269,7 @@ func (s *Server) passThrough(w http.ResponseWriter, r *http.Request, rp *repo, i
 	ctx := r.Context()
 	s.m.passThrough.WithLabelValues(rp.Name, "store_error").Inc()
 	s.log.Error("store cannot cache, passing upstream through", "repository", rp.Name, "name", image, "digest", d, "offset", sent, "err", cause)
-	resp, err := rp.Upstream.BlobFrom(ctx, image, d.String(), sent)
+	resp, err := rp.Upstream.BlobRange(ctx, image, d.String(), sent, -1)
 	if err != nil {
 		if started {
 			return err

@@ -30,9 +30,9 @@ const (
 type Upstream interface {
 	Manifest(ctx context.Context, method, image, ref string) (*http.Response, error)
 	Blob(ctx context.Context, method, image, dgst string) (*http.Response, error)
-	// BlobFrom GETs a blob from byte offset on (a Range request when
-	// offset > 0).
-	BlobFrom(ctx context.Context, image, dgst string, offset int64) (*http.Response, error)
+	// BlobRange GETs bytes start to end of a blob (a Range request when
+	// start > 0; end < 0 means to the end).
+	BlobRange(ctx context.Context, image, dgst string, start, end int64) (*http.Response, error)
 	Tags(ctx context.Context, image string, query url.Values) (*http.Response, error)
 	// Referrers GETs the referrers index of manifest dgst (artifactType
 	// filters when not "").

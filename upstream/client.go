@@ -412,12 +412,17 @@ func (c *Client) Blob(ctx context.Context, method, image, dgst string) (*http.Re
 	return c.do(ctx, image, method, "/v2/"+image+"/blobs/"+dgst, nil)
 }
 
-// BlobFrom GETs image's blob dgst from byte offset on; for offset > 0 it
-// sends a Range request and a 206 answer carries the rest.
-func (c *Client) BlobFrom(ctx context.Context, image, dgst string, offset int64) (*http.Response, error) {
+// BlobRange GETs bytes start to end (inclusive) of image's blob dgst;
+// for start > 0 it sends a Range request ("bytes=start-end", or
+// "bytes=start-" when end < 0: some registries take closed ranges only),
+// and a 206 answer carries them.
+func (c *Client) BlobRange(ctx context.Context, image, dgst string, start, end int64) (*http.Response, error) {
 	var hdr http.Header
-	if offset > 0 {
-		hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-", offset)}}
+	switch {
+	case start > 0 && end >= start:
+		hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", start, end)}}
+	case start > 0:
+		hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-", start)}}
 	}
 	return c.do(ctx, image, http.MethodGet, "/v2/"+image+"/blobs/"+dgst, hdr)
 }

@@ -148,9 +148,9 @@ func (f *Failover) Blob(ctx context.Context, method, image, dgst string) (*http.
 	return resp, err
 }
 
-// BlobFrom asks first the URL that served image's manifest.
-func (f *Failover) BlobFrom(ctx context.Context, image, dgst string, offset int64) (*http.Response, error) {
-	resp, _, err := f.try(ctx, f.preferred(image), func(c *Client) (*http.Response, error) { return c.BlobFrom(ctx, image, dgst, offset) })
+// BlobRange asks first the URL that served image's manifest.
+func (f *Failover) BlobRange(ctx context.Context, image, dgst string, start, end int64) (*http.Response, error) {
+	resp, _, err := f.try(ctx, f.preferred(image), func(c *Client) (*http.Response, error) { return c.BlobRange(ctx, image, dgst, start, end) })
 	return resp, err
 }
 

@@ -30,6 +30,7 @@ const (
 	IgnoreRange  Fault = "ignore-range" // drop the Range header: 200 with the whole body
 	HeadNotFound Fault = "head-404"     // 404 to every HEAD
 	LyingLength  Fault = "lying-length" // a Content-Length 100 bytes longer than the body
+	ResetOnce    Fault = "reset-once"   // Reset for the first matching GET only, then relay as is
 )
 
 // All lists every fault but None, in a stable order.
@@ -56,6 +57,7 @@ type Proxy struct {
 	target  Target
 	cleared chan struct{} // closed when the fault changes (ends hangs)
 	counts  map[string]int
+	onceHit bool // ResetOnce has reset its request
 }
 
 // Start listens on 127.0.0.1 (a free port) and relays to upstream
@@ -85,7 +87,7 @@ func (p *Proxy) Close() error {
 func (p *Proxy) Set(f Fault, t Target) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.fault, p.target = f, t
+	p.fault, p.target, p.onceHit = f, t, false
 	close(p.cleared)
 	p.cleared = make(chan struct{})
 }
@@ -120,6 +122,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.mu.Unlock()
 	if k == "ping" || !(t == Any || (t == Blobs && k == "blob") || (t == Manifests && k == "manifest")) {
 		f = None
+	}
+	if f == ResetOnce {
+		p.mu.Lock()
+		f = None
+		if !p.onceHit && r.Method == http.MethodGet {
+			p.onceHit, f = true, Reset
+		}
+		p.mu.Unlock()
 	}
 	switch f {
 	case Hang:

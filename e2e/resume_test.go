@@ -1,0 +1,45 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-registry/berth/internal/faultproxy"
+)
+
+// TestResumeE2E: the built binary in front of distribution's registry
+// behind the fault proxy, whose first blob GET is cut halfway with a TCP
+// reset: berth continues the download from the last byte on disk, crane
+// gets the upstream's digests, and the resume is counted.
+func TestResumeE2E(t *testing.T) {
+	up := startRegistry(t)
+	want := up.push(t, "library/big:v1", testImage(t, "amd64", 1, 8<<20))
+	fp, err := faultproxy.Start(up.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fp.Close() })
+	b := startBerth(t, fmt.Sprintf(`
+[[repository]]
+name = "up"
+kind = "proxy"
+url = "http://%s"
+library_prefix = true
+`, fp.Addr()))
+	fp.Set(faultproxy.ResetOnce, faultproxy.Blobs)
+	out := run(t, 2*time.Minute, nil, tool("crane"), "pull", "--insecure", b.addr+"/big:v1", filepath.Join(t.TempDir(), "big.tar"))
+	if got := strings.TrimSpace(run(t, time.Minute, nil, tool("crane"), "digest", "--insecure", b.addr+"/big:v1")); got != want.String() {
+		t.Fatalf("digest through a cut stream: %s, want %s (%s)", got, want, out)
+	}
+	if n := b.metric(t, "berth_upstream_resumed_total"); n != 1 {
+		t.Errorf("berth_upstream_resumed_total = %v, want 1", n)
+	}
+	if n := fp.Count("GET blob"); n < 2 {
+		t.Errorf("%d blob GETs at the upstream: the cut one and the resume expected", n)
+	}
+}
