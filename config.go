@@ -108,6 +108,9 @@ type RepositoryConfig struct {
 	HTTPHosts            []string           `toml:"http_hosts"`
 	AllowPrivateNetworks bool               `toml:"allow_private_networks"`
 	Credentials          []CredentialConfig `toml:"credentials"`
+	// EagerLayers starts the downloads of an image's config and layers
+	// when its manifest is served, before the client asks (default true).
+	EagerLayers *bool `toml:"eager_layers"`
 	// ForwardNS passes a ?ns= no other proxy answers on to this proxy's
 	// upstream, a mirror of many registries (a berth a tier up).
 	ForwardNS bool `toml:"forward_ns"`
@@ -422,6 +425,9 @@ func (c *Config) setRepositoryDefaults() error {
 		case "proxy":
 			if r.AnonymousPull == nil {
 				r.AnonymousPull = ptr(true)
+			}
+			if r.EagerLayers == nil {
+				r.EagerLayers = ptr(true)
 			}
 			if err := r.checkHosts(where); err != nil {
 				return err

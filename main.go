@@ -136,6 +136,7 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 			Members: rc.Members, PushTo: rc.PushTo,
 		}
 		if rc.Kind == "proxy" {
+			r.EagerLayers = rc.EagerLayers == nil || *rc.EagerLayers
 			pw, err := rc.password()
 			if err != nil {
 				st.Close()

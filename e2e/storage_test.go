@@ -94,6 +94,17 @@ func mustLayer(t *testing.T, img v1.Image) string {
 	return d.String()
 }
 
+// mustLayers lists img's layer digests.
+func mustLayers(t *testing.T, img v1.Image) []string {
+	layers, _ := img.Layers()
+	var out []string
+	for _, l := range layers {
+		d, _ := l.Digest()
+		out = append(out, d.String())
+	}
+	return out
+}
+
 // TestEvictionAndGCOnline: with a small max_size, pulls keep the cache
 // under it while serving; deleting a hosted manifest and asking the
 // running server through `berth gc` frees its blobs.

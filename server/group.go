@@ -142,6 +142,9 @@ func (s *Server) groupManifest(w http.ResponseWriter, r *http.Request, g *repo, 
 			continue
 		}
 		g.served.Add(image, m)
+		if m.Kind == KindProxy {
+			s.eagerLayers(m, img, a.m)
+		}
 		info := infoOf(r.Context())
 		info.repo = g.Name
 		if info.source == "" {

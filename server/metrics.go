@@ -20,6 +20,7 @@ type metrics struct {
 	upstreamBytes   *prometheus.CounterVec   // repository
 	upstreamErrors  *prometheus.CounterVec   // repository, reason
 	resumed         *prometheus.CounterVec   // repository
+	eager           *prometheus.CounterVec   // repository
 	inflight        prometheus.Gauge
 	digestMismatch  *prometheus.CounterVec // repository
 	passThrough     *prometheus.CounterVec // repository, reason
@@ -69,6 +70,9 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 		servedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_served_bytes_total", Help: "Bytes of manifests and blobs sent to clients, by where they came from (cache, upstream).",
 		}, []string{"repository", "source"}),
+		eager: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_eager_downloads_total", Help: "Blob downloads started when their image manifest was served, before a client asked (eager_layers).",
+		}, []string{"repository"}),
 		resumed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_upstream_resumed_total", Help: "Upstream blob downloads that broke and continued from the last byte on disk.",
 		}, []string{"repository"}),
@@ -97,7 +101,7 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 		Name: "berth_disk_full_total", Help: "Requests refused (507) because the data directory's disk was full.",
 	})
 	reg.MustRegister(m.panics, m.diskFull, m.requests, m.requestDuration, m.cache, m.servedBytes,
-		m.upstreamBytes, m.upstreamErrors, m.resumed, m.inflight, m.digestMismatch, m.passThrough)
+		m.upstreamBytes, m.upstreamErrors, m.resumed, m.eager, m.inflight, m.digestMismatch, m.passThrough)
 	if st != nil {
 		counter := func(name, help string, f func(store.Counters) int64) prometheus.Collector {
 			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f(st.Counters())) })
@@ -150,6 +154,7 @@ func (m *metrics) initRepository(name string, proxy bool) {
 		}
 		m.upstreamBytes.WithLabelValues(name)
 		m.resumed.WithLabelValues(name)
+		m.eager.WithLabelValues(name)
 		m.digestMismatch.WithLabelValues(name)
 		m.passThrough.WithLabelValues(name, "store_error")
 	}

@@ -25,6 +25,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, rp *repo, im
 		if err != nil {
 			return err
 		}
+		s.eagerLayers(rp, image, a.m)
 		return a.write(w, r)
 	case routeBlob:
 		return s.proxyBlob(w, r, rp, image, rt.digest)

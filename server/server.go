@@ -66,6 +66,9 @@ type Repository struct {
 	// tier up). A ?ns= no other proxy answers is passed on to it, through
 	// a proxy NewUpstream makes per namespace (kept apart in the store).
 	ForwardNS bool
+	// EagerLayers starts the downloads of an image manifest's config and
+	// layers as soon as the manifest is served (eager.go).
+	EagerLayers bool
 
 	AnonymousPull bool
 	// AnonymousPush lets anyone push to a hosted repository (labs, CI
@@ -120,6 +123,7 @@ type Server struct {
 	uploadLimit *uploadLimiter
 
 	hosts    hostProxies // per-host proxies of allowlist repositories (hosts.go)
+	eager    *eager      // eager layer downloads (eager.go)
 	resolver interface {
 		LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 	}
@@ -148,7 +152,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Resolver == nil {
 		opts.Resolver = net.DefaultResolver
 	}
-	s := &Server{opts: opts, repos: map[string]*repo{}, log: opts.Logger, hosts: hostProxies{repos: map[string]*repo{}},
+	s := &Server{opts: opts, repos: map[string]*repo{}, log: opts.Logger, hosts: hostProxies{repos: map[string]*repo{}}, eager: newEager(),
 		resolver:     opts.Resolver,
 		loggedCauses: lru.New[string, struct{}](1000, time.Minute)}
 	s.blobs, s.manifests, s.pushes, s.index, s.ops = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
