@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 ARGS    ?=
 
-.PHONY: all build run tools test unit stress e2e lint fuzz bench soak clean
+.PHONY: all build run tools test unit stress e2e lint fuzz bench soak clean image image-push
 
 all: build
 
@@ -16,6 +16,19 @@ build:
 ## run: build and serve with the default config (Docker Hub proxy on :5000, data in ./berth-data)
 run: build
 	./$(BIN) serve $(ARGS)
+
+## image: berth's OCI image for linux/amd64 and linux/arm64, without a Docker daemon (build/berth-image.tar, an OCI layout)
+PLATFORMS := linux/amd64 linux/arm64
+image:
+	for p in $(PLATFORMS); do \
+	  CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o build/berth-$${p%/*}-$${p#*/} . || exit 1; \
+	done
+	$(GO) run ./scripts/mkimage -version $(VERSION) -out build/berth-image.tar $(foreach p,$(PLATFORMS),$(p)=build/berth-$(subst /,-,$(p)))
+
+## image-push REGISTRY=host:port/repo [INSECURE=1]: build the image and push it as $(REGISTRY):$(VERSION)
+image-push: image
+	@test -n "$(REGISTRY)" || { echo "make image-push REGISTRY=host[:port]/repository"; exit 2; }
+	$(GO) run ./scripts/mkimage -version $(VERSION) -push $(REGISTRY):$(VERSION) $(if $(INSECURE),-insecure) $(foreach p,$(PLATFORMS),$(p)=build/berth-$(subst /,-,$(p)))
 
 ## tools: install the pinned test tools (registry, crane, regctl, oras, conformance, skopeo, docker.io)
 tools:

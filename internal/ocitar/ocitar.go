@@ -276,3 +276,9 @@ func (a *Archive) readDockerSave(file string) error {
 	}
 	return nil
 }
+
+// AddIndex writes idx (its manifests and their blobs) and names it
+// refName in the layout's index.
+func (w *Writer) AddIndex(idx v1.ImageIndex, refName string) error {
+	return w.p.AppendIndex(idx, layout.WithAnnotations(map[string]string{annotationRefName: refName, annotationContainerd: refName}))
+}
