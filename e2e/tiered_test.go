@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-registry/berth/internal/faultproxy"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
@@ -23,8 +24,9 @@ import (
 // containerd with only _default/hosts.toml naming the site pulls from
 // both registries through both tiers (forward_ns, no ns_aliases at the
 // site); a HEAD of an uncached blob at the site answers with its size;
-// 20 concurrent cold pulls at the site make one origin GET per blob; with
-// the regional tier down the site serves what it cached.
+// 20 concurrent cold pulls at the site make one origin GET per blob; an
+// origin's 429 with Retry-After reaches the client; with the regional tier
+// down the site serves what it cached.
 func TestTiered(t *testing.T) {
 	hub, ghcr := startRegistry(t), startRegistry(t)
 	tierImg := testImage(t, "amd64", 2, 256<<10)
@@ -32,6 +34,12 @@ func TestTiered(t *testing.T) {
 	toolDigest := ghcr.push(t, "team/tool:v1", testImage(t, "amd64", 1, 128<<10))
 	coldImg := testImage(t, "amd64", 3, 512<<10)
 	hub.push(t, "library/cold:v1", coldImg)
+	hub.push(t, "library/limited:v1", testImage(t, "amd64", 1, 1024))
+	fp, err := faultproxy.Start(hub.proxy) // the origin's own faults (429)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fp.Close() })
 
 	read := func(f string) string {
 		b, err := os.ReadFile(filepath.Join("../examples/tiered", f))
@@ -42,7 +50,7 @@ func TestTiered(t *testing.T) {
 	}
 	regional := startBerth(t, strings.NewReplacer(
 		`url = "https://registry-1.docker.io"   # answers ?ns=docker.io`,
-		`url = "http://`+hub.proxy+`"
+		`url = "http://`+fp.Addr()+`"
 ns_aliases = ["docker.io"]   # the lab stands in for Docker Hub
 library_prefix = true`,
 		`url = "https://ghcr.io"                # answers ?ns=ghcr.io`,
@@ -117,6 +125,19 @@ ns_aliases = ["ghcr.io"]`,
 			t.Errorf("blob %s: %d GETs at the origin for 20 cold pulls through two tiers, want 1", d, n)
 		}
 	}
+
+	// The origin rate-limits: its 429 and Retry-After reach the client
+	// through both tiers.
+	fp.Set(faultproxy.RateLimited, faultproxy.Manifests)
+	resp, err = http.Get("http://" + site.addr + "/v2/limited/manifests/v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("origin 429 through two tiers: %s, Retry-After %q", resp.Status, resp.Header.Get("Retry-After"))
+	}
+	fp.Set(faultproxy.None, faultproxy.Any)
 
 	// The regional tier goes down: the site serves what it has, stale.
 	regional.proc.stop(syscall.SIGTERM, 20*time.Second)
