@@ -427,3 +427,16 @@ func runMain(t *testing.T, cfg *Config) *Main {
 	m.Addrs() // listening
 	return m
 }
+
+// TestExportNeedsARunningBerth: export with no berth running says so and
+// how to point at one, instead of a bare "connection refused".
+func TestExportNeedsARunningBerth(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "berth.toml"), []byte("data_dir = \""+filepath.Join(dir, "data")+"\"\n[[repository]]\nname = \"hub\"\nkind = \"proxy\"\nurl = \"https://registry-1.docker.io\"\n"), 0o644)
+	for _, format := range []string{"oci", "docker-archive"} {
+		_, err := runCLI(t, dir, "export", "-c", "berth.toml", "--format", format, "--out", "x.tar", "nginx:1.27")
+		if err == nil || !strings.Contains(err.Error(), "export needs a running berth") || !strings.Contains(err.Error(), "--server") {
+			t.Errorf("%s: %v", format, err)
+		}
+	}
+}

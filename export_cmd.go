@@ -6,13 +6,17 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/berth-registry/berth/internal/ocitar"
 	"github.com/berth-registry/berth/server"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/urfave/cli/v2"
 )
 
@@ -27,6 +31,13 @@ func runExport(c *cli.Context, out io.Writer) error {
 		return err
 	}
 	base, ropts := registryTarget(c, cfg)
+	switch c.String("format") {
+	case "oci":
+	case "docker-archive":
+		return exportDockerArchive(c, cfg, out, base, ropts)
+	default:
+		return fmt.Errorf("export: --format %q: want oci or docker-archive", c.String("format"))
+	}
 	p, err := ocitar.NewWriter()
 	if err != nil {
 		return err
@@ -43,7 +54,7 @@ func runExport(c *cli.Context, out io.Writer) error {
 		}
 		desc, err := remote.Get(ref, ropts...)
 		if err != nil {
-			return fmt.Errorf("export %s: %w", img, explainRegistryErr(err))
+			return exportFailed(c, cfg, img, err)
 		}
 		// Collect the manifests and blobs first, so the bar knows the total.
 		var plan exportPlan
@@ -171,12 +182,80 @@ func refSep(ref string) string {
 func exportCommand(stdout, stderr io.Writer) *cli.Command {
 	return &cli.Command{
 		Name:      "export",
-		Usage:     "write images as an OCI image layout tarball (fetching what is not cached)",
+		Usage:     "write images as an OCI image layout tarball, or a docker save tarball (fetching what is not cached)",
 		ArgsUsage: "IMAGE...",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "out", Usage: "`FILE.tar` to write"},
+			&cli.StringFlag{Name: "format", Value: "oci", Usage: "`oci` (an OCI image layout: every platform, digests kept) or docker-archive (docker load, skopeo docker-archive:; one platform, manifest digests may change)"},
+			&cli.StringFlag{Name: "platform", Value: "linux/amd64", Usage: "`os/arch` of multi-platform images for docker-archive"},
 			&cli.StringFlag{Name: "creds", Usage: "`user:password` for protected repositories"},
 		}, serverFlags...),
 		Action: func(c *cli.Context) error { return runExport(c, stdout) },
 	}
+}
+
+// exportFailed explains a failed fetch of img from berth: most often no
+// berth answers where the command looked.
+func exportFailed(c *cli.Context, cfg *Config, img string, err error) error {
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
+		return notRunning(c, cfg, "export", err)
+	}
+	return fmt.Errorf("export %s: %w", img, explainRegistryErr(err))
+}
+
+// exportDockerArchive writes the images as one docker save tarball (for
+// docker load and skopeo's docker-archive:), one platform of each. Docker
+// stores the config and layers and makes its own manifest on load, so
+// manifest digests may differ from the registry's; layer and config
+// digests do not.
+func exportDockerArchive(c *cli.Context, cfg *Config, out io.Writer, base string, ropts []remote.Option) error {
+	osName, arch, ok := strings.Cut(c.String("platform"), "/")
+	if !ok {
+		return fmt.Errorf("export: --platform %q: want os/arch", c.String("platform"))
+	}
+	refs := map[name.Reference]v1.Image{}
+	for _, img := range c.Args().Slice() {
+		imgName, tag, err := server.ParseImageRef(img)
+		if err != nil {
+			return err
+		}
+		ref, err := berthRef(base, imgName+refSep(tag)+tag)
+		if err != nil {
+			return err
+		}
+		image, err := remote.Image(ref, append(slices.Clone(ropts), remote.WithPlatform(v1.Platform{OS: osName, Architecture: arch}))...)
+		if err != nil {
+			return exportFailed(c, cfg, img, err)
+		}
+		if strings.Contains(tag, ":") {
+			tag = "sha256-" + strings.TrimPrefix(tag, "sha256:") // docker save names images by tag
+		}
+		named, err := name.NewTag(imgName + ":" + tag)
+		if err != nil {
+			return err
+		}
+		refs[named] = image
+	}
+	f, err := os.CreateTemp(filepath.Dir(c.String("out")), ".berth-export-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if err := tarball.MultiRefWrite(refs, f); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), c.String("out")); err != nil {
+		return err
+	}
+	st, _ := os.Stat(c.String("out"))
+	fmt.Fprintf(out, "wrote %s (%s, docker save format, %s; manifest digests may differ after docker load)\n",
+		c.String("out"), humanSize(st.Size()), c.String("platform"))
+	return nil
 }

@@ -287,3 +287,33 @@ func TestSystemdUnit(t *testing.T) {
 func sha256Hex(b []byte) string {
 	return fmt.Sprintf("sha256:%x", sha256Sum(b))
 }
+
+// TestExportDockerArchive: berth export --format docker-archive writes a
+// docker save tarball that skopeo (docker-archive:) and docker load read,
+// with the image's config and layers; a multi-platform image is exported
+// for the platform asked.
+func TestExportDockerArchive(t *testing.T) {
+	up := startRegistry(t)
+	amd := testImage(t, "amd64", 2, 256<<10)
+	up.push(t, "library/arc-app:v1", amd)
+	arm := testImage(t, "arm64", 1, 128<<10)
+	up.pushIndex(t, "library/arc-multi:v1", map[string]v1.Image{"amd64": testImage(t, "amd64", 1, 128<<10), "arm64": arm})
+	b := startBerth(t, proxyConfig(up.proxy))
+	archive := filepath.Join(t.TempDir(), "images.tar")
+	out := run(t, 3*time.Minute, nil, berthBin, "export", "--server", "http://"+b.addr, "--format", "docker-archive",
+		"--platform", "linux/arm64", "--out", archive, "arc-app:v1", "arc-multi:v1")
+	if !strings.Contains(out, "docker save format") {
+		t.Fatalf("export: %s", out)
+	}
+	wantCfg, _ := arm.ConfigName()
+	insp := run(t, time.Minute, nil, "skopeo", "inspect", "--raw", "--config", "docker-archive:"+archive+":library/arc-multi:v1")
+	if got := sha256Hex([]byte(insp)); got != wantCfg.String() {
+		t.Fatalf("skopeo docker-archive: config %s, want the arm64 image's %s", got, wantCfg)
+	}
+	d := startDockerd(t, "")
+	d.docker(t, "load", "-i", archive)
+	appCfg, _ := amd.ConfigName()
+	if id := strings.TrimSpace(d.docker(t, "image", "inspect", "--format", "{{.Id}}", "arc-app:v1")); id != appCfg.String() {
+		t.Fatalf("docker load: image id %s, want the config digest %s", id, appCfg)
+	}
+}
