@@ -48,7 +48,10 @@ type PrefetchConfig struct {
 	Images       []string `toml:"images"`
 	Platforms    []string `toml:"platforms"`
 	AllPlatforms bool     `toml:"all_platforms"`
-	Every        Duration `toml:"every"`
+	// AllTags prefetches every tag of each image (names without a tag):
+	// a read replica of a primary's hosted repository.
+	AllTags bool     `toml:"all_tags"`
+	Every   Duration `toml:"every"`
 }
 
 // AuthConfig is the [auth] table.
@@ -490,6 +493,9 @@ func (c *Config) checkPrefetch() error {
 		for _, img := range p.Images {
 			if _, _, err := server.ParseImageRef(img); err != nil {
 				return fmt.Errorf("config: prefetch[%d]: %w", i, err)
+			}
+			if p.AllTags && strings.ContainsAny(img[strings.LastIndex(img, "/")+1:], ":@") {
+				return fmt.Errorf("config: prefetch[%d]: all_tags takes image names without a tag (%q)", i, img)
 			}
 		}
 		if p.Every != 0 && p.Every < Duration(time.Minute) {

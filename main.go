@@ -464,7 +464,7 @@ func (m *Main) prefetchLoop(ctx context.Context, p PrefetchConfig) {
 		for _, img := range p.Images {
 			start := time.Now()
 			var bytes int64
-			err := m.srv.Prefetch(ctx, m.cfg.DefaultRepository, img, server.PrefetchOptions{Platforms: p.Platforms, AllPlatforms: p.AllPlatforms},
+			err := m.srv.Prefetch(ctx, m.cfg.DefaultRepository, img, server.PrefetchOptions{Platforms: p.Platforms, AllPlatforms: p.AllPlatforms, AllTags: p.AllTags},
 				func(ev server.PrefetchEvent) {
 					if ev.Kind == "done" {
 						bytes = ev.DoneBytes

@@ -30,7 +30,7 @@ func runPrefetch(c *cli.Context, out, errOut io.Writer) error {
 	if p := c.String("platform"); p != "" {
 		platforms = strings.Split(p, ",")
 	}
-	body, _ := json.Marshal(map[string]any{"images": c.Args().Slice(), "platforms": platforms, "all_platforms": c.Bool("all-platforms")})
+	body, _ := json.Marshal(map[string]any{"images": c.Args().Slice(), "platforms": platforms, "all_platforms": c.Bool("all-platforms"), "all_tags": c.Bool("all-tags")})
 	base, client := adminClient(c, cfg)
 	resp, err := client.Post(base+"/admin/prefetch", "application/json", strings.NewReader(string(body)))
 	if err != nil {
@@ -107,6 +107,7 @@ func prefetchCommand(stdout, stderr io.Writer) *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "platform", Usage: "`os/arch[,...]` of multi-platform images (default linux/amd64)"},
 			&cli.BoolFlag{Name: "all-platforms", Usage: "every platform"},
+			&cli.BoolFlag{Name: "all-tags", Usage: "every tag of each IMAGE (names without a tag): keeps a read replica warm"},
 		}, serverFlags...),
 		Action: func(c *cli.Context) error { return runPrefetch(c, stdout, stderr) },
 	}

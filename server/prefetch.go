@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -30,10 +31,14 @@ type PrefetchEvent struct {
 	Error      string `json:"error,omitempty"`
 }
 
-// PrefetchOptions choose the platforms of multi-platform images.
+// PrefetchOptions choose the platforms of multi-platform images, and
+// whether every tag of the image is fetched.
 type PrefetchOptions struct {
 	Platforms    []string // "os/arch[/variant]"; empty means linux/amd64
 	AllPlatforms bool
+	// AllTags fetches every tag the image has (its tag list, through the
+	// same handler): a read replica of a hosted repository keeps them warm.
+	AllTags bool
 }
 
 // ParseImageRef splits "name[:tag][@digest]" into a name and a reference
@@ -67,6 +72,71 @@ func (s *Server) Prefetch(ctx context.Context, listener, image string, opts Pref
 	if progress == nil {
 		progress = func(PrefetchEvent) {}
 	}
+	if !opts.AllTags {
+		return s.prefetchOne(ctx, listener, image, opts, progress)
+	}
+	if strings.ContainsAny(image[strings.LastIndex(image, "/")+1:], ":@") {
+		return fmt.Errorf("prefetch %s: all tags means an image name without a tag or digest", image)
+	}
+	if err := validateName(image); err != nil {
+		return fmt.Errorf("image %q: %v", image, err)
+	}
+	tags, err := s.allTags(ctx, listener, image)
+	if err != nil {
+		return fmt.Errorf("prefetch %s: tag list: %w", image, err)
+	}
+	var failed []string
+	for _, tag := range tags {
+		if err := s.prefetchOne(ctx, listener, image+":"+tag, opts, progress); err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			progress(PrefetchEvent{Image: image + ":" + tag, Kind: "error", Error: err.Error()})
+			failed = append(failed, tag)
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("prefetch %s: %d of %d tags failed: %s", image, len(failed), len(tags), strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+// allTags reads image's whole tag list through the handler, page by page.
+func (s *Server) allTags(ctx context.Context, listener, image string) ([]string, error) {
+	h := s.Handler(listener)
+	ctx = context.WithValue(ctx, internalKey{}, true)
+	var all []string
+	last := ""
+	for page := 0; page < 1000; page++ {
+		q := url.Values{"n": {"1000"}}
+		if last != "" {
+			q.Set("last", last)
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "/v2/"+image+"/tags/list?"+q.Encode(), nil)
+		req.RemoteAddr = "127.0.0.1:0"
+		var buf strings.Builder
+		rw := &sinkWriter{header: http.Header{}, w: &limitedBuilder{b: &buf, max: 32 << 20}}
+		h.ServeHTTP(rw, req)
+		if rw.status != http.StatusOK {
+			return nil, fmt.Errorf("status %d", rw.status)
+		}
+		var list struct {
+			Tags []string `json:"tags"`
+		}
+		if err := json.Unmarshal([]byte(buf.String()), &list); err != nil {
+			return nil, err
+		}
+		all = append(all, list.Tags...)
+		if rw.header.Get("Link") == "" || len(list.Tags) == 0 {
+			return all, nil
+		}
+		last = list.Tags[len(list.Tags)-1]
+	}
+	return all, nil
+}
+
+// prefetchOne is Prefetch of one image reference.
+func (s *Server) prefetchOne(ctx context.Context, listener, image string, opts PrefetchOptions, progress func(PrefetchEvent)) error {
 	name, ref, err := ParseImageRef(image)
 	if err != nil {
 		return err
@@ -217,6 +287,7 @@ func (s *Server) adminPrefetch(listener string) func(w http.ResponseWriter, r *h
 			Images       []string `json:"images"`
 			Platforms    []string `json:"platforms"`
 			AllPlatforms bool     `json:"all_platforms"`
+			AllTags      bool     `json:"all_tags"`
 		}
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || len(req.Images) == 0 {
 			return errf(codeRequestInvalid, `want {"images":[...]}`)
@@ -233,7 +304,7 @@ func (s *Server) adminPrefetch(listener string) func(w http.ResponseWriter, r *h
 			}
 		}
 		for _, img := range req.Images {
-			err := s.Prefetch(r.Context(), listener, img, PrefetchOptions{Platforms: req.Platforms, AllPlatforms: req.AllPlatforms}, send)
+			err := s.Prefetch(r.Context(), listener, img, PrefetchOptions{Platforms: req.Platforms, AllPlatforms: req.AllPlatforms, AllTags: req.AllTags}, send)
 			if err != nil {
 				send(PrefetchEvent{Image: img, Kind: "error", Error: err.Error()})
 			}

@@ -1,6 +1,10 @@
 package server
 
-import "testing"
+import (
+	"context"
+	"strings"
+	"testing"
+)
 
 func TestParseImageRefs(t *testing.T) {
 	for _, tc := range []struct{ in, name, ref string }{
@@ -16,5 +20,25 @@ func TestParseImageRefs(t *testing.T) {
 	}
 	if _, _, err := ParseImageRef("Bad//Name"); err == nil {
 		t.Error("bad name accepted")
+	}
+}
+
+// TestPrefetchAllTags: every tag of an image is fetched, through the
+// handler, as a read replica needs.
+func TestPrefetchAllTags(t *testing.T) {
+	up := newFakeUpstream(t)
+	for _, tag := range []string{"v1", "v2", "v3"} {
+		up.push("library/app", tag, randomImage(t, 1024, 1))
+	}
+	b := newTestBerth(t, up, func(r *Repository, o *Options) { r.DockerHub = true })
+	if err := b.srv.Prefetch(context.Background(), "hub", "app", PrefetchOptions{AllTags: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	tags, err := b.store.Tags(context.Background(), "hub/library/app")
+	if err != nil || strings.Join(tags, ",") != "v1,v2,v3" {
+		t.Fatalf("tags cached: %v %v", tags, err)
+	}
+	if err := b.srv.Prefetch(context.Background(), "hub", "app:v1", PrefetchOptions{AllTags: true}, nil); err == nil {
+		t.Error("all tags of a tagged reference accepted")
 	}
 }
