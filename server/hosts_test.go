@@ -30,10 +30,9 @@ func (f fakeResolver) LookupNetIP(ctx context.Context, network, host string) ([]
 // bare IPs, "*"), each test host backed by a fake upstream; made counts
 // the upstreams berth made (none may be made for a refused host).
 type allowlistLab struct {
-	b     *testBerth
-	ups   map[string]*fakeUpstream
-	made  atomic.Int64
-	hosts []string
+	b    *testBerth
+	ups  map[string]*fakeUpstream
+	made atomic.Int64
 }
 
 func newAllowlistLab(t *testing.T, allowPrivate bool, hosts ...string) *allowlistLab {
