@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -23,7 +22,6 @@ import (
 
 	"github.com/berth-registry/berth/server"
 	"github.com/berth-registry/berth/store"
-	"github.com/berth-registry/berth/upstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/urfave/cli/v2"
@@ -136,97 +134,9 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 			Members: rc.Members, PushTo: rc.PushTo,
 		}
 		if rc.Kind == "proxy" {
-			r.EagerLayers = rc.EagerLayers == nil || *rc.EagerLayers
-			pw, err := rc.password()
-			if err != nil {
+			if err := setUpstream(&r, rc, log, upReqs, upLatency); err != nil {
 				st.Close()
 				return nil, err
-			}
-			name := rc.Name
-			if len(rc.Hosts) > 0 {
-				rc := rc
-				creds := map[string][2]string{}
-				for _, c := range rc.Credentials {
-					pw, err := c.password(rc.Name)
-					if err != nil {
-						st.Close()
-						return nil, err
-					}
-					creds[c.Host] = [2]string{c.Username, pw}
-				}
-				r.Hosts, r.HTTPHosts, r.AllowPrivateNetworks = rc.Hosts, rc.HTTPHosts, rc.AllowPrivateNetworks
-				r.NewUpstream = func(host string, plainHTTP bool) (server.Upstream, error) {
-					scheme := "https://"
-					if plainHTTP {
-						scheme = "http://"
-					}
-					var user, pass string
-					for pattern, c := range creds {
-						if ok, _ := path.Match(pattern, host); ok {
-							user, pass = c[0], c[1]
-						}
-					}
-					return upstream.New(upstream.Options{
-						URL: scheme + host, Username: user, Password: pass, UserAgent: "berth/" + versionString(), Logger: log,
-						ConnectTimeout: time.Duration(rc.ConnectTimeout), HeaderTimeout: time.Duration(rc.UpstreamTimeout),
-						IdleTimeout:           time.Duration(rc.UpstreamIdleTimeout),
-						RefusePrivateNetworks: !rc.AllowPrivateNetworks,
-						Caps:                  upstream.NewCaps(rc.MaxUpstreamConnections, int64(rc.MaxUpstreamBandwidth)),
-						Observe: func(method string, status int, d time.Duration, err error) {
-							upReqs.WithLabelValues(name+"/"+host, method, fmt.Sprint(status)).Inc()
-							upLatency.WithLabelValues(name + "/" + host).Observe(d.Seconds())
-						},
-					})
-				}
-				repos = append(repos, r)
-				continue
-			}
-			caps := upstream.NewCaps(rc.MaxUpstreamConnections, int64(rc.MaxUpstreamBandwidth))
-			// proxyOf makes the upstream of rc's URLs, asking for namespace ns
-			// (forward_ns) when not "".
-			proxyOf := func(ns string) (server.Upstream, string, error) {
-				var clients []*upstream.Client
-				for _, u := range rc.upstreamURLs() {
-					c, err := upstream.New(upstream.Options{
-						URL: u, Username: rc.Username, Password: pw, UserAgent: "berth/" + versionString(), Logger: log,
-						ConnectTimeout: time.Duration(rc.ConnectTimeout), HeaderTimeout: time.Duration(rc.UpstreamTimeout),
-						IdleTimeout: time.Duration(rc.UpstreamIdleTimeout),
-						Caps:        caps, Namespace: ns,
-						Observe: func(method string, status int, d time.Duration, err error) {
-							upReqs.WithLabelValues(name, method, fmt.Sprint(status)).Inc()
-							upLatency.WithLabelValues(name).Observe(d.Seconds())
-						},
-					})
-					if err != nil {
-						return nil, "", fmt.Errorf("repository %q: %w", rc.Name, err)
-					}
-					clients = append(clients, c)
-				}
-				if len(clients) == 1 {
-					return clients[0], clients[0].Host(), nil
-				}
-				f, err := upstream.NewFailover(clients, time.Duration(rc.OfflinePeriod), log)
-				if err != nil {
-					return nil, "", fmt.Errorf("repository %q: %w", rc.Name, err)
-				}
-				return f, f.Host(), nil
-			}
-			up, host, err := proxyOf("")
-			if err != nil {
-				st.Close()
-				return nil, err
-			}
-			r.Upstream, r.UpstreamHost = up, host
-			if rc.ForwardNS {
-				r.ForwardNS = true
-				r.NewUpstream = func(ns string, _ bool) (server.Upstream, error) {
-					up, _, err := proxyOf(ns)
-					return up, err
-				}
-			}
-			r.DockerHub = upstream.IsDockerHub(r.UpstreamHost)
-			if rc.LibraryPrefix != nil {
-				r.DockerHub = *rc.LibraryPrefix
 			}
 		}
 		repos = append(repos, r)
