@@ -270,10 +270,10 @@ func (s *Server) allowed(p principal, rp *repo, image, action string) bool {
 			return rp.AnonymousPush
 		}
 	}
-	if anyGlob(p.user.Push, rp.Name, image) {
-		return true
-	}
-	return action == actionPull && anyGlob(p.user.Pull, rp.Name, image)
+	// Signing in never takes a right away: what anyone may pull, a user
+	// may pull too (a CI robot with push on "local" still pulls public
+	// proxies through the same login, as on Docker Hub).
+	return s.granted(p, rp, image, action) || (action == actionPull && rp.AnonymousPull)
 }
 
 // memberReadable reports whether p may read member m's content through
@@ -283,10 +283,28 @@ func (s *Server) memberReadable(p principal, g, m *repo, image string) bool {
 	if p.internal {
 		return true
 	}
-	if p.user == nil {
-		return g.AnonymousPull && m.AnonymousPull
+	if g.AnonymousPull && m.AnonymousPull {
+		return true // what anyone may read through g
 	}
-	return s.allowed(p, g, image, actionPull) || s.allowed(p, m, memberImage(m, image), actionPull)
+	if p.user == nil {
+		return false
+	}
+	// A user's own grants on the group or the member; a group that is
+	// public does not open its private members.
+	mi := memberImage(m, image)
+	return s.granted(p, g, image, actionPull) || s.granted(p, m, mi, actionPull)
+}
+
+// granted reports p's own grants (users only), without what anonymous
+// clients may do.
+func (s *Server) granted(p principal, rp *repo, image, action string) bool {
+	if rp.parent != nil {
+		rp, image = rp.parent, rp.UpstreamHost+"/"+image
+	}
+	if anyGlob(p.user.Push, rp.Name, image) {
+		return true
+	}
+	return action == actionPull && anyGlob(p.user.Pull, rp.Name, image)
 }
 
 // actionFor is the action a request needs.

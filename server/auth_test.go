@@ -304,6 +304,9 @@ func TestGroupAnonymousReadsOnlyPublicMembers(t *testing.T) {
 	wantStatus(t, f.do("GET", "/v2/", nil, "Authorization", "Bearer "+anon), 200, "")
 	wantStatus(t, f.do("GET", "/v2/library/nginx/manifests/latest", nil, "Authorization", "Bearer "+anon), 200, "")
 	wantStatus(t, f.do("GET", "/v2/library/nginx/manifests/latest", nil), 200, "")
+	// Signing in takes nothing away: bob, with no grant on the public
+	// proxy, pulls from it as anyone may.
+	wantStatus(t, f.do("GET", "/v2/library/nginx/manifests/latest", nil, "Authorization", basic("bob", "bob-pw")), 200, "")
 	// Anonymous: a miss where private members might hold it is a
 	// challenge, so the client logs in and asks again.
 	resp := f.do("GET", "/v2/team-a/app/manifests/v1", nil)

@@ -4,9 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 
@@ -78,7 +76,6 @@ func TestResumeBrokenDownload(t *testing.T) {
 			up.push("library/app", "v1", img)
 			b := newTestBerth(t, up, func(r *Repository, o *Options) {
 				r.DockerHub = true
-				o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			})
 			cutOnce(up, tc.cut, tc.ignoreRange)
 			resp := b.get("GET", "/v2/app/blobs/"+ld.String())
