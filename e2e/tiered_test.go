@@ -56,6 +56,7 @@ library_prefix = true`,
 		`url = "https://ghcr.io"                # answers ?ns=ghcr.io`,
 		`url = "http://`+ghcr.proxy+`"
 ns_aliases = ["ghcr.io"]`,
+		`tag_ttl = "1h"`, `tag_ttl = "2s"`,
 	).Replace(read("regional.toml")))
 	site := startBerth(t, strings.NewReplacer(
 		"regional.internal:5000", regional.addr,
@@ -83,6 +84,35 @@ ns_aliases = ["ghcr.io"]`,
 	if got := strings.TrimSpace(run(t, time.Minute, nil, tool("crane"), "digest", "--insecure", site.addr+"/tier:v1")); got != tierDigest.String() {
 		t.Fatalf("crane through two tiers: %s, want %s", got, tierDigest)
 	}
+	// skopeo and a Docker daemon using the site as its mirror.
+	raw := run(t, time.Minute, nil, "skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+site.addr+"/tier:v1")
+	if got := sha256Hex([]byte(raw)); got != tierDigest.String() {
+		t.Fatalf("skopeo through two tiers: %s, want %s", got, tierDigest)
+	}
+	dk := startDockerd(t, site.addr)
+	dk.docker(t, "pull", "tier:v1")
+	if out := dk.docker(t, "image", "inspect", "--format", "{{json .RepoDigests}}", "tier:v1"); !strings.Contains(out, tierDigest.String()) {
+		t.Fatalf("docker mirror through two tiers: %s", out)
+	}
+
+	// A tag moved at the origin: the site still answers the old digest
+	// within its tag_ttl, and the new one within the two tag_ttls (1 s
+	// at the site + 2 s at the regional tier).
+	hub.push(t, "library/moved:v1", testImage(t, "amd64", 1, 1024))
+	run(t, time.Minute, nil, tool("crane"), "pull", "--insecure", site.addr+"/moved:v1", filepath.Join(t.TempDir(), "m.tar"))
+	moved := hub.push(t, "library/moved:v1", testImage(t, "amd64", 1, 2048))
+	movedAt := time.Now()
+	for {
+		got := strings.TrimSpace(run(t, time.Minute, nil, tool("crane"), "digest", "--insecure", site.addr+"/moved:v1"))
+		if got == moved.String() {
+			break
+		}
+		if time.Since(movedAt) > 3*time.Second+2*time.Second { // the two TTLs, and slack for the requests
+			t.Fatalf("a moved tag still served old %s after %s", got, time.Since(movedAt))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("a tag moved at the origin reached the site after %s (tag_ttl 1 s + 2 s)", time.Since(movedAt).Round(100*time.Millisecond))
 
 	// HEAD of a blob no tier has: the size, asked up the chain.
 	layers, _ := coldImg.Layers()
