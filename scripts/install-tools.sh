@@ -43,7 +43,7 @@ fi
 # Debian packages: skopeo (client), docker.io (a private dockerd for the seed
 # scenario), containerd, nginx (benchmark reference), chromium (the status
 # page test renders it in a real browser), systemd (systemd-analyze),
-# podman (a registries.conf path-prefix mirror client), haproxy (the
+# podman and buildah (registries.conf mirror clients), haproxy (the
 # cluster example's balancer, beside nginx).
 need=()
 command -v chromium >/dev/null || need+=(chromium)
@@ -55,6 +55,7 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v podman >/dev/null || need+=(podman)
 command -v haproxy >/dev/null || need+=(haproxy)
+command -v buildah >/dev/null || need+=(buildah)
 if ((${#need[@]})); then
   echo "install-tools: apt-get install ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
