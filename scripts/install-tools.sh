@@ -14,6 +14,8 @@ REGCTL_VERSION=v0.11.7
 ORAS_VERSION=v1.3.6
 STATICCHECK_VERSION=v0.8.2
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
+CONTAINERD2_VERSION=v2.4.2
+CRICTL_VERSION=v1.37.0
 
 go_tool() { # name module version
   local name=$1 mod=$2 ver=$3 stamp="$TOOLS/bin/.$1.version"
@@ -28,6 +30,17 @@ go_tool crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
 go_tool regctl github.com/regclient/regclient/cmd/regctl "$REGCTL_VERSION"
 go_tool oras oras.land/oras/cmd/oras "$ORAS_VERSION"
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
+
+# containerd 2.x with its CRI plugin, and crictl, as a Kubernetes node runs
+# them; in their own directory, so that Debian's containerd 1.6 keeps its
+# name for the tests that use it.
+if [[ ! -x "$TOOLS/containerd2/containerd" || "$(cat "$TOOLS/containerd2/.version" 2>/dev/null)" != "$CONTAINERD2_VERSION $CRICTL_VERSION" ]]; then
+  echo "install-tools: containerd $CONTAINERD2_VERSION, crictl $CRICTL_VERSION" >&2
+  mkdir -p "$TOOLS/containerd2"
+  GOBIN="$TOOLS/containerd2" CGO_ENABLED=0 go install "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD2_VERSION"
+  GOBIN="$TOOLS/containerd2" CGO_ENABLED=0 go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+  echo "$CONTAINERD2_VERSION $CRICTL_VERSION" >"$TOOLS/containerd2/.version"
+fi
 
 # The OCI distribution-spec conformance suite is a Go program; build it from
 # the module cache (its own go.mod pins its dependencies).
