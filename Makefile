@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 ARGS    ?=
 
-.PHONY: all build run tools test unit stress e2e lint fuzz bench soak clean image image-push
+.PHONY: all build run tools test unit stress e2e lint fuzz bench soak clean image image-push client-matrix
 
 all: build
 
@@ -58,6 +58,10 @@ stress:
 ## e2e: the built binary against real registries, clients and a Docker daemon
 e2e: tools build
 	BERTH_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -timeout 15m -v ./e2e/
+
+## client-matrix: put the client matrix of the last e2e run (build/client-matrix.md) into README.md
+client-matrix:
+	./scripts/client-matrix.sh
 
 ## test: everything CI runs
 test: lint unit e2e

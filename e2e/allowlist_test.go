@@ -38,6 +38,7 @@ func labHost(u *upstreamRegistry) string {
 // naming berth pulls images "from" two registry hosts; each arrives with
 // its origin's digest, through berth (?ns=), kept apart.
 func TestAllowlistContainerd(t *testing.T) {
+	clientRow(t, "containerd", "ctr pull, only _default/hosts.toml: two registries through an allowlist proxy")
 	one, two := startRegistry(t), startRegistry(t)
 	d1 := one.push(t, "team/app:v1", testImage(t, "amd64", 2, 128<<10))
 	d2 := two.push(t, "team/app:v1", testImage(t, "amd64", 1, 256<<10))
@@ -86,6 +87,7 @@ func portless(t *testing.T, addr string, up *upstreamRegistry) string {
 // put the host in the path (location = "berth/<host>") pulls from two
 // registry hosts through berth.
 func TestAllowlistPodman(t *testing.T) {
+	clientRow(t, "podman", "registries.conf path-prefix mirrors: two registries through an allowlist proxy")
 	one, two := startRegistry(t), startRegistry(t)
 	d1 := one.push(t, "team/app:v1", testImage(t, "amd64", 1, 128<<10))
 	d2 := two.push(t, "team/app:v1", testImage(t, "amd64", 1, 128<<10))

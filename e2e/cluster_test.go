@@ -29,7 +29,10 @@ import (
 // Debian's nginx and HAProxy with their example configs.
 func TestCluster(t *testing.T) {
 	for _, lb := range []string{"nginx", "haproxy"} {
-		t.Run(lb, func(t *testing.T) { clusterScenario(t, lb) })
+		t.Run(lb, func(t *testing.T) {
+			clientRow(t, lb, "balancer of a 3-node cluster: crane, docker, containerd; a node killed")
+			clusterScenario(t, lb)
+		})
 	}
 }
 

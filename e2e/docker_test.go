@@ -54,6 +54,7 @@ func (d *dockerd) docker(t *testing.T, args ...string) string {
 // pull is served from the cache; with the upstream down the cached tag and
 // blobs still serve.
 func TestDockerRegistryMirror(t *testing.T) {
+	clientRow(t, "docker", "registry-mirrors: cold and warm pull, upstream down")
 	up := startRegistry(t)
 	img := testImage(t, "amd64", 3, 1<<20)
 	want := up.push(t, "library/e2e-nginx:latest", img)

@@ -63,6 +63,7 @@ func startNexusSetup(t *testing.T) *nexusSetup {
 // TestNexusStyleContainerd: containerd with one hosts.toml per upstream
 // namespace, both naming one berth; ?ns= routes each pull to its proxy.
 func TestNexusStyleContainerd(t *testing.T) {
+	clientRow(t, "containerd", "ctr pull with certs.d hosts.toml per registry (?ns=)")
 	n := startNexusSetup(t)
 	hubImg := n.hub.push(t, "library/e2e-ctr:v1", testImage(t, "amd64", 2, 256<<10))
 	ghcrImg := n.ghcr.pushAuth(t, "team/tool:v1", testImage(t, "amd64", 1, 256<<10), "ci-robot", "robot-token")

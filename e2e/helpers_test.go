@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,7 +57,9 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	writeMatrix(filepath.Join(root, "build", "client-matrix.md"))
+	os.Exit(code)
 }
 
 func tool(name string) string {
@@ -507,4 +510,91 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	return func(args ...string) string {
 		return run(t, 3*time.Minute, noNet, "ctr", append([]string{"-a", sock, "-n", "e2e"}, args...)...)
 	}
+}
+
+// The client matrix: what each real client did in this run and how it
+// ended, written to build/client-matrix.md after the run (make
+// client-matrix puts it into the README).
+type matrixRow struct{ client, version, what, result string }
+
+var matrix struct {
+	mu       sync.Mutex
+	rows     []matrixRow
+	versions map[string]string
+}
+
+// versionCmds say how each client reports its version.
+var versionCmds = map[string][]string{
+	"crane": {"crane", "version"}, "regctl": {"regctl", "version", "--format", "{{.VCSTag}}"},
+	"skopeo": {"skopeo", "--version"}, "oras": {"oras", "version"},
+	"docker": {"dockerd", "--version"}, "containerd": {"containerd", "--version"},
+	"podman": {"podman", "--version"}, "buildah": {"buildah", "--version"},
+	"nginx": {"nginx", "-v"}, "haproxy": {"haproxy", "-v"},
+}
+
+// clientRow records that client did what in t; the result is t's.
+func clientRow(t *testing.T, client, what string) {
+	t.Helper()
+	t.Cleanup(func() {
+		result := "ok"
+		if t.Failed() {
+			result = "FAILED"
+		}
+		matrix.mu.Lock()
+		defer matrix.mu.Unlock()
+		if matrix.versions == nil {
+			matrix.versions = map[string]string{}
+		}
+		v, ok := matrix.versions[client]
+		if !ok {
+			v = clientVersion(client)
+			matrix.versions[client] = v
+		}
+		matrix.rows = append(matrix.rows, matrixRow{client, v, what, result})
+	})
+}
+
+func clientVersion(client string) string {
+	switch client {
+	case "containerd 2.x", "crictl":
+		name := map[string]string{"containerd 2.x": "containerd", "crictl": "crictl"}[client]
+		out, _ := runErr(time.Minute, nil, filepath.Join(filepath.Dir(toolsBin), "containerd2", name), "--version")
+		return versionIn(out)
+	}
+	cmd := versionCmds[client]
+	if cmd == nil {
+		return "?"
+	}
+	bin := cmd[0]
+	if p := tool(bin); p != bin {
+		bin = p
+	}
+	out, _ := runErr(time.Minute, nil, bin, cmd[1:]...)
+	return versionIn(out)
+}
+
+var versionRe = regexp.MustCompile(`v?[0-9]+\.[0-9]+(\.[0-9]+)?`)
+
+func versionIn(out string) string {
+	if v := versionRe.FindString(out); v != "" {
+		return v
+	}
+	return strings.TrimSpace(out)
+}
+
+// writeMatrix writes the client matrix as a Markdown table.
+func writeMatrix(path string) {
+	matrix.mu.Lock()
+	defer matrix.mu.Unlock()
+	if len(matrix.rows) == 0 {
+		return
+	}
+	sort.SliceStable(matrix.rows, func(i, j int) bool { return matrix.rows[i].client < matrix.rows[j].client })
+	var b strings.Builder
+	b.WriteString("| client | version | what was run | result |\n|---|---|---|---|\n")
+	for _, r := range matrix.rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.client, r.version, r.what, r.result)
+	}
+	os.MkdirAll(filepath.Dir(path), 0o755)
+	os.WriteFile(path, []byte(b.String()), 0o644)
 }

@@ -16,6 +16,7 @@ import (
 // from it by a Docker daemon and run with --network host: its berth
 // answers /v2/, as the non-root user, with its data on the volume.
 func TestContainerImage(t *testing.T) {
+	clientRow(t, "docker", "pull and run berth's own image from berth (--network host)")
 	b := startBerth(t, `
 [[repository]]
 name = "local"

@@ -20,6 +20,8 @@ import (
 // answered containerd's ranged chunks with 206s, and the upstream saw one
 // GET per blob.
 func TestKubernetesNodePull(t *testing.T) {
+	clientRow(t, "containerd 2.x", "CRI pull with multipart layer fetch (ranged chunks), certs.d")
+	clientRow(t, "crictl", "crictl pull and inspecti, as the kubelet")
 	bin := filepath.Join(filepath.Dir(toolsBin), "containerd2")
 	if !fileExists(filepath.Join(bin, "containerd")) || !fileExists(filepath.Join(bin, "crictl")) {
 		t.Fatalf("containerd 2.x and crictl are not in %s: run make tools", bin)

@@ -20,6 +20,8 @@ import (
 // a pull by tag does not (it falls back to Docker Hub, which the sandbox
 // cannot reach).
 func TestPodmanAndBuildah(t *testing.T) {
+	clientRow(t, "podman", "registries.conf mirror and digest-only mirror: pull by tag and digest")
+	clientRow(t, "buildah", "buildah from through a registries.conf mirror")
 	up := startRegistry(t)
 	want := up.push(t, "library/pb:v1", testImage(t, "amd64", 2, 128<<10))
 	first, second := startBerth(t, proxyConfig(up.proxy)), startBerth(t, proxyConfig(up.proxy))

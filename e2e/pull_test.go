@@ -48,6 +48,7 @@ func TestClientsPullThrough(t *testing.T) {
 	multi := b.addr + "/e2e-multi:v1" // Docker Hub style: library/ added by berth
 
 	t.Run("crane", func(t *testing.T) {
+		clientRow(t, "crane", "pull through a proxy: an image and a multi-arch index")
 		if got := strings.TrimSpace(run(t, time.Minute, env, tool("crane"), "digest", "--insecure", ref)); got != appDigest.String() {
 			t.Fatalf("crane digest %s, want %s", got, appDigest)
 		}
@@ -60,6 +61,7 @@ func TestClientsPullThrough(t *testing.T) {
 		}
 	})
 	t.Run("regctl", func(t *testing.T) {
+		clientRow(t, "regctl", "pull through a proxy: an image and a multi-arch index")
 		run(t, time.Minute, env, tool("regctl"), "registry", "set", "--tls", "disabled", b.addr)
 		if got := strings.TrimSpace(run(t, time.Minute, env, tool("regctl"), "image", "digest", ref)); got != appDigest.String() {
 			t.Fatalf("regctl digest %s, want %s", got, appDigest)
@@ -74,6 +76,7 @@ func TestClientsPullThrough(t *testing.T) {
 		}
 	})
 	t.Run("skopeo", func(t *testing.T) {
+		clientRow(t, "skopeo", "pull through a proxy: an image and a multi-arch index")
 		var insp struct{ Digest string }
 		json.Unmarshal([]byte(run(t, time.Minute, env, "skopeo", "inspect", "--tls-verify=false", "docker://"+ref)), &insp)
 		if insp.Digest != appDigest.String() {
@@ -88,6 +91,7 @@ func TestClientsPullThrough(t *testing.T) {
 		run(t, 2*time.Minute, env, "skopeo", "copy", "--all", "--src-tls-verify=false", "docker://"+multi, "dir:"+dir)
 	})
 	t.Run("oras", func(t *testing.T) {
+		clientRow(t, "oras", "pull through a proxy: an image and a multi-arch index")
 		var desc struct{ Digest string }
 		json.Unmarshal([]byte(run(t, time.Minute, env, tool("oras"), "manifest", "fetch", "--plain-http", "--descriptor", ref)), &desc)
 		if desc.Digest != appDigest.String() {

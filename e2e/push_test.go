@@ -42,6 +42,7 @@ func TestClientsPush(t *testing.T) {
 	}
 
 	t.Run("crane", func(t *testing.T) {
+		clientRow(t, "crane", "push to a hosted repository and pull back")
 		run(t, 2*time.Minute, env, tool("crane"), "copy", "--insecure", src, b.addr+"/crane/copied:v1")
 		tarball := filepath.Join(t.TempDir(), "app.tar")
 		run(t, 2*time.Minute, env, tool("crane"), "pull", "--insecure", src, tarball)
@@ -54,6 +55,7 @@ func TestClientsPush(t *testing.T) {
 		}
 	})
 	t.Run("regctl", func(t *testing.T) {
+		clientRow(t, "regctl", "push to a hosted repository and pull back")
 		run(t, time.Minute, env, tool("regctl"), "registry", "set", "--tls", "disabled", b.addr)
 		run(t, time.Minute, env, tool("regctl"), "registry", "set", "--tls", "disabled", up.addr)
 		run(t, 2*time.Minute, env, tool("regctl"), "image", "copy", up.addr+"/library/e2e-multi:v1", b.addr+"/regctl/multi:v1")
@@ -63,6 +65,7 @@ func TestClientsPush(t *testing.T) {
 		validate(b.addr + "/regctl/multi:v1")
 	})
 	t.Run("skopeo", func(t *testing.T) {
+		clientRow(t, "skopeo", "push to a hosted repository and pull back")
 		run(t, 2*time.Minute, env, "skopeo", "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false",
 			"docker://"+up.addr+"/library/e2e-multi:v1", "docker://"+b.addr+"/skopeo/multi:v1")
 		if got := digestAt(b.addr + "/skopeo/multi:v1"); got != multiDigest.String() {
@@ -71,6 +74,7 @@ func TestClientsPush(t *testing.T) {
 		run(t, 2*time.Minute, env, "skopeo", "copy", "--src-tls-verify=false", "docker://"+b.addr+"/skopeo/multi:v1", "dir:"+t.TempDir())
 	})
 	t.Run("oras", func(t *testing.T) {
+		clientRow(t, "oras", "push to a hosted repository and pull back")
 		dir := t.TempDir()
 		os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("release notes\n"), 0o644)
 		os.WriteFile(filepath.Join(dir, "sig.txt"), []byte("signature\n"), 0o644)
@@ -117,6 +121,7 @@ func TestClientsPush(t *testing.T) {
 		}
 	})
 	t.Run("docker", func(t *testing.T) {
+		clientRow(t, "docker", "push to a hosted repository and pull back")
 		d := startDockerd(t, "")
 		d.docker(t, "pull", src)
 		d.docker(t, "tag", src, b.addr+"/docker/app:v1")

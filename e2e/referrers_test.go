@@ -17,6 +17,8 @@ import (
 // discover still answers from the cache; a tag-schema signature pushed
 // with crane is pulled through berth by its tag.
 func TestReferrersThroughProxy(t *testing.T) {
+	clientRow(t, "oras", "attach upstream; discover and pull through a proxy, upstream down")
+	clientRow(t, "regctl", "artifact list through a proxy")
 	up := startRegistry(t)
 	d := up.push(t, "library/signed:v1", testImage(t, "amd64", 1, 64<<10))
 	b := startBerth(t, proxyConfig(up.proxy))

@@ -28,6 +28,7 @@ import (
 // origin's 429 with Retry-After reaches the client; with the regional tier
 // down the site serves what it cached.
 func TestTiered(t *testing.T) {
+	clientRow(t, "containerd", "ctr pull through two tiers (_default/hosts.toml, forward_ns)")
 	hub, ghcr := startRegistry(t), startRegistry(t)
 	tierImg := testImage(t, "amd64", 2, 256<<10)
 	tierDigest := hub.push(t, "library/tier:v1", tierImg)

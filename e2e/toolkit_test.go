@@ -298,6 +298,8 @@ func sha256Hex(b []byte) string {
 // with the image's config and layers; a multi-platform image is exported
 // for the platform asked.
 func TestExportDockerArchive(t *testing.T) {
+	clientRow(t, "skopeo", "inspect docker-archive: of berth export --format docker-archive")
+	clientRow(t, "docker", "docker load of berth export --format docker-archive")
 	up := startRegistry(t)
 	amd := testImage(t, "amd64", 2, 256<<10)
 	up.push(t, "library/arc-app:v1", amd)

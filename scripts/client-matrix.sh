@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Puts the client matrix the last e2e run wrote (build/client-matrix.md)
+# into README.md, between its client-matrix markers: the table is never
+# written by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+m=build/client-matrix.md
+[[ -s $m ]] || { echo "client-matrix: no $m; run make e2e first" >&2; exit 1; }
+awk -v f="$m" '
+/<!-- client-matrix:begin -->/ { print; while ((getline l < f) > 0) print l; skip = 1; next }
+/<!-- client-matrix:end -->/   { skip = 0 }
+!skip { print }' README.md >README.md.tmp
+mv README.md.tmp README.md
+echo "client-matrix: README.md updated from $m" >&2
