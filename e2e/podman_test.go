@@ -15,12 +15,13 @@ import (
 // TestPodmanAndBuildah: Debian's podman and buildah with a registries.conf
 // that mirrors docker.io through berth, and a second berth as a
 // digest-only mirror (pull-from-mirror = "digest-only"): pulls by tag and
-// by digest get the upstream's digests; buildah builds from the image;
+// by digest get the upstream's digests; a runnable image runs with
+// --network none; buildah builds from the image;
 // with the first mirror gone, a pull by digest comes from the second and
 // a pull by tag does not (it falls back to Docker Hub, which the sandbox
 // cannot reach).
 func TestPodmanAndBuildah(t *testing.T) {
-	clientRow(t, "podman", "registries.conf mirror and digest-only mirror: pull by tag and digest")
+	clientRow(t, "podman", "registries.conf mirror and digest-only mirror: pull by tag and digest; run --network none")
 	clientRow(t, "buildah", "buildah from through a registries.conf mirror")
 	up := startRegistry(t)
 	want := up.push(t, "library/pb:v1", testImage(t, "amd64", 2, 128<<10))
@@ -56,6 +57,15 @@ pull-from-mirror = "digest-only"
 	}
 	if out, err := podman("pull", "--quiet", "docker.io/library/pb@"+want.String()); err != nil {
 		t.Fatalf("podman pull by digest: %v\n%s", err, out)
+	}
+	// A runnable image (berth's own, built by scripts/mkimage) runs from
+	// the mirror with no network. runc here may not raise rlimits, so the
+	// container gets lower ones than podman's defaults.
+	run(t, 3*time.Minute, []string{"CGO_ENABLED=0"}, "go", "run", "../scripts/mkimage", "-version", "e2e-podman",
+		"-push", up.addr+"/library/runnable:v1", "-insecure", "linux/amd64="+berthBin)
+	if out, err := podman("run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+		"docker.io/library/runnable:v1", "version"); err != nil || !strings.Contains(out, "berth ") || !strings.Contains(out, "go go1.") { // berth version, run in the container
+		t.Fatalf("podman run through the mirror: %v\n%s", err, out)
 	}
 	bo, be, err := runIn("", 3*time.Minute, env, "buildah", append(slices(storage), "from", "--pull-always", "docker.io/library/pb:v1")...)
 	if err != nil {
