@@ -557,8 +557,15 @@ func clientRow(t *testing.T, client, what string) {
 func clientVersion(client string) string {
 	switch client {
 	case "containerd 2.x", "crictl":
+		// Built by go install: the module version is in the binary's build
+		// info (their own --version says "unknown" without release ldflags).
 		name := map[string]string{"containerd 2.x": "containerd", "crictl": "crictl"}[client]
-		out, _ := runErr(time.Minute, nil, filepath.Join(filepath.Dir(toolsBin), "containerd2", name), "--version")
+		out, _ := runErr(time.Minute, nil, "go", "version", "-m", filepath.Join(filepath.Dir(toolsBin), "containerd2", name))
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && f[0] == "mod" {
+				return f[2]
+			}
+		}
 		return versionIn(out)
 	}
 	cmd := versionCmds[client]
