@@ -44,11 +44,7 @@ func runExport(c *cli.Context, out io.Writer) error {
 	}
 	defer p.Close()
 	for _, img := range c.Args().Slice() {
-		imgName, tag, err := server.ParseImageRef(img)
-		if err != nil {
-			return err
-		}
-		ref, err := berthRef(base, imgName+refSep(tag)+tag)
+		imgName, tag, ref, err := exportRef(base, img)
 		if err != nil {
 			return err
 		}
@@ -215,11 +211,7 @@ func exportDockerArchive(c *cli.Context, cfg *Config, out io.Writer, base string
 	}
 	refs := map[name.Reference]v1.Image{}
 	for _, img := range c.Args().Slice() {
-		imgName, tag, err := server.ParseImageRef(img)
-		if err != nil {
-			return err
-		}
-		ref, err := berthRef(base, imgName+refSep(tag)+tag)
+		imgName, tag, ref, err := exportRef(base, img)
 		if err != nil {
 			return err
 		}
@@ -258,4 +250,14 @@ func exportDockerArchive(c *cli.Context, cfg *Config, out io.Writer, base string
 	fmt.Fprintf(out, "wrote %s (%s, docker save format, %s; manifest digests may differ after docker load)\n",
 		c.String("out"), humanSize(st.Size()), c.String("platform"))
 	return nil
+}
+
+// exportRef is image img ("name[:tag][@digest]") at berth base: its name,
+// its tag or digest, and the reference to fetch.
+func exportRef(base, img string) (imgName, tag string, ref name.Reference, err error) {
+	if imgName, tag, err = server.ParseImageRef(img); err != nil {
+		return "", "", nil, err
+	}
+	ref, err = berthRef(base, imgName+refSep(tag)+tag)
+	return imgName, tag, ref, err
 }
