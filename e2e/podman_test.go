@@ -42,7 +42,7 @@ pull-from-mirror = "digest-only"
 	env := append([]string{"CONTAINERS_REGISTRIES_CONF=" + filepath.Join(dir, "registries.conf"), "HOME=" + dir}, noNet...)
 	storage := []string{"--root", dir + "/root", "--runroot", dir + "/run", "--storage-driver", "vfs"}
 	podman := func(args ...string) (string, error) {
-		o, e, err := runIn("", 3*time.Minute, env, "podman", append(append(slices(storage), "--cgroup-manager", "cgroupfs", "--events-backend", "none"), args...)...)
+		o, e, err := runIn("", 3*time.Minute, env, "podman", append(append(clone(storage), "--cgroup-manager", "cgroupfs", "--events-backend", "none"), args...)...)
 		return o + e, err
 	}
 	if out, err := podman("pull", "--quiet", "docker.io/library/pb:v1"); err != nil {
@@ -67,12 +67,12 @@ pull-from-mirror = "digest-only"
 		"docker.io/library/runnable:v1", "version"); err != nil || !strings.Contains(out, "berth ") || !strings.Contains(out, "go go1.") { // berth version, run in the container
 		t.Fatalf("podman run through the mirror: %v\n%s", err, out)
 	}
-	bo, be, err := runIn("", 3*time.Minute, env, "buildah", append(slices(storage), "from", "--pull-always", "docker.io/library/pb:v1")...)
+	bo, be, err := runIn("", 3*time.Minute, env, "buildah", append(clone(storage), "from", "--pull-always", "docker.io/library/pb:v1")...)
 	if err != nil {
 		t.Fatalf("buildah from: %v\n%s%s", err, bo, be)
 	}
 	ctrName := strings.TrimSpace(bo)
-	if got, _, _ := runIn("", time.Minute, env, "buildah", append(slices(storage), "inspect", "--format", "{{.FromImageDigest}}", ctrName)...); strings.TrimSpace(got) != want.String() {
+	if got, _, _ := runIn("", time.Minute, env, "buildah", append(clone(storage), "inspect", "--format", "{{.FromImageDigest}}", ctrName)...); strings.TrimSpace(got) != want.String() {
 		t.Errorf("buildah from: image digest %q, want %s", strings.TrimSpace(got), want)
 	}
 
@@ -91,4 +91,5 @@ pull-from-mirror = "digest-only"
 	}
 }
 
-func slices(s []string) []string { return append([]string{}, s...) }
+// clone copies s, so appends to it never share its array.
+func clone(s []string) []string { return append([]string{}, s...) }
