@@ -112,6 +112,13 @@ type RepositoryConfig struct {
 	// EagerLayers starts the downloads of an image's config and layers
 	// when its manifest is served, before the client asks (default true).
 	EagerLayers *bool `toml:"eager_layers"`
+	// A blob of more than RangeFetchMin bytes is fetched from upstream as
+	// byte ranges of RangeFetchChunk, RangeFetchParallel at a time (the
+	// first range is RangeFetchMin long). Defaults 32MiB, 16MiB, 4;
+	// range_fetch_parallel = 1 fetches one stream per blob.
+	RangeFetchMin      Size `toml:"range_fetch_min"`
+	RangeFetchChunk    Size `toml:"range_fetch_chunk"`
+	RangeFetchParallel int  `toml:"range_fetch_parallel"`
 	// ForwardNS passes a ?ns= no other proxy answers on to this proxy's
 	// upstream, a mirror of many registries (a berth a tier up).
 	ForwardNS bool `toml:"forward_ns"`
@@ -340,6 +347,9 @@ func (c *Config) setRepositoryDefaults() error {
 			}
 			if r.EagerLayers == nil {
 				r.EagerLayers = ptr(true)
+			}
+			if err := r.rangeDefaults(where); err != nil {
+				return err
 			}
 			if err := r.checkHosts(where); err != nil {
 				return err
@@ -576,3 +586,25 @@ func loadHtpasswd(file string) (map[string]string, error) {
 
 // findCycle returns a path of group memberships that comes back to a group
 // already on it, or nil.
+
+// rangeDefaults fills in and checks a proxy's range_fetch_* settings.
+func (r *RepositoryConfig) rangeDefaults(where string) error {
+	if r.RangeFetchMin == 0 {
+		r.RangeFetchMin = 32 << 20
+	}
+	if r.RangeFetchChunk == 0 {
+		r.RangeFetchChunk = 16 << 20
+	}
+	if r.RangeFetchParallel == 0 {
+		r.RangeFetchParallel = 4
+	}
+	switch {
+	case r.RangeFetchMin < 0 || r.RangeFetchChunk < 0:
+		return fmt.Errorf("config: %s: range_fetch_min and range_fetch_chunk must be positive sizes", where)
+	case r.RangeFetchChunk < 1<<20:
+		return fmt.Errorf("config: %s: range_fetch_chunk %s is below 1MiB (each range is a request)", where, r.RangeFetchChunk)
+	case r.RangeFetchParallel < 1 || r.RangeFetchParallel > 32:
+		return fmt.Errorf("config: %s: range_fetch_parallel %d is not between 1 (one stream per blob) and 32", where, r.RangeFetchParallel)
+	}
+	return nil
+}

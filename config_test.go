@@ -33,6 +33,8 @@ url = "https://registry-1.docker.io"
 		{"rate without /s", base + "max_upstream_bandwidth = \"50MB\"\n", `invalid rate "50MB"`},
 		{"bad rate", base + "max_upstream_bandwidth = \"fast/s\"\n", `invalid rate "fast/s"`},
 		{"negative connections", base + "max_upstream_connections = -1\n", "must not be negative"},
+		{"range parallel 0 is the default, 33 too many", base + "range_fetch_parallel = 33\n", "range_fetch_parallel 33"},
+		{"tiny range chunk", base + "range_fetch_chunk = \"64KiB\"\n", "range_fetch_chunk 64.0KiB is below 1MiB"},
 		{"url with path", "[[repository]]\nname = \"x\"\nkind = \"proxy\"\nurl = \"https://x/v2\"\n", `want http(s)://host[:port]`},
 		{"bad name", "[[repository]]\nname = \"Hub/x\"\nkind = \"proxy\"\nurl = \"https://x\"\n", "name must be lowercase"},
 		{"no kind", "[[repository]]\nname = \"x\"\n", "kind is required"},
@@ -83,7 +85,8 @@ func TestConfigDefaults(t *testing.T) {
 	r := c.Repositories[0]
 	if c.Listen != ":5000" || c.DataDir != "./berth-data" || c.DefaultRepository != "dockerhub" ||
 		r.URL != "https://registry-1.docker.io" || time.Duration(r.TagTTL) != time.Hour ||
-		time.Duration(r.NotFoundTTL) != time.Minute || !*r.ServeStale || !*r.AnonymousPull {
+		time.Duration(r.NotFoundTTL) != time.Minute || !*r.ServeStale || !*r.AnonymousPull ||
+		r.RangeFetchMin != 32<<20 || r.RangeFetchChunk != 16<<20 || r.RangeFetchParallel != 4 {
 		t.Fatalf("defaults: %+v %+v", c, r)
 	}
 }

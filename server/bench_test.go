@@ -82,7 +82,7 @@ func BenchmarkFanOut(b *testing.B) {
 		g := newFetchGroup(time.Minute, storeTemps(st), nil, nil)
 		var wg sync.WaitGroup
 		for i := 0; i < 20; i++ {
-			dl, _, err := g.join(context.Background(), fetchJob{want: d, fetch: func(ctx context.Context, _ int64) (io.ReadCloser, int64, error) {
+			dl, _, err := g.join(context.Background(), fetchJob{want: d, fetch: func(ctx context.Context, _, _ int64) (io.ReadCloser, int64, error) {
 				return io.NopCloser(bytes.NewReader(blob)), int64(len(blob)), nil
 			}})
 			if err != nil {

@@ -54,8 +54,12 @@ func newFetchGroup(timeout time.Duration, newTemp func(ctx context.Context, alg 
 // tempBlob is the file a download writes and its readers follow: what the
 // download needs of store.BlobWriter.
 type tempBlob interface {
-	io.Writer
+	io.Writer // appends, hashing
 	io.ReaderAt
+	// WriteAt writes past the hashed part without hashing; Absorb(end)
+	// hashes up to end once every byte before it is written.
+	io.WriterAt
+	Absorb(end int64) error
 	// Verify checks the bytes written against want (and size, when >= 0).
 	Verify(want store.Digest, size int64) error
 	// Commit makes the file the stored blob want, with links.
@@ -69,9 +73,9 @@ type tempBlob interface {
 var _ tempBlob = (*store.BlobWriter)(nil)
 
 // fetchFunc starts the upstream transfer from byte offset on (0: the whole
-// blob): it returns the body, positioned at offset, and the blob's length
-// (-1 when unknown).
-type fetchFunc func(ctx context.Context, offset int64) (body io.ReadCloser, size int64, err error)
+// blob) of a blob total bytes long (-1 when not known yet): it returns the
+// body, positioned at offset, and the blob's length (-1 when unknown).
+type fetchFunc func(ctx context.Context, offset, total int64) (body io.ReadCloser, size int64, err error)
 
 // maxResumes bounds how often one download continues after its upstream
 // stream broke.
@@ -85,6 +89,12 @@ type fetchJob struct {
 	link    store.Link  // recorded with the blob when it commits
 	ended   func(error) // told the result once (metrics, logs); may be nil
 	resumed func()      // told each time a broken stream continues; may be nil
+
+	// Parallel byte ranges (fetch_ranges.go): used when fetchRange is
+	// set and ranges.parallel > 1.
+	ranges     rangePlan
+	fetchRange rangeFunc
+	noRanges   func() // told when the upstream answered a range request otherwise; may be nil
 }
 
 // errDownloadPanicked is a download's result when its goroutine panicked.
@@ -176,15 +186,36 @@ func (d *download) finish(err error, onDone func(error)) {
 	}
 }
 
-// transfer copies the upstream body into the temp file. A stream that
-// breaks (reset, timeout, a body idle for upstream_idle_timeout) continues
-// from the last byte on disk, up to maxResumes times, instead of failing
-// every reader: readers see a pause, not an error.
+// transfer fetches the blob into the temp file: in parallel byte ranges
+// when the job allows and the upstream answers the first range as asked
+// (fetch_ranges.go), else as one stream.
 func (d *download) transfer(ctx context.Context, job fetchJob) error {
-	body, size, err := job.fetch(ctx, 0)
-	if err != nil {
-		d.update(func() { d.started, d.err = true, err })
-		return err
+	if job.fetchRange == nil || job.ranges.parallel < 2 {
+		return d.stream(ctx, job, nil, -1)
+	}
+	return d.ranged(ctx, job)
+}
+
+// stream copies the upstream body into the temp file from the bytes on
+// disk (d.written) on: body and size when the first answer is in hand,
+// else it asks (fetch). A stream that breaks (reset, timeout, a body idle
+// for upstream_idle_timeout) continues from the last byte on disk, up to
+// maxResumes times, instead of failing every reader: readers see a pause,
+// not an error.
+func (d *download) stream(ctx context.Context, job fetchJob, body io.ReadCloser, size int64) error {
+	if body == nil {
+		var err error
+		d.mu.Lock()
+		from, total := d.written, d.size
+		d.mu.Unlock()
+		body, size, err = job.fetch(ctx, from, total)
+		if err != nil {
+			d.update(func() { d.started, d.err = true, err })
+			return err
+		}
+		if from > 0 {
+			size = total
+		}
 	}
 	defer func() { body.Close() }()
 	d.update(func() { d.started, d.size = true, size })
@@ -216,7 +247,7 @@ func (d *download) transfer(ctx context.Context, job fetchJob) error {
 		}
 		resumes++
 		body.Close()
-		next, _, err := job.fetch(ctx, d.written)
+		next, _, err := job.fetch(ctx, d.written, size)
 		if err != nil {
 			body = io.NopCloser(nil)
 			return fmt.Errorf("%w (resuming at byte %d: %w)", broken, d.written, err)

@@ -41,7 +41,7 @@ func startDownload(t *testing.T, blob, body []byte, release chan struct{}) (*dow
 	committed := make(chan error, 1)
 	dl, _, err := g.join(context.Background(), fetchJob{
 		want: store.DigestOf(blob),
-		fetch: func(ctx context.Context, _ int64) (io.ReadCloser, int64, error) {
+		fetch: func(ctx context.Context, _, _ int64) (io.ReadCloser, int64, error) {
 			return io.NopCloser(bytes.NewReader(body)), int64(len(body)), nil
 		},
 		ended: func(err error) { committed <- err },
@@ -135,7 +135,7 @@ func (f *fullDisk) Commit(ctx context.Context, want store.Digest, size int64, li
 func TestDownloadOnFailingDisk(t *testing.T) {
 	blob := bytes.Repeat([]byte("berth"), 200_000) // 1 MB
 	d := store.DigestOf(blob)
-	body := func(ctx context.Context, _ int64) (io.ReadCloser, int64, error) {
+	body := func(ctx context.Context, _, _ int64) (io.ReadCloser, int64, error) {
 		return io.NopCloser(bytes.NewReader(blob)), int64(len(blob)), nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -136,6 +136,16 @@ func (o observedUpstream) BlobRange(ctx context.Context, image, dgst string, sta
 	return resp, err
 }
 
+// BlobAt passes on ranges fetched from where the registry redirected,
+// when the upstream can.
+func (o observedUpstream) BlobAt(ctx context.Context, image, location string, start, end int64) (*http.Response, error) {
+	l, ok := o.Upstream.(blobLocator)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return l.BlobAt(ctx, image, location, start, end)
+}
+
 func (o observedUpstream) Tags(ctx context.Context, image string, query url.Values) (*http.Response, error) {
 	resp, err := o.Upstream.Tags(ctx, image, query)
 	o.h.observe(err)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/berth-registry/berth/store"
 	"github.com/berth-registry/berth/upstream"
@@ -122,9 +123,11 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 		serveBlobFile(w, r, d, f.File)
 		return nil
 	case ranged:
-		// A range is answered once the whole blob is verified: bytes
-		// before the end cannot be checked earlier, and a 206 is never
-		// allowed to carry wrong bytes (found by FuzzProxyPromise).
+		if first, last, ok := singleRange(r.Header.Get("Range"), size); ok {
+			return s.streamRange(w, r, rp, image, dl, size, first, last)
+		}
+		// Several ranges, or none that fits: answered once the whole blob
+		// is verified, by ServeContent.
 		if err := dl.waitVerified(ctx); err != nil {
 			return storeFailed(err)
 		}
@@ -155,10 +158,77 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 	return nil
 }
 
+// streamRange answers a single range of a blob being downloaded as its
+// bytes reach the disk (a client fetching ranges in parallel, like
+// containerd's multipart pull, is not held up until the end), all but the
+// range's last byte: that one goes out once the whole blob is verified,
+// so a 206 is never complete with wrong bytes (FuzzProxyPromise's rule);
+// a corrupt blob ends the response one byte short.
+func (s *Server) streamRange(w http.ResponseWriter, r *http.Request, rp *repo, image string, dl *download, size, first, last int64) error {
+	ctx := r.Context()
+	d := dl.want
+	blobHeaders(w, d)
+	h := w.Header()
+	h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, size))
+	h.Set("Content-Length", strconv.FormatInt(last-first+1, 10))
+	w.WriteHeader(http.StatusPartialContent)
+	rd := dl.reader(ctx, size)
+	rd.Seek(first, io.SeekStart)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	_, err := io.CopyBuffer(writerOnly{w}, io.LimitReader(rd, last-first), *bp)
+	if err == nil {
+		// What is buffered goes out while the rest of the blob arrives.
+		http.NewResponseController(w).Flush()
+		err = dl.waitVerified(ctx)
+	}
+	if err == nil {
+		_, err = io.CopyN(w, rd, 1)
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		s.log.Warn("blob range stream ended early", "repository", rp.Name, "name", image, "digest", d, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// singleRange reads a Range header of one byte range of a blob of size
+// bytes ("bytes=a-b", "bytes=a-", "bytes=-n"), cut at the blob's end. ok
+// is false for several ranges, a malformed header or a range past the end.
+func singleRange(v string, size int64) (first, last int64, ok bool) {
+	spec, found := strings.CutPrefix(v, "bytes=")
+	if !found || strings.Contains(spec, ",") || size <= 0 {
+		return 0, 0, false
+	}
+	a, b, found := strings.Cut(strings.TrimSpace(spec), "-")
+	if !found {
+		return 0, 0, false
+	}
+	if a == "" { // the last n bytes
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n <= 0 {
+			return 0, 0, false
+		}
+		return max(size-n, 0), size - 1, true
+	}
+	first, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || first < 0 || first >= size {
+		return 0, 0, false
+	}
+	last = size - 1
+	if b != "" {
+		if last, err = strconv.ParseInt(b, 10, 64); err != nil || last < first {
+			return 0, 0, false
+		}
+		last = min(last, size-1)
+	}
+	return first, last, true
+}
+
 // blobJob is the download of blob d of image from rp's upstream: linked
 // to the image when stored, counted and logged when it ends.
 func (s *Server) blobJob(rp *repo, image string, d store.Digest) fetchJob {
-	return fetchJob{
+	return s.rangeJob(fetchJob{
 		want:  d,
 		fetch: s.blobFetcher(rp, image, d),
 		link:  store.Link{Repo: rp.Name + "/" + image, Kind: store.LinkFetched},
@@ -178,14 +248,106 @@ func (s *Server) blobJob(rp *repo, image string, d store.Digest) fetchJob {
 				s.log.Debug("upstream blob download failed", "repository", rp.Name, "name", image, "digest", d, "err", err)
 			}
 		},
+	}, rp, image, d)
+}
+
+// rangeJob adds rp's parallel byte ranges to job, unless rp fetches one
+// stream per blob or its upstream did not answer ranges as asked.
+func (s *Server) rangeJob(job fetchJob, rp *repo, image string, d store.Digest) fetchJob {
+	rf := rp.RangeFetch
+	if rf.Parallel < 2 || rf.Min <= 0 || rf.Chunk <= 0 || rp.noRanges.Load() {
+		return job
+	}
+	job.ranges = rangePlan{min: rf.Min, chunk: rf.Chunk, parallel: rf.Parallel}
+	job.fetchRange = s.blobRanges(rp, image, d)
+	job.noRanges = func() {
+		if !rp.noRanges.Swap(true) {
+			s.log.Info("upstream does not answer byte ranges as asked; blobs come as one stream from now on",
+				"repository", rp.Name, "name", image, "digest", d)
+		}
+	}
+	return job
+}
+
+// blobLocator is an upstream that can fetch a range from where its
+// registry redirected a blob request (upstream.Client.BlobAt).
+type blobLocator interface {
+	BlobAt(ctx context.Context, image, location string, start, end int64) (*http.Response, error)
+}
+
+// blobRanges returns the rangeFunc of blob d of image. When the registry
+// redirects the first range (to a CDN or a bucket), later ranges go
+// straight to where it pointed, and through the registry again when that
+// URL is refused (a signed URL that expired answers 401 or 403).
+func (s *Server) blobRanges(rp *repo, image string, d store.Digest) rangeFunc {
+	var mu sync.Mutex      // guards location
+	var resolve sync.Mutex // one range at a time asks the registry again
+	location := ""         // where the registry redirected the blob
+	locator, _ := rp.Upstream.(blobLocator)
+	current := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return location
+	}
+	return func(ctx context.Context, start, end int64) (io.ReadCloser, int64, bool, error) {
+		at := current()
+		var resp *http.Response
+		var err error
+		for at != "" {
+			resp, err = locator.BlobAt(ctx, image, at, start, end)
+			var ue *upstream.Error
+			if !errors.As(err, &ue) || (ue.StatusCode != http.StatusUnauthorized && ue.StatusCode != http.StatusForbidden) {
+				break
+			}
+			s.log.Debug("redirected blob URL refused; asking the registry again", "repository", rp.Name, "digest", d, "status", ue.StatusCode)
+			resolve.Lock()
+			if now := current(); now != at {
+				resolve.Unlock()
+				at = now // another range has asked the registry already
+				continue
+			}
+			at = ""
+			defer resolve.Unlock()
+		}
+		if at == "" {
+			resp, err = rp.Upstream.BlobRange(ctx, image, d.String(), start, end)
+			if err == nil && locator != nil && resp.Request != nil && resp.Request.Response != nil {
+				mu.Lock()
+				location = resp.Request.URL.String()
+				mu.Unlock()
+			}
+		}
+		var ue *upstream.Error
+		if errors.As(err, &ue) && ue.StatusCode == http.StatusRequestedRangeNotSatisfiable {
+			// Refusing bytes 0 to min-1 of a shorter blob instead of
+			// cutting the range at its end (as RFC 9110 asks).
+			return nil, -1, false, fmt.Errorf("%w: %w", errNoRanges, err)
+		}
+		if err != nil {
+			return nil, -1, false, err
+		}
+		body := io.ReadCloser(&countingBody{ReadCloser: resp.Body, add: s.m.upstreamBytes.WithLabelValues(rp.Name).Add})
+		cr := resp.Header.Get("Content-Range")
+		first, last, total, ok := parseResponseRange(cr)
+		want := total - 1 // the last byte asked for, as the upstream must cut it
+		if end >= 0 {
+			want = min(end, total-1)
+		}
+		switch {
+		case resp.StatusCode == http.StatusOK:
+			return body, resp.ContentLength, false, nil
+		case resp.StatusCode == http.StatusPartialContent && ok && total > 0 && first == start && last == want:
+			return body, total, true, nil
+		}
+		body.Close()
+		return nil, -1, false, fmt.Errorf("%w: asked for bytes %d-%d, got %d with Content-Range %q", errNoRanges, start, end, resp.StatusCode, cr)
 	}
 }
 
 // blobFetcher returns the function that GETs blob d of image upstream,
 // from an offset when a broken download resumes, counting the bytes.
 func (s *Server) blobFetcher(rp *repo, image string, d store.Digest) fetchFunc {
-	total := int64(-1) // the blob's size, from the first answer
-	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+	return func(ctx context.Context, offset, total int64) (io.ReadCloser, int64, error) {
 		end := int64(-1)
 		if offset > 0 && total > 0 {
 			end = total - 1
@@ -196,10 +358,9 @@ func (s *Server) blobFetcher(rp *repo, image string, d store.Digest) fetchFunc {
 		}
 		body := io.ReadCloser(&countingBody{ReadCloser: resp.Body, add: s.m.upstreamBytes.WithLabelValues(rp.Name).Add})
 		if offset == 0 {
-			total = resp.ContentLength
 			return body, resp.ContentLength, nil
 		}
-		switch start, ok := contentRangeStart(resp.Header.Get("Content-Range")); {
+		switch start, _, _, ok := parseResponseRange(resp.Header.Get("Content-Range")); {
 		case resp.StatusCode == http.StatusPartialContent && ok && start == offset:
 			return body, -1, nil
 		case resp.StatusCode == http.StatusOK:
@@ -215,18 +376,32 @@ func (s *Server) blobFetcher(rp *repo, image string, d store.Digest) fetchFunc {
 	}
 }
 
-// contentRangeStart reads the first byte of "bytes a-b/n".
-func contentRangeStart(v string) (int64, bool) {
-	v, ok := strings.CutPrefix(v, "bytes ")
+// parseResponseRange reads a response's Content-Range, "bytes first-last/total"; total is -1 for "*".
+// ok is false for anything else, or first > last, or last >= total.
+func parseResponseRange(v string) (first, last, total int64, ok bool) {
+	v, ok = strings.CutPrefix(v, "bytes ")
 	if !ok {
-		return 0, false
+		return 0, 0, 0, false
 	}
-	a, _, ok := strings.Cut(v, "-")
+	span, size, ok := strings.Cut(v, "/")
 	if !ok {
-		return 0, false
+		return 0, 0, 0, false
 	}
-	n, err := strconv.ParseInt(a, 10, 64)
-	return n, err == nil && n >= 0
+	a, b, ok := strings.Cut(span, "-")
+	if !ok {
+		return 0, 0, 0, false
+	}
+	first, err1 := strconv.ParseInt(a, 10, 64)
+	last, err2 := strconv.ParseInt(b, 10, 64)
+	total = -1
+	var err3 error
+	if size != "*" {
+		total, err3 = strconv.ParseInt(size, 10, 64)
+	}
+	if err1 != nil || err2 != nil || err3 != nil || first < 0 || first > last || (total >= 0 && last >= total) {
+		return 0, 0, 0, false
+	}
+	return first, last, total, true
 }
 
 type countingBody struct {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/berth-registry/berth/internal/lru"
@@ -18,6 +19,7 @@ type repo struct {
 	leaves    []*repo                            // group: proxy and hosted members, nested groups flattened, in order
 	parent    *repo                              // a per-host proxy: the allowlist repository that made it
 	served    *lru.Cache[string, *repo]          // group: which member served an image's manifest
+	noRanges  atomic.Bool                        // proxy: the upstream answered a range request otherwise
 }
 
 // pendingTag is what an upstream HEAD said a tag points at, kept for a

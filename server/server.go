@@ -69,6 +69,9 @@ type Repository struct {
 	// EagerLayers starts the downloads of an image manifest's config and
 	// layers as soon as the manifest is served (eager.go).
 	EagerLayers bool
+	// RangeFetch fetches big blobs from upstream as parallel byte ranges
+	// (fetch_ranges.go); Parallel < 2 fetches one stream per blob.
+	RangeFetch RangeFetch
 
 	AnonymousPull bool
 	// AnonymousPush lets anyone push to a hosted repository (labs, CI
@@ -79,6 +82,13 @@ type Repository struct {
 	// member that receives pushes ("" refuses pushes).
 	Members []string
 	PushTo  string
+}
+
+// RangeFetch is how a proxy fetches a blob longer than Min: in ranges of
+// Chunk bytes (the first Min), Parallel at a time.
+type RangeFetch struct {
+	Min, Chunk int64
+	Parallel   int
 }
 
 // Options configure a Server.

@@ -259,14 +259,44 @@ func (s *Store) NewBlobWriter(ctx context.Context, alg string) (*BlobWriter, err
 	return &BlobWriter{s: s, f: f, path: path, alg: alg, h: newHash(alg)}, nil
 }
 
-// Write appends p to the blob.
+// Write appends p to the blob: after the bytes written (or absorbed) so
+// far, hashing them.
 func (w *BlobWriter) Write(p []byte) (int, error) {
-	n, err := w.f.Write(p)
+	n, err := w.f.WriteAt(p, w.Size())
 	w.h.Write(p[:n])
 	w.mu.Lock()
 	w.n += int64(n)
 	w.mu.Unlock()
 	return n, err
+}
+
+// WriteAt writes p at off, past the blob's hashed part, without hashing
+// it: a download that fetches byte ranges in parallel writes each where it
+// belongs, and Absorb takes the bytes into the blob once every byte
+// before them is in.
+func (w *BlobWriter) WriteAt(p []byte, off int64) (int, error) { return w.f.WriteAt(p, off) }
+
+// Absorb hashes the bytes from the blob's size up to end, which WriteAt
+// has written, and makes end its size. An end at or before the size does
+// nothing.
+func (w *BlobWriter) Absorb(end int64) error {
+	from := w.Size()
+	if end <= from {
+		return nil
+	}
+	n, err := io.Copy(w.h, io.NewSectionReader(w.f, from, end-from))
+	if err == nil && n != end-from {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		// Part of the range may be in the hash: the writer cannot be
+		// committed any more (its caller gives it up).
+		return fmt.Errorf("store: absorb: %w", err)
+	}
+	w.mu.Lock()
+	w.n = end
+	w.mu.Unlock()
+	return nil
 }
 
 // Size returns the number of bytes written so far.

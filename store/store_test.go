@@ -262,3 +262,60 @@ func TestOpenReaderFollowsTheFile(t *testing.T) {
 		t.Error("OpenReader after Close succeeded")
 	}
 }
+
+// Bytes written out of order with WriteAt become the blob as Absorb takes
+// them in; an absorb past the written bytes fails.
+func TestBlobWriterOutOfOrder(t *testing.T) {
+	s := storetest.Open(t)
+	data := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
+	d := store.DigestOf(data)
+	w, err := s.NewBlobWriter(ctx, "sha256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	// The last quarter, then the second, then the first by Write, then
+	// the third.
+	q := len(data) / 4
+	for _, part := range []int{3, 1} {
+		if _, err := w.WriteAt(data[part*q:(part+1)*q], int64(part*q)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := w.Write(data[:q]); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Absorb(int64(2 * q)); err != nil || w.Size() != int64(2*q) {
+		t.Fatalf("absorb to %d: size %d, %v", 2*q, w.Size(), err)
+	}
+	if err := w.Verify(d, -1); !errors.Is(err, store.ErrDigestMismatch) {
+		t.Fatalf("half a blob verified: %v", err)
+	}
+	if _, err := w.WriteAt(data[2*q:3*q], int64(2*q)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Absorb(int64(q)); err != nil || w.Size() != int64(2*q) {
+		t.Fatalf("absorb backwards changed the size to %d (%v)", w.Size(), err)
+	}
+	if err := w.Absorb(int64(len(data) + 1)); err == nil {
+		t.Fatal("absorbed a byte never written")
+	}
+	w2, _ := s.NewBlobWriter(ctx, "sha256")
+	defer w2.Close()
+	w2.WriteAt(data[q:], int64(q))
+	w2.Write(data[:q])
+	if err := w2.Absorb(int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w2.Commit(ctx, d, int64(len(data)), store.Link{Repo: "hub/x", Kind: store.LinkFetched}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := s.OpenBlob(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if got, _ := io.ReadAll(f); !bytes.Equal(got, data) {
+		t.Fatal("stored bytes differ")
+	}
+}

@@ -316,8 +316,21 @@ func classify(err error) error {
 	return &transportError{err}
 }
 
-// do sends one request for image and returns a 2xx response or an error.
+// do sends one request for image to the registry's path and returns a
+// 2xx response or an error.
 func (c *Client) do(ctx context.Context, image, method, path string, hdr http.Header) (*http.Response, error) {
+	if c.opts.Namespace != "" {
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		path += sep + "ns=" + url.QueryEscape(c.opts.Namespace)
+	}
+	return c.send(ctx, image, method, c.URL()+path, hdr)
+}
+
+// send sends one request for image to target, an absolute URL.
+func (c *Client) send(ctx context.Context, image, method, target string, hdr http.Header) (*http.Response, error) {
 	rt, err := c.transportFor(ctx, image)
 	if err != nil {
 		return nil, err
@@ -326,17 +339,10 @@ func (c *Client) do(ctx context.Context, image, method, path string, hdr http.He
 	if err != nil {
 		return nil, err
 	}
-	if c.opts.Namespace != "" {
-		sep := "?"
-		if strings.Contains(path, "?") {
-			sep = "&"
-		}
-		path += sep + "ns=" + url.QueryEscape(c.opts.Namespace)
-	}
 	// The request's own context, cancelled when its body has been idle for
 	// IdleTimeout (or is closed).
 	rctx, cancel := context.WithCancel(ctx)
-	req, err := http.NewRequestWithContext(rctx, method, c.URL()+path, nil)
+	req, err := http.NewRequestWithContext(rctx, method, target, nil)
 	if err != nil {
 		cancel()
 		release()
@@ -412,19 +418,32 @@ func (c *Client) Blob(ctx context.Context, method, image, dgst string) (*http.Re
 	return c.do(ctx, image, method, "/v2/"+image+"/blobs/"+dgst, nil)
 }
 
-// BlobRange GETs bytes start to end (inclusive) of image's blob dgst;
-// for start > 0 it sends a Range request ("bytes=start-end", or
-// "bytes=start-" when end < 0: some registries take closed ranges only),
-// and a 206 answer carries them.
+// BlobRange GETs bytes start to end (inclusive) of image's blob dgst,
+// following redirects: a Range request ("bytes=start-end", or
+// "bytes=start-" when end < 0: some registries take closed ranges only)
+// unless start is 0 and end < 0 (the whole blob). An upstream that
+// honours it answers 206; resp.Request.Response is non-nil when the
+// answer came from where the registry redirected (BlobAt).
 func (c *Client) BlobRange(ctx context.Context, image, dgst string, start, end int64) (*http.Response, error) {
-	var hdr http.Header
+	return c.do(ctx, image, http.MethodGet, "/v2/"+image+"/blobs/"+dgst, rangeHeader(start, end))
+}
+
+// BlobAt GETs bytes start to end of a blob at location, the absolute URL
+// a registry redirected a blob request to (a CDN or a bucket), sending no
+// credentials there: later ranges of a blob go straight to it. A signed
+// URL that expired answers 401 or 403; ask the registry again then.
+func (c *Client) BlobAt(ctx context.Context, image, location string, start, end int64) (*http.Response, error) {
+	return c.send(ctx, image, http.MethodGet, location, rangeHeader(start, end))
+}
+
+func rangeHeader(start, end int64) http.Header {
 	switch {
-	case start > 0 && end >= start:
-		hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", start, end)}}
+	case end >= start && end >= 0:
+		return http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", start, end)}}
 	case start > 0:
-		hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-", start)}}
+		return http.Header{"Range": {fmt.Sprintf("bytes=%d-", start)}}
 	}
-	return c.do(ctx, image, http.MethodGet, "/v2/"+image+"/blobs/"+dgst, hdr)
+	return nil
 }
 
 // Referrers asks for the referrers of image's manifest dgst (OCI

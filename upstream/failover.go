@@ -154,6 +154,12 @@ func (f *Failover) BlobRange(ctx context.Context, image, dgst string, start, end
 	return resp, err
 }
 
+// BlobAt GETs a range from where a registry redirected a blob request.
+func (f *Failover) BlobAt(ctx context.Context, image, location string, start, end int64) (*http.Response, error) {
+	i := max(f.preferred(image), 0) // -1: no URL served it; any client sends it alike
+	return f.clients[i].BlobAt(ctx, image, location, start, end)
+}
+
 // Referrers asks first the URL that served image's manifest.
 func (f *Failover) Referrers(ctx context.Context, image, dgst, artifactType string) (*http.Response, error) {
 	resp, _, err := f.try(ctx, f.preferred(image), func(c *Client) (*http.Response, error) {
