@@ -417,6 +417,9 @@ func (m *Main) AdminAddr() string {
 // Close releases the store. Call it after Run returns.
 func (m *Main) Close() error {
 	os.Remove(filepath.Join(m.store.Dir(), pidFile))
+	if m.srv != nil {
+		m.srv.Close() // manifest commits under way
+	}
 	return m.store.Close()
 }
 

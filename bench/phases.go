@@ -22,8 +22,9 @@ import (
 )
 
 type seeded struct {
-	big      string   // digest of the big layer in bench/big:v1
-	multi    []string // layer digests of bench/multi:v1
+	big         string   // digest of the big layer in bench/big:v1
+	multi       []string // layer digests of bench/multi:v1
+	multiConfig string   // its config's digest
 	multiMiB float64
 	small    []string // repositories with a small image tagged v1
 }
@@ -64,9 +65,12 @@ func (b *bench) seed(upAddr string) error {
 		layers = append(layers, l)
 	}
 	s.multiMiB = 8 * 16
-	if err := push("bench/multi:v1", image(layers...)); err != nil {
+	multi := image(layers...)
+	if err := push("bench/multi:v1", multi); err != nil {
 		return err
 	}
+	cd, _ := multi.ConfigName()
+	s.multiConfig = cd.String()
 	var wg sync.WaitGroup
 	errs := make(chan error, 200)
 	sem := make(chan struct{}, 8)
@@ -102,7 +106,10 @@ type system struct {
 
 // startBerth starts berth proxying the counting proxy, with a fresh data
 // dir.
-func (b *bench) startBerth(dataDir string) (*system, error) {
+func (b *bench) startBerth(dataDir string) (*system, error) { return b.startBerthAt(dataDir, b.up.addr) }
+
+// startBerthAt starts berth proxying the registry at upAddr.
+func (b *bench) startBerthAt(dataDir, upAddr string) (*system, error) {
 	port := freePort()
 	cfg := filepath.Join(dataDir, "..", fmt.Sprintf("berth-%d.toml", port))
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`default_repository = "hub"
@@ -112,7 +119,7 @@ name = "hub"
 kind = "proxy"
 url = "http://%s"
 tag_ttl = "1h"
-`, b.up.addr)), 0o644)
+`, upAddr)), 0o644)
 	cmd, err := b.startServer(*berthBin, "serve", "--config", cfg, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data-dir", dataDir)
 	if err != nil {
 		return nil, err
@@ -126,6 +133,11 @@ tag_ttl = "1h"
 
 // startDistribution starts distribution's registry in proxy mode.
 func (b *bench) startDistribution(dataDir string) (*system, error) {
+	return b.startDistributionAt(dataDir, b.up.addr)
+}
+
+// startDistributionAt starts distribution's proxy of the registry at upAddr.
+func (b *bench) startDistributionAt(dataDir, upAddr string) (*system, error) {
 	port := freePort()
 	cfg := filepath.Join(dataDir, "..", fmt.Sprintf("distribution-%d.yml", port))
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 0.1
@@ -141,7 +153,7 @@ http:
 proxy:
   remoteurl: http://%s
   ttl: 168h
-`, dataDir, port, b.up.addr)), 0o644)
+`, dataDir, port, upAddr)), 0o644)
 	cmd, err := b.startServer(filepath.Join(*toolsDir, "registry"), "serve", cfg)
 	if err != nil {
 		return nil, err

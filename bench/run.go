@@ -35,6 +35,17 @@ func (b *bench) run() error {
 	}
 	var lastBerthData string
 	for r := 1; r <= *repeats; r++ {
+		if *onlyWAN {
+			if err := b.wanRun(upAddr, r); err != nil {
+				return err
+			}
+			continue
+		}
+		// direct: the same cold pull straight from the upstream.
+		log.Printf("run %d/%d: direct", r, *repeats)
+		if err := b.coldSingle(&system{name: "direct", addr: b.up.addr}); err != nil {
+			return fmt.Errorf("direct: %w", err)
+		}
 		for _, name := range []string{"berth", "distribution"} {
 			data, _ := os.MkdirTemp(*outDir, name)
 			var s *system
@@ -74,9 +85,16 @@ func (b *bench) run() error {
 			s.stop()
 			os.RemoveAll(lastBerthData)
 		}
+		if !*wanSkip {
+			if err := b.wanRun(upAddr, r); err != nil {
+				return err
+			}
+		}
 	}
-	if err := b.startup(); err != nil {
-		return err
+	if !*onlyWAN {
+		if err := b.startup(); err != nil {
+			return err
+		}
 	}
 	b.report(time.Since(t0))
 	return nil
@@ -96,6 +114,12 @@ func (b *bench) report(took time.Duration) {
 		"warm, discarding client: machine CPU s per GB",
 		"cached tags, 200 repos, c=32 (wrk): requests/s", "cached tags: p50 ms", "cached tags: p99 ms",
 		"cached tags: upstream requests per request", "peak RSS MiB", "server CPU s, whole run",
+		"long path: cold 8×16 MiB image, 3 layers at a time: wall s",
+		fmt.Sprintf("long path: cold %d MiB blob, 1 client(s): wall s", *bigMiB), "long path: 1 client: MB/s",
+		"long path: 1 client(s): upstream bytes ÷ blob size",
+		fmt.Sprintf("long path: cold %d MiB blob, 20 client(s): wall s", *bigMiB),
+		"long path: 20 client(s): upstream bytes ÷ blob size",
+		"long path: stream cut at half: pull completed (1 yes)", "long path: stream cut at half: MiB fetched twice",
 	}
 	for k := range b.results {
 		if !contains(order, k) {
@@ -127,14 +151,15 @@ func (b *bench) report(took time.Duration) {
 		pin = "servers pinned to CPU " + *srvCPUs + ", clients and upstream on the others"
 	}
 	fmt.Fprintf(tw, "\nberth benchmark (%d runs; median (min–max)); %s; %s\n", *repeats, pin, time.Now().UTC().Format(time.RFC3339))
-	fmt.Fprintln(tw, "metric\tberth\tdistribution (proxy)\tnginx (files)\tberth/distribution\tberth/nginx")
-	fmt.Fprintln(tw, strings.Repeat("-", 20)+"\t-----\t-----\t-----\t-----\t-----")
+	fmt.Fprintln(tw, "metric\tberth\tdistribution (proxy)\tnginx (files)\tdirect (no cache)\tberth/distribution\tberth/nginx\tberth/direct")
+	fmt.Fprintln(tw, strings.Repeat("-", 20)+"\t-----\t-----\t-----\t-----\t-----\t-----\t-----")
 	type row struct {
-		Metric     string               `json:"metric"`
-		Values     map[string][]float64 `json:"values"`
-		Median     map[string]float64   `json:"median"`
-		RatioDist  string               `json:"berth_over_distribution"`
-		RatioNginx string               `json:"berth_over_nginx"`
+		Metric      string               `json:"metric"`
+		Values      map[string][]float64 `json:"values"`
+		Median      map[string]float64   `json:"median"`
+		RatioDist   string               `json:"berth_over_distribution"`
+		RatioNginx  string               `json:"berth_over_nginx"`
+		RatioDirect string               `json:"berth_over_direct"`
 	}
 	var rows []row
 	for _, k := range order {
@@ -142,13 +167,13 @@ func (b *bench) report(took time.Duration) {
 		if v == nil {
 			continue
 		}
-		rd, rn := ratio(v["berth"], v["distribution"]), ratio(v["berth"], v["nginx"])
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k, cell(v["berth"]), cell(v["distribution"]), cell(v["nginx"]), rd, rn)
+		rd, rn, rdir := ratio(v["berth"], v["distribution"]), ratio(v["berth"], v["nginx"]), ratio(v["berth"], v["direct"])
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k, cell(v["berth"]), cell(v["distribution"]), cell(v["nginx"]), cell(v["direct"]), rd, rn, rdir)
 		med := map[string]float64{}
 		for sys, vals := range v {
 			med[sys] = median(vals)
 		}
-		rows = append(rows, row{k, v, med, rd, rn})
+		rows = append(rows, row{k, v, med, rd, rn, rdir})
 	}
 	tw.Flush()
 	fmt.Printf("\nbenchmark took %s; results in %s\n", took.Round(time.Second), filepath.Join(*outDir, "bench.json"))

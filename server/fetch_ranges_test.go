@@ -334,7 +334,8 @@ func TestRangedResume(t *testing.T) {
 					w.Header()[k] = v
 				}
 				w.WriteHeader(rec.status)
-				w.Write(rec.body[:tc.cut])
+				// Chunks arrive in any order; the last is shorter.
+				w.Write(rec.body[:min(tc.cut, int64(len(rec.body))-1)])
 				http.NewResponseController(w).Flush()
 				if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
 					conn.Close()

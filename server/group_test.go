@@ -154,6 +154,7 @@ func TestGroupPushAndTags(t *testing.T) {
 	}
 	// Catalog of the group merges the hosted images and what proxies cached.
 	readAll(t, f.get("GET", "/v2/app/manifests/u1")) // cached by hub as library/app
+	f.srv.Close()                                    // its commit ends
 	resp = f.get("GET", "/v2/_catalog")
 	if got := string(readAll(t, resp)); !strings.Contains(got, `"app"`) || !strings.Contains(got, `"library/app"`) {
 		t.Fatalf("catalog %s", got)

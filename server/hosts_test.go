@@ -77,6 +77,7 @@ func TestAllowlistServesHostsApart(t *testing.T) {
 	if _, err := remote.Image(l.b.ref("quay.test/org/app:v1")); err != nil {
 		t.Errorf("pull by path: %v", err)
 	}
+	waitNoDownloads(t, l.b.srv)
 	paths, _ := l.b.store.Repositories(context.Background(), "any/")
 	if strings.Join(paths, " ") != "any/ghcr.test/org/app any/quay.test/org/app" {
 		t.Errorf("store paths %v, want one per host", paths)
@@ -150,6 +151,7 @@ func TestForwardNS(t *testing.T) {
 	if got != "docker.io,mirror.example," {
 		t.Errorf("ns sent upstream: %q, want docker.io, mirror.example and none", got)
 	}
+	waitNoDownloads(t, b.srv)
 	paths, _ := b.store.Repositories(context.Background(), "hub/")
 	if strings.Join(paths, " ") != "hub/docker.io/library/app hub/library/app hub/mirror.example/library/app" {
 		t.Errorf("store paths %v, want one per namespace", paths)

@@ -34,6 +34,7 @@ func TestPrefetchAllTags(t *testing.T) {
 	if err := b.srv.Prefetch(context.Background(), "hub", "app", PrefetchOptions{AllTags: true}, nil); err != nil {
 		t.Fatal(err)
 	}
+	waitNoDownloads(t, b.srv)
 	tags, err := b.store.Tags(context.Background(), "hub/library/app")
 	if err != nil || strings.Join(tags, ",") != "v1,v2,v3" {
 		t.Fatalf("tags cached: %v %v", tags, err)

@@ -26,6 +26,7 @@ func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	if err != nil {
 		return err
 	}
+	linked = linked || s.committingRef(rp.Name+"/"+image, d)
 	f, err := s.blobs.OpenBlob(ctx, d)
 	switch {
 	case err == nil:

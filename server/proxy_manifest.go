@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -137,6 +138,10 @@ func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey
 		s.cacheResult(r, rp, "manifest", resultNegative, "")
 		return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered)", image, ref)
 	}
+	if m, ok := s.committingManifest(rp.Name+"/"+image, ref); ok {
+		s.cacheResult(r, rp, "manifest", resultHit, "cache")
+		return manifestAnswer{m: m}, nil
+	}
 	if r.Method == http.MethodHead {
 		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, image, ref)
 		if err != nil {
@@ -245,23 +250,92 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 		return store.Manifest{}, err
 	}
 	m := store.Manifest{Digest: dg, MediaType: pm.mediaType, Body: body, ArtifactType: pm.artifactType, Annotations: pm.annotations, Subject: pm.subject}
-	path := rp.Name + "/" + image
-	if err := s.manifests.PutManifest(ctx, path, m, tag, pm.refs()); err != nil {
-		// Pass through: serve what upstream sent even if it cannot be kept.
-		s.m.passThrough.WithLabelValues(rp.Name, "store_error").Inc()
-		s.log.Error("cache manifest", "repository", rp.Name, "name", image, "ref", ref, "err", err)
-		return m, nil
-	}
-	if tag == "" {
-		tags, checked := rp.takePending(path, dg.String())
-		for _, t := range tags {
-			if err := s.manifests.TagChecked(ctx, path, t, dg, checked); err != nil {
-				return m, err
-			}
-		}
-	}
+	s.commitManifest(rp, image, ref, tag, m, pm.refs())
 	return m, nil
 }
+
+// pendingManifest is a verified manifest from upstream whose commit to
+// the store is under way.
+type pendingManifest struct {
+	m    store.Manifest
+	refs []store.Digest
+}
+
+// commitManifest stores a verified manifest (with its tag, and tags an
+// upstream HEAD named) in the background: the client that asked has it at
+// once instead of after the fsyncs of the blob file and the index (a few
+// milliseconds per manifest, most of a cold manifest's time on a fast
+// link). Until the commit ends, requests for it are answered from memory
+// (committingManifest) and its blobs count as linked (committingRef). A
+// crash before the commit leaves what a crash before the upstream
+// answered leaves: nothing.
+func (s *Server) commitManifest(rp *repo, image, ref, tag string, m store.Manifest, refs []store.Digest) {
+	path := rp.Name + "/" + image
+	p := &pendingManifest{m: m, refs: refs}
+	keys := []string{path + "@" + m.Digest.String()}
+	if ref != m.Digest.String() {
+		keys = append(keys, path+"@"+ref)
+	}
+	var pending []string // tags an upstream HEAD named
+	var checked time.Time
+	if tag == "" {
+		pending, checked = rp.takePending(path, m.Digest.String())
+		for _, t := range pending {
+			keys = append(keys, path+"@"+t)
+		}
+	}
+	for _, k := range keys {
+		s.committing.Store(k, p)
+	}
+	s.commits.Add(1)
+	s.goSafe("manifest commit", func() {
+		defer s.commits.Done()
+		defer func() {
+			for _, k := range keys {
+				s.committing.CompareAndDelete(k, p)
+			}
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := s.manifests.PutManifest(ctx, path, m, tag, refs); err != nil {
+			// Served all the same: what upstream sent, not kept.
+			s.m.passThrough.WithLabelValues(rp.Name, "store_error").Inc()
+			s.log.Error("cache manifest", "repository", rp.Name, "name", image, "ref", ref, "err", err)
+			return
+		}
+		for _, t := range pending {
+			if err := s.manifests.TagChecked(ctx, path, t, m.Digest, checked); err != nil {
+				s.log.Error("cache a tag", "repository", rp.Name, "name", image, "tag", t, "err", err)
+			}
+		}
+	})
+}
+
+// committingManifest returns the manifest path@ref whose commit is under
+// way, if any.
+func (s *Server) committingManifest(path, ref string) (store.Manifest, bool) {
+	if v, ok := s.committing.Load(path + "@" + ref); ok {
+		return v.(*pendingManifest).m, true
+	}
+	return store.Manifest{}, false
+}
+
+// committingRef reports whether a manifest of path being committed names
+// blob d.
+func (s *Server) committingRef(path string, d store.Digest) bool {
+	found := false
+	s.committing.Range(func(k, v any) bool {
+		if strings.HasPrefix(k.(string), path+"@") && slices.Contains(v.(*pendingManifest).refs, d) {
+			found = true
+		}
+		return !found
+	})
+	return found
+}
+
+// Close waits for the manifest commits under way; call it before closing
+// the store.
+func (s *Server) Close() { s.commits.Wait() }
 
 // manifestAnswer is a manifest to send: a stored one, or only the headers
 // an upstream HEAD gave for one not cached.

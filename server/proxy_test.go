@@ -348,6 +348,7 @@ func TestServeStaleWhenUpstreamFails(t *testing.T) {
 	if err := validate.Image(pulled); err != nil { // caches every blob
 		t.Fatal(err)
 	}
+	waitNoDownloads(t, b.srv) // and the manifest's commit ends
 	for _, status := range []int{503, 429, 500} {
 		up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
 			w.Header().Set("Retry-After", "0")
@@ -707,6 +708,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	up.push("app", "v1", randomImage(t, 256, 1))
 	b := newTestBerth(t, up)
 	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
+	waitNoDownloads(t, b.srv)
 	resp := b.get("GET", "/metrics")
 	body := string(readAll(t, resp))
 	for _, want := range []string{

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -129,6 +130,8 @@ type Server struct {
 	m           *metrics
 	fetches     *fetchGroup
 	flight      singleflight.Group
+	committing  sync.Map       // "<path>@<ref>" → *pendingManifest (proxy_manifest.go)
+	commits     sync.WaitGroup // manifest commits under way
 	auth        *auth
 	uploadLimit *uploadLimiter
 

@@ -65,6 +65,7 @@ func TestLookingIsNotPulling(t *testing.T) {
 	want := up.push("app", "v1", randomImage(t, 256, 1))
 	b := newTestBerth(t, up)
 	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
+	waitNoDownloads(t, b.srv)
 	d := store.MustDigest(want.String())
 	ctx := context.Background()
 	hits, last := b.store.Hits(ctx, d), mustLastAccess(t, b.store, d)

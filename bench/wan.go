@@ -1,0 +1,266 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// The long-path scenario. These machines have no kernel traffic shaping
+// (no netem qdisc), so the path between the cache and the upstream is
+// emulated in user space: wanProxy sits in front of the upstream registry
+// and adds a latency to every request, caps each response at one TCP
+// stream's share of a long path and caps the whole link. Direct pulls go
+// through the same proxy, so every system crosses the same path.
+
+var (
+	wanLatency = flag.Duration("wan-latency", 40*time.Millisecond, "long path: latency added to every request")
+	wanStream  = flag.Float64("wan-stream-mbs", 25, "long path: MB/s of one response (one TCP stream's share)")
+	wanLink    = flag.Float64("wan-link-mbs", 200, "long path: MB/s of the whole link")
+	wanSkip    = flag.Bool("no-wan", false, "skip the long-path scenario")
+	onlyWAN    = flag.Bool("only-wan", false, "run the long-path scenario only")
+)
+
+// wanProxy forwards to the upstream across an emulated long path and
+// counts the body bytes of blob GETs per digest.
+type wanProxy struct {
+	addr    string
+	target  string
+	latency time.Duration
+	stream  float64 // bytes/s per response
+	link    *rate.Limiter
+
+	mu     sync.Mutex
+	sent   map[string]int64 // digest → blob body bytes sent
+	cut    map[string]int64 // digest → break the next response that crosses this byte of the blob
+	srv    *http.Server
+	closed atomic.Bool
+}
+
+func newWANProxy(target string, latency time.Duration, streamMBs, linkMBs float64) (*wanProxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	const burst = 256 << 10
+	p := &wanProxy{addr: ln.Addr().String(), target: target, latency: latency, stream: streamMBs * 1e6,
+		link: rate.NewLimiter(rate.Limit(linkMBs*1e6), burst), sent: map[string]int64{}, cut: map[string]int64{}}
+	tr := &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}
+	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serve(w, r, tr) })}
+	go p.srv.Serve(ln)
+	return p, nil
+}
+
+func (p *wanProxy) close() { p.srv.Close() }
+
+// bytes returns the blob body bytes sent for digest so far.
+func (p *wanProxy) bytes(digest string) int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sent[digest]
+}
+
+// cutNext makes the next response for digest that carries byte n of the
+// blob stop there, its connection dropped.
+func (p *wanProxy) cutNext(digest string, n int64) {
+	p.mu.Lock()
+	p.cut[digest] = n
+	p.mu.Unlock()
+}
+
+func (p *wanProxy) serve(w http.ResponseWriter, r *http.Request, tr *http.Transport) {
+	time.Sleep(p.latency) // the request's way there and the answer's way back
+	req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://"+p.target+r.URL.RequestURI(), r.Body)
+	req.Header = r.Header.Clone()
+	req.ContentLength = r.ContentLength
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	digest := ""
+	if m := blobRe.FindStringSubmatch(r.URL.Path); m != nil && r.Method == http.MethodGet {
+		digest = m[1]
+	}
+	limit := int64(-1)
+	if digest != "" && resp.StatusCode/100 == 2 {
+		start := int64(0)
+		if cr := resp.Header.Get("Content-Range"); cr != "" {
+			fmt.Sscanf(cr, "bytes %d-", &start)
+		}
+		p.mu.Lock()
+		if at, ok := p.cut[digest]; ok && start <= at && (resp.ContentLength < 0 || at < start+resp.ContentLength) {
+			limit = at - start
+			delete(p.cut, digest)
+		}
+		p.mu.Unlock()
+	}
+	// Paced in slices: each waits for its share of this stream and of
+	// the link.
+	const slice = 32 << 10
+	stream := rate.NewLimiter(rate.Limit(p.stream), slice*2)
+	buf := make([]byte, slice)
+	var sent int64
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if limit >= 0 && sent+int64(n) > limit {
+				n = int(limit - sent)
+			}
+			if err := stream.WaitN(r.Context(), n); err != nil {
+				return
+			}
+			if err := p.link.WaitN(r.Context(), n); err != nil {
+				return
+			}
+			m, err := w.Write(buf[:n])
+			sent += int64(m)
+			if digest != "" {
+				p.mu.Lock()
+				p.sent[digest] += int64(m)
+				p.mu.Unlock()
+			}
+			if err != nil {
+				return
+			}
+			if limit >= 0 && sent == limit {
+				http.NewResponseController(w).Flush()
+				panic(http.ErrAbortHandler) // the stream breaks
+			}
+		}
+		if rerr != nil {
+			return
+		}
+	}
+}
+
+// wanRun is the long-path scenario: each system on a fresh cache per
+// measurement, and "direct", the client pulling from the upstream across
+// the same path.
+func (b *bench) wanRun(upAddr string, r int) error {
+	wan, err := newWANProxy(upAddr, *wanLatency, *wanStream, *wanLink)
+	if err != nil {
+		return err
+	}
+	defer wan.close()
+	blobMiB := float64(*bigMiB) * 1.048576
+	size := int64(*bigMiB) << 20
+	for _, name := range []string{"direct", "berth", "distribution"} {
+		// fresh starts a system on an empty cache in front of the long
+		// path (direct: the path itself).
+		fresh := func() (*system, error) {
+			if name == "direct" {
+				return &system{name: "direct", addr: wan.addr, stop: func() {}}, nil
+			}
+			data, _ := os.MkdirTemp(*outDir, name+"-wan")
+			var s *system
+			var err error
+			if name == "berth" {
+				s, err = b.startBerthAt(data, wan.addr)
+			} else {
+				s, err = b.startDistributionAt(data, wan.addr)
+			}
+			if err != nil {
+				return nil, err
+			}
+			stop := s.stop
+			s.stop = func() { stop(); os.RemoveAll(data) }
+			return s, nil
+		}
+		log.Printf("run %d/%d: long path (%s, %.0f MB/s a stream, %.0f MB/s link): %s", r, *repeats, *wanLatency, *wanStream, *wanLink, name)
+		// (a) the 8×16 MiB image, three layers at a time.
+		s, err := fresh()
+		if err != nil {
+			return err
+		}
+		wall, err := b.dockerPull(s)
+		s.stop()
+		if err != nil {
+			return fmt.Errorf("long path %s: %w", name, err)
+		}
+		b.record("long path: cold 8×16 MiB image, 3 layers at a time: wall s", name, wall.Seconds())
+		// (b) the big blob by one client, then by 20.
+		for _, n := range []int{1, 20} {
+			s, err := fresh()
+			if err != nil {
+				return err
+			}
+			before := wan.bytes(b.images.big)
+			wall, _, err := b.concurrentBlob(s, n, true)
+			s.stop()
+			if err != nil {
+				return fmt.Errorf("long path %s, %d clients: %w", name, n, err)
+			}
+			b.record(fmt.Sprintf("long path: cold %d MiB blob, %d client(s): wall s", *bigMiB, n), name, wall.Seconds())
+			b.record(fmt.Sprintf("long path: %d client(s): upstream bytes ÷ blob size", n), name, float64(wan.bytes(b.images.big)-before)/float64(size))
+			if n == 1 {
+				b.record("long path: 1 client: MB/s", name, blobMiB/wall.Seconds())
+			}
+		}
+		// (c) the upstream stream cut once at half the blob. A client
+		// retries a failed pull once, from the start (as docker does).
+		s, err = fresh()
+		if err != nil {
+			return err
+		}
+		before := wan.bytes(b.images.big)
+		wan.cutNext(b.images.big, size/2)
+		ok := 1.0
+		if _, _, err := b.concurrentBlob(s, 1, true); err != nil {
+			if _, _, err := b.concurrentBlob(s, 1, true); err != nil {
+				ok = 0
+			}
+		}
+		s.stop()
+		b.record("long path: stream cut at half: pull completed (1 yes)", name, ok)
+		b.record("long path: stream cut at half: MiB fetched twice", name, float64(wan.bytes(b.images.big)-before-size)/(1<<20))
+	}
+	return nil
+}
+
+// dockerPull pulls bench/multi:v1 as Docker does: the manifest, then the
+// config and layers three at a time, in order. It returns the wall time.
+func (b *bench) dockerPull(s *system) (time.Duration, error) {
+	c := newClient()
+	start := time.Now()
+	if _, _, _, err := fetch(c, s.manifestURL("bench/multi", "v1"), false); err != nil {
+		return 0, err
+	}
+	blobs := append([]string{b.images.multiConfig}, b.images.multi...)
+	sem := make(chan struct{}, 3)
+	errs := make(chan error, len(blobs))
+	var wg sync.WaitGroup
+	for _, d := range blobs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			_, _, sum, err := fetch(c, s.blobURL("bench/multi", d), true)
+			if err == nil && sum != d {
+				err = fmt.Errorf("%s: %s: digest mismatch", s.name, d)
+			}
+			if err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
