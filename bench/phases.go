@@ -119,7 +119,8 @@ name = "hub"
 kind = "proxy"
 url = "http://%s"
 tag_ttl = "1h"
-`, upAddr)), 0o644)
+%s
+`, upAddr, *berthExtra)), 0o644)
 	cmd, err := b.startServer(*berthBin, "serve", "--config", cfg, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data-dir", dataDir)
 	if err != nil {
 		return nil, err
@@ -224,8 +225,15 @@ func (b *bench) coldSingle(s *system) error {
 		return err
 	}
 	var first time.Duration
+	if os.Getenv("BENCH_TRACE") != "" {
+		log.Printf("%s: manifest after %v", s.name, time.Since(start))
+	}
 	for i, d := range b.images.multi {
+		t0 := time.Now()
 		ttfb, _, sum, err := fetch(c, s.blobURL("bench/multi", d), true)
+		if os.Getenv("BENCH_TRACE") != "" {
+			log.Printf("%s: layer %d first byte %v, whole %v", s.name, i, ttfb, time.Since(t0))
+		}
 		if err != nil {
 			return err
 		}

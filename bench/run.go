@@ -35,8 +35,14 @@ func (b *bench) run() error {
 	}
 	var lastBerthData string
 	for r := 1; r <= *repeats; r++ {
-		if *onlyWAN {
+		switch *only {
+		case "wan":
 			if err := b.wanRun(upAddr, r); err != nil {
+				return err
+			}
+			continue
+		case "cold":
+			if err := b.coldOnly(r); err != nil {
 				return err
 			}
 			continue
@@ -91,7 +97,7 @@ func (b *bench) run() error {
 			}
 		}
 	}
-	if !*onlyWAN {
+	if *only == "" {
 		if err := b.startup(); err != nil {
 			return err
 		}
@@ -187,4 +193,31 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// coldOnly is the loopback cold pull of one client, for each system on a
+// fresh cache (-only cold).
+func (b *bench) coldOnly(r int) error {
+	log.Printf("run %d/%d: loopback cold pull", r, *repeats)
+	if err := b.coldSingle(&system{name: "direct", addr: b.up.addr}); err != nil {
+		return err
+	}
+	for _, name := range []string{"berth", "distribution"} {
+		data, _ := os.MkdirTemp(*outDir, name)
+		start := b.startBerth
+		if name == "distribution" {
+			start = b.startDistribution
+		}
+		s, err := start(data)
+		if err != nil {
+			return err
+		}
+		err = b.coldSingle(s)
+		s.stop()
+		os.RemoveAll(data)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

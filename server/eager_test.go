@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -119,5 +121,52 @@ func TestEagerLayersOnePlatform(t *testing.T) {
 	}
 	if n, want := up.count("GET blob"), len(imageBlobs(t, first)); n != want {
 		t.Errorf("%d upstream blob GETs, want %d (one platform's)", n, want)
+	}
+}
+
+// TestEagerRamp: on a fast path three of a manifest's blobs download at a
+// time; when none ends for eagerRamp (a slow path), one more starts, up
+// to eagerWide.
+func TestEagerRamp(t *testing.T) {
+	for _, tc := range []struct {
+		name                    string
+		ramp                    time.Duration
+		hold                    time.Duration // each blob GET takes this long
+		wantAtMost, wantAtLeast int
+	}{
+		{"fast path", time.Hour, 0, eagerParallel, 1},
+		{"slow path", 30 * time.Millisecond, time.Second, eagerWide, eagerWide},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newFakeUpstream(t)
+			img := randomImage(t, 64<<10, 11)
+			up.push("library/app", "v1", img)
+			var mu sync.Mutex
+			now, peak := 0, 0
+			up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+				if r.Method != http.MethodGet || kindOf(r.URL.Path) != "blob" {
+					return false
+				}
+				mu.Lock()
+				now++
+				peak = max(peak, now)
+				mu.Unlock()
+				time.Sleep(tc.hold)
+				up.reg.ServeHTTP(w, r)
+				mu.Lock()
+				now--
+				mu.Unlock()
+				return true
+			})
+			b := newTestBerth(t, up, eagerOn)
+			b.srv.eager.ramp = tc.ramp
+			readAll(t, b.get("GET", "/v2/app/manifests/v1"))
+			waitCached(t, b, imageBlobs(t, img))
+			mu.Lock()
+			defer mu.Unlock()
+			if peak > tc.wantAtMost || peak < tc.wantAtLeast {
+				t.Errorf("%d blob downloads at once, want %d to %d", peak, tc.wantAtLeast, tc.wantAtMost)
+			}
+		})
 	}
 }
