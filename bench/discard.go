@@ -40,7 +40,7 @@ func discardLoad(conns int, dur time.Duration, rawURL string) (float64, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := discardConn(u.Host, req, deadline, &total); err != nil {
+			if err := discardConn(u.Host, req, deadline, false, &total); err != nil {
 				errc <- err
 			}
 		}()
@@ -55,8 +55,8 @@ func discardLoad(conns int, dur time.Duration, rawURL string) (float64, error) {
 }
 
 // discardConn sends req over one connection again and again until
-// deadline, adding the body bytes it receives to total.
-func discardConn(addr, req string, deadline time.Time, total *atomic.Int64) error {
+// deadline (once: one time), adding the body bytes it receives to total.
+func discardConn(addr, req string, deadline time.Time, once bool, total *atomic.Int64) error {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return err
@@ -110,8 +110,40 @@ func discardConn(addr, req string, deadline time.Time, total *atomic.Int64) erro
 				return nil // count what arrived, as wrk does
 			}
 		}
+		if once {
+			return nil
+		}
 	}
 	return nil
+}
+
+// discardOnce has n clients GET url once each at the same time, dropping
+// the bodies in the kernel, and returns the wall time and the body bytes
+// received: clients that cost next to nothing, as if each were on a
+// machine of its own.
+func discardOnce(n int, rawURL string) (time.Duration, int64, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return 0, 0, err
+	}
+	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: berth-bench\r\n\r\n", u.RequestURI(), u.Host)
+	var total atomic.Int64
+	deadline := time.Now().Add(5 * time.Minute)
+	errc := make(chan error, n)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := discardConn(u.Host, req, deadline, true, &total); err != nil {
+				errc <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	return time.Since(start), total.Load(), <-errc
 }
 
 // oneByteReader reads at most one byte per call.

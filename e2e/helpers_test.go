@@ -201,9 +201,10 @@ type upstreamRegistry struct {
 
 	auth bool
 
-	mu       sync.Mutex
-	blobGets map[string]int
-	down     bool
+	mu        sync.Mutex
+	blobGets  map[string]int
+	blobBytes map[string]int64 // body bytes sent for blob GETs
+	down      bool
 }
 
 func startRegistry(t *testing.T) *upstreamRegistry { return startRegistryAuth(t, "") }
@@ -229,7 +230,7 @@ http:
 		cfg += fmt.Sprintf("auth:\n  htpasswd:\n    realm: e2e\n    path: %s\n", htpasswd)
 	}
 	os.WriteFile(filepath.Join(dir, "config.yml"), []byte(cfg), 0o644)
-	u := &upstreamRegistry{addr: fmt.Sprintf("127.0.0.1:%d", port), blobGets: map[string]int{}}
+	u := &upstreamRegistry{addr: fmt.Sprintf("127.0.0.1:%d", port), blobGets: map[string]int{}, blobBytes: map[string]int64{}}
 	u.proc = start(t, nil, tool("registry"), "serve", filepath.Join(dir, "config.yml"))
 	waitHTTP(t, "http://"+u.addr+"/v2/", 20*time.Second)
 	u.auth = htpasswd != ""
@@ -243,8 +244,10 @@ http:
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.mu.Lock()
 		down := u.down
+		blob := ""
 		if m := blobRe.FindStringSubmatch(r.URL.Path); m != nil && r.Method == "GET" {
-			u.blobGets[m[1]]++
+			blob = m[1]
+			u.blobGets[blob]++
 		}
 		u.mu.Unlock()
 		if down {
@@ -252,6 +255,15 @@ http:
 			conn, _, _ := hj.Hijack()
 			conn.Close()
 			return
+		}
+		if blob != "" {
+			cw := &countingWriter{ResponseWriter: w}
+			defer func() {
+				u.mu.Lock()
+				u.blobBytes[blob] += cw.n
+				u.mu.Unlock()
+			}()
+			w = cw
 		}
 		forward(w, r, u.addr)
 	})}
@@ -282,6 +294,25 @@ func (u *upstreamRegistry) gets(d string) int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.blobGets[d]
+}
+
+// bytes is the body bytes sent for GETs of blob d.
+func (u *upstreamRegistry) bytes(d string) int64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.blobBytes[d]
+}
+
+// countingWriter counts the body bytes written.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func (u *upstreamRegistry) setDown(v bool) {
