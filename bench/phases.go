@@ -25,8 +25,8 @@ type seeded struct {
 	big         string   // digest of the big layer in bench/big:v1
 	multi       []string // layer digests of bench/multi:v1
 	multiConfig string   // its config's digest
-	multiMiB float64
-	small    []string // repositories with a small image tagged v1
+	multiMiB    float64
+	small       []string // repositories with a small image tagged v1
 }
 
 func randomLayer(size int) v1.Layer {
@@ -106,7 +106,9 @@ type system struct {
 
 // startBerth starts berth proxying the counting proxy, with a fresh data
 // dir.
-func (b *bench) startBerth(dataDir string) (*system, error) { return b.startBerthAt(dataDir, b.up.addr) }
+func (b *bench) startBerth(dataDir string) (*system, error) {
+	return b.startBerthAt(dataDir, b.up.addr)
+}
 
 // startBerthAt starts berth proxying the registry at upAddr.
 func (b *bench) startBerthAt(dataDir, upAddr string) (*system, error) {
@@ -225,15 +227,8 @@ func (b *bench) coldSingle(s *system) error {
 		return err
 	}
 	var first time.Duration
-	if os.Getenv("BENCH_TRACE") != "" {
-		log.Printf("%s: manifest after %v", s.name, time.Since(start))
-	}
 	for i, d := range b.images.multi {
-		t0 := time.Now()
 		ttfb, _, sum, err := fetch(c, s.blobURL("bench/multi", d), true)
-		if os.Getenv("BENCH_TRACE") != "" {
-			log.Printf("%s: layer %d first byte %v, whole %v", s.name, i, ttfb, time.Since(t0))
-		}
 		if err != nil {
 			return err
 		}
