@@ -23,23 +23,29 @@ const (
 	eagerInFlight = 16 // eager downloads under way, all proxies together
 )
 
-// eagerRamp is eager.ramp's default: while none of a manifest's downloads
-// ends for this long, the path is slow (long, or one stream gets little of
-// the link) and twice as many may run, up to eagerWide. On a fast path,
-// three at a time keep the one the client reads first from sharing the
-// upstream and the CPU with many others (on loopback, with eight at once
-// its first byte came after 160 ms instead of 40).
-const eagerRamp = 100 * time.Millisecond
+// Widening on a slow path: when none of a manifest's downloads ends for
+// eagerRamp and each gained less than eagerSlowRate bytes a second in that
+// time, the path is slow (long, or one stream gets little of the link)
+// and twice as many may run, up to eagerWide. On a fast path, three at a
+// time keep the one the client reads first from sharing the upstream and
+// the CPU with many others (on loopback, with eight at once its first
+// byte came after 160 ms instead of 40). eager.ramp and eager.slowRate
+// hold them (tests change them).
+const (
+	eagerRamp     = 50 * time.Millisecond
+	eagerSlowRate = 50e6
+)
 
 // eager is the state of eager downloads.
 type eager struct {
-	ramp  time.Duration                // eagerRamp
-	slots chan struct{}                // eagerInFlight
-	seen  *lru.Cache[string, struct{}] // "<path>@<manifest digest>" recently looked at
+	ramp     time.Duration                // eagerRamp
+	slowRate float64                      // eagerSlowRate
+	slots    chan struct{}                // eagerInFlight
+	seen     *lru.Cache[string, struct{}] // "<path>@<manifest digest>" recently looked at
 }
 
 func newEager() *eager {
-	return &eager{ramp: eagerRamp, slots: make(chan struct{}, eagerInFlight), seen: lru.New[string, struct{}](10_000, 10*time.Minute)}
+	return &eager{ramp: eagerRamp, slowRate: eagerSlowRate, slots: make(chan struct{}, eagerInFlight), seen: lru.New[string, struct{}](10_000, 10*time.Minute)}
 }
 
 // eagerLayers starts the downloads of m's blobs in the background when rp
@@ -61,18 +67,25 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 			return // an index, or schema 1: nothing chosen to fetch
 		}
 		ctx := context.Background()
-		ended := make(chan struct{}, eagerPerImage) // one per download started
-		running, width := 0, eagerParallel
-		last := time.Now() // a download started or ended, or width grew
+		ended := make(chan string, eagerPerImage) // the digest of each download that ends
+		running := map[string]*download{}
+		width := eagerParallel
+		last, moved := time.Now(), int64(0) // when the pace was last judged, and the bytes in by then
 		for i, d := range pm.blobs {
 			if i == eagerPerImage {
 				return
 			}
-			for running >= width {
+			for len(running) >= width {
 				wait := s.eager.ramp - time.Since(last)
 				if width < eagerWide && wait <= 0 {
-					width = min(2*width, eagerWide) // slow: twice as many
-					last = time.Now()
+					// Judge the pace: slow when each running download
+					// gained less than eagerSlowRate since last time.
+					now := bytesIn(running)
+					rate := float64(now-moved) / time.Since(last).Seconds() / float64(len(running))
+					if rate < s.eager.slowRate {
+						width = min(2*width, eagerWide) // twice as many
+					}
+					last, moved = time.Now(), now
 					continue
 				}
 				timer := time.NewTimer(max(wait, 0))
@@ -81,9 +94,9 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 					timer = time.NewTimer(time.Hour) // only an end frees a place
 				}
 				select {
-				case <-ended:
-					running--
-					last = time.Now()
+				case dg := <-ended:
+					delete(running, dg)
+					last, moved = time.Now(), bytesIn(running)
 				case <-timer.C:
 				}
 				timer.Stop()
@@ -100,7 +113,7 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 			onEnd := job.ended
 			job.ended = func(err error) {
 				<-s.eager.slots
-				ended <- struct{}{}
+				ended <- d.String()
 				onEnd(err)
 			}
 			dl, leader, err := s.fetches.join(ctx, job)
@@ -113,9 +126,19 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 				<-s.eager.slots // already in flight: not ours
 				continue
 			}
-			running++
-			last = time.Now()
+			running[d.String()] = dl
+			last, moved = time.Now(), bytesIn(running)
 			s.m.eager.WithLabelValues(rp.Name).Inc()
 		}
 	})
+}
+
+// bytesIn is the bytes on disk of the downloads together.
+func bytesIn(dls map[string]*download) (n int64) {
+	for _, dl := range dls {
+		dl.mu.Lock()
+		n += dl.written
+		dl.mu.Unlock()
+	}
+	return n
 }

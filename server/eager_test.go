@@ -125,17 +125,19 @@ func TestEagerLayersOnePlatform(t *testing.T) {
 }
 
 // TestEagerRamp: on a fast path three of a manifest's blobs download at a
-// time; when none ends for eagerRamp (a slow path), one more starts, up
-// to eagerWide.
+// time; when none ends for eagerRamp and each gained less than
+// eagerSlowRate (a slow path), twice as many run, up to eagerWide.
 func TestEagerRamp(t *testing.T) {
 	for _, tc := range []struct {
 		name                    string
 		ramp                    time.Duration
+		slowRate                float64
 		hold                    time.Duration // each blob GET takes this long
 		wantAtMost, wantAtLeast int
 	}{
-		{"fast path", time.Hour, 0, eagerParallel, 1},
-		{"slow path", 30 * time.Millisecond, time.Second, eagerWide, eagerWide},
+		{"fast path", time.Hour, eagerSlowRate, 0, eagerParallel, 1},
+		{"long but not slow", 30 * time.Millisecond, 0, time.Second, eagerParallel, eagerParallel},
+		{"slow path", 30 * time.Millisecond, eagerSlowRate, time.Second, eagerWide, eagerWide},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := newFakeUpstream(t)
@@ -159,7 +161,7 @@ func TestEagerRamp(t *testing.T) {
 				return true
 			})
 			b := newTestBerth(t, up, eagerOn)
-			b.srv.eager.ramp = tc.ramp
+			b.srv.eager.ramp, b.srv.eager.slowRate = tc.ramp, tc.slowRate
 			readAll(t, b.get("GET", "/v2/app/manifests/v1"))
 			waitCached(t, b, imageBlobs(t, img))
 			mu.Lock()
