@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -39,11 +38,10 @@ type wanProxy struct {
 	stream  float64 // bytes/s per response
 	link    *rate.Limiter
 
-	mu     sync.Mutex
-	sent   map[string]int64 // digest → blob body bytes sent
-	cut    map[string]int64 // digest → break the next response that crosses this byte of the blob
-	srv    *http.Server
-	closed atomic.Bool
+	mu   sync.Mutex
+	sent map[string]int64 // digest → blob body bytes sent
+	cut  map[string]int64 // digest → break the next response that crosses this byte of the blob
+	srv  *http.Server
 }
 
 func newWANProxy(target string, latency time.Duration, streamMBs, linkMBs float64) (*wanProxy, error) {
