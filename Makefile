@@ -73,7 +73,7 @@ fuzz:
 	$(GO) test ./server/ -run '^$$' -fuzz FuzzParseScopes -fuzztime 30s
 	$(GO) test ./server/ -run '^$$' -fuzz FuzzAuthorization -fuzztime 30s
 
-## bench: berth against distribution's proxy mode and nginx, 3 runs, medians and ratios (about 7 minutes;
+## bench: berth against distribution's proxy mode, nginx and a direct pull, on loopback and across an emulated long path, 3 runs, medians and ratios (about 14 minutes;
 ## servers under test on CPU 0, the driver, load generators and upstream on CPU 1)
 bench: tools build
 	GO=$(GO) scripts/bench.sh

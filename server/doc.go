@@ -16,6 +16,7 @@
 //	proxy_manifest.go  a proxy's manifests: tag freshness, revalidation, misses
 //	proxy_blob.go      a proxy's blobs: hit, HEAD, miss
 //	fetch.go           the one download per digest, streaming, resume
+//	fetch_ranges.go    a big blob as parallel byte ranges
 //	eager.go           downloads started when a manifest is served
 //	proxy_tags.go, proxy_referrers.go, catalog.go
 //	hosted.go, uploads.go  hosted repositories: manifests, blobs, pushes
