@@ -162,22 +162,33 @@ func newCountingProxy(target string) (*countingProxy, error) {
 			p.blobGets[m[1]]++
 			p.mu.Unlock()
 		}
-		req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://"+target+r.URL.RequestURI(), r.Body)
-		req.Header = r.Header.Clone()
-		req.ContentLength = r.ContentLength
-		resp, err := tr.RoundTrip(req)
-		if err != nil {
-			w.WriteHeader(http.StatusBadGateway)
+		resp := relay(w, r, tr, target)
+		if resp == nil {
 			return
 		}
 		defer resp.Body.Close()
-		for k, v := range resp.Header {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(resp.StatusCode)
 		io.CopyBuffer(w, resp.Body, make([]byte, 256<<10))
 	}))
 	return p, nil
+}
+
+// relay sends r to target and writes the answer's status and headers to
+// w; the caller copies the body and closes it. nil: the target could not
+// be reached (502 written).
+func relay(w http.ResponseWriter, r *http.Request, tr *http.Transport, target string) *http.Response {
+	req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://"+target+r.URL.RequestURI(), r.Body)
+	req.Header = r.Header.Clone()
+	req.ContentLength = r.ContentLength
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		w.WriteHeader(http.StatusBadGateway)
+		return nil
+	}
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	return resp
 }
 
 func (p *countingProxy) gets(d string) int {

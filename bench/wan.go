@@ -77,19 +77,11 @@ func (p *wanProxy) cutNext(digest string, n int64) {
 
 func (p *wanProxy) serve(w http.ResponseWriter, r *http.Request, tr *http.Transport) {
 	time.Sleep(p.latency) // the request's way there and the answer's way back
-	req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://"+p.target+r.URL.RequestURI(), r.Body)
-	req.Header = r.Header.Clone()
-	req.ContentLength = r.ContentLength
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		w.WriteHeader(http.StatusBadGateway)
+	resp := relay(w, r, tr, p.target)
+	if resp == nil {
 		return
 	}
 	defer resp.Body.Close()
-	for k, v := range resp.Header {
-		w.Header()[k] = v
-	}
-	w.WriteHeader(resp.StatusCode)
 	digest := ""
 	if m := blobRe.FindStringSubmatch(r.URL.Path); m != nil && r.Method == http.MethodGet {
 		digest = m[1]

@@ -246,16 +246,7 @@ func TestRangeAnsweredWhileDownloading(t *testing.T) {
 		t.Fatalf("status %d, Content-Range %q", resp.StatusCode, resp.Header.Get("Content-Range"))
 	}
 	got := make([]byte, 999)
-	done := make(chan error, 1)
-	go func() { _, err := io.ReadFull(resp.Body, got); done <- err }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no byte of the range before the download ended")
-	}
+	readWithin(t, resp.Body, got, "no byte of the range before the download ended")
 	last := make(chan []byte, 1)
 	go func() { b, _ := io.ReadAll(resp.Body); last <- b }()
 	select {

@@ -180,16 +180,7 @@ func TestStreamsBeforeDownloadCompletes(t *testing.T) {
 	resp := b.get("GET", "/v2/app/blobs/"+dg.String())
 	defer resp.Body.Close()
 	half := make([]byte, (1<<20)/2-1)
-	done := make(chan error, 1)
-	go func() { _, err := io.ReadFull(resp.Body, half); done <- err }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no bytes streamed while upstream was still sending")
-	}
+	readWithin(t, resp.Body, half, "no bytes streamed while upstream was still sending")
 	// A second client joins mid-download and also gets its first half.
 	resp2 := b.get("GET", "/v2/app/blobs/"+dg.String())
 	defer resp2.Body.Close()

@@ -269,3 +269,19 @@ func cachedApp(t *testing.T, size int64) (*fakeUpstream, *testBerth, v1.Hash) {
 	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
 	return up, b, firstLayer(t, img)
 }
+
+// readWithin reads len(p) bytes of r within 10 s, or fails the test with
+// msg: bytes that must arrive while the upstream is still sending.
+func readWithin(t *testing.T, r io.Reader, p []byte, msg string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { _, err := io.ReadFull(r, p); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal(msg)
+	}
+}
