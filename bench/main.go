@@ -139,11 +139,12 @@ func waitUp(url string) (time.Duration, error) {
 
 // countingProxy forwards to the upstream registry and counts requests.
 type countingProxy struct {
-	addr     string
-	target   string
-	total    atomic.Int64
-	mu       sync.Mutex
-	blobGets map[string]int
+	addr      string
+	target    string
+	total     atomic.Int64
+	mu        sync.Mutex
+	blobGets  map[string]int
+	blobBytes map[string]int64 // body bytes sent for blob GETs
 }
 
 var blobRe = regexp.MustCompile(`/blobs/(sha256:[0-9a-f]{64})$`)
@@ -153,13 +154,15 @@ func newCountingProxy(target string) (*countingProxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &countingProxy{addr: ln.Addr().String(), target: target, blobGets: map[string]int{}}
+	p := &countingProxy{addr: ln.Addr().String(), target: target, blobGets: map[string]int{}, blobBytes: map[string]int64{}}
 	tr := &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}
 	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.total.Add(1)
+		blob := ""
 		if m := blobRe.FindStringSubmatch(r.URL.Path); m != nil && r.Method == "GET" {
+			blob = m[1]
 			p.mu.Lock()
-			p.blobGets[m[1]]++
+			p.blobGets[blob]++
 			p.mu.Unlock()
 		}
 		resp := relay(w, r, tr, target)
@@ -167,7 +170,12 @@ func newCountingProxy(target string) (*countingProxy, error) {
 			return
 		}
 		defer resp.Body.Close()
-		io.CopyBuffer(w, resp.Body, make([]byte, 256<<10))
+		n, _ := io.CopyBuffer(w, resp.Body, make([]byte, 256<<10))
+		if blob != "" {
+			p.mu.Lock()
+			p.blobBytes[blob] += n
+			p.mu.Unlock()
+		}
 	}))
 	return p, nil
 }
@@ -189,6 +197,13 @@ func relay(w http.ResponseWriter, r *http.Request, tr *http.Transport, target st
 	}
 	w.WriteHeader(resp.StatusCode)
 	return resp
+}
+
+// bytes is the body bytes sent for GETs of blob d.
+func (p *countingProxy) bytes(d string) int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.blobBytes[d]
 }
 
 func (p *countingProxy) gets(d string) int {

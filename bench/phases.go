@@ -284,7 +284,7 @@ func (b *bench) cold20(s *system) error {
 	if _, _, _, err := fetch(newClient(), s.manifestURL("bench/big", "v1"), false); err != nil {
 		return err
 	}
-	before := b.up.gets(b.images.big)
+	before, beforeBytes := b.up.gets(b.images.big), b.up.bytes(b.images.big)
 	wall, ttfbs, err := b.concurrentBlob(s, 20, true)
 	if err != nil {
 		return err
@@ -295,6 +295,7 @@ func (b *bench) cold20(s *system) error {
 	b.record("cold 20 clients: first byte p50 ms", s.name, ms(percentile(ttfbs, 0.5)))
 	b.record("cold 20 clients: first byte p99 ms", s.name, ms(percentile(ttfbs, 0.99)))
 	b.record("cold 20 clients: upstream GETs of the blob", s.name, float64(b.up.gets(b.images.big)-before))
+	b.record("cold 20 clients: upstream bytes ÷ blob size", s.name, float64(b.up.bytes(b.images.big)-beforeBytes)/float64(int64(*bigMiB)<<20))
 	return nil
 }
 

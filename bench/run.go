@@ -112,7 +112,7 @@ func (b *bench) report(took time.Duration) {
 	order := []string{
 		"cold 1 client, 8×16 MiB image: wall s", "cold 1 client, 8×16 MiB image: MB/s", "cold 1 client: first layer byte ms",
 		"cold 20 clients, one 256 MiB blob: wall s", "cold 20 clients: MB/s delivered", "cold 20 clients: first byte p50 ms",
-		"cold 20 clients: first byte p99 ms", "cold 20 clients: upstream GETs of the blob",
+		"cold 20 clients: first byte p99 ms", "cold 20 clients: upstream GETs of the blob", "cold 20 clients: upstream bytes ÷ blob size",
 		"warm 1 client (hashing): MB/s", "warm 1 client: first byte ms", "warm 20 clients (hashing): MB/s",
 		"warm 20 clients: first byte p50 ms", "warm 20 connections (wrk, no hashing): MB/s", "warm: server CPU s per GB served",
 		"warm: machine CPU s per GB (server+client+kernel)",
