@@ -140,8 +140,9 @@ func (r *rangedRun) absorbAll(ctx context.Context) error {
 			return err
 		}
 		if aerr := d.w.Absorb(written); aerr != nil {
-			r.fail(fmt.Errorf("%w: %w", errStoreWrite, aerr))
-			return aerr
+			err := fmt.Errorf("%w: %w", errStoreWrite, aerr) // readers pass the upstream through
+			r.fail(err)
+			return err
 		}
 		if written == r.total || live == 0 {
 			return nil
