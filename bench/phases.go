@@ -98,10 +98,11 @@ func (b *bench) seed(upAddr string) error {
 
 // system is a registry under test.
 type system struct {
-	name string
-	addr string
-	pid  int
-	stop func()
+	name  string
+	addr  string
+	pprof string // berth's --pprof address, with -trace
+	pid   int
+	stop  func()
 }
 
 // startBerth starts berth proxying the counting proxy, with a fresh data
@@ -123,7 +124,13 @@ url = "http://%s"
 tag_ttl = "1h"
 %s
 `, upAddr, *berthExtra)), 0o644)
-	cmd, err := b.startServer(*berthBin, "serve", "--config", cfg, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data-dir", dataDir)
+	args := []string{"serve", "--config", cfg, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data-dir", dataDir}
+	pprof := ""
+	if *traceDir != "" {
+		pprof = fmt.Sprintf("127.0.0.1:%d", freePort())
+		args = append(args, "--pprof", pprof)
+	}
+	cmd, err := b.startServer(*berthBin, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +138,7 @@ tag_ttl = "1h"
 	if _, err := waitUp("http://" + addr + "/v2/"); err != nil {
 		return nil, err
 	}
-	return &system{name: "berth", addr: addr, pid: cmd.Process.Pid, stop: func() { stop(cmd) }}, nil
+	return &system{name: "berth", addr: addr, pprof: pprof, pid: cmd.Process.Pid, stop: func() { stop(cmd) }}, nil
 }
 
 // startDistribution starts distribution's registry in proxy mode.
@@ -222,6 +229,7 @@ func (s *system) manifestURL(repo, ref string) string {
 // in turn) from an empty cache.
 func (b *bench) coldSingle(s *system) error {
 	c := newClient()
+	cpu0, up0, all0 := cpuSeconds(s.pid), cpuSeconds(b.upProc.Process.Pid), machineCPUSeconds()
 	start := time.Now()
 	if _, _, _, err := fetch(c, s.manifestURL("bench/multi", "v1"), false); err != nil {
 		return err
@@ -243,6 +251,11 @@ func (b *bench) coldSingle(s *system) error {
 	b.record("cold 1 client, 8×16 MiB image: wall s", s.name, wall.Seconds())
 	b.record("cold 1 client, 8×16 MiB image: MB/s", s.name, b.images.multiMiB*1.048576/wall.Seconds())
 	b.record("cold 1 client: first layer byte ms", s.name, ms(first))
+	if s.pid != 0 {
+		b.record("cold 1 client: server CPU s", s.name, cpuSeconds(s.pid)-cpu0)
+	}
+	b.record("cold 1 client: upstream registry CPU s", s.name, cpuSeconds(b.upProc.Process.Pid)-up0)
+	b.record("cold 1 client: machine CPU s", s.name, machineCPUSeconds()-all0)
 	return nil
 }
 

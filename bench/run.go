@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,12 +38,12 @@ func (b *bench) run() error {
 	var lastBerthData string
 	for r := 1; r <= *repeats; r++ {
 		switch *only {
-		case "wan":
+		case "wan", "wan-pull":
 			if err := b.wanRun(upAddr, r); err != nil {
 				return err
 			}
 			continue
-		case "cold":
+		case "cold", "cold20":
 			if err := b.coldOnly(r); err != nil {
 				return err
 			}
@@ -111,6 +113,7 @@ func (b *bench) run() error {
 func (b *bench) report(took time.Duration) {
 	order := []string{
 		"cold 1 client, 8×16 MiB image: wall s", "cold 1 client, 8×16 MiB image: MB/s", "cold 1 client: first layer byte ms",
+		"cold 1 client: server CPU s", "cold 1 client: upstream registry CPU s", "cold 1 client: machine CPU s",
 		"cold 20 clients, one 256 MiB blob: wall s", "cold 20 clients: MB/s delivered", "cold 20 clients: first byte p50 ms",
 		"cold 20 clients: first byte p99 ms", "cold 20 clients: upstream GETs of the blob", "cold 20 clients: upstream bytes ÷ blob size",
 		"warm 1 client (hashing): MB/s", "warm 1 client: first byte ms", "warm 20 clients (hashing): MB/s",
@@ -195,11 +198,14 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// coldOnly is the loopback cold pull of one client, for each system on a
-// fresh cache (-only cold).
+// coldOnly is the loopback cold pull of one client (-only cold) or of the
+// big blob by 20 (-only cold20), for each system on a fresh cache.
 func (b *bench) coldOnly(r int) error {
-	log.Printf("run %d/%d: loopback cold pull", r, *repeats)
-	if err := b.coldSingle(&system{name: "direct", addr: b.up.addr}); err != nil {
+	log.Printf("run %d/%d: loopback cold pull (%s)", r, *repeats, *only)
+	phase := b.coldSingle
+	if *only == "cold20" {
+		phase = b.cold20
+	} else if err := b.coldSingle(&system{name: "direct", addr: b.up.addr}); err != nil {
 		return err
 	}
 	for _, name := range []string{"berth", "distribution"} {
@@ -212,7 +218,24 @@ func (b *bench) coldOnly(r int) error {
 		if err != nil {
 			return err
 		}
-		err = b.coldSingle(s)
+		var traced chan error
+		if s.pprof != "" {
+			traced = make(chan error, 2)
+			for kind, path := range map[string]string{"trace": "trace", "cpu": "profile"} {
+				go func() {
+					traced <- saveProfile(s.pprof, path, filepath.Join(*traceDir, fmt.Sprintf("cold-%d.%s", r, kind)))
+				}()
+			}
+			time.Sleep(200 * time.Millisecond) // the trace has started
+		}
+		err = phase(s)
+		if traced != nil {
+			for range 2 {
+				if terr := <-traced; err == nil {
+					err = terr
+				}
+			}
+		}
 		s.stop()
 		os.RemoveAll(data)
 		if err != nil {
@@ -220,4 +243,29 @@ func (b *bench) coldOnly(r int) error {
 		}
 	}
 	return nil
+}
+
+// saveProfile saves two seconds of berth's runtime trace (go tool trace)
+// or CPU profile (go tool pprof).
+func saveProfile(pprofAddr, kind, file string) error {
+	resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/" + kind + "?seconds=2")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", kind, resp.Status)
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

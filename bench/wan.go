@@ -26,7 +26,9 @@ var (
 	wanLink    = flag.Float64("wan-link-mbs", 200, "long path: MB/s of the whole link")
 	wanSkip    = flag.Bool("no-wan", false, "skip the long-path scenario")
 	berthExtra = flag.String("berth-config", "", "lines added to berth's proxy repository in its config (e.g. eager_layers = false)")
-	only       = flag.String("only", "", `run one scenario: "wan" (the long path) or "cold" (the loopback cold pull of one client)`)
+	wanLog     = flag.Bool("wan-log", false, "log each request across the long path and how long it took")
+	traceDir   = flag.String("trace", "", "with -only cold: save a Go runtime trace and a CPU profile of berth during each cold pull in this directory (go tool trace, go tool pprof)")
+	only       = flag.String("only", "", `run one scenario: "wan" (the long path), "wan-pull" (its docker-like pull alone) "cold" (the loopback cold pull of one client) or "cold20" (the big blob by 20 on loopback)`)
 )
 
 // wanProxy forwards to the upstream across an emulated long path and
@@ -76,6 +78,12 @@ func (p *wanProxy) cutNext(digest string, n int64) {
 }
 
 func (p *wanProxy) serve(w http.ResponseWriter, r *http.Request, tr *http.Transport) {
+	if *wanLog {
+		t0 := time.Now()
+		defer func() {
+			log.Printf("wan %s %s %s: %s", r.Method, r.URL.Path[max(0, len(r.URL.Path)-30):], r.Header.Get("Range"), time.Since(t0).Round(time.Millisecond))
+		}()
+	}
 	time.Sleep(p.latency) // the request's way there and the answer's way back
 	resp := relay(w, r, tr, p.target)
 	if resp == nil {
@@ -183,6 +191,9 @@ func (b *bench) wanRun(upAddr string, r int) error {
 			return fmt.Errorf("long path %s: %w", name, err)
 		}
 		b.record("long path: cold 8×16 MiB image, 3 layers at a time: wall s", name, wall.Seconds())
+		if *only == "wan-pull" {
+			continue
+		}
 		// (b) the big blob by one client, then by 20.
 		for _, n := range []int{1, 20} {
 			s, err := fresh()
