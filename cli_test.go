@@ -440,3 +440,24 @@ func TestExportNeedsARunningBerth(t *testing.T) {
 		}
 	}
 }
+
+// TestMinProcs: on one CPU serve runs goroutines on two threads, so a
+// blocking fsync does not hold up every request; an operator's
+// GOMAXPROCS and a machine with more CPUs keep Go's choice.
+func TestMinProcs(t *testing.T) {
+	for _, tc := range []struct {
+		env     string
+		current int
+		want    int
+	}{
+		{"", 1, 2},
+		{"", 2, 0},
+		{"", 16, 0},
+		{"1", 1, 0},
+		{"4", 4, 0},
+	} {
+		if got := minProcs(tc.env, tc.current); got != tc.want {
+			t.Errorf("minProcs(%q, %d) = %d, want %d", tc.env, tc.current, got, tc.want)
+		}
+	}
+}
