@@ -126,7 +126,7 @@ func TestEagerLayersOnePlatform(t *testing.T) {
 
 // TestEagerRamp: on a fast path three of a manifest's blobs download at a
 // time; when none ends for eagerRamp and each gained less than
-// eagerSlowRate (a slow path), twice as many run, up to eagerWide.
+// eagerSlowRate (a slow path), eagerWide run at once.
 func TestEagerRamp(t *testing.T) {
 	for _, tc := range []struct {
 		name                    string
