@@ -17,7 +17,8 @@ import (
 // namespace). Every client reports its exchanges to reqs and latency.
 func setUpstream(r *server.Repository, rc RepositoryConfig, log *slog.Logger, reqs *prometheus.CounterVec, latency *prometheus.HistogramVec) error {
 	r.EagerLayers = rc.EagerLayers == nil || *rc.EagerLayers
-	r.RangeFetch = server.RangeFetch{Min: int64(rc.RangeFetchMin), Chunk: int64(rc.RangeFetchChunk), Parallel: rc.RangeFetchParallel}
+	r.RangeFetch = server.RangeFetch{Min: int64(rc.RangeFetchMin), Chunk: int64(rc.RangeFetchChunk), Parallel: rc.RangeFetchParallel,
+		Ramp: server.DefaultRangeRamp, SlowRate: server.DefaultRangeSlowRate}
 	observe := func(label string) func(method string, status int, d time.Duration, err error) {
 		return func(method string, status int, d time.Duration, err error) {
 			reqs.WithLabelValues(label, method, fmt.Sprint(status)).Inc()

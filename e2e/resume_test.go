@@ -34,6 +34,10 @@ func TestResumeE2E(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { fp.Close() })
+			// A path on which one stream gets 16 MB/s: ranges are judged
+			// slow and run in parallel (on bare loopback one stream
+			// fetches the rest).
+			fp.SetStreamRate(16e6)
 			b := startBerth(t, fmt.Sprintf(`
 [[repository]]
 name = "up"

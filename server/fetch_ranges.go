@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // Parallel byte ranges. One TCP stream on a long or lossy path gets a
@@ -20,6 +21,13 @@ import (
 // as it grows, so the digest check and the held-back last byte work as
 // for one stream.
 //
+// With a slowRate the first range is judged first: when it brings less
+// than slowRate bytes a second in two ramps in a row, the path holds one
+// stream back and the other streams start; after one ramp at slowRate or
+// more the first stream asks for the whole rest as one more range (on
+// loopback several streams only share the CPU and the disk). A first
+// range that ends before it is judged is fast.
+//
 // An upstream that answers a range otherwise (a 200, a wrong
 // Content-Range, no total) is told to noRanges (the proxy remembers it)
 // and the blob continues as one stream: from the 200 itself when it came
@@ -27,10 +35,21 @@ import (
 
 // rangePlan is how a download cuts a blob into ranges.
 type rangePlan struct {
-	min      int64 // blobs longer than this are fetched in ranges; the first range is bytes 0 to min-1
-	chunk    int64 // the size of every later range
-	parallel int   // streams at once; < 2: one stream
+	min      int64         // blobs longer than this are fetched in ranges; the first range is bytes 0 to min-1
+	chunk    int64         // the size of every later range
+	parallel int           // streams at once; < 2: one stream
+	ramp     time.Duration // the window the first range is judged in, while it runs alone...
+	slowRate float64       // ...slow under this many bytes a second (two windows); 0: parallel at once
 }
+
+// pace is what a ranged download judged its path to be.
+type pace int
+
+const (
+	paceUnjudged pace = iota
+	paceFast          // one stream fetches the rest
+	paceSlow          // parallel streams fetch a chunk each
+)
 
 // rangeFunc GETs bytes start to end (inclusive) of the blob. With ranged
 // true, body is a 206 that holds exactly those bytes (end cut to total-1)
@@ -56,15 +75,21 @@ type piece struct {
 
 // rangedRun is the state of one ranged download, guarded by d.mu.
 type rangedRun struct {
-	d        *download
-	job      fetchJob
-	total    int64
-	pieces   []*piece
-	head     int // the first piece not complete
-	live     int // workers running
-	fallback bool
-	err      error
-	cancel   context.CancelFunc
+	d      *download
+	job    fetchJob
+	total  int64
+	pieces []*piece
+	head   int // the first piece not complete
+	live   int // workers running
+	pace   pace
+	// The window the pace is being judged in: since when, from how many
+	// bytes on disk, and how many windows before it were slow.
+	window      time.Time
+	windowFrom  int64
+	slowWindows int
+	fallback    bool
+	err         error
+	cancel      context.CancelFunc
 }
 
 // ranged fetches the blob in ranges when the upstream answers the first
@@ -92,23 +117,45 @@ func (d *download) ranged(ctx context.Context, job fetchJob) error {
 	}
 	ctx, r.cancel = context.WithCancel(ctx)
 	defer r.cancel()
-	workers := min(plan.parallel, len(r.pieces))
-	d.update(func() { d.started, d.size, r.live = true, total, workers })
 	var wg sync.WaitGroup
-	wg.Add(workers)
-	for i := range workers {
-		first, at := io.ReadCloser(nil), -1
-		if i == 0 {
-			first, at = body, 0
+	// start runs n more workers, the first of them on body when given.
+	start := func(n int, body io.ReadCloser) {
+		d.update(func() { r.live += n })
+		wg.Add(n)
+		for range n {
+			first, at := body, 0
+			if body == nil {
+				at = -1
+			}
+			body = nil
+			d.g.spawn("blob range download", func() {
+				defer wg.Done()
+				err := errDownloadPanicked
+				defer func() { r.exit(err) }()
+				err = r.work(ctx, first, at)
+			})
 		}
-		d.g.spawn("blob range download", func() {
-			defer wg.Done()
-			err := errDownloadPanicked
-			defer func() { r.exit(err) }()
-			err = r.work(ctx, first, at)
-		})
 	}
-	err = r.absorbAll(ctx)
+	workers := min(plan.parallel, len(r.pieces))
+	d.update(func() { d.started, d.size = true, total })
+	var judge <-chan time.Time
+	if plan.slowRate <= 0 || plan.ramp <= 0 {
+		r.pace = paceSlow
+		start(workers, body)
+	} else {
+		r.window = time.Now() // the first window: from the first answer
+		start(1, body)
+		t := time.NewTicker(plan.ramp)
+		defer t.Stop()
+		judge = t.C
+	}
+	err = r.absorbAll(ctx, judge, func() bool {
+		p := r.judge()
+		if p == paceSlow {
+			start(workers-1, nil)
+		}
+		return p != paceUnjudged
+	})
 	wg.Wait()
 	if err != nil {
 		return err
@@ -128,9 +175,35 @@ func (d *download) noRanges(job fetchJob) {
 	}
 }
 
+// judge looks at the first range's pace each ramp while it runs alone,
+// unless its worker settled it already (its range ended first: fast).
+// One window at slowRate or more is fast; two in a row under it are slow
+// (one is not enough: on a busy machine a fast path can start slowly).
+func (r *rangedRun) judge() pace {
+	d := r.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if r.pace != paceUnjudged {
+		return r.pace
+	}
+	now := time.Now()
+	rate := float64(d.written-r.windowFrom) / now.Sub(r.window).Seconds()
+	switch {
+	case rate >= r.job.ranges.slowRate:
+		r.pace = paceFast
+	case r.slowWindows == 1:
+		r.pace = paceSlow
+	default:
+		r.slowWindows++
+	}
+	r.window, r.windowFrom = now, d.written
+	return r.pace
+}
+
 // absorbAll hashes the contiguous prefix as it grows, until the blob is
-// complete, a worker fails, or the workers stop for a fallback.
-func (r *rangedRun) absorbAll(ctx context.Context) error {
+// complete, a worker fails, or the workers stop for a fallback. Each time
+// judge fires it calls judged, until judged returns true.
+func (r *rangedRun) absorbAll(ctx context.Context, judge <-chan time.Time, judged func() bool) error {
 	d := r.d
 	for {
 		d.mu.Lock()
@@ -149,6 +222,10 @@ func (r *rangedRun) absorbAll(ctx context.Context) error {
 		}
 		select {
 		case <-ch:
+		case <-judge:
+			if judged() {
+				judge = nil
+			}
 		case <-ctx.Done():
 			// A worker failing cancels ctx after recording its error.
 			d.mu.Lock()
@@ -181,21 +258,33 @@ func (r *rangedRun) fail(err error) {
 	r.cancel()
 }
 
-// claim returns the next piece nobody fetches yet, or -1.
-func (r *rangedRun) claim() int {
+// claim returns the next pieces nobody fetches yet, [i, j), or -1: one
+// piece on a slow path, all that are left on a fast one. A claim before
+// the pace is judged comes from the first range ending first: fast.
+func (r *rangedRun) claim() (i, j int) {
 	d := r.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if r.fallback || r.err != nil {
-		return -1
+		return -1, -1
+	}
+	if r.pace == paceUnjudged {
+		r.pace = paceFast
 	}
 	for i, p := range r.pieces {
-		if !p.claimed {
-			p.claimed = true
-			return i
+		if p.claimed {
+			continue
 		}
+		j := i + 1
+		for r.pace == paceFast && j < len(r.pieces) && !r.pieces[j].claimed {
+			j++
+		}
+		for _, q := range r.pieces[i:j] {
+			q.claimed = true
+		}
+		return i, j
 	}
-	return -1
+	return -1, -1
 }
 
 // work fetches pieces until none is left: first piece at with body when
@@ -203,37 +292,42 @@ func (r *rangedRun) claim() int {
 func (r *rangedRun) work(ctx context.Context, body io.ReadCloser, at int) error {
 	buf := make([]byte, 256<<10)
 	for {
+		to := at + 1
 		if at < 0 {
-			if at = r.claim(); at < 0 {
+			if at, to = r.claim(); at < 0 {
 				return nil
 			}
 		}
-		if err := r.fill(ctx, at, body, buf); err != nil {
+		if err := r.fill(ctx, at, to, body, buf); err != nil {
 			return err
 		}
 		body, at = nil, -1
 	}
 }
 
-// fill fetches the rest of piece i (from body when given), continuing a
-// broken stream from the last byte on disk up to maxResumes times.
-func (r *rangedRun) fill(ctx context.Context, i int, body io.ReadCloser, buf []byte) error {
-	p, d := r.pieces[i], r.d
+// fill fetches the rest of pieces [i, j) as one range (from body when
+// given), continuing a broken stream from the last byte on disk up to
+// maxResumes times.
+func (r *rangedRun) fill(ctx context.Context, i, j int, body io.ReadCloser, buf []byte) error {
+	d := r.d
 	defer func() {
 		if body != nil {
 			body.Close()
 		}
 	}()
+	last := r.pieces[j-1].end // the run's end
 	resumes := 0
-	for {
+	for i < j {
+		p := r.pieces[i]
 		d.mu.Lock()
 		from := p.start + p.got // only this worker changes p.got
 		d.mu.Unlock()
 		if from == p.end {
-			return nil
+			i++
+			continue
 		}
 		if body == nil {
-			b, total, ranged, err := r.job.fetchRange(ctx, from, p.end-1)
+			b, total, ranged, err := r.job.fetchRange(ctx, from, last-1)
 			switch {
 			case err == nil && (!ranged || total != r.total):
 				b.Close()
@@ -254,7 +348,7 @@ func (r *rangedRun) fill(ctx context.Context, i int, body io.ReadCloser, buf []b
 			}
 			r.progress(p, int64(n))
 		}
-		if rerr == nil || (rerr == io.EOF && from+int64(n) == p.end) {
+		if rerr == nil || (rerr == io.EOF && from+int64(n) == last) {
 			continue
 		}
 		if rerr == io.EOF {
@@ -263,13 +357,14 @@ func (r *rangedRun) fill(ctx context.Context, i int, body io.ReadCloser, buf []b
 		body.Close()
 		body = nil
 		if resumes == maxResumes || ctx.Err() != nil {
-			return fmt.Errorf("%w: reading bytes %d-%d of the blob: %w", errUpstreamBroken, p.start, p.end-1, rerr)
+			return fmt.Errorf("%w: reading bytes %d-%d of the blob: %w", errUpstreamBroken, p.start, last-1, rerr)
 		}
 		resumes++
 		if r.job.resumed != nil {
 			r.job.resumed()
 		}
 	}
+	return nil
 }
 
 // progress counts n more bytes of p on disk and moves the readable prefix.

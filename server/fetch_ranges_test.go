@@ -151,6 +151,94 @@ func TestRangedFetchEveryByteOnce(t *testing.T) {
 	}
 }
 
+// paced is a berth option: ranges as in ranged, the first range judged
+// after ramp against slowRate.
+func paced(ramp time.Duration, slowRate float64) func(*Repository, *Options) {
+	return func(r *Repository, o *Options) {
+		ranged(r, o)
+		r.RangeFetch.Ramp, r.RangeFetch.SlowRate = ramp, slowRate
+	}
+}
+
+// holdingWriter passes the first after bytes of an answer, then holds the
+// rest until release is closed (or 10 s pass).
+type holdingWriter struct {
+	http.ResponseWriter
+	after   int64
+	n       int64
+	release <-chan struct{}
+}
+
+func (w *holdingWriter) Write(p []byte) (int, error) {
+	if w.n >= w.after && w.release != nil {
+		select {
+		case <-w.release:
+		case <-time.After(10 * time.Second):
+		}
+		w.release = nil
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+// TestRangedFetchPace: a first range that ends before it is judged (a
+// fast path) is followed by the whole rest as one more range; one still
+// running when it is judged slow is joined by the other streams, a chunk
+// each. Either way every byte comes once and the blob is cached right.
+func TestRangedFetchPace(t *testing.T) {
+	img := randomImage(t, 9<<20, 1)
+	ld := firstLayer(t, img)
+	layers, _ := img.Layers()
+	size, _ := layers[0].Size()
+	chunks := []string{"bytes=0-2097151"}
+	for off := int64(2 << 20); off < size; off += 1 << 20 {
+		chunks = append(chunks, fmt.Sprintf("bytes=%d-%d", off, min(off+1<<20, size)-1))
+	}
+	for _, tc := range []struct {
+		name string
+		ramp time.Duration
+		hold bool // the first range stalls after 64 KiB until another range is asked for
+		want []string
+	}{
+		{"fast: the first range ends first", time.Hour, false, []string{"bytes=0-2097151", fmt.Sprintf("bytes=2097152-%d", size-1)}},
+		{"slow: judged while the first range runs", 20 * time.Millisecond, true, chunks},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newFakeUpstream(t)
+			up.push("library/app", "v1", img)
+			b := newTestBerth(t, up, paced(tc.ramp, 1e18))
+			more := make(chan struct{})
+			var once sync.Once
+			log := logRanges(up, func(w http.ResponseWriter, r *http.Request, i int) bool {
+				if i == 0 && tc.hold {
+					up.reg.ServeHTTP(&holdingWriter{ResponseWriter: w, after: 64 << 10, release: more}, r)
+					return true
+				}
+				if i > 0 {
+					once.Do(func() { close(more) })
+				}
+				return false
+			})
+			pullBlob(t, b, "/v2/app/blobs/"+ld.String(), ld.String(), size)
+			waitNoDownloads(t, b.srv)
+			got := log.ranges()
+			slices.Sort(got)
+			want := slices.Clone(tc.want)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Errorf("upstream ranges\n got %q\nwant %q", got, want)
+			}
+			if n := log.sentBytes(); n != size {
+				t.Errorf("upstream sent %d bytes for a blob of %d", n, size)
+			}
+			if _, err := b.store.StatBlob(t.Context(), store.MustDigest(ld.String())); err != nil {
+				t.Errorf("not cached: %v", err)
+			}
+		})
+	}
+}
+
 // TestRangedFetchFallsBack: an upstream that answers the first range with
 // a 200, with a wrong Content-Range, with no total, or with 416 gets one
 // stream for the blob (the 200 itself when it came: no byte twice) and

@@ -259,7 +259,7 @@ func (s *Server) rangeJob(job fetchJob, rp *repo, image string, d store.Digest) 
 	if rf.Parallel < 2 || rf.Min <= 0 || rf.Chunk <= 0 || rp.noRanges.Load() {
 		return job
 	}
-	job.ranges = rangePlan{min: rf.Min, chunk: rf.Chunk, parallel: rf.Parallel}
+	job.ranges = rangePlan{min: rf.Min, chunk: rf.Chunk, parallel: rf.Parallel, ramp: rf.Ramp, slowRate: rf.SlowRate}
 	job.fetchRange = s.blobRanges(rp, image, d)
 	job.noRanges = func() {
 		if !rp.noRanges.Swap(true) {

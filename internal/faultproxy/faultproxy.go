@@ -6,6 +6,7 @@
 package faultproxy
 
 import (
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -57,7 +58,8 @@ type Proxy struct {
 	target  Target
 	cleared chan struct{} // closed when the fault changes (ends hangs)
 	counts  map[string]int
-	onceHit bool // ResetOnce has reset its request
+	onceHit bool    // ResetOnce has reset its request
+	rate    float64 // bytes a second of each response body; 0: no cap
 }
 
 // Start listens on 127.0.0.1 (a free port) and relays to upstream
@@ -90,6 +92,41 @@ func (p *Proxy) Set(f Fault, t Target) {
 	p.fault, p.target, p.onceHit = f, t, false
 	close(p.cleared)
 	p.cleared = make(chan struct{})
+}
+
+// SetStreamRate caps each response body at bps bytes a second (0: no
+// cap), faults or not: a path on which one stream gets only part of the
+// link, so that parallel ranges pay.
+func (p *Proxy) SetStreamRate(bps float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rate = bps
+}
+
+// pacedWriter holds each write back until its last byte is due at its
+// rate.
+type pacedWriter struct {
+	w     io.Writer
+	ctx   context.Context
+	rate  float64
+	start time.Time
+	n     int64
+}
+
+func (pw *pacedWriter) Write(b []byte) (int, error) {
+	due := pw.start.Add(time.Duration(float64(pw.n+int64(len(b))) / pw.rate * float64(time.Second)))
+	if wait := time.Until(due); wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-pw.ctx.Done():
+			return 0, pw.ctx.Err()
+		}
+	}
+	n, err := pw.w.Write(b)
+	pw.n += int64(n)
+	return n, err
 }
 
 // Count is how many requests of "METHOD kind" (kind: blob, manifest,
@@ -185,10 +222,17 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, f Fault) {
 	if r.Method != http.MethodGet || resp.StatusCode/100 != 2 || resp.ContentLength < 2 {
 		f = None
 	}
+	var out io.Writer = w
+	p.mu.Lock()
+	if p.rate > 0 {
+		out = &pacedWriter{w: w, ctx: r.Context(), rate: p.rate, start: time.Now()}
+	}
+	p.mu.Unlock()
+	buf := make([]byte, 32<<10)
 	switch f {
 	case Reset:
 		w.WriteHeader(resp.StatusCode)
-		io.CopyN(w, resp.Body, resp.ContentLength/2)
+		io.CopyBuffer(out, io.LimitReader(resp.Body, resp.ContentLength/2), buf)
 		resetConn(w)
 	case Corrupt:
 		body, err := io.ReadAll(resp.Body)
@@ -228,7 +272,7 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, f Fault) {
 		// connection, the client sees an unexpected EOF.
 	default:
 		w.WriteHeader(resp.StatusCode)
-		io.Copy(w, resp.Body)
+		io.CopyBuffer(out, resp.Body, buf)
 	}
 }
 

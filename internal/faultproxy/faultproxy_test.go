@@ -124,3 +124,29 @@ func TestFaults(t *testing.T) {
 		t.Errorf("counted %d blob GETs", n)
 	}
 }
+
+// TestStreamRate: a capped body arrives whole and no faster than its
+// rate (64 KiB at 256 KB/s: at least 250 ms); with no cap it is not held.
+func TestStreamRate(t *testing.T) {
+	addr, digest, blob := upstream(t)
+	p, err := Start(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	url := "http://" + p.Addr() + "/v2/app/blobs/" + digest
+	p.SetStreamRate(256e3)
+	start := time.Now()
+	_, body, err := get(t, context.Background(), "GET", url)
+	took := time.Since(start)
+	if err != nil || !bytes.Equal(body, blob) {
+		t.Fatalf("capped body: %d bytes, %v", len(body), err)
+	}
+	if min := time.Duration(float64(len(blob)) / 256e3 * float64(time.Second)); took < min {
+		t.Errorf("64 KiB at 256 KB/s took %s, less than %s", took, min)
+	}
+	p.SetStreamRate(0)
+	if _, body, err := get(t, context.Background(), "GET", url); err != nil || !bytes.Equal(body, blob) {
+		t.Fatalf("uncapped body: %d bytes, %v", len(body), err)
+	}
+}
