@@ -81,7 +81,7 @@ func (p *wanProxy) serve(w http.ResponseWriter, r *http.Request, tr *http.Transp
 	if *wanLog {
 		t0 := time.Now()
 		defer func() {
-			log.Printf("wan %s %s %s: %s", r.Method, r.URL.Path[max(0, len(r.URL.Path)-30):], r.Header.Get("Range"), time.Since(t0).Round(time.Millisecond))
+			log.Printf("wan %s %s %s: at %s, took %s", r.Method, r.URL.Path[max(0, len(r.URL.Path)-30):], r.Header.Get("Range"), t0.Format("05.000"), time.Since(t0).Round(time.Millisecond))
 		}()
 	}
 	time.Sleep(p.latency) // the request's way there and the answer's way back

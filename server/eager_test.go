@@ -126,18 +126,22 @@ func TestEagerLayersOnePlatform(t *testing.T) {
 
 // TestEagerRamp: on a fast path three of a manifest's blobs download at a
 // time; when none ends for eagerRamp and each gained less than
-// eagerSlowRate (a slow path), eagerWide run at once.
+// eagerSlowRate (a slow path), eagerWide run at once; after a manifest
+// that took eagerSlowAnswer to come from upstream, eagerWide from the
+// start.
 func TestEagerRamp(t *testing.T) {
 	for _, tc := range []struct {
 		name                    string
 		ramp                    time.Duration
 		slowRate                float64
 		hold                    time.Duration // each blob GET takes this long
+		manifestDelay           time.Duration // the upstream's manifest GET takes this long
 		wantAtMost, wantAtLeast int
 	}{
-		{"fast path", time.Hour, eagerSlowRate, 0, eagerParallel, 1},
-		{"long but not slow", 30 * time.Millisecond, 0, time.Second, eagerParallel, eagerParallel},
-		{"slow path", 30 * time.Millisecond, eagerSlowRate, time.Second, eagerWide, eagerWide},
+		{"fast path", time.Hour, eagerSlowRate, 0, 0, eagerParallel, 1},
+		{"long but not slow", 30 * time.Millisecond, 0, time.Second, 0, eagerParallel, eagerParallel},
+		{"slow path", 30 * time.Millisecond, eagerSlowRate, time.Second, 0, eagerWide, eagerWide},
+		{"slow manifest answer", time.Hour, eagerSlowRate, time.Second, 2 * eagerSlowAnswer, eagerWide, eagerWide},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := newFakeUpstream(t)
@@ -146,6 +150,9 @@ func TestEagerRamp(t *testing.T) {
 			var mu sync.Mutex
 			now, peak := 0, 0
 			up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+				if r.Method == http.MethodGet && kindOf(r.URL.Path) == "manifest" {
+					time.Sleep(tc.manifestDelay)
+				}
 				if r.Method != http.MethodGet || kindOf(r.URL.Path) != "blob" {
 					return false
 				}
@@ -162,6 +169,10 @@ func TestEagerRamp(t *testing.T) {
 			})
 			b := newTestBerth(t, up, eagerOn)
 			b.srv.eager.ramp, b.srv.eager.slowRate = tc.ramp, tc.slowRate
+			b.srv.eager.slowAnswer = eagerSlowAnswer
+			if tc.manifestDelay == 0 {
+				b.srv.eager.slowAnswer = time.Hour // however slow the machine answers
+			}
 			readAll(t, b.get("GET", "/v2/app/manifests/v1"))
 			waitCached(t, b, imageBlobs(t, img))
 			mu.Lock()

@@ -208,11 +208,13 @@ func (s *Server) manifestUpstreamFailed(rp *repo, err error, negKey string) erro
 // fetchManifest GETs a manifest, checks its size, digest and shape, and
 // stores it (with the tag, when fetched by tag).
 func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag string) (store.Manifest, error) {
+	asked := time.Now()
 	resp, err := rp.Upstream.Manifest(ctx, http.MethodGet, image, ref)
 	if err != nil {
 		return store.Manifest{}, err
 	}
 	defer resp.Body.Close()
+	rp.manifestAnswer.Store(int64(time.Since(asked)))
 	if resp.ContentLength > maxManifestSize {
 		return store.Manifest{}, errf(codeManifestTooLarge, "upstream manifest is %d bytes, over the %d byte limit", resp.ContentLength, maxManifestSize)
 	}

@@ -20,6 +20,10 @@ type repo struct {
 	parent    *repo                              // a per-host proxy: the allowlist repository that made it
 	served    *lru.Cache[string, *repo]          // group: which member served an image's manifest
 	noRanges  atomic.Bool                        // proxy: the upstream answered a range request otherwise
+	// proxy: how long the last manifest GET took the upstream to answer
+	// (ns, auth round trips included): eager layers start wide after a
+	// slow one.
+	manifestAnswer atomic.Int64
 }
 
 // pendingTag is what an upstream HEAD said a tag points at, kept for a
