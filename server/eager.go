@@ -85,11 +85,20 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 			width = eagerWide
 		}
 		last, moved := time.Now(), int64(0) // when the pace was last judged, and the bytes in by then
+		// The config (first) is small and Docker fetches it besides its
+		// three layers: it does not take a layer's place.
+		config := pm.blobs[0].String()
+		places := func() int {
+			if _, ok := running[config]; ok {
+				return width + 1
+			}
+			return width
+		}
 		for i, d := range pm.blobs {
 			if i == eagerPerImage {
 				return
 			}
-			for len(running) >= width {
+			for len(running) >= places() {
 				wait := s.eager.ramp - time.Since(last)
 				if width < eagerWide && wait <= 0 {
 					// Judge the pace: slow when each running download

@@ -138,10 +138,11 @@ func TestEagerRamp(t *testing.T) {
 		manifestDelay           time.Duration // the upstream's manifest GET takes this long
 		wantAtMost, wantAtLeast int
 	}{
-		{"fast path", time.Hour, eagerSlowRate, 0, 0, eagerParallel, 1},
-		{"long but not slow", 30 * time.Millisecond, 0, time.Second, 0, eagerParallel, eagerParallel},
-		{"slow path", 30 * time.Millisecond, eagerSlowRate, time.Second, 0, eagerWide, eagerWide},
-		{"slow manifest answer", time.Hour, eagerSlowRate, time.Second, 2 * eagerSlowAnswer, eagerWide, eagerWide},
+		// The config besides the layers: one more at once.
+		{"fast path", time.Hour, eagerSlowRate, 0, 0, eagerParallel + 1, 1},
+		{"long but not slow", 30 * time.Millisecond, 0, time.Second, 0, eagerParallel + 1, eagerParallel + 1},
+		{"slow path", 30 * time.Millisecond, eagerSlowRate, time.Second, 0, eagerWide + 1, eagerWide},
+		{"slow manifest answer", time.Hour, eagerSlowRate, time.Second, 2 * eagerSlowAnswer, eagerWide + 1, eagerWide + 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := newFakeUpstream(t)
