@@ -31,7 +31,10 @@ func startDockerd(t *testing.T, mirror string) *dockerd {
 		args = append(args, "--registry-mirror", "http://"+mirror)
 	}
 	start(t, noNet, "dockerd", args...)
-	d := &dockerd{env: append(noNet, "DOCKER_HOST="+sock)}
+	// The CLI's config (docker login's credentials) stays with this
+	// daemon: in ~/.docker it outlived the test, and skopeo, which reads
+	// it too, sent a stale password to a later berth on the same port.
+	d := &dockerd{env: append(noNet, "DOCKER_HOST="+sock, "DOCKER_CONFIG="+dir+"/cli")}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if _, err := runErr(10*time.Second, d.env, "docker", "version"); err == nil {
