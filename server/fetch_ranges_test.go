@@ -52,6 +52,29 @@ func (l *rangeLog) ranges() []string {
 	return r
 }
 
+// wantRanges checks the Range headers the upstream was asked, in any order.
+func wantRanges(t *testing.T, l *rangeLog, want []string) {
+	t.Helper()
+	got, want := l.ranges(), slices.Clone(want)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("upstream ranges\n got %q\nwant %q", got, want)
+	}
+}
+
+// wantFetchedOnce checks that the upstream sent the blob's bytes once and
+// the blob is cached.
+func wantFetchedOnce(t *testing.T, b *testBerth, l *rangeLog, digest string, size int64) {
+	t.Helper()
+	if n := l.sentBytes(); n != size {
+		t.Errorf("upstream sent %d bytes for a blob of %d", n, size)
+	}
+	if _, err := b.store.StatBlob(t.Context(), store.MustDigest(digest)); err != nil {
+		t.Errorf("not cached: %v", err)
+	}
+}
+
 // countingWriter counts what a handler writes.
 type countingWriter struct {
 	http.ResponseWriter
@@ -134,18 +157,8 @@ func TestRangedFetchEveryByteOnce(t *testing.T) {
 	for off := int64(2 << 20); off < size; off += 1 << 20 {
 		want = append(want, fmt.Sprintf("bytes=%d-%d", off, min(off+1<<20, size)-1))
 	}
-	got := log.ranges()
-	slices.Sort(got)
-	slices.Sort(want)
-	if !slices.Equal(got, want) {
-		t.Errorf("upstream ranges\n got %q\nwant %q", got, want)
-	}
-	if n := log.sentBytes(); n != size {
-		t.Errorf("upstream sent %d bytes for a blob of %d", n, size)
-	}
-	if _, err := b.store.StatBlob(t.Context(), store.MustDigest(ld.String())); err != nil {
-		t.Errorf("not cached: %v", err)
-	}
+	wantRanges(t, log, want)
+	wantFetchedOnce(t, b, log, ld.String(), size)
 	if b.srv.repos["hub"].noRanges.Load() {
 		t.Error("ranges marked unsupported by an upstream that answered them")
 	}
@@ -222,19 +235,8 @@ func TestRangedFetchPace(t *testing.T) {
 			})
 			pullBlob(t, b, "/v2/app/blobs/"+ld.String(), ld.String(), size)
 			waitNoDownloads(t, b.srv)
-			got := log.ranges()
-			slices.Sort(got)
-			want := slices.Clone(tc.want)
-			slices.Sort(want)
-			if !slices.Equal(got, want) {
-				t.Errorf("upstream ranges\n got %q\nwant %q", got, want)
-			}
-			if n := log.sentBytes(); n != size {
-				t.Errorf("upstream sent %d bytes for a blob of %d", n, size)
-			}
-			if _, err := b.store.StatBlob(t.Context(), store.MustDigest(ld.String())); err != nil {
-				t.Errorf("not cached: %v", err)
-			}
+			wantRanges(t, log, tc.want)
+			wantFetchedOnce(t, b, log, ld.String(), size)
 		})
 	}
 }
@@ -423,14 +425,9 @@ func TestRangedResume(t *testing.T) {
 			})
 			pullBlob(t, b, "/v2/app/blobs/"+ld.String(), ld.String(), size)
 			waitNoDownloads(t, b.srv)
-			if n := log.sentBytes(); n != size {
-				t.Errorf("upstream sent %d bytes for a blob of %d", n, size)
-			}
+			wantFetchedOnce(t, b, log, ld.String(), size)
 			if got := testutil.ToFloat64(b.srv.m.resumed.WithLabelValues("hub")); got != 1 {
 				t.Errorf("berth_upstream_resumed_total = %v, want 1", got)
-			}
-			if _, err := b.store.StatBlob(t.Context(), store.MustDigest(ld.String())); err != nil {
-				t.Errorf("not cached: %v", err)
 			}
 		})
 	}

@@ -31,6 +31,19 @@ func upstream(t *testing.T) (addr, digest string, blob []byte) {
 	return strings.TrimPrefix(srv.URL, "http://"), digest, blob
 }
 
+// proxied starts a proxy in front of upstream(t) and returns it with the
+// URL of the seeded blob through it.
+func proxied(t *testing.T) (p *Proxy, url string, blob []byte) {
+	t.Helper()
+	addr, digest, blob := upstream(t)
+	p, err := Start(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p, "http://" + p.Addr() + "/v2/app/blobs/" + digest, blob
+}
+
 func get(t *testing.T, ctx context.Context, method, url string, hdr ...string) (*http.Response, []byte, error) {
 	t.Helper()
 	req, _ := http.NewRequestWithContext(ctx, method, url, nil)
@@ -47,13 +60,7 @@ func get(t *testing.T, ctx context.Context, method, url string, hdr ...string) (
 }
 
 func TestFaults(t *testing.T) {
-	addr, digest, blob := upstream(t)
-	p, err := Start(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	url := "http://" + p.Addr() + "/v2/app/blobs/" + digest
+	p, url, blob := proxied(t)
 	ctx := context.Background()
 
 	var resp *http.Response
@@ -128,13 +135,7 @@ func TestFaults(t *testing.T) {
 // TestStreamRate: a capped body arrives whole and no faster than its
 // rate (64 KiB at 256 KB/s: at least 250 ms); with no cap it is not held.
 func TestStreamRate(t *testing.T) {
-	addr, digest, blob := upstream(t)
-	p, err := Start(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	url := "http://" + p.Addr() + "/v2/app/blobs/" + digest
+	p, url, blob := proxied(t)
 	p.SetStreamRate(256e3)
 	start := time.Now()
 	_, body, err := get(t, context.Background(), "GET", url)
