@@ -188,15 +188,21 @@ func (m *Main) Run(ctx context.Context) error {
 	})
 	errc := make(chan error, len(binds)+1)
 	m.mu.Lock()
-	for _, b := range binds {
+	for i, b := range binds {
 		ln, err := net.Listen("tcp", b.Listen)
 		if err != nil {
 			m.mu.Unlock()
 			m.shutdown()
 			return err
 		}
+		// The main listener routes by ?ns= and path to any repository; a
+		// [[listener]] reaches only its own repository (and members).
+		handler := m.srv.Handler(b.Repository)
+		if i > 0 {
+			handler = m.srv.BoundHandler(b.Repository)
+		}
 		hs := &http.Server{
-			Handler:           m.srv.Handler(b.Repository),
+			Handler:           handler,
 			ReadHeaderTimeout: 30 * time.Second, // slow clients cannot hold connections open
 			IdleTimeout:       2 * time.Minute,
 			MaxHeaderBytes:    64 << 10,

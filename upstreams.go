@@ -3,9 +3,9 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"path"
 	"time"
 
+	"github.com/berth-registry/berth/internal/reghost"
 	"github.com/berth-registry/berth/server"
 	"github.com/berth-registry/berth/upstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,29 +31,36 @@ func setUpstream(r *server.Repository, rc RepositoryConfig, log *slog.Logger, re
 			IdleTimeout: time.Duration(rc.UpstreamIdleTimeout)}
 	}
 	if len(rc.Hosts) > 0 {
-		creds := map[string][2]string{}
+		type cred struct{ glob, user, password string }
+		var creds []cred // in config order: the first whose glob matches
 		for _, c := range rc.Credentials {
 			pw, err := c.password(rc.Name)
 			if err != nil {
 				return err
 			}
-			creds[c.Host] = [2]string{c.Username, pw}
+			creds = append(creds, cred{c.Host, c.Username, pw})
 		}
 		r.Hosts, r.HTTPHosts, r.AllowPrivateNetworks = rc.Hosts, rc.HTTPHosts, rc.AllowPrivateNetworks
-		r.NewUpstream = func(host string, plainHTTP bool) (server.Upstream, error) {
-			scheme := "https://"
+		caps := upstream.NewCaps(rc.MaxUpstreamConnections, int64(rc.MaxUpstreamBandwidth))
+		r.NewUpstream = func(host reghost.Host, plainHTTP bool) (server.Upstream, error) {
+			scheme := "https"
 			if plainHTTP {
-				scheme = "http://"
+				scheme = "http"
 			}
-			o := base(scheme + host)
-			for pattern, c := range creds {
-				if ok, _ := path.Match(pattern, host); ok {
-					o.Username, o.Password = c[0], c[1]
+			// The URL is built from the parsed host, and credentials go to
+			// that exact host: the one their glob matched.
+			o := base(host.URL(scheme).String())
+			for _, c := range creds {
+				if host.Match(c.glob) {
+					o.Username, o.Password = c.user, c.password
+					break
 				}
 			}
-			o.RefusePrivateNetworks = !rc.AllowPrivateNetworks
-			o.Caps = upstream.NewCaps(rc.MaxUpstreamConnections, int64(rc.MaxUpstreamBandwidth))
-			o.Observe = observe(rc.Name + "/" + host)
+			o.RefuseSpecialAddresses, o.AllowPrivateNetworks = true, rc.AllowPrivateNetworks
+			// One label and one set of caps for the repository: hosts
+			// come and go, series and caps must not grow with them.
+			o.Caps = caps
+			o.Observe = observe(rc.Name)
 			return upstream.New(o)
 		}
 		return nil
@@ -92,8 +99,8 @@ func setUpstream(r *server.Repository, rc RepositoryConfig, log *slog.Logger, re
 	r.Upstream, r.UpstreamHost = up, host
 	if rc.ForwardNS {
 		r.ForwardNS = true
-		r.NewUpstream = func(ns string, _ bool) (server.Upstream, error) {
-			up, _, err := proxyOf(ns)
+		r.NewUpstream = func(ns reghost.Host, _ bool) (server.Upstream, error) {
+			up, _, err := proxyOf(ns.String())
 			return up, err
 		}
 	}

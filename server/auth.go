@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -75,6 +76,8 @@ type auth struct {
 	users atomic.Pointer[map[string]*User] // swapped whole by SetUsers
 
 	goodCreds *lru.Cache[[32]byte, struct{}] // sha256(user \x00 password) checked in the last minute; spares bcrypt on every request
+	guard     *loginGuard                    // failed logins and bcrypt work (logins.go)
+	dummies   atomic.Pointer[[][]byte]       // what unknown names are compared against
 }
 
 func newAuth(o AuthOptions) (*auth, error) {
@@ -92,13 +95,19 @@ func newAuth(o AuthOptions) (*auth, error) {
 		rand.Read(key)
 		o.TokenKey = key
 	}
-	a := &auth{opts: o, goodCreds: lru.New[[32]byte, struct{}](10_000, time.Minute)}
+	a := &auth{opts: o, goodCreds: lru.New[[32]byte, struct{}](10_000, time.Minute), guard: newLoginGuard()}
 	users, err := userMap(o.Users)
 	if err != nil {
 		return nil, err
 	}
-	a.users.Store(&users)
+	a.setUsers(users)
 	return a, nil
+}
+
+func (a *auth) setUsers(users map[string]*User) {
+	d := dummyHashes(users)
+	a.dummies.Store(&d)
+	a.users.Store(&users)
 }
 
 // userMap indexes users by name, checking their hashes.
@@ -128,29 +137,43 @@ func (s *Server) SetUsers(list []User) error {
 	if err != nil {
 		return err
 	}
-	s.auth.users.Store(&users)
+	s.auth.setUsers(users)
 	s.auth.goodCreds.Purge()
 	return nil
 }
 
 // checkPassword verifies user's password in constant time (bcrypt) and
-// remembers a success for a minute.
-func (a *auth) checkPassword(name, password string) (*User, bool) {
+// remembers a success for a minute. A failure is an *authError; a
+// throttled client's (logins.go) carries when to come back, and no
+// bcrypt ran for it.
+func (a *auth) checkPassword(r *http.Request, name, password string) (*User, error) {
 	u := a.user(name)
 	key := sha256.Sum256([]byte(name + "\x00" + password))
 	if _, cached := a.goodCreds.Get(key); cached && u != nil {
-		return u, true
+		return u, nil
 	}
-	if u == nil {
-		// Same work as a real check, so timing does not reveal names.
-		bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
-		return nil, false
+	addr := clientAddr(r)
+	if wait := a.guard.locked(addr, name); wait > 0 {
+		return nil, &authError{reason: failThrottled, user: name, retry: wait}
 	}
-	if bcrypt.CompareHashAndPassword(u.PasswordHash, []byte(password)) != nil {
-		return nil, false
+	hash, reason := a.dummyFor(name), failUnknownUser
+	if u != nil {
+		hash, reason = u.PasswordHash, failBadPassword
+	}
+	ctx := context.Background()
+	if r != nil {
+		ctx = r.Context()
+	}
+	ok, err := a.guard.compare(ctx, hash, password)
+	if err != nil {
+		return nil, &authError{reason: failBusy, user: name, retry: time.Second}
+	}
+	if !ok || u == nil {
+		a.guard.failed(addr, name)
+		return nil, &authError{reason: reason, user: name}
 	}
 	a.goodCreds.Add(key, struct{}{})
-	return u, true
+	return u, nil
 }
 
 // dummyHash is compared against for unknown users; made on first use,
@@ -162,6 +185,9 @@ var dummyHash = sync.OnceValue(func() []byte {
 
 // errBadCredentials marks credentials that are malformed or wrong.
 var errBadCredentials = errors.New("invalid credentials")
+
+// errBadToken marks a bearer token that is malformed, forged or expired.
+var errBadToken = fmt.Errorf("%w: bad token", errBadCredentials)
 
 // authenticate reads the Authorization header: none (anonymous), Basic
 // user:password, or Bearer <berth token>.
@@ -180,20 +206,20 @@ func (a *auth) authenticate(r *http.Request) (principal, error) {
 		if err != nil {
 			return principal{}, err
 		}
-		u, ok := a.checkPassword(name, pw)
-		if !ok {
-			return principal{}, errBadCredentials
+		u, err := a.checkPassword(r, name, pw)
+		if err != nil {
+			return principal{}, err
 		}
 		return principal{user: u}, nil
 	case "bearer":
 		c, err := a.verifyToken(cred)
 		if err != nil {
-			return principal{}, err
+			return principal{}, fmt.Errorf("%w (%w)", errBadToken, err)
 		}
 		p := principal{token: c}
 		if c.Subject != "" {
 			if p.user = a.user(c.Subject); p.user == nil {
-				return principal{}, fmt.Errorf("%w: token for an unknown user", errBadCredentials)
+				return principal{}, fmt.Errorf("%w: token for an unknown user", errBadToken)
 			}
 		}
 		return p, nil

@@ -29,6 +29,15 @@ type upstreamHealth struct {
 	since     time.Time // the current state (ok or not) began
 	cause     string    // the last failure
 	lastProbe time.Time
+	succeeded bool // a request has had a 2xx answer
+}
+
+// answered reports whether the upstream has once answered a request
+// with success.
+func (h *upstreamHealth) answered() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.succeeded
 }
 
 // observe records the outcome of one upstream request. A cancelled request
@@ -45,6 +54,7 @@ func (h *upstreamHealth) observe(err error) {
 		h.since = now
 	}
 	h.seen, h.ok = now, ok
+	h.succeeded = h.succeeded || err == nil
 	if !ok {
 		h.cause = err.Error()
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-registry/berth/internal/reghost"
 	"github.com/berth-registry/berth/upstream"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
@@ -38,16 +39,16 @@ type allowlistLab struct {
 func newAllowlistLab(t *testing.T, allowPrivate bool, hosts ...string) *allowlistLab {
 	l := &allowlistLab{ups: map[string]*fakeUpstream{"ghcr.test": newFakeUpstream(t), "quay.test": newFakeUpstream(t)}}
 	res := fakeResolver{"ghcr.test": "127.0.0.1", "quay.test": "127.0.0.1", "loop.test": "127.0.0.1",
-		"meta.test": "169.254.169.254", "lan.test": "10.1.2.3", "public.test": "203.0.113.10"}
+		"meta.test": "169.254.169.254", "lan.test": "10.1.2.3", "public.test": "93.184.216.34"}
 	first := newFakeUpstream(t) // "hub", the listener's default
 	l.b = newTestBerth(t, first, func(r *Repository, o *Options) {
 		o.Resolver = res
 		o.Repositories = append(o.Repositories, Repository{Name: "any", Kind: KindProxy, Hosts: hosts, AllowPrivateNetworks: allowPrivate,
 			TagTTL: time.Hour, NotFoundTTL: time.Minute, ServeStale: true, AnonymousPull: true,
-			NewUpstream: func(host string, plainHTTP bool) (Upstream, error) {
+			NewUpstream: func(host reghost.Host, plainHTTP bool) (Upstream, error) {
 				l.made.Add(1)
 				url := "http://127.0.0.1:1" // nothing listens: a public test host cannot be reached
-				if up := l.ups[host]; up != nil {
+				if up := l.ups[host.String()]; up != nil {
 					url = up.srv.URL
 				}
 				return upstream.New(upstream.Options{URL: url, Attempts: 1, HeaderTimeout: 2 * time.Second})
@@ -134,8 +135,8 @@ func TestForwardNS(t *testing.T) {
 	})
 	b := newTestBerth(t, up, func(r *Repository, o *Options) {
 		r.ForwardNS, r.DockerHub = true, true
-		r.NewUpstream = func(ns string, _ bool) (Upstream, error) {
-			return upstream.New(upstream.Options{URL: up.srv.URL, Namespace: ns})
+		r.NewUpstream = func(ns reghost.Host, _ bool) (Upstream, error) {
+			return upstream.New(upstream.Options{URL: up.srv.URL, Namespace: ns.String()})
 		}
 	})
 	for _, p := range []string{"/v2/library/app/manifests/v1?ns=docker.io", "/v2/library/app/manifests/v1?ns=mirror.example", "/v2/app/manifests/v1"} {

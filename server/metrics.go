@@ -26,6 +26,8 @@ type metrics struct {
 	passThrough     *prometheus.CounterVec // repository, reason
 	panics          *panicCounter          // where
 	diskFull        prometheus.Counter
+	authFailures    *prometheus.CounterVec // reason
+	refused         *prometheus.CounterVec // what: a budget that answered 429 (logins aside)
 
 	damagedMu sync.Mutex
 	damagedN  int
@@ -100,6 +102,16 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 	m.diskFull = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "berth_disk_full_total", Help: "Requests refused (507) because the data directory's disk was full.",
 	})
+	m.authFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_auth_failures_total", Help: "Failed sign-ins by reason (unknown_user, bad_password, malformed, bad_token, throttled, busy).",
+	}, []string{"reason"})
+	for _, r := range []string{failUnknownUser, failBadPassword, failMalformed, failBadToken, failThrottled, failBusy} {
+		m.authFailures.WithLabelValues(r)
+	}
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_budget_refusals_total", Help: "Requests answered 429 because a bound on what clients may hold was reached, by bound (connections, downloads, uploads, upload_bytes).",
+	}, []string{"bound"})
+	reg.MustRegister(m.authFailures, m.refused)
 	reg.MustRegister(m.panics, m.diskFull, m.requests, m.requestDuration, m.cache, m.servedBytes,
 		m.upstreamBytes, m.upstreamErrors, m.resumed, m.eager, m.inflight, m.digestMismatch, m.passThrough)
 	if st != nil {
@@ -157,6 +169,16 @@ func (m *metrics) initRepository(name string, proxy bool) {
 		m.eager.WithLabelValues(name)
 		m.digestMismatch.WithLabelValues(name)
 		m.passThrough.WithLabelValues(name, "store_error")
+	}
+}
+
+// dropRepository deletes the series of a repository that is gone (a
+// host proxy dropped from the host table).
+func (m *metrics) dropRepository(name string) {
+	l := prometheus.Labels{"repository": name}
+	for _, v := range []*prometheus.CounterVec{m.requests, m.cache, m.servedBytes, m.upstreamBytes, m.upstreamErrors,
+		m.resumed, m.eager, m.digestMismatch, m.passThrough} {
+		v.DeletePartialMatch(l)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/berth-registry/berth/internal/shared"
@@ -14,6 +15,9 @@ import (
 
 // referrersEntry is a proxy's cached referrers list for one subject and
 // artifactType filter.
+//
+// The cache is bounded by entries and by bytes (referrersBytes): keys and
+// the descriptors' strings and annotations are counted.
 type referrersEntry struct {
 	refs    []store.Referrer
 	noAPI   bool // the upstream answered 404: it has no referrers API
@@ -41,7 +45,10 @@ func (s *Server) proxyReferrers(w http.ResponseWriter, r *http.Request, rp *repo
 // by the request's artifactType), from the cache when fresh.
 func (s *Server) proxyReferrerList(r *http.Request, rp *repo, image string, d store.Digest) ([]store.Referrer, error) {
 	ctx := r.Context()
-	at := r.URL.Query().Get("artifactType")
+	at, err := artifactTypeQuery(r)
+	if err != nil {
+		return nil, err
+	}
 	key := rp.Name + "/" + image + "@" + d.String() + "?" + at
 	cached, ok := rp.referrers.Get(key)
 	// answer is the cached entry as the client gets it: an upstream
@@ -102,4 +109,53 @@ func (s *Server) fetchReferrers(ctx context.Context, rp *repo, image string, d s
 		}
 	}
 	return refs, nil
+}
+
+// referrersBytes bounds one proxy's referrers cache.
+const referrersBytes = 16 << 20
+
+// referrersEntryBytes is what a cached referrers list costs.
+func referrersEntryBytes(k string, e referrersEntry) int64 {
+	n := int64(len(k)) + 128
+	for _, r := range e.refs {
+		n += int64(len(r.Digest)+len(r.MediaType)+len(r.ArtifactType)) + 64
+		for ak, av := range r.Annotations {
+			n += int64(len(ak) + len(av) + 32)
+		}
+	}
+	return n
+}
+
+// artifactTypeQuery is the request's artifactType filter, checked as a
+// media type (RFC 6838: type/subtype of restricted names, 255 bytes at
+// most): it is part of a cache key and goes upstream.
+func artifactTypeQuery(r *http.Request) (string, error) {
+	at := r.URL.Query().Get("artifactType")
+	if at != "" && !validMediaType(at) {
+		return "", errf(codeRequestInvalid, "invalid artifactType %q: not a media type", truncate(at, 100))
+	}
+	return at, nil
+}
+
+// validMediaType checks type/subtype of RFC 6838 restricted names, with
+// no parameters.
+func validMediaType(s string) bool {
+	if len(s) > 255 {
+		return false
+	}
+	typ, sub, ok := strings.Cut(s, "/")
+	return ok && restrictedName(typ) && restrictedName(sub)
+}
+
+func restrictedName(s string) bool {
+	if s == "" || len(s) > 127 || !(isAlnum(s[0]) || s[0] >= 'A' && s[0] <= 'Z') {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		c := s[i]
+		if !(isAlnum(c) || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$&-^_.+", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }

@@ -15,11 +15,9 @@ import (
 // to the client's name; the cached tags when the upstream is unavailable.
 func (s *Server) proxyTags(w http.ResponseWriter, r *http.Request, rp *repo, image string) error {
 	ctx := r.Context()
-	q := url.Values{}
-	for _, k := range []string{"n", "last"} {
-		if v := r.URL.Query().Get(k); v != "" {
-			q.Set(k, v)
-		}
+	q, err := pageQuery(r.URL.Query())
+	if err != nil {
+		return err
 	}
 	clientName := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/v2/"), "/tags/list")
 	resp, err := rp.Upstream.Tags(ctx, image, q)
@@ -60,4 +58,23 @@ func (s *Server) proxyTags(w http.ResponseWriter, r *http.Request, rp *repo, ima
 	}
 	s.cacheResult(r, rp, "tags", resultMiss, "upstream")
 	return writeTagList(w, r, clientName, list.Tags)
+}
+
+// pageQuery checks a tag list's n and last as hosted repositories do
+// (paginate) before they go upstream: n a count, last a tag.
+func pageQuery(in url.Values) (url.Values, error) {
+	q := url.Values{}
+	if ns := in.Get("n"); ns != "" {
+		if n, err := strconv.Atoi(ns); err != nil || n < 0 {
+			return nil, errf(codePaginationInvalid, "invalid n %q", truncate(ns, 40))
+		}
+		q.Set("n", ns)
+	}
+	if last := in.Get("last"); last != "" {
+		if !validTag(last) {
+			return nil, errf(codePaginationInvalid, "invalid last %q: not a tag", truncate(last, 140))
+		}
+		q.Set("last", last)
+	}
+	return q, nil
 }

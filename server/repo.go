@@ -37,6 +37,15 @@ type pendingTag struct {
 
 const pendingTagTTL = 5 * time.Minute
 
+// pendingTagBytes is what a pending tag entry costs in its cache.
+func pendingTagBytes(k string, pt pendingTag) int64 {
+	n := int64(len(k)) + 128
+	for _, t := range pt.tags {
+		n += int64(len(t)) + 16
+	}
+	return n
+}
+
 // rememberNotFound keeps an upstream 404 for not_found_ttl.
 func (rp *repo) rememberNotFound(key string) {
 	if rp.NotFoundTTL > 0 {

@@ -5,26 +5,47 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/berth-registry/berth/upstream"
+	"github.com/berth-registry/berth/internal/reghost"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Handler returns the HTTP handler of a listener whose requests, when no
-// other rule routes them, go to repository listenerRepo.
+// listenerScope is what a listener may reach: repo answers what no other
+// rule routes; a bound listener (a [[listener]] entry) reaches only repo
+// and, for a group, its members, whatever ?ns= or the path names.
+type listenerScope struct {
+	repo  string
+	bound bool
+}
+
+// Handler returns the HTTP handler of the main listener: requests go to
+// the repository ?ns= or the path names, and to listenerRepo when no
+// other rule routes them.
 func (s *Server) Handler(listenerRepo string) http.Handler {
+	return s.handler(listenerScope{repo: listenerRepo})
+}
+
+// BoundHandler returns the HTTP handler of a listener bound to
+// repository repo: its requests reach only repo (and, for a group, its
+// members); ?ns= and host prefixes are resolved among those.
+func (s *Server) BoundHandler(repo string) http.Handler {
+	return s.handler(listenerScope{repo: repo, bound: true})
+}
+
+func (s *Server) handler(l listenerScope) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/v2/", s.v2Handler(listenerRepo))
-	mux.Handle("/v2", s.v2Handler(listenerRepo))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{}))
+	mux.Handle("/v2/", s.v2Handler(l))
+	mux.Handle("/v2", s.v2Handler(l))
+	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.HandleFunc("/token", s.serveToken(listenerRepo))
-	s.uiHandlers(mux, listenerRepo)
+	mux.HandleFunc("/token", s.serveToken(l))
+	s.uiHandlers(mux, l.repo)
 	return s.recoverPanics(mux)
 }
 
@@ -39,7 +60,8 @@ func (s *Server) AdminHandler(listenerRepo string) http.Handler {
 	mux.HandleFunc("POST /admin/prefetch", s.handle(formatRegistry, s.adminPrefetch(listenerRepo)))
 	mux.HandleFunc("GET /admin/ls", s.handle(formatRegistry, s.adminList))
 	mux.HandleFunc("GET /admin/backup", s.handle(formatRegistry, s.adminBackup))
-	v2 := s.v2Handler(listenerRepo)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{}))
+	v2 := s.v2Handler(listenerScope{repo: listenerRepo})
 	trusted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		v2.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), internalKey{}, true)))
 	})
@@ -52,7 +74,7 @@ func (s *Server) AdminHandler(listenerRepo string) http.Handler {
 // reqInfo is what a handler learned, for the request's log line and
 // metrics.
 type reqInfo struct {
-	listener         string // the listener's repository
+	listener         listenerScope
 	principal        principal
 	repo, image, ref string
 	kind             string
@@ -70,10 +92,10 @@ func infoOf(ctx context.Context) *reqInfo {
 	return &reqInfo{}
 }
 
-func (s *Server) v2Handler(listenerRepo string) http.Handler {
+func (s *Server) v2Handler(listener listenerScope) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		info := &reqInfo{repo: "-", kind: "other", listener: listenerRepo}
+		info := &reqInfo{repo: "-", kind: "other", listener: listener}
 		sw := &statusWriter{ResponseWriter: w}
 		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, info))
 		sw.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
@@ -101,10 +123,10 @@ func (s *Server) v2Handler(listenerRepo string) http.Handler {
 			p, err = principal{internal: true}, nil
 		}
 		if err != nil {
-			err = s.challenge(r, "", "", "")
+			err = s.loginFailed(r, err, s.challenge(r, "", "", ""))
 		} else {
 			info.principal = p
-			err = s.dispatch(sw, r, listenerRepo)
+			err = s.dispatch(sw, r, listener)
 		}
 		if err != nil && sw.status == 0 {
 			s.writeError(sw, r, err, info.route, formatRegistry)
@@ -116,7 +138,8 @@ func (s *Server) v2Handler(listenerRepo string) http.Handler {
 }
 
 // dispatch routes one /v2 request (DESIGN: "Which repository answers").
-func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo string) error {
+func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listener listenerScope) error {
+	listenerRepo := listener.repo
 	info := infoOf(r.Context())
 	rt, err := parsePath(r.URL.Path)
 	if err != nil {
@@ -165,10 +188,11 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 		}
 		return s.catalog(w, r, rp)
 	}
-	rp, image, err := s.resolve(r, listenerRepo, rt.name)
+	rp, image, err := s.resolve(r, listener, rt.name)
 	if err != nil {
 		return err
 	}
+	defer s.forgetSilentHost(rp)
 	info.repo, info.image, info.ref = rp.Name, image, rt.ref
 	// Writes a repository kind cannot take are refused whoever asks.
 	if actionFor(r, rt) != actionPull {
@@ -211,45 +235,54 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listenerRepo s
 	return errf(codeUnsupported, "repository %q of kind %s cannot serve this yet", rp.Name, rp.Kind)
 }
 
-// resolve picks the repository for a request and the image name within it:
-// (1) ?ns=<host> picks the proxy of that upstream host; (2) a first path
-// segment naming a repository or an upstream host picks it and is
-// stripped; (3) else the listener's repository.
-func (s *Server) resolve(r *http.Request, listenerRepo, name string) (*repo, string, error) {
+// resolve picks the repository for a request and the image name within
+// it, among the repositories the listener may reach: (1) ?ns=<host>
+// picks the proxy of that upstream host; (2) a first path segment naming
+// a repository or an upstream host picks it and is stripped; (3) else the
+// listener's repository. Hosts are parsed (reghost) before anything is
+// matched: a malformed one is 400 and nothing is dialled.
+func (s *Server) resolve(r *http.Request, listener listenerScope, name string) (*repo, string, error) {
+	scope := s.scope(listener)
 	var rp *repo
 	image := name
-	if ns := strings.ToLower(r.URL.Query().Get("ns")); ns != "" {
-		rp = s.proxyForHost(ns)
+	if ns := r.URL.Query().Get("ns"); ns != "" {
+		host, err := parseHost("ns", ns)
+		if err != nil {
+			return nil, "", err
+		}
+		rp = proxyForHost(scope, host)
 		if rp == nil {
-			g := s.allowlistFor(ns)
+			g := allowlistFor(scope, host)
 			if g == nil {
-				g = s.forwarder()
+				g = forwarder(scope)
 			}
 			if g == nil {
-				return nil, "", errf(codeNameUnknown, "no repository serves namespace %q", ns)
+				return nil, "", errf(codeNameUnknown, "no repository serves namespace %q", host)
 			}
-			hp, err := s.hostProxy(r.Context(), g, ns)
-			if err != nil {
+			if rp, err = s.hostProxy(r.Context(), g, host); err != nil {
 				return nil, "", err
 			}
-			rp = hp
 		}
 	} else if first, rest, ok := strings.Cut(name, "/"); ok {
-		host := strings.ToLower(first)
-		if p := s.repos[first]; p != nil {
+		if p := s.repos[first]; p != nil && slices.Contains(scope, p) {
 			rp, image = p, rest
-		} else if p := s.proxyForHost(host); p != nil && strings.Contains(first, ".") {
-			rp, image = p, rest
-		} else if g := s.allowlistFor(host); g != nil && registryHost(first) {
-			hp, err := s.hostProxy(r.Context(), g, host)
+		} else if reghost.IsRegistryHost(first) {
+			host, err := parseHost("path", first)
 			if err != nil {
 				return nil, "", err
 			}
-			rp, image = hp, rest
+			if p := proxyForHost(scope, host); p != nil && strings.Contains(first, ".") {
+				rp, image = p, rest
+			} else if g := allowlistFor(scope, host); g != nil {
+				if rp, err = s.hostProxy(r.Context(), g, host); err != nil {
+					return nil, "", err
+				}
+				image = rest
+			}
 		}
 	}
 	if rp == nil {
-		rp = s.repos[listenerRepo]
+		rp = s.repos[listener.repo]
 		if rp == nil {
 			return nil, "", errf(codeNameUnknown, "no repository for %q", name)
 		}
@@ -258,39 +291,23 @@ func (s *Server) resolve(r *http.Request, listenerRepo, name string) (*repo, str
 		// An allowlist repository named itself: the host comes next
 		// ("<repository>/<host>/<image>").
 		first, rest, ok := strings.Cut(image, "/")
-		host := strings.ToLower(first)
-		if !ok || !registryHost(first) || !matchHosts(rp.Hosts, host) {
+		if !ok || !reghost.IsRegistryHost(first) {
 			return nil, "", errf(codeNameUnknown, "repository %q serves the registries %s; %q is not one", rp.Name, strings.Join(rp.Hosts, ", "), first)
 		}
-		hp, err := s.hostProxy(r.Context(), rp, host)
+		host, err := parseHost("path", first)
 		if err != nil {
 			return nil, "", err
 		}
-		rp, image = hp, rest
+		if !host.MatchAny(rp.Hosts) {
+			return nil, "", errf(codeNameUnknown, "repository %q serves the registries %s; %q is not one", rp.Name, strings.Join(rp.Hosts, ", "), host)
+		}
+		if rp, err = s.hostProxy(r.Context(), rp, host); err != nil {
+			return nil, "", err
+		}
+		image = rest
 	}
 	if rp.DockerHub && !strings.Contains(image, "/") {
 		image = "library/" + image
 	}
 	return rp, image, nil
-}
-
-// proxyForHost returns the first proxy whose upstream is host (Docker
-// Hub's names are one) or lists it in ns_aliases.
-func (s *Server) proxyForHost(host string) *repo {
-	host = strings.ToLower(host)
-	for _, rp := range s.order {
-		if rp.Kind != KindProxy {
-			continue
-		}
-		up := strings.ToLower(rp.UpstreamHost)
-		if up == host || (upstream.IsDockerHub(up) && upstream.IsDockerHub(host)) {
-			return rp
-		}
-		for _, a := range rp.NSAliases {
-			if strings.EqualFold(a, host) {
-				return rp
-			}
-		}
-	}
-	return nil
 }

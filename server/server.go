@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/berth-registry/berth/internal/lru"
+	"github.com/berth-registry/berth/internal/reghost"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 )
@@ -62,7 +63,7 @@ type Repository struct {
 	Hosts                []string
 	HTTPHosts            []string
 	AllowPrivateNetworks bool
-	NewUpstream          func(host string, plainHTTP bool) (Upstream, error)
+	NewUpstream          func(host reghost.Host, plainHTTP bool) (Upstream, error)
 	// ForwardNS: the upstream is a mirror of many registries (a berth a
 	// tier up). A ?ns= no other proxy answers is passed on to it, through
 	// a proxy NewUpstream makes per namespace (kept apart in the store).
@@ -160,6 +161,11 @@ type Server struct {
 	loggedCauses *lru.Cache[string, struct{}] // upstream failures logged in the last minute
 }
 
+// cacheBytes bounds each per-repository cache keyed by client input
+// (negative answers, group members), key bytes and overhead counted:
+// with names up to 255 bytes the entry caps alone would allow ~40 MB.
+const cacheBytes = 8 << 20
+
 // maxManifestSize is the largest manifest berth accepts or caches.
 const maxManifestSize = 4 << 20
 
@@ -180,9 +186,10 @@ func New(opts Options) (*Server, error) {
 	if opts.Resolver == nil {
 		opts.Resolver = net.DefaultResolver
 	}
-	s := &Server{opts: opts, repos: map[string]*repo{}, log: opts.Logger, hosts: hostProxies{repos: map[string]*repo{}}, eager: newEager(),
+	s := &Server{opts: opts, repos: map[string]*repo{}, log: opts.Logger, eager: newEager(),
 		resolver:     opts.Resolver,
-		loggedCauses: lru.New[string, struct{}](1000, time.Minute)}
+		loggedCauses: lru.New[string, struct{}](1000, time.Minute).WithCost(1<<20, lru.StringBytes[struct{}])}
+	s.newHostTable()
 	s.blobs, s.manifests, s.pushes, s.index, s.ops = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
 	if err := ValidateRepositories(opts.Repositories, opts.DefaultRepository); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -205,7 +212,7 @@ func New(opts Options) (*Server, error) {
 		if rp.Kind != KindGroup {
 			continue
 		}
-		rp.leaves, rp.served = s.flatten(rp), lru.New[string, *repo](100_000, 0)
+		rp.leaves, rp.served = s.flatten(rp), lru.New[string, *repo](100_000, 0).WithCost(cacheBytes, lru.StringBytes[*repo])
 	}
 	a, err := newAuth(opts.Auth)
 	if err != nil {
@@ -229,8 +236,10 @@ func New(opts Options) (*Server, error) {
 // newRepo returns the runtime state of repository r; a proxy's upstream
 // calls are observed for its health.
 func (s *Server) newRepo(r Repository) *repo {
-	rp := &repo{Repository: r, health: &upstreamHealth{}, neg: lru.New[string, time.Time](100_000, 0),
-		pending: lru.New[string, pendingTag](10_000, pendingTagTTL), referrers: lru.New[string, referrersEntry](10_000, referrersKeep)}
+	rp := &repo{Repository: r, health: &upstreamHealth{},
+		neg:       lru.New[string, time.Time](100_000, 0).WithCost(cacheBytes, lru.StringBytes[time.Time]),
+		pending:   lru.New[string, pendingTag](10_000, pendingTagTTL).WithCost(cacheBytes/2, pendingTagBytes),
+		referrers: lru.New[string, referrersEntry](10_000, referrersKeep).WithCost(referrersBytes, referrersEntryBytes)}
 	if r.Kind == KindProxy && r.Upstream != nil {
 		rp.Upstream = observedUpstream{Upstream: r.Upstream, h: rp.health}
 	}

@@ -137,7 +137,7 @@ func parseScopes(values []string) ([]scope, error) {
 // credentials (or none, for anonymous), and the OAuth2 password grant
 // (POST). The token grants the intersection of what was asked and what
 // the principal may do.
-func (s *Server) serveToken(listenerRepo string) http.HandlerFunc {
+func (s *Server) serveToken(listener listenerScope) http.HandlerFunc {
 	return s.handle(formatToken, func(w http.ResponseWriter, r *http.Request) error {
 		var p principal
 		var q url.Values
@@ -146,7 +146,10 @@ func (s *Server) serveToken(listenerRepo string) http.HandlerFunc {
 			q = r.URL.Query()
 			if r.Header.Get("Authorization") != "" {
 				var err error
-				if p, err = s.auth.authenticate(r); err != nil || p.token != nil {
+				if p, err = s.auth.authenticate(r); err != nil {
+					return s.loginFailed(r, err, errWrongCredentials)
+				}
+				if p.token != nil {
 					return errWrongCredentials
 				}
 			}
@@ -159,9 +162,9 @@ func (s *Server) serveToken(listenerRepo string) http.HandlerFunc {
 			if q.Get("grant_type") != "password" {
 				return errf(codeRequestInvalid, "unsupported grant_type (password only)")
 			}
-			u, ok := s.auth.checkPassword(q.Get("username"), q.Get("password"))
-			if !ok {
-				return errWrongCredentials
+			u, err := s.auth.checkPassword(r, q.Get("username"), q.Get("password"))
+			if err != nil {
+				return s.loginFailed(r, err, errWrongCredentials)
 			}
 			p.user = u
 		default:
@@ -180,7 +183,7 @@ func (s *Server) serveToken(listenerRepo string) http.HandlerFunc {
 		c := tokenClaims{Issuer: "berth", Subject: p.name(), Audience: s.auth.opts.Service, IssuedAt: now.Unix(),
 			NotBefore: now.Unix(), Expires: now.Add(s.auth.opts.TokenTTL).Unix(), ID: hex.EncodeToString(jti[:])}
 		for _, sc := range scopes {
-			if acc, ok := s.grantScope(r, p, listenerRepo, sc); ok {
+			if acc, ok := s.grantScope(r, p, listener, sc); ok {
 				c.Access = append(c.Access, acc)
 			}
 		}
@@ -206,10 +209,10 @@ var errWrongCredentials = &regError{Code: codeUnauthorized, Message: "invalid cr
 
 // grantScope resolves a scope's name as the listener would route it and
 // keeps the actions the principal may do.
-func (s *Server) grantScope(r *http.Request, p principal, listenerRepo string, sc scope) (tokenAccess, bool) {
+func (s *Server) grantScope(r *http.Request, p principal, listener listenerScope, sc scope) (tokenAccess, bool) {
 	switch sc.typ {
 	case "registry":
-		rp := s.repos[listenerRepo]
+		rp := s.repos[listener.repo]
 		if sc.name == "catalog" && rp != nil && s.allowed(p, rp, "", actionPull) {
 			return tokenAccess{Type: "registry", Name: "catalog", Actions: []string{"*"}}, true
 		}
@@ -221,7 +224,7 @@ func (s *Server) grantScope(r *http.Request, p principal, listenerRepo string, s
 	if validateName(sc.name) != nil {
 		return tokenAccess{}, false
 	}
-	rp, image, err := s.resolve(r, listenerRepo, sc.name)
+	rp, image, err := s.resolve(r, listener, sc.name)
 	if err != nil {
 		return tokenAccess{}, false
 	}

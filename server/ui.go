@@ -27,9 +27,16 @@ func (s *Server) uiHandlers(mux *http.ServeMux, listenerRepo string) {
 	mux.HandleFunc("GET /ui/image", s.uiPage(s.uiImage))
 	mux.HandleFunc("GET /ui/manifest", s.uiPage(s.uiManifest))
 	mux.HandleFunc("GET /ui/login", func(w http.ResponseWriter, r *http.Request) {
-		if p, err := s.auth.authenticate(r); err == nil && p.user != nil {
+		p, err := s.auth.authenticate(r)
+		if err == nil && p.user != nil {
 			http.Redirect(w, r, "/", http.StatusSeeOther)
 			return
+		}
+		if err != nil {
+			if e := s.loginFailed(r, err, nil); e != nil {
+				s.writeError(w, r, e, route{}, formatText)
+				return
+			}
 		}
 		s.writeError(w, r, &regError{Code: codeUnauthorized, Message: "sign in with a berth user",
 			Header: http.Header{"Www-Authenticate": {`Basic realm="berth"`}}}, route{}, formatText)
@@ -42,7 +49,7 @@ func (s *Server) uiPage(f uiPageFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.auth.authenticate(r)
 		if err != nil {
-			s.writeError(w, r, errWrongCredentials, route{}, formatText)
+			s.writeError(w, r, s.loginFailed(r, err, errWrongCredentials), route{}, formatText)
 			return
 		}
 		name, data, err := f(r, p)

@@ -26,13 +26,14 @@ const (
 	memCacheMaxBytes     = 64 << 20
 	memCacheMaxManifests = 50_000
 	memCacheMaxTags      = 200_000
+	memCacheMaxTagBytes  = 16 << 20
 )
 
 func newMemCache() *memCache {
 	return &memCache{
 		manifests: lru.New[string, Manifest](memCacheMaxManifests, 0).
-			WithCost(memCacheMaxBytes, func(m Manifest) int64 { return int64(len(m.Body)) }),
-		tags: lru.New[string, TagInfo](memCacheMaxTags, 0),
+			WithCost(memCacheMaxBytes, func(k string, m Manifest) int64 { return lru.StringBytes(k, m) + int64(len(m.Body)) }),
+		tags: lru.New[string, TagInfo](memCacheMaxTags, 0).WithCost(memCacheMaxTagBytes, lru.StringBytes[TagInfo]),
 	}
 }
 

@@ -282,14 +282,14 @@ func TestConnectTimeout(t *testing.T) {
 	}
 }
 
-// TestRefusePrivateNetworks: with RefusePrivateNetworks the client does
+// TestRefusePrivateNetworks: with RefuseSpecialAddresses the client does
 // not connect to a loopback address, even one a name resolved to (the
 // check is at connect time, after DNS), and says why.
 func TestRefusePrivateNetworks(t *testing.T) {
 	up := newLab(t)
 	port := up.srv.URL[strings.LastIndex(up.srv.URL, ":")+1:]
 	for _, u := range []string{up.srv.URL, "http://localhost:" + port} {
-		c, err := New(Options{URL: u, RefusePrivateNetworks: true, Attempts: 1})
+		c, err := New(Options{URL: u, RefuseSpecialAddresses: true, Attempts: 1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -299,5 +299,26 @@ func TestRefusePrivateNetworks(t *testing.T) {
 	}
 	if n := up.requests.Load(); n != 0 {
 		t.Fatalf("%d requests reached the loopback upstream", n)
+	}
+}
+
+// TestRedirectToMetadataRefused: with private networks allowed (an
+// internal registry on loopback), a redirect to the cloud metadata
+// address is still refused at connect time: no packet is sent there.
+func TestRedirectToMetadataRefused(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		http.Redirect(w, r, "http://169.254.169.254/latest/meta-data/", http.StatusTemporaryRedirect)
+	}))
+	defer srv.Close()
+	c, err := New(Options{URL: srv.URL, RefuseSpecialAddresses: true, AllowPrivateNetworks: true, Attempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Blob(context.Background(), http.MethodGet, "a/b", "sha256:"+strings.Repeat("a", 64))
+	if !errors.Is(err, ErrPrivateAddress) {
+		t.Fatalf("redirect to metadata: %v, want ErrPrivateAddress", err)
 	}
 }

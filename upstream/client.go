@@ -8,15 +8,14 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/berth-registry/berth/internal/reghost"
 	"github.com/berth-registry/berth/internal/shared"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -60,11 +59,15 @@ type Options struct {
 	// request: the upstream is a mirror (another berth, a tier up) that
 	// serves many registries and picks one by ns, as containerd asks.
 	Namespace string
-	// RefusePrivateNetworks refuses connections to loopback, private,
-	// link-local (the cloud metadata address) and unspecified addresses,
-	// checked at connect time, after DNS: for upstreams whose host a
-	// client chose (an allowlist proxy's).
-	RefusePrivateNetworks bool
+	// RefuseSpecialAddresses refuses connections to the special-purpose
+	// addresses of reghost.Refused (loopback, private, link-local and
+	// cloud metadata, CGNAT, NAT64 and 6to4 of those, ...), checked at
+	// connect time, after DNS, for every connection (redirect targets and
+	// token realms too): for upstreams whose host a client chose (an
+	// allowlist proxy's). AllowPrivateNetworks opens the private-use,
+	// loopback, CGNAT and unique-local ranges.
+	RefuseSpecialAddresses bool
+	AllowPrivateNetworks   bool
 	// Caps limits the connections and bandwidth toward the upstream; the
 	// Clients of one proxy's URLs share it. Nil means no caps.
 	Caps *Caps
@@ -88,6 +91,16 @@ type Client struct {
 	budget budget // the pull budget the upstream reports (ratelimit.go)
 
 	caps *Caps // caps.go; nil: none
+
+	idle interface{ CloseIdleConnections() } // the pooled transport New made; nil for Options.Transport
+}
+
+// CloseIdleConnections closes the connections the client keeps open for
+// reuse (a host proxy that is dropped lets them go).
+func (c *Client) CloseIdleConnections() {
+	if c.idle != nil {
+		c.idle.CloseIdleConnections()
+	}
 }
 
 type imageTransport struct {
@@ -138,22 +151,25 @@ func New(opts Options) (*Client, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	base := opts.Transport
+	var idle interface{ CloseIdleConnections() }
 	if base == nil {
 		dialer := &net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: 30 * time.Second}
-		if opts.RefusePrivateNetworks {
-			dialer.Control = refusePrivate
+		if opts.RefuseSpecialAddresses {
+			dialer.Control = reghost.DialControl(opts.AllowPrivateNetworks)
 		}
-		base = &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           dialer.DialContext,
-			ForceAttemptHTTP2:     true,
-			MaxIdleConns:          256,
-			MaxIdleConnsPerHost:   64,
-			IdleConnTimeout:       90 * time.Second,
-			TLSHandshakeTimeout:   opts.ConnectTimeout,
-			ResponseHeaderTimeout: opts.HeaderTimeout,
-			ExpectContinueTimeout: time.Second,
+		tr := &http.Transport{
+			Proxy:                  http.ProxyFromEnvironment,
+			DialContext:            dialer.DialContext,
+			ForceAttemptHTTP2:      true,
+			MaxIdleConns:           256,
+			MaxIdleConnsPerHost:    64,
+			IdleConnTimeout:        90 * time.Second,
+			TLSHandshakeTimeout:    opts.ConnectTimeout,
+			ResponseHeaderTimeout:  opts.HeaderTimeout,
+			ExpectContinueTimeout:  time.Second,
+			MaxResponseHeaderBytes: 1 << 20,
 		}
+		base, idle = tr, tr
 	}
 	if opts.Observe != nil {
 		base = &observeTransport{inner: base, observe: opts.Observe}
@@ -165,7 +181,7 @@ func New(opts Options) (*Client, error) {
 	}
 	c := &Client{
 		url: u, reg: reg, auth: auth, base: base, opts: opts, log: log,
-		images: map[string]*imageTransport{},
+		images: map[string]*imageTransport{}, idle: idle,
 	}
 	if opts.Caps != nil {
 		c.caps = opts.Caps
@@ -475,23 +491,6 @@ func DockerHubHosts() []string { return slices.Clone(dockerHubHosts) }
 // IsDockerHub reports whether host is one of Docker Hub's names.
 func IsDockerHub(host string) bool { return slices.Contains(dockerHubHosts, strings.ToLower(host)) }
 
-// ErrPrivateAddress is returned for a connection refused by
-// Options.RefusePrivateNetworks.
-var ErrPrivateAddress = errors.New("upstream: refusing to connect to a private, loopback or link-local address")
-
-// refusePrivate is a net.Dialer Control that refuses private addresses.
-func refusePrivate(network, address string, _ syscall.RawConn) error {
-	host, _, err := net.SplitHostPort(address)
-	if err != nil {
-		return err
-	}
-	a, err := netip.ParseAddr(host)
-	if err != nil {
-		return err
-	}
-	a = a.Unmap()
-	if a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsUnspecified() || a.IsMulticast() {
-		return fmt.Errorf("%w: %s", ErrPrivateAddress, a)
-	}
-	return nil
-}
+// ErrPrivateAddress is wrapped by the error of a connection refused by
+// Options.RefuseSpecialAddresses.
+var ErrPrivateAddress = reghost.ErrRefusedAddress

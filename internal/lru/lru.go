@@ -17,7 +17,8 @@ type Cache[K comparable, V any] struct {
 	mu      sync.Mutex
 	max     int
 	maxCost int64
-	cost    func(V) int64
+	cost    func(K, V) int64
+	onEvict func(K, V)
 	ttl     time.Duration
 	now     func() time.Time
 
@@ -40,11 +41,55 @@ func New[K comparable, V any](size int, ttl time.Duration) *Cache[K, V] {
 }
 
 // WithCost caps the summed cost of the entries at maxCost as well; cost
-// tells the cost of one value (the bytes of a manifest, say). A value
-// costing more than maxCost is not kept. Call it before first use.
-func (c *Cache[K, V]) WithCost(maxCost int64, cost func(V) int64) *Cache[K, V] {
+// tells the cost of one entry (the bytes of its key and value, say). An
+// entry costing more than maxCost is not kept. Call it before first use.
+func (c *Cache[K, V]) WithCost(maxCost int64, cost func(K, V) int64) *Cache[K, V] {
 	c.maxCost, c.cost = maxCost, cost
 	return c
+}
+
+// StringBytes is a cost function for caches keyed by client input: the
+// bytes of the key and a fixed overhead per entry, so that a cache of
+// long keys holds fewer of them.
+func StringBytes[V any](k string, _ V) int64 { return int64(len(k)) + entryOverhead }
+
+// entryOverhead is what one entry costs besides its key and value: the
+// list element, the map slot and the entry struct, roughly.
+const entryOverhead = 128
+
+// WithEvict calls f with each entry pushed out by the caps (not those
+// removed, taken, expired or replaced), after the cache's lock is
+// released: a host proxy's connections are closed that way. Call it
+// before first use.
+func (c *Cache[K, V]) WithEvict(f func(K, V)) *Cache[K, V] {
+	c.onEvict = f
+	return c
+}
+
+// Values returns the live entries' values, most recently used first.
+func (c *Cache[K, V]) Values() []V {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	out := make([]V, 0, c.ll.Len())
+	for el := c.ll.Front(); el != nil; el = el.Next() {
+		if e := el.Value.(*entry[K, V]); e.exp.IsZero() || now.Before(e.exp) {
+			out = append(out, e.val)
+		}
+	}
+	return out
+}
+
+// evicted holds the entries the caps pushed out, for onEvict.
+type evicted[K comparable, V any] []*entry[K, V]
+
+func (c *Cache[K, V]) notify(ev evicted[K, V]) {
+	if c.onEvict == nil {
+		return
+	}
+	for _, e := range ev {
+		c.onEvict(e.key, e.val)
+	}
 }
 
 // Get returns the value of k and marks it most recently used. An expired
@@ -68,17 +113,18 @@ func (c *Cache[K, V]) Add(k K, v V) { c.AddTTL(k, v, c.ttl) }
 // least recently used entries past the caps.
 func (c *Cache[K, V]) AddTTL(k K, v V, ttl time.Duration) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.addLocked(k, v, ttl)
+	ev := c.addLocked(k, v, ttl)
+	c.mu.Unlock()
+	c.notify(ev)
 }
 
-func (c *Cache[K, V]) addLocked(k K, v V, ttl time.Duration) {
+func (c *Cache[K, V]) addLocked(k K, v V, ttl time.Duration) (ev evicted[K, V]) {
 	var cost int64
 	if c.cost != nil {
-		cost = c.cost(v)
+		cost = c.cost(k, v)
 		if cost > c.maxCost {
 			c.removeLocked(k)
-			return
+			return nil
 		}
 	}
 	var exp time.Time
@@ -95,21 +141,27 @@ func (c *Cache[K, V]) addLocked(k K, v V, ttl time.Duration) {
 		c.total += cost
 	}
 	for c.ll.Len() > c.max || (c.cost != nil && c.total > c.maxCost) {
-		c.removeElementLocked(c.ll.Back())
+		back := c.ll.Back()
+		c.removeElementLocked(back)
+		if c.onEvict != nil {
+			ev = append(ev, back.Value.(*entry[K, V]))
+		}
 	}
+	return ev
 }
 
 // Update sets k to f(old, found) atomically, with the cache's time to
 // live (renewed).
 func (c *Cache[K, V]) Update(k K, f func(old V, found bool) V) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	var old V
 	e, ok := c.lookupLocked(k)
 	if ok {
 		old = e.Value.(*entry[K, V]).val
 	}
-	c.addLocked(k, f(old, ok), c.ttl)
+	ev := c.addLocked(k, f(old, ok), c.ttl)
+	c.mu.Unlock()
+	c.notify(ev)
 }
 
 // Take returns the value of k and removes it.

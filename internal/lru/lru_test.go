@@ -2,6 +2,7 @@ package lru
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -61,7 +62,7 @@ func TestTTL(t *testing.T) {
 }
 
 func TestCost(t *testing.T) {
-	c := New[string, []byte](100, 0).WithCost(10, func(b []byte) int64 { return int64(len(b)) })
+	c := New[string, []byte](100, 0).WithCost(10, func(_ string, b []byte) int64 { return int64(len(b)) })
 	c.Add("a", make([]byte, 4))
 	c.Add("b", make([]byte, 4))
 	c.Add("c", make([]byte, 4)) // 12 > 10: a goes
@@ -124,5 +125,31 @@ func TestBoundedUnderLoad(t *testing.T) {
 	wg.Wait()
 	if c.Len() != 64 {
 		t.Errorf("Len = %d, want 64", c.Len())
+	}
+}
+
+// TestEvictAndBytes: the cost of long keys bounds the entries, each
+// entry the caps push out is reported once, and what is removed by hand
+// is not reported.
+func TestEvictAndBytes(t *testing.T) {
+	var evicted []string
+	c := New[string, int](1000, 0).WithCost(10*(100+entryOverhead), StringBytes[int]).
+		WithEvict(func(k string, _ int) { evicted = append(evicted, k) })
+	long := func(i int) string { return strings.Repeat("x", 99) + string(rune('a'+i)) }
+	for i := 0; i < 15; i++ {
+		c.Add(long(i), i)
+	}
+	if c.Len() != 10 || c.Cost() != 10*(100+entryOverhead) {
+		t.Fatalf("Len %d, Cost %d: want 10 entries of %d", c.Len(), c.Cost(), 100+entryOverhead)
+	}
+	if len(evicted) != 5 || evicted[0] != long(0) || evicted[4] != long(4) {
+		t.Fatalf("evicted %d entries, want the 5 oldest", len(evicted))
+	}
+	c.Remove(long(14))
+	if len(evicted) != 5 {
+		t.Error("Remove reported an eviction")
+	}
+	if v := c.Values(); len(v) != 9 || v[0] != 13 || v[8] != 5 {
+		t.Errorf("Values = %v, want 13..5", v)
 	}
 }
