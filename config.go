@@ -33,6 +33,7 @@ type Config struct {
 	LogLevel     string             `toml:"log_level"`  // debug, info (default), warn, error
 	LogFormat    string             `toml:"log_format"` // text (default) or json
 	Storage      StorageConfig      `toml:"storage"`
+	Limits       LimitsConfig       `toml:"limits"`
 	Repositories []RepositoryConfig `toml:"repository"`
 	Listeners    []ListenerConfig   `toml:"listener"`
 	Auth         AuthConfig         `toml:"auth"`
@@ -258,7 +259,7 @@ func (c *Config) serverRepositories() []server.Repository {
 // errors name the key.
 func (c *Config) setDefaults() error {
 	for _, check := range []func() error{
-		c.setTopDefaults, c.Storage.setDefaults, c.setRepositoryDefaults, c.checkAuth,
+		c.setTopDefaults, c.Storage.setDefaults, c.Limits.check, c.setRepositoryDefaults, c.checkAuth,
 		c.checkPrefetch, c.checkListeners, c.checkFiles, c.checkGrants,
 	} {
 		if err := check(); err != nil {

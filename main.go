@@ -149,6 +149,8 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 	srv, err := server.New(server.Options{
 		Repositories: repos, DefaultRepository: cfg.DefaultRepository, Store: st, Logger: log, Registry: reg,
 		GCGrace: time.Duration(cfg.Storage.GCGrace), Auth: authOpts, MaxSize: int64(cfg.Storage.MaxSize),
+		MaxBlobSize: int64(cfg.Limits.MaxBlobSize), MaxDownloads: cfg.Limits.MaxDownloads,
+		MaxDownloadsPerClient: cfg.Limits.MaxDownloadsPerClient, Uploads: cfg.Limits.uploadLimits(),
 	})
 	if err != nil {
 		st.Close()
@@ -195,6 +197,7 @@ func (m *Main) Run(ctx context.Context) error {
 			m.shutdown()
 			return err
 		}
+		ln = m.srv.LimitListener(ln, m.cfg.Limits.connLimits(), tlsCfg == nil)
 		// The main listener routes by ?ns= and path to any repository; a
 		// [[listener]] reaches only its own repository (and members).
 		handler := m.srv.Handler(b.Repository)

@@ -59,12 +59,12 @@ func newEager() *eager {
 	return &eager{ramp: eagerRamp, slowRate: eagerSlowRate, slowAnswer: eagerSlowAnswer, slots: make(chan struct{}, eagerInFlight), seen: lru.New[string, struct{}](10_000, 10*time.Minute)}
 }
 
-// eagerLayers starts the downloads of m's blobs in the background when rp
-// wants eager layers. It never delays the answer: the work runs in its own
+// eagerLayers records the sizes m declares for its blobs and starts their
+// downloads in the background when rp wants eager layers. It never delays the answer: the work runs in its own
 // goroutine, at most once per manifest in ten minutes, in manifest order,
 // eagerParallel at a time (more on a slow path).
 func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
-	if !rp.EagerLayers || rp.Kind != KindProxy || m.Digest.IsZero() {
+	if rp.Kind != KindProxy || m.Digest.IsZero() {
 		return
 	}
 	key := rp.Name + "/" + image + "@" + m.Digest.String()
@@ -76,6 +76,12 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 		pm, err := parseManifest(m.Body, m.MediaType)
 		if err != nil || pm.image == nil {
 			return // an index, or schema 1: nothing chosen to fetch
+		}
+		// The sizes its blobs may have, whether or not they are fetched
+		// now (blob_limit.go).
+		s.declareSizes(rp.Name+"/"+image, pm)
+		if !rp.EagerLayers {
+			return
 		}
 		ctx := context.Background()
 		ended := make(chan string, eagerPerImage) // the digest of each download that ends
@@ -133,6 +139,7 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 				return // enough under way; clients fetch the rest as they ask
 			}
 			job := s.blobJob(rp, image, d)
+			job.keep = true // no reader yet: the client's GETs join it
 			onEnd := job.ended
 			job.ended = func(err error) {
 				<-s.eager.slots

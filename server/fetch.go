@@ -33,9 +33,20 @@ type fetchGroup struct {
 	onEnd   func()
 	spawn   func(where string, f func()) // starts the download goroutine (Server.goSafe)
 
-	mu     sync.Mutex
-	active map[string]*download
+	// Bounds: downloads under way in all (maxActive), started by one
+	// client (perClient), and how long one that nobody needs any more
+	// (no reader, not eager) goes on before it is cancelled (grace).
+	maxActive, perClient int
+	grace                time.Duration
+
+	mu       sync.Mutex
+	active   map[string]*download
+	byClient map[string]int // downloads under way per client that started them
 }
+
+// errDownloadsFull is join's answer when a bound on downloads under way
+// is reached: the client gets 429 and others are still served.
+var errDownloadsFull = errors.New("too many blob downloads under way")
 
 // newFetchGroup returns a fetchGroup whose downloads write into temp
 // files made by newTemp and end within timeout. onStart and onEnd (may be
@@ -48,8 +59,16 @@ func newFetchGroup(timeout time.Duration, newTemp func(ctx context.Context, alg 
 		onEnd = func() {}
 	}
 	return &fetchGroup{timeout: timeout, newTemp: newTemp, onStart: onStart, onEnd: onEnd, active: map[string]*download{},
+		byClient: map[string]int{}, maxActive: defaultMaxDownloads, perClient: defaultMaxDownloadsPerClient, grace: defaultAbandonGrace,
 		spawn: func(_ string, f func()) { go f() }}
 }
+
+// Default bounds of a fetchGroup (Options.MaxDownloads and friends).
+const (
+	defaultMaxDownloads          = 256
+	defaultMaxDownloadsPerClient = 32
+	defaultAbandonGrace          = 10 * time.Second
+)
 
 // tempBlob is the file a download writes and its readers follow: what the
 // download needs of store.BlobWriter.
@@ -95,6 +114,13 @@ type fetchJob struct {
 	ranges     rangePlan
 	fetchRange rangeFunc
 	noRanges   func() // told when the upstream answered a range request otherwise; may be nil
+
+	// client started the download (its address; "" for berth's own
+	// work), counted against the per-client bound. keep: the download is
+	// wanted without a reader (eager layers), so it is not cancelled
+	// when its last reader leaves.
+	client string
+	keep   bool
 }
 
 // errDownloadPanicked is a download's result when its goroutine panicked.
@@ -123,7 +149,12 @@ type download struct {
 	verified bool // all bytes are in and they hash to want
 	done     bool // committed, or failed
 	err      error
-	refs     int // guarded by g.mu
+	refs     int                // guarded by g.mu
+	keep     bool               // wanted without readers (eager); guarded by g.mu
+	client   string             // who started it, for byClient
+	cancel   context.CancelFunc // ends the transfer; set before the runner starts
+	idle     *time.Timer        // cancels the download when nobody needs it; guarded by g.mu
+	ended    bool               // finish ran; guarded by g.mu
 }
 
 // join returns the download of job.want, starting job when none is under
@@ -137,26 +168,38 @@ func (g *fetchGroup) join(ctx context.Context, job fetchJob) (d *download, leade
 	defer g.mu.Unlock()
 	if d, ok := g.active[key]; ok {
 		d.refs++
+		d.keep = d.keep || job.keep
+		if d.idle != nil {
+			d.idle.Stop()
+			d.idle = nil
+		}
 		return d, false, nil
+	}
+	if len(g.active) >= g.maxActive || (job.client != "" && g.byClient[job.client] >= g.perClient) {
+		return nil, false, errDownloadsFull
 	}
 	w, err := g.newTemp(ctx, want.Algorithm())
 	if err != nil {
 		return nil, false, err
 	}
-	d = &download{g: g, want: want, w: w, repo: job.link.Repo, changed: make(chan struct{}), size: -1, refs: 2} // caller + runner
+	tctx, cancel := context.WithTimeout(context.Background(), g.timeout)
+	d = &download{g: g, want: want, w: w, repo: job.link.Repo, changed: make(chan struct{}), size: -1, refs: 2, // caller + runner
+		keep: job.keep, client: job.client, cancel: cancel}
 	g.active[key] = d
+	if job.client != "" {
+		g.byClient[job.client]++
+	}
 	g.onStart()
-	g.spawn("blob download", func() { d.run(job) })
+	g.spawn("blob download", func() { d.run(tctx, job) })
 	return d, true, nil
 }
 
-func (d *download) run(job fetchJob) {
+func (d *download) run(ctx context.Context, job fetchJob) {
 	// A panic below still ends the download, failed, for every reader
 	// (the goroutine's guard logs and counts it).
 	err := errDownloadPanicked
 	defer func() { d.finish(err, job.ended) }()
-	ctx, cancel := context.WithTimeout(context.Background(), d.g.timeout)
-	defer cancel()
+	defer d.cancel()
 	if err = d.transfer(ctx, job); err != nil {
 		return
 	}
@@ -177,6 +220,16 @@ func (d *download) finish(err error, onDone func(error)) {
 		d.update(func() { d.started, d.done, d.err = true, true, err })
 		d.g.mu.Lock()
 		delete(d.g.active, d.want.String())
+		if d.client != "" {
+			if d.g.byClient[d.client]--; d.g.byClient[d.client] <= 0 {
+				delete(d.g.byClient, d.client)
+			}
+		}
+		if d.idle != nil {
+			d.idle.Stop()
+			d.idle = nil
+		}
+		d.ended = true
 		d.g.mu.Unlock()
 		d.g.onEnd()
 		d.release()
@@ -269,13 +322,32 @@ func (d *download) update(f func()) {
 }
 
 // release drops one reference; the temp file is closed with the last.
+// When only the runner is left and nobody wants the download without
+// reading it (eager), it is cancelled after the group's grace unless a
+// reader joins meanwhile: a client that started a download and left does
+// not keep a temp file and an upstream connection busy for long.
 func (d *download) release() {
 	d.g.mu.Lock()
 	d.refs--
 	last := d.refs == 0
+	if d.refs == 1 && !d.keep && !d.ended && d.idle == nil && d.cancel != nil {
+		d.idle = time.AfterFunc(d.g.grace, d.abandon)
+	}
 	d.g.mu.Unlock()
 	if last {
 		d.w.Close()
+	}
+}
+
+// abandon cancels the download if still nobody needs it. It runs on the
+// timer's goroutine and only takes locks and calls a CancelFunc.
+func (d *download) abandon() {
+	d.g.mu.Lock()
+	idle := d.refs == 1 && !d.keep && d.idle != nil
+	d.idle = nil
+	d.g.mu.Unlock()
+	if idle {
+		d.cancel()
 	}
 }
 

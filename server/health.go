@@ -81,6 +81,14 @@ func (h *upstreamHealth) state(now time.Time) (st healthState, due bool) {
 	return st, due
 }
 
+// peek returns what is known without starting a probe: the status page
+// causes no upstream traffic.
+func (h *upstreamHealth) peek() healthState {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return healthState{known: !h.seen.IsZero(), ok: h.ok, since: h.since, seen: h.seen, cause: h.cause}
+}
+
 // String is the status page's wording: "reachable", "unreachable for 3m,
 // serving cache", "not asked yet".
 func (st healthState) String() string {

@@ -37,7 +37,7 @@ const maxHostProxies = 1024
 
 // hostProxies are the per-host proxies made by allowlist repositories.
 type hostProxies struct {
-	mu    sync.Mutex                 // one maker at a time
+	mu    sync.Mutex                // one maker at a time
 	repos *lru.Cache[string, *repo] // "<repository>\x00<host>" → its proxy
 }
 

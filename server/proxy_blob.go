@@ -79,7 +79,14 @@ func (s *Server) proxyBlobHead(w http.ResponseWriter, r *http.Request, rp *repo,
 // it (fetch.go): the one under way, or one this request starts.
 func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest, linked bool) error {
 	ctx := r.Context()
-	dl, leader, err := s.fetches.join(ctx, s.blobJob(rp, image, d))
+	job := s.blobJob(rp, image, d)
+	job.client = clientAddr(r)
+	dl, leader, err := s.fetches.join(ctx, job)
+	if errors.Is(err, errDownloadsFull) {
+		s.m.refused.WithLabelValues("downloads").Inc()
+		return &regError{Code: codeTooManyRequests, Message: "too many blob downloads under way; try again shortly",
+			Header: http.Header{"Retry-After": {"2"}}}
+	}
 	if err != nil {
 		// The store cannot even start a temp file: serve from upstream.
 		return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
@@ -229,9 +236,10 @@ func singleRange(v string, size int64) (first, last int64, ok bool) {
 // blobJob is the download of blob d of image from rp's upstream: linked
 // to the image when stored, counted and logged when it ends.
 func (s *Server) blobJob(rp *repo, image string, d store.Digest) fetchJob {
+	limit := s.blobLimit(rp.Name+"/"+image, d)
 	return s.rangeJob(fetchJob{
 		want:  d,
-		fetch: s.blobFetcher(rp, image, d),
+		fetch: limitFetch(s.blobFetcher(rp, image, d), limit),
 		link:  store.Link{Repo: rp.Name + "/" + image, Kind: store.LinkFetched},
 		resumed: func() {
 			s.m.resumed.WithLabelValues(rp.Name).Inc()
@@ -260,7 +268,7 @@ func (s *Server) rangeJob(job fetchJob, rp *repo, image string, d store.Digest) 
 		return job
 	}
 	job.ranges = rangePlan{min: rf.Min, chunk: rf.Chunk, parallel: rf.Parallel, ramp: rf.Ramp, slowRate: rf.SlowRate}
-	job.fetchRange = s.blobRanges(rp, image, d)
+	job.fetchRange = limitRanges(s.blobRanges(rp, image, d), s.blobLimit(rp.Name+"/"+image, d))
 	job.noRanges = func() {
 		if !rp.noRanges.Swap(true) {
 			s.log.Info("upstream does not answer byte ranges as asked; blobs come as one stream from now on",

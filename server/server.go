@@ -125,6 +125,19 @@ type Options struct {
 	Auth AuthOptions
 	// MaxSize is the store's cap, shown on the status page (0: none).
 	MaxSize int64
+	// Uploads caps what unfinished upload sessions hold.
+	Uploads UploadLimits
+	// MaxBlobSize bounds an upstream blob whose size no manifest declared
+	// (zero: DefaultMaxBlobSize).
+	MaxBlobSize int64
+	// MaxDownloads and MaxDownloadsPerClient bound the upstream blob
+	// downloads under way, in all and started by one client address
+	// (zero: 256 and 32); past them the client gets 429.
+	MaxDownloads, MaxDownloadsPerClient int
+	// AbandonGrace is how long a download that no client reads any more
+	// (and no eager pull wants) goes on before it is cancelled (zero:
+	// 10s).
+	AbandonGrace time.Duration
 	// Resolver looks up the hosts of allowlist proxies before they are
 	// served (nil: net.DefaultResolver).
 	Resolver interface {
@@ -157,6 +170,7 @@ type Server struct {
 		LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 	}
 
+	declared     *lru.Cache[string, int64]    // "<path>@<digest>" → the size a manifest gave the blob (blob_limit.go)
 	diskFullAt   atomic.Int64                 // unix nanos of the last request refused for a full disk
 	loggedCauses *lru.Cache[string, struct{}] // upstream failures logged in the last minute
 }
@@ -186,10 +200,15 @@ func New(opts Options) (*Server, error) {
 	if opts.Resolver == nil {
 		opts.Resolver = net.DefaultResolver
 	}
+	opts.Uploads.setDefaults()
+	if opts.MaxBlobSize <= 0 {
+		opts.MaxBlobSize = DefaultMaxBlobSize
+	}
 	s := &Server{opts: opts, repos: map[string]*repo{}, log: opts.Logger, eager: newEager(),
 		resolver:     opts.Resolver,
 		loggedCauses: lru.New[string, struct{}](1000, time.Minute).WithCost(1<<20, lru.StringBytes[struct{}])}
 	s.newHostTable()
+	s.declared = lru.New[string, int64](declaredEntries, 0).WithCost(declaredBytes, lru.StringBytes[int64])
 	s.blobs, s.manifests, s.pushes, s.index, s.ops = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
 	if err := ValidateRepositories(opts.Repositories, opts.DefaultRepository); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -230,6 +249,15 @@ func New(opts Options) (*Server, error) {
 		return s.blobs.NewBlobWriter(ctx, alg)
 	}, s.m.inflight.Inc, s.m.inflight.Dec)
 	s.fetches.spawn = s.goSafe
+	if opts.MaxDownloads > 0 {
+		s.fetches.maxActive = opts.MaxDownloads
+	}
+	if opts.MaxDownloadsPerClient > 0 {
+		s.fetches.perClient = opts.MaxDownloadsPerClient
+	}
+	if opts.AbandonGrace > 0 {
+		s.fetches.grace = opts.AbandonGrace
+	}
 	return s, nil
 }
 

@@ -40,7 +40,9 @@ type manifestStore interface {
 
 // uploadStore is what hosted pushes need.
 type uploadStore interface {
-	CreateUpload(ctx context.Context, repo string) (store.Upload, error)
+	CreateUpload(ctx context.Context, repo, owner string) (store.Upload, error)
+	// UploadUsage sums what the upload sessions hold (quotas).
+	UploadUsage(ctx context.Context) (store.UploadUsage, error)
 	GetUpload(ctx context.Context, repo, id string) (store.Upload, error)
 	AppendUpload(ctx context.Context, repo, id string, start int64, r io.Reader, size int64) (store.Upload, error)
 	FinishUpload(ctx context.Context, repo, id string, r io.Reader, size int64, want store.Digest) (store.BlobInfo, error)

@@ -183,8 +183,9 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 			if eps := rp.endpoints(); len(eps) > 1 {
 				rw.Target = endpointsLine(eps)
 			}
-			// From real requests' outcomes; never a request per view.
-			rw.Health = s.health(rp).String()
+			// From real requests' outcomes; a page view sends nothing
+			// upstream (not even the probe /readyz may start).
+			rw.Health = rp.health.peek().String()
 			rw.Budget = budgetLine(rp.rateLimit())
 			if len(rp.Hosts) > 0 {
 				rw.Health = fmt.Sprintf("%d registry hosts seen (below)", len(s.hostRepos(rp)))

@@ -71,7 +71,7 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rp *repo, p
 			return err
 		}
 		defer bw.Close()
-		if _, err := io.Copy(bw, r.Body); err != nil {
+		if _, err := io.Copy(bw, io.LimitReader(r.Body, s.opts.MaxBlobSize+1)); err != nil {
 			if diskFull(err) {
 				return err
 			}
@@ -85,7 +85,11 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rp *repo, p
 		w.WriteHeader(http.StatusCreated)
 		return nil
 	}
-	u, err := s.pushes.CreateUpload(ctx, path)
+	owner := uploadOwner(r)
+	if err := s.uploadSessionRoom(ctx, owner); err != nil {
+		return err
+	}
+	u, err := s.pushes.CreateUpload(ctx, path, owner)
 	if err != nil {
 		return err
 	}
@@ -166,8 +170,12 @@ func (s *Server) patchUpload(w http.ResponseWriter, r *http.Request, path string
 	} else if r.ContentLength >= 0 {
 		size = r.ContentLength
 	}
-	u, err := s.pushes.AppendUpload(ctx, path, rt.uploadID, startAt, r.Body, size)
+	body, capped, err := s.uploadBody(ctx, uploadOwner(r), r.Body)
 	if err != nil {
+		return err
+	}
+	u, err := s.pushes.AppendUpload(ctx, path, rt.uploadID, startAt, body, size)
+	if err = capped(err); err != nil {
 		if errors.Is(err, store.ErrRangeInvalid) {
 			return s.rangeError(ctx, w, path, rt, err)
 		}
@@ -204,8 +212,12 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, path strin
 	}
 	var body io.Reader
 	size := int64(-1)
+	capped := func(err error) error { return err }
 	if r.ContentLength != 0 {
-		body, size = r.Body, r.ContentLength
+		if body, capped, err = s.uploadBody(ctx, uploadOwner(r), r.Body); err != nil {
+			return err
+		}
+		size = r.ContentLength
 		if start, end, ok, err := parseContentRange(r.Header.Get("Content-Range")); err != nil {
 			return err
 		} else if ok {
@@ -217,7 +229,8 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, path strin
 			size = end - start + 1
 		}
 	}
-	if _, err := s.pushes.FinishUpload(ctx, path, rt.uploadID, body, size, d); err != nil {
+	if _, err := s.pushes.FinishUpload(ctx, path, rt.uploadID, body, size, d); capped(err) != nil {
+		err = capped(err)
 		if errors.Is(err, store.ErrRangeInvalid) {
 			return errf(codeSizeInvalid, "%v", err)
 		}

@@ -235,6 +235,7 @@ type BlobWriter struct {
 
 	mu        sync.Mutex
 	n         int64
+	extent    int64 // bytes the temp file holds (its furthest write), counted in Store.tmpBytes
 	committed bool
 	final     string // where Commit moved the file
 	closed    bool
@@ -262,19 +263,50 @@ func (s *Store) NewBlobWriter(ctx context.Context, alg string) (*BlobWriter, err
 // Write appends p to the blob: after the bytes written (or absorbed) so
 // far, hashing them.
 func (w *BlobWriter) Write(p []byte) (int, error) {
-	n, err := w.f.WriteAt(p, w.Size())
+	off := w.Size()
+	n, err := w.f.WriteAt(p, off)
 	w.h.Write(p[:n])
 	w.mu.Lock()
 	w.n += int64(n)
 	w.mu.Unlock()
+	w.grew(off + int64(n))
 	return n, err
+}
+
+// grew counts the temp file's bytes up to end in the store's temp bytes,
+// which count toward max_size: a download in progress makes room for
+// itself like a stored blob.
+func (w *BlobWriter) grew(end int64) {
+	w.mu.Lock()
+	d := end - w.extent
+	if d > 0 && !w.committed && !w.closed {
+		w.extent = end
+	} else {
+		d = 0
+	}
+	w.mu.Unlock()
+	if d > 0 {
+		w.s.tmpBytes.Add(d)
+		w.s.maybeEvict()
+	}
+}
+
+// settleTempLocked takes the temp file's bytes out of the store's temp bytes
+// (once: at its commit or close). Called with w.mu held.
+func (w *BlobWriter) settleTempLocked() {
+	w.s.tmpBytes.Add(-w.extent)
+	w.extent = 0
 }
 
 // WriteAt writes p at off, past the blob's hashed part, without hashing
 // it: a download that fetches byte ranges in parallel writes each where it
 // belongs, and Absorb takes the bytes into the blob once every byte
 // before them is in.
-func (w *BlobWriter) WriteAt(p []byte, off int64) (int, error) { return w.f.WriteAt(p, off) }
+func (w *BlobWriter) WriteAt(p []byte, off int64) (int, error) {
+	n, err := w.f.WriteAt(p, off)
+	w.grew(off + int64(n))
+	return n, err
+}
 
 // Absorb hashes the bytes from the blob's size up to end, which WriteAt
 // has written, and makes end its size. An end at or before the size does
@@ -383,6 +415,7 @@ func (w *BlobWriter) Close() error {
 	err := w.f.Close()
 	if !w.committed {
 		os.Remove(w.path)
+		w.settleTempLocked()
 	}
 	return err
 }
@@ -433,6 +466,7 @@ func (s *Store) commitFile(w *BlobWriter, d Digest, size int64, links []Link) (B
 	err = os.Rename(w.path, final)
 	if err == nil {
 		w.committed, w.final = true, final
+		w.settleTempLocked()
 	}
 	w.mu.Unlock()
 	if err != nil {

@@ -36,10 +36,17 @@ func (s *Store) Counters() Counters {
 	}
 }
 
+// used is what counts toward max_size: the stored bytes and the bytes of
+// downloads and pushes in progress in tmp/.
+func (s *Store) used() int64 { return s.bytes.Load() + s.tmpBytes.Load() }
+
+// TempBytes is the bytes of blobs being written in tmp/.
+func (s *Store) TempBytes() int64 { return s.tmpBytes.Load() }
+
 // maybeEvict wakes the evictor when the store is above its high-water
 // mark. It never blocks.
 func (s *Store) maybeEvict() {
-	if s.opts.MaxSize <= 0 || s.opts.ManualEviction || float64(s.bytes.Load()) <= s.opts.HighWater*float64(s.opts.MaxSize) {
+	if s.opts.MaxSize <= 0 || s.opts.ManualEviction || float64(s.used()) <= s.opts.HighWater*float64(s.opts.MaxSize) {
 		return
 	}
 	select {
@@ -81,7 +88,7 @@ type candidate struct {
 func (s *Store) Evict() (n int, freed int64, err error) {
 	s.evictMu.Lock()
 	defer s.evictMu.Unlock()
-	if s.opts.MaxSize <= 0 || float64(s.bytes.Load()) <= s.opts.HighWater*float64(s.opts.MaxSize) {
+	if s.opts.MaxSize <= 0 || float64(s.used()) <= s.opts.HighWater*float64(s.opts.MaxSize) {
 		return 0, 0, nil
 	}
 	low := int64(s.opts.LowWater * float64(s.opts.MaxSize))
@@ -91,7 +98,7 @@ func (s *Store) Evict() (n int, freed int64, err error) {
 			err = lerr
 		}
 	}()
-	for pass := 0; pass < 16 && s.bytes.Load() > low; pass++ {
+	for pass := 0; pass < 16 && s.used() > low; pass++ {
 		var cands []candidate
 		var repos map[string][]string
 		var refs map[string]int
@@ -124,7 +131,7 @@ func (s *Store) Evict() (n int, freed int64, err error) {
 		sort.Slice(cands, func(i, j int) bool { return cands[i].access < cands[j].access })
 		progress := false
 		for _, c := range cands {
-			if s.bytes.Load() <= low {
+			if s.used() <= low {
 				break
 			}
 			if refs[c.digest] > 0 {

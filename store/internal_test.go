@@ -150,7 +150,7 @@ func TestUploadAndCommitLocksDoNotGrow(t *testing.T) {
 	defer s.Close()
 	for i := 0; i < 100; i++ {
 		body := []byte(fmt.Sprintf("blob %d", i))
-		u, err := s.CreateUpload(context.Background(), "local/app")
+		u, err := s.CreateUpload(context.Background(), "local/app", "")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -411,3 +411,49 @@ func boolInt(b bool) int {
 	}
 	return 0
 }
+
+// TestTempBytesCountTowardMaxSize: the bytes of a download in progress in
+// tmp/ count toward max_size (an endless upstream blob makes room for
+// itself by evicting cached content, it does not overflow the disk past
+// max_size unnoticed), and leave the count when the writer commits or
+// closes.
+func TestTempBytesCountTowardMaxSize(t *testing.T) {
+	s := openOpts(t, t.TempDir(), store.Options{MaxSize: 10_000, HighWater: 0.9, LowWater: 0.5})
+	for i := 0; i < 6; i++ {
+		put(t, s, blobOf(i, 1000), store.Link{Repo: "hub/x", Kind: store.LinkFetched})
+	}
+	w, err := s.NewBlobWriter(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(make([]byte, 3000)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt(make([]byte, 1000), 3500); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.TempBytes(); got != 4500 {
+		t.Fatalf("TempBytes = %d, want 4500", got)
+	}
+	// 6000 stored + 4500 in tmp > 9000: evict down to 5000 in all.
+	if _, _, err := s.Evict(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := s.Stats(); b+s.TempBytes() > 5000 {
+		t.Fatalf("stored %d + tmp %d after eviction, want <= 5000", b, s.TempBytes())
+	}
+	w.Close()
+	if got := s.TempBytes(); got != 0 {
+		t.Fatalf("TempBytes after Close = %d", got)
+	}
+	b := blobOf(9, 700)
+	w, _ = s.NewBlobWriter(ctx, "")
+	w.Write(b)
+	if _, err := w.Commit(ctx, store.DigestOf(b), int64(len(b)), store.Link{Repo: "hub/x", Kind: store.LinkFetched}); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if got := s.TempBytes(); got != 0 {
+		t.Fatalf("TempBytes after Commit = %d", got)
+	}
+}

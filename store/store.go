@@ -85,8 +85,9 @@ type Store struct {
 	db  *bolt.DB
 	log *slog.Logger
 
-	bytes atomic.Int64 // sum of blob sizes in the index
-	count atomic.Int64 // number of blobs in the index
+	bytes    atomic.Int64 // sum of blob sizes in the index
+	tmpBytes atomic.Int64 // bytes of blobs being written in tmp/ (BlobWriter), toward max_size too
+	count    atomic.Int64 // number of blobs in the index
 
 	accessMu sync.Mutex
 	access   map[string]accessEntry // digest → last access and hits, not yet flushed

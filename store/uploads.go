@@ -35,7 +35,8 @@ var bucketUploads = []byte("uploads")
 type Upload struct {
 	ID      string    `json:"-"`
 	Repo    string    `json:"repo"`
-	Offset  int64     `json:"offset"` // bytes received
+	Offset  int64     `json:"offset"`          // bytes received
+	Owner   string    `json:"owner,omitempty"` // who started it (a user, or a client address), for quotas
 	Created time.Time `json:"created"`
 	Updated time.Time `json:"updated"`
 	// HashState is the sha256 state after Offset bytes, so a resumed
@@ -100,12 +101,13 @@ func ValidUploadID(id string) bool {
 	return err == nil
 }
 
-// CreateUpload starts an upload session for repo.
-func (s *Store) CreateUpload(ctx context.Context, repo string) (Upload, error) {
+// CreateUpload starts an upload session for repo, started by owner (""
+// for none).
+func (s *Store) CreateUpload(ctx context.Context, repo, owner string) (Upload, error) {
 	var rnd [16]byte
 	rand.Read(rnd[:])
 	now := time.Now()
-	u := Upload{ID: hex.EncodeToString(rnd[:]), Repo: repo, Created: now, Updated: now}
+	u := Upload{ID: hex.EncodeToString(rnd[:]), Repo: repo, Owner: owner, Created: now, Updated: now}
 	f, err := os.OpenFile(s.uploadPath(u.ID), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
 		return u, fmt.Errorf("store: %w", err)
@@ -291,4 +293,39 @@ func (s *Store) ExpireUploads(ctx context.Context, ttl time.Duration) (int, erro
 		}
 	}
 	return n, nil
+}
+
+// UploadUsage is what upload sessions hold: sessions and bytes received,
+// in all and per owner.
+type UploadUsage struct {
+	Sessions int
+	Bytes    int64
+	Owner    map[string]OwnerUsage
+}
+
+// OwnerUsage is one owner's part of UploadUsage.
+type OwnerUsage struct {
+	Sessions int
+	Bytes    int64
+}
+
+// UploadUsage sums the sessions that have not expired.
+func (s *Store) UploadUsage(ctx context.Context) (UploadUsage, error) {
+	use := UploadUsage{Owner: map[string]OwnerUsage{}}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketUploads).ForEach(func(k, v []byte) error {
+			var u Upload
+			if json.Unmarshal(v, &u) != nil {
+				return nil
+			}
+			use.Sessions++
+			use.Bytes += u.Offset
+			o := use.Owner[u.Owner]
+			o.Sessions++
+			o.Bytes += u.Offset
+			use.Owner[u.Owner] = o
+			return nil
+		})
+	})
+	return use, err
 }

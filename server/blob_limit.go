@@ -1,0 +1,113 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/berth-registry/berth/store"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// An upstream blob is never written past the size it may have: the size
+// the image manifest that named it declared (recorded per repository path
+// when a proxy serves the manifest), or, for a blob asked by digest with
+// no manifest seen, max_blob_size. A Content-Length or Content-Range
+// total over that is refused before a byte is written; a body that runs
+// past it (no Content-Length, an endless stream) is cut there and the
+// download fails, nothing cached.
+
+// DefaultMaxBlobSize is max_blob_size when the config does not set one.
+const DefaultMaxBlobSize = 16 << 30
+
+// declaredSizes bounds: entries and bytes (keys are "<path>@<digest>").
+const (
+	declaredEntries = 100_000
+	declaredBytes   = 16 << 20
+)
+
+// declareSizes records the sizes an image manifest served from path
+// gives its config and layers.
+func (s *Server) declareSizes(path string, pm *parsedManifest) {
+	if pm == nil || pm.image == nil {
+		return
+	}
+	add := func(d string, size int64) {
+		if size > 0 {
+			s.declared.Add(path+"@"+d, size)
+		}
+	}
+	add(pm.image.Config.Digest.String(), pm.image.Config.Size)
+	for _, l := range pm.image.Layers {
+		if l.MediaType != types.DockerForeignLayer {
+			add(l.Digest.String(), l.Size)
+		}
+	}
+}
+
+// blobLimit is the most bytes blob d of path may have.
+func (s *Server) blobLimit(path string, d store.Digest) int64 {
+	if n, ok := s.declared.Get(path + "@" + d.String()); ok {
+		return n
+	}
+	return s.opts.MaxBlobSize
+}
+
+// errBlobTooLarge is a download's error when the upstream sends, or
+// announces, more than the blob may have.
+var errBlobTooLarge = fmt.Errorf("%w: the blob is larger than its manifest declared or max_blob_size allows", errUpstreamBroken)
+
+// limitFetch bounds the bodies of f at limit bytes in all.
+func limitFetch(f fetchFunc, limit int64) fetchFunc {
+	return func(ctx context.Context, offset, total int64) (io.ReadCloser, int64, error) {
+		body, size, err := f(ctx, offset, total)
+		if err != nil {
+			return body, size, err
+		}
+		if size > limit {
+			body.Close()
+			return nil, -1, fmt.Errorf("%w: upstream announced %d bytes, at most %d", errBlobTooLarge, size, limit)
+		}
+		return &limitBody{ReadCloser: body, left: limit - offset}, size, nil
+	}
+}
+
+// limitRanges bounds the blob a rangeFunc fetches at limit bytes.
+func limitRanges(f rangeFunc, limit int64) rangeFunc {
+	return func(ctx context.Context, start, end int64) (io.ReadCloser, int64, bool, error) {
+		body, total, ranged, err := f(ctx, start, end)
+		if err != nil {
+			return body, total, ranged, err
+		}
+		if total > limit {
+			body.Close()
+			return nil, -1, false, fmt.Errorf("%w: upstream announced %d bytes, at most %d", errBlobTooLarge, total, limit)
+		}
+		return &limitBody{ReadCloser: body, left: limit - start}, total, ranged, nil
+	}
+}
+
+// limitBody fails a read that would pass the limit.
+type limitBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *limitBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		// One byte more would be past the limit: is there one?
+		var one [1]byte
+		if n, err := b.ReadCloser.Read(one[:]); n > 0 {
+			return 0, errBlobTooLarge
+		} else if err != nil {
+			return 0, err
+		}
+		return 0, nil
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
