@@ -55,7 +55,7 @@ func (s *Server) blobLimit(path string, d store.Digest) int64 {
 
 // errBlobTooLarge is a download's error when the upstream sends, or
 // announces, more than the blob may have.
-var errBlobTooLarge = fmt.Errorf("%w: the blob is larger than its manifest declared or max_blob_size allows", errUpstreamBroken)
+var errBlobTooLarge = fmt.Errorf("%w: %w: the blob is larger than its manifest declared or max_blob_size allows", errUpstreamBroken, store.ErrSizeMismatch)
 
 // limitFetch bounds the bodies of f at limit bytes in all.
 func limitFetch(f fetchFunc, limit int64) fetchFunc {

@@ -150,7 +150,7 @@ func (s *Server) trustedAddr(addr string) bool {
 // withBodyDeadline gives a request body the stretching read deadline
 // described above, and clears it once the body has been read or the
 // handler returns (the connection's next request gets its own).
-func withBodyDeadline(next http.Handler) http.Handler {
+func (s *Server) withBodyDeadline(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 			next.ServeHTTP(w, r)
@@ -158,12 +158,19 @@ func withBodyDeadline(next http.Handler) http.Handler {
 		}
 		rc := http.NewResponseController(w)
 		start := time.Now()
-		if rc.SetReadDeadline(start.Add(bodyGrace)) != nil {
+		if rc.SetReadDeadline(start.Add(s.bodyGrace)) != nil {
 			next.ServeHTTP(w, r) // the connection cannot (a test recorder)
 			return
 		}
-		r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc, start: start}
-		defer rc.SetReadDeadline(time.Time{})
+		body := &deadlineBody{ReadCloser: r.Body, rc: rc, start: start, grace: s.bodyGrace}
+		r.Body = body
+		defer func() {
+			if !body.done {
+				// Unread or failed: what is left of the body is not
+				// waited for (the connection closes instead).
+				rc.SetReadDeadline(time.Now())
+			}
+		}()
 		next.ServeHTTP(w, r)
 	})
 }
@@ -172,21 +179,22 @@ type deadlineBody struct {
 	io.ReadCloser
 	rc    *http.ResponseController
 	start time.Time
+	grace time.Duration
 	n     int64
-	done  bool
+	done  bool // read to its end: the deadline is off
 }
 
 func (b *deadlineBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n += int64(n)
 	switch {
-	case err != nil && !b.done:
-		// The body is over (or failed): the handler's work after it
-		// (an fsync, a commit) must not be cut by a deadline.
+	case err == io.EOF && !b.done:
+		// The body is over: the handler's work after it (an fsync, a
+		// commit) must not be cut by a deadline.
 		b.done = true
 		b.rc.SetReadDeadline(time.Time{})
-	case n > 0 && !b.done:
-		b.rc.SetReadDeadline(b.start.Add(bodyGrace + time.Duration(b.n/minBodyRate)*time.Second))
+	case n > 0 && err == nil:
+		b.rc.SetReadDeadline(b.start.Add(b.grace + time.Duration(b.n/minBodyRate)*time.Second))
 	}
 	return n, err
 }

@@ -46,7 +46,7 @@ func (s *Server) handler(l listenerScope) http.Handler {
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("/token", s.serveToken(l))
 	s.uiHandlers(mux, l.repo)
-	return s.recoverPanics(withBodyDeadline(mux))
+	return s.recoverPanics(s.withBodyDeadline(mux))
 }
 
 // AdminHandler serves the operator endpoints (/admin/gc, /admin/prefetch,

@@ -170,6 +170,7 @@ type Server struct {
 		LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 	}
 
+	bodyGrace    time.Duration                // a request body's first read deadline (conns.go)
 	declared     *lru.Cache[string, int64]    // "<path>@<digest>" → the size a manifest gave the blob (blob_limit.go)
 	diskFullAt   atomic.Int64                 // unix nanos of the last request refused for a full disk
 	loggedCauses *lru.Cache[string, struct{}] // upstream failures logged in the last minute
@@ -208,6 +209,7 @@ func New(opts Options) (*Server, error) {
 		resolver:     opts.Resolver,
 		loggedCauses: lru.New[string, struct{}](1000, time.Minute).WithCost(1<<20, lru.StringBytes[struct{}])}
 	s.newHostTable()
+	s.bodyGrace = bodyGrace
 	s.declared = lru.New[string, int64](declaredEntries, 0).WithCost(declaredBytes, lru.StringBytes[int64])
 	s.blobs, s.manifests, s.pushes, s.index, s.ops = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
 	if err := ValidateRepositories(opts.Repositories, opts.DefaultRepository); err != nil {
