@@ -468,17 +468,21 @@ func (p *proc) listening(t *testing.T, n int, timeout time.Duration) []string {
 // socket in the data dir.
 func (b *berth) admin() string { return "unix:" + filepath.Join(b.data, "admin.sock") }
 
+// adminClient speaks HTTP to berth's admin socket.
+func (b *berth) adminClient() *http.Client {
+	sock := filepath.Join(b.data, "admin.sock")
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+}
+
 // metric sums the samples of a metric whose labels include all of want,
 // as the operator sees them on the admin socket (the public /metrics
 // shows a caller only the repositories it may pull).
 func (b *berth) metric(t *testing.T, name string, want ...string) float64 {
 	t.Helper()
-	sock := filepath.Join(b.data, "admin.sock")
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		}}}
-	resp, err := client.Get("http://berth/metrics")
+	resp, err := b.adminClient().Get("http://berth/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

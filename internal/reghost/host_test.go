@@ -97,7 +97,7 @@ func TestMatch(t *testing.T) {
 
 func TestRefused(t *testing.T) {
 	for _, tc := range []struct {
-		addr            string
+		addr             string
 		refused, private bool // private: allowed with allowPrivate
 	}{
 		{"8.8.8.8", false, false},
