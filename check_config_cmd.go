@@ -57,7 +57,7 @@ func printConfig(w io.Writer, cfg *Config) {
 	fmt.Fprintln(w, "\nROUTING")
 	fmt.Fprintf(w, "  listener %s → %s\n", cfg.Listen, cfg.DefaultRepository)
 	for _, l := range cfg.Listeners {
-		fmt.Fprintf(w, "  listener %s → %s\n", l.Listen, l.Repository)
+		fmt.Fprintf(w, "  listener %s → %s only (and its members, for a group)\n", l.Listen, l.Repository)
 	}
 	for _, r := range cfg.Repositories {
 		prefixes := []string{"/v2/" + r.Name + "/…"}
@@ -70,7 +70,7 @@ func printConfig(w io.Writer, cfg *Config) {
 			if r.AllowPrivateNetworks {
 				fmt.Fprint(w, "; private addresses ALLOWED")
 			} else {
-				fmt.Fprint(w, "; hosts resolving to private, loopback or link-local addresses refused")
+				fmt.Fprint(w, "; hosts resolving to private, loopback, link-local or other special-purpose addresses refused")
 			}
 			fmt.Fprintln(w, ")")
 			continue
@@ -136,6 +136,9 @@ func checkConfigCommand(stdout, stderr io.Writer) *cli.Command {
 				}
 			}
 			printConfig(stdout, cfg)
+			for _, warn := range configWarnings(cfg, c.Args().First()) {
+				fmt.Fprintln(stderr, "warning:", warn)
+			}
 			return nil
 		},
 	}

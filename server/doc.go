@@ -21,7 +21,13 @@
 //	proxy_tags.go, proxy_referrers.go, catalog.go
 //	hosted.go, uploads.go  hosted repositories: manifests, blobs, pushes
 //	group.go           groups: members in order, merged tags and referrers
-//	hosts.go           allowlist proxies (any registry from hosts) and forward_ns
+//	hosts.go           allowlist proxies (any registry from hosts) and forward_ns;
+//	                   hosts parsed by internal/reghost, the host table (LRU)
+//	conns.go           connection bounds per listener and client, body deadlines
+//	logins.go          failed logins: logged, counted, throttled; bcrypt in slots
+//	blob_limit.go      an upstream blob cut at its declared size or max_blob_size
+//	upload_quota.go    unfinished uploads capped per owner and in all
+//	metrics_http.go    /metrics shows a caller the repositories it may pull
 //	budget.go          upstream pull budgets and URLs on metrics and the status page
 //	health.go          upstream health from real requests
 //	prefetch.go, list.go, ui.go, ops.go  operator features
