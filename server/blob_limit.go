@@ -68,7 +68,7 @@ func limitFetch(f fetchFunc, limit int64) fetchFunc {
 			body.Close()
 			return nil, -1, fmt.Errorf("%w: upstream announced %d bytes, at most %d", errBlobTooLarge, size, limit)
 		}
-		return &limitBody{ReadCloser: body, left: limit - offset}, size, nil
+		return newLimitBody(body, limit-offset), size, nil
 	}
 }
 
@@ -83,31 +83,44 @@ func limitRanges(f rangeFunc, limit int64) rangeFunc {
 			body.Close()
 			return nil, -1, false, fmt.Errorf("%w: upstream announced %d bytes, at most %d", errBlobTooLarge, total, limit)
 		}
-		return &limitBody{ReadCloser: body, left: limit - start}, total, ranged, nil
+		return newLimitBody(body, limit-start), total, ranged, nil
 	}
 }
 
 // limitBody fails a read that would pass the limit.
 type limitBody struct {
-	io.ReadCloser
-	left int64
+	*boundedReader
+	io.Closer
 }
 
-func (b *limitBody) Read(p []byte) (int, error) {
+func newLimitBody(body io.ReadCloser, left int64) *limitBody {
+	return &limitBody{boundedReader: &boundedReader{r: body, left: left, errOver: errBlobTooLarge}, Closer: body}
+}
+
+// boundedReader reads at most left bytes of r; a read past them fails
+// with errOver (and marks over) when r has more, else ends as r does.
+type boundedReader struct {
+	r       io.Reader
+	left    int64
+	errOver error
+	over    bool
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
 	if b.left <= 0 {
-		// One byte more would be past the limit: is there one?
+		// One byte more would be past the bound: is there one?
 		var one [1]byte
-		if n, err := b.ReadCloser.Read(one[:]); n > 0 {
-			return 0, errBlobTooLarge
-		} else if err != nil {
-			return 0, err
+		n, err := b.r.Read(one[:])
+		if n > 0 {
+			b.over = true
+			return 0, b.errOver
 		}
-		return 0, nil
+		return 0, err
 	}
 	if int64(len(p)) > b.left {
 		p = p[:b.left]
 	}
-	n, err := b.ReadCloser.Read(p)
+	n, err := b.r.Read(p)
 	b.left -= int64(n)
 	return n, err
 }

@@ -80,36 +80,11 @@ func (s *Server) uploadBody(ctx context.Context, owner string, body io.Reader) (
 	if room <= 0 {
 		return nil, nil, s.quotaError("upload_bytes", "unfinished uploads hold too many bytes: finish or cancel some")
 	}
-	cb := &cappedBody{r: body, left: room}
+	cb := &boundedReader{r: body, left: room, errOver: errUploadQuota}
 	return cb, func(err error) error {
 		if cb.over {
 			return s.quotaError("upload_bytes", fmt.Sprintf("the chunk passes the bytes unfinished uploads may hold (%d left)", room))
 		}
 		return err
 	}, nil
-}
-
-// cappedBody fails once more than left bytes are read.
-type cappedBody struct {
-	r    io.Reader
-	left int64
-	over bool
-}
-
-func (c *cappedBody) Read(p []byte) (int, error) {
-	if c.left <= 0 {
-		var one [1]byte
-		n, err := c.r.Read(one[:])
-		if n > 0 {
-			c.over = true
-			return 0, errUploadQuota
-		}
-		return 0, err
-	}
-	if int64(len(p)) > c.left {
-		p = p[:c.left]
-	}
-	n, err := c.r.Read(p)
-	c.left -= int64(n)
-	return n, err
 }
