@@ -148,8 +148,8 @@ func (s *Server) trustedAddr(addr string) bool {
 }
 
 // withBodyDeadline gives a request body the stretching read deadline
-// described above, and clears it once the body has been read or the
-// handler returns (the connection's next request gets its own).
+// described above, and clears it once the body has been read to its end
+// (the work after it, an fsync or a commit, is not cut).
 func (s *Server) withBodyDeadline(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
@@ -162,15 +162,10 @@ func (s *Server) withBodyDeadline(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r) // the connection cannot (a test recorder)
 			return
 		}
-		body := &deadlineBody{ReadCloser: r.Body, rc: rc, start: start, grace: s.bodyGrace}
-		r.Body = body
-		defer func() {
-			if !body.done {
-				// Unread or failed: what is left of the body is not
-				// waited for (the connection closes instead).
-				rc.SetReadDeadline(time.Now())
-			}
-		}()
+		// An unread rest of the body keeps the deadline it has: the server
+		// may read it after the handler (to reuse the connection) only
+		// while it keeps coming; the next request sets its own.
+		r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc, start: start, grace: s.bodyGrace}
 		next.ServeHTTP(w, r)
 	})
 }
