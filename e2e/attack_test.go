@@ -103,11 +103,18 @@ url = "http://127.0.0.1:1"
 		fmt.Fprintf(c, "POST /token HTTP/1.1\r\nHost: berth\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\ng")
 	}
 	// The refused ones have their answer already.
-	deadline := time.Now().Add(time.Second)
+	// Each connection is read at once, in its own goroutine: a refused
+	// one has its answer waiting, an accepted one waits for the body.
+	lines := make(chan string, len(conns))
 	for _, c := range conns {
-		c.SetReadDeadline(deadline)
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		if strings.HasPrefix(line, "HTTP/1.1 429") {
+		go func() {
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			lines <- line
+		}()
+	}
+	for range conns {
+		if strings.HasPrefix(<-lines, "HTTP/1.1 429") {
 			refused++
 		}
 	}
