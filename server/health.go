@@ -197,3 +197,11 @@ func (o observedUpstream) Ping(ctx context.Context) error {
 	o.h.observe(err)
 	return err
 }
+
+// CloseIdleConnections passes on to the upstream, when it keeps
+// connections (a dropped host proxy lets them go).
+func (o observedUpstream) CloseIdleConnections() {
+	if c, ok := o.Upstream.(closer); ok {
+		c.CloseIdleConnections()
+	}
+}

@@ -195,3 +195,10 @@ func (f *Failover) RateLimit() (RateLimit, bool, time.Time) {
 	}
 	return RateLimit{}, false, time.Time{}
 }
+
+// CloseIdleConnections closes the idle connections of every URL's client.
+func (f *Failover) CloseIdleConnections() {
+	for _, c := range f.clients {
+		c.CloseIdleConnections()
+	}
+}
