@@ -28,12 +28,17 @@ import (
 // used to receive the proxy's Basic credentials).
 func TestAttackCredentialCatcher(t *testing.T) {
 	var hits, creds atomic.Int64
+	// The catcher asks for Basic credentials, as a registry does, and
+	// counts what it is sent.
 	catcher := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)
 		if r.Header.Get("Authorization") != "" {
 			creds.Add(1)
+			w.WriteHeader(http.StatusNotFound)
+			return
 		}
-		w.WriteHeader(http.StatusNotFound)
+		w.Header().Set("WWW-Authenticate", `Basic realm="catcher"`)
+		w.WriteHeader(http.StatusUnauthorized)
 	}))
 	defer catcher.Close()
 	port := catcher.Listener.Addr().(*net.TCPAddr).Port
