@@ -72,6 +72,8 @@ fuzz:
 	$(GO) test ./server/ -run '^$$' -fuzz FuzzParsePath -fuzztime 30s
 	$(GO) test ./server/ -run '^$$' -fuzz FuzzParseScopes -fuzztime 30s
 	$(GO) test ./server/ -run '^$$' -fuzz FuzzAuthorization -fuzztime 30s
+	$(GO) test ./server/ -run '^$$' -fuzz FuzzAllowlistDial -fuzztime 30s
+	$(GO) test ./internal/reghost/ -run '^$$' -fuzz FuzzParse -fuzztime 30s
 
 ## bench: berth against distribution's proxy mode, nginx and a direct pull, on loopback and across an emulated long path, 3 runs, medians and ratios (about 14 minutes;
 ## servers under test on CPU 0, the driver, load generators and upstream on CPU 1)

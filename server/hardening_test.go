@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -555,4 +556,46 @@ func TestSlowBodyCut(t *testing.T) {
 	if resp := b.get("GET", "/healthz"); resp.StatusCode != 200 {
 		t.Fatalf("healthz: %d", resp.StatusCode)
 	}
+}
+
+// FuzzAllowlistDial holds the allowlist's invariant for any ?ns= a client
+// sends: either berth refuses it without making an upstream, or the host
+// it dials (the upstream's URL) is exactly the canonical host that
+// matched a pattern.
+func FuzzAllowlistDial(f *testing.F) {
+	for _, s := range []string{"ghcr.test", "127.0.0.1:18004#x.test", "x.test:443", "X.TEST.", "a@b.test", "[::1]:5000", "b.test%2f", "q.test/x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, ns string) {
+		var dialled []string
+		up := newFakeUpstream(t)
+		b := newTestBerth(t, up, func(r *Repository, o *Options) {
+			o.Repositories = append(o.Repositories, Repository{Name: "any", Kind: KindProxy, Hosts: []string{"*.test", "*.test:*"},
+				AllowPrivateNetworks: true, AnonymousPull: true, TagTTL: time.Hour,
+				NewUpstream: func(host reghost.Host, _ bool) (Upstream, error) {
+					u := host.URL("http")
+					dialled = append(dialled, u.Host)
+					if !host.MatchAny([]string{"*.test", "*.test:*"}) {
+						t.Fatalf("made an upstream for %q, which matches no pattern", u.Host)
+					}
+					return upstream.New(upstream.Options{URL: "http://127.0.0.1:1", Attempts: 1})
+				}})
+			o.Resolver = loopbackResolver{}
+		})
+		resp := b.get("GET", "/v2/org/app/manifests/v1?ns="+url.QueryEscape(ns))
+		resp.Body.Close()
+		for _, d := range dialled {
+			h, err := reghost.Parse(ns)
+			if err != nil || h.String() != d {
+				t.Fatalf("?ns=%q dialled %q; the host parsed from ns is %q (%v)", ns, d, h, err)
+			}
+		}
+	})
+}
+
+// loopbackResolver resolves every name to 127.0.0.1 (no DNS).
+type loopbackResolver struct{}
+
+func (loopbackResolver) LookupNetIP(context.Context, string, string) ([]netip.Addr, error) {
+	return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
 }
