@@ -18,8 +18,9 @@ import (
 //
 // Request bodies must keep coming: a body's read deadline starts at
 // bodyGrace and stretches by one second for each minBodyRate bytes that
-// arrive, so a client that trickles a body (or none) loses its
-// connection instead of holding it.
+// arrive, never to more than bodyGrace past the last read, so a client
+// that trickles a body (or stops sending one) loses its connection
+// instead of holding it.
 
 // ConnLimits bound the connections of a listener; zero fields take the
 // defaults.
@@ -35,6 +36,8 @@ const (
 	bodyGrace                  = 30 * time.Second
 	minBodyRate                = 16 << 10 // bytes a second
 	connRefusalWriteDeadline   = time.Second
+	refusalLinger              = 200 * time.Millisecond
+	maxLingering               = 64
 	tooManyConnectionsResponse = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: 42\r\nConnection: close\r\n\r\ntoo many connections from you or in all\r\n\r\n"
 )
 
@@ -48,7 +51,7 @@ func (s *Server) LimitListener(ln net.Listener, l ConnLimits, plainHTTP bool) ne
 	if l.PerClient <= 0 {
 		l.PerClient = DefaultMaxConnsPerClient
 	}
-	return &limitListener{Listener: ln, s: s, limits: l, plain: plainHTTP, per: map[string]int{}}
+	return &limitListener{Listener: ln, s: s, limits: l, plain: plainHTTP, per: map[string]int{}, lingering: make(chan struct{}, maxLingering)}
 }
 
 type limitListener struct {
@@ -57,9 +60,10 @@ type limitListener struct {
 	limits ConnLimits
 	plain  bool
 
-	mu    sync.Mutex
-	total int
-	per   map[string]int
+	mu        sync.Mutex
+	total     int
+	per       map[string]int
+	lingering chan struct{} // refused connections being drained
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -87,14 +91,37 @@ func (l *limitListener) Accept() (net.Conn, error) {
 	}
 }
 
-// refuse answers a connection past a bound without reading from it and
-// closes it; it never blocks Accept for long.
+// refuse answers a connection past a bound and closes it; it never
+// blocks Accept for long. Closing with the client's request unread would
+// reset the connection, and the client could lose the 429 before reading
+// it: so the write side is shut first and what the client sends is read
+// and dropped for a moment, by at most maxLingering goroutines at once
+// (past that, the connection is closed at once).
 func (l *limitListener) refuse(c net.Conn) {
-	if l.plain {
-		c.SetWriteDeadline(time.Now().Add(connRefusalWriteDeadline))
-		io.WriteString(c, tooManyConnectionsResponse)
+	if !l.plain {
+		c.Close()
+		return
 	}
-	c.Close()
+	c.SetWriteDeadline(time.Now().Add(connRefusalWriteDeadline))
+	io.WriteString(c, tooManyConnectionsResponse)
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok {
+		c.Close()
+		return
+	}
+	select {
+	case l.lingering <- struct{}{}:
+	default:
+		c.Close()
+		return
+	}
+	cw.CloseWrite()
+	l.s.goSafe("refused connection", func() {
+		defer func() { <-l.lingering }()
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(refusalLinger))
+		io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	})
 }
 
 func (l *limitListener) release(addr string, counted bool) {
@@ -189,7 +216,13 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 		b.done = true
 		b.rc.SetReadDeadline(time.Time{})
 	case n > 0 && err == nil:
-		b.rc.SetReadDeadline(b.start.Add(b.grace + time.Duration(b.n/minBodyRate)*time.Second))
+		// The average rate must hold (bytes sent fast early do not buy
+		// an hour of silence later): never more than grace from now.
+		d := b.start.Add(b.grace + time.Duration(b.n/minBodyRate)*time.Second)
+		if late := time.Now().Add(b.grace); d.After(late) {
+			d = late
+		}
+		b.rc.SetReadDeadline(d)
 	}
 	return n, err
 }

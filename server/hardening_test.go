@@ -599,3 +599,19 @@ type loopbackResolver struct{}
 func (loopbackResolver) LookupNetIP(context.Context, string, string) ([]netip.Addr, error) {
 	return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
 }
+
+// TestTokenScopeKeepsNoHost: a token request naming allowlist hosts in
+// its scopes resolves them but keeps none in the host table.
+func TestTokenScopeKeepsNoHost(t *testing.T) {
+	l := newAllowlistLab(t, true, "*.test")
+	for i := 0; i < 20; i++ {
+		resp := l.b.get("GET", fmt.Sprintf("/token?service=berth&scope=repository:h%d.test/org/app:pull", i))
+		readAll(t, resp)
+		if resp.StatusCode != 200 {
+			t.Fatalf("token: %d", resp.StatusCode)
+		}
+	}
+	if n := l.b.srv.hosts.repos.Len(); n != 0 {
+		t.Fatalf("%d hosts kept from token scopes alone", n)
+	}
+}

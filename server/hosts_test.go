@@ -40,6 +40,9 @@ func newAllowlistLab(t *testing.T, allowPrivate bool, hosts ...string) *allowlis
 	l := &allowlistLab{ups: map[string]*fakeUpstream{"ghcr.test": newFakeUpstream(t), "quay.test": newFakeUpstream(t)}}
 	res := fakeResolver{"ghcr.test": "127.0.0.1", "quay.test": "127.0.0.1", "loop.test": "127.0.0.1",
 		"meta.test": "169.254.169.254", "lan.test": "10.1.2.3", "public.test": "93.184.216.34"}
+	for i := 0; i < 20; i++ {
+		res[fmt.Sprintf("h%d.test", i)] = "127.0.0.1"
+	}
 	first := newFakeUpstream(t) // "hub", the listener's default
 	l.b = newTestBerth(t, first, func(r *Repository, o *Options) {
 		o.Resolver = res

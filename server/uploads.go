@@ -107,6 +107,7 @@ func (s *Server) mountable(r *http.Request, from string, d store.Digest) bool {
 	if err != nil {
 		return false
 	}
+	defer s.forgetSilentHost(src)
 	p := infoOf(r.Context()).principal
 	holders := []*repo{src}
 	if src.Kind == KindGroup {
