@@ -123,7 +123,7 @@ func TestSecondServerNamesTheFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	if n := st.Hits(context.Background(), d); n != 0 {
+	if n, _ := st.Pulls(context.Background(), d); n != 0 {
 		t.Errorf("berth ls counted %d pulls", n)
 	}
 	if last, _ := st.LastAccess(context.Background(), d); !last.Equal(lastBefore) {

@@ -68,7 +68,7 @@ func runLs(c *cli.Context, out io.Writer) error {
 		if e.Damaged {
 			tag += " (DAMAGED: see berth verify)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Repository, e.Image, tag, shortDigest(e.Digest), humanSize(e.Size), last, e.Hits)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Repository, e.Image, tag, shortDigest(e.Digest), humanSize(e.Size), last, e.Pulls)
 	}
 	return tw.Flush()
 }

@@ -53,10 +53,27 @@ type eager struct {
 	slowAnswer time.Duration                // eagerSlowAnswer
 	slots      chan struct{}                // eagerInFlight
 	seen       *lru.Cache[string, struct{}] // "<path>@<manifest digest>" recently looked at
+	// fetched: "<path>@<blob digest>" an eager download started for the
+	// pull in progress and no client has read yet. The first client read
+	// takes it and is counted as a miss from upstream, not as a hit: the
+	// bytes crossed the link for that pull.
+	fetched *lru.Cache[string, struct{}]
+}
+
+// eagerFetchedTTL is how long a blob an eager download fetched counts as
+// the pull's own: a client that asks later is served from the cache.
+const eagerFetchedTTL = 10 * time.Minute
+
+// tookEager reports whether blob d of path was fetched by an eager
+// download that no client has read yet, and marks it read.
+func (e *eager) tookEager(path string, d store.Digest) bool {
+	_, ok := e.fetched.Take(path + "@" + d.String())
+	return ok
 }
 
 func newEager() *eager {
-	return &eager{ramp: eagerRamp, slowRate: eagerSlowRate, slowAnswer: eagerSlowAnswer, slots: make(chan struct{}, eagerInFlight), seen: lru.New[string, struct{}](10_000, 10*time.Minute)}
+	return &eager{ramp: eagerRamp, slowRate: eagerSlowRate, slowAnswer: eagerSlowAnswer, slots: make(chan struct{}, eagerInFlight), seen: lru.New[string, struct{}](10_000, 10*time.Minute),
+		fetched: lru.New[string, struct{}](10_000, eagerFetchedTTL).WithCost(4<<20, lru.StringBytes[struct{}])}
 }
 
 // eagerLayers records the sizes m declares for its blobs and starts their
@@ -141,7 +158,11 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 			job := s.blobJob(rp, image, d)
 			job.keep = true // no reader yet: the client's GETs join it
 			onEnd := job.ended
+			fetchedKey := rp.Name + "/" + image + "@" + d.String()
 			job.ended = func(err error) {
+				if err != nil {
+					s.eager.fetched.Remove(fetchedKey)
+				}
 				<-s.eager.slots
 				ended <- d.String()
 				onEnd(err)
@@ -156,6 +177,7 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 				<-s.eager.slots // already in flight: not ours
 				continue
 			}
+			s.eager.fetched.Add(fetchedKey, struct{}{})
 			running[d.String()] = dl
 			last, moved = time.Now(), bytesIn(running)
 			s.m.eager.WithLabelValues(rp.Name).Inc()

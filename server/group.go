@@ -145,11 +145,10 @@ func (s *Server) groupManifest(w http.ResponseWriter, r *http.Request, g *repo, 
 		if m.Kind == KindProxy {
 			s.eagerLayers(m, img, a.m)
 		}
-		info := infoOf(r.Context())
-		info.repo = g.Name
-		if info.source == "" {
-			info.source = "cache"
+		if m.Kind == KindHosted {
+			s.cacheResult(r, m, "manifest", resultHit, "cache")
 		}
+		infoOf(r.Context()).repo = g.Name
 		return a.write(w, r)
 	}
 	return errf(codeManifestUnknown, "manifest %s:%s not found in group %q", image, rt.ref, g.Name).withDetail(map[string]any{"tried": tried})

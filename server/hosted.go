@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/berth-registry/berth/store"
@@ -21,7 +22,7 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 		if err != nil {
 			return err
 		}
-		infoOf(r.Context()).source = "cache"
+		s.cacheResult(r, rp, "manifest", resultHit, "cache")
 		return serveManifest(w, r, m)
 	case rt.kind == routeManifest && m == http.MethodPut:
 		return s.putManifest(w, r, path, rt)
@@ -197,7 +198,8 @@ func (s *Server) hostedGetBlob(w http.ResponseWriter, r *http.Request, path stri
 		return err
 	}
 	defer f.Close()
-	infoOf(ctx).source = "cache"
+	repoName, _, _ := strings.Cut(path, "/")
+	s.countResult(r, repoName, "blob", resultHit, "cache")
 	if f.Info.Size >= largeBlob && r.Method == http.MethodGet {
 		limitUnsent(ctx)
 	}

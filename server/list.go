@@ -16,8 +16,8 @@ type ListEntry struct {
 	Digest     string    `json:"digest"`
 	MediaType  string    `json:"media_type"`
 	Size       int64     `json:"size"`
-	LastPulled time.Time `json:"last_pulled"`
-	Hits       int64     `json:"hits"`
+	LastPulled time.Time `json:"last_pulled"` // zero: never pulled by a client
+	Pulls      int64     `json:"pulls"`       // manifest GETs of clients (not HEADs, not prefetch)
 	// Damaged: a pushed image naming content the store no longer holds
 	// (berth verify --repair quarantined it); push it again or delete it.
 	Damaged bool `json:"damaged,omitempty"`
@@ -75,13 +75,13 @@ func List(ctx context.Context, st ListStore, repositories []string, filter strin
 				if err != nil {
 					continue
 				}
-				e := ListEntry{Repository: repo, Image: image, Tag: tag, Digest: ti.Digest.String(), Hits: st.Hits(ctx, ti.Digest),
+				e := ListEntry{Repository: repo, Image: image, Tag: tag, Digest: ti.Digest.String(),
 					Damaged: damaged[path+"@"+ti.Digest.String()]}
+				e.Pulls, e.LastPulled = st.Pulls(ctx, ti.Digest)
 				if m, err := st.PeekManifest(ctx, path, ti.Digest); err == nil {
 					e.MediaType = m.MediaType
 					e.Size = imageSize(ctx, st, path, m)
 				}
-				e.LastPulled, _ = st.LastAccess(ctx, ti.Digest)
 				out = append(out, e)
 			}
 		}

@@ -27,6 +27,8 @@ type metrics struct {
 	panics          *panicCounter          // where
 	diskFull        prometheus.Counter
 	authFailures    *prometheus.CounterVec // reason
+	groupResults    *prometheus.CounterVec // group, member, kind, result
+	groupBytes      *prometheus.CounterVec // group, member, source
 	refused         *prometheus.CounterVec // what: a budget that answered 429 (logins aside)
 
 	damagedMu sync.Mutex
@@ -49,11 +51,11 @@ func (m *metrics) damaged(st opsStore) int {
 
 // Cache results.
 const (
-	resultHit         = "hit"         // served from the cache, fresh
+	resultHit         = "hit"         // served from what was on disk before the request (the cache, or hosted content)
 	resultMiss        = "miss"        // fetched from upstream
 	resultStale       = "stale"       // upstream failed, stale copy served
 	resultRevalidated = "revalidated" // stale tag confirmed by upstream HEAD
-	resultCoalesced   = "coalesced"   // joined a download already under way
+	resultCoalesced   = "coalesced"   // joined a download already under way (not a hit: the bytes came from upstream for this pull)
 	resultNegative    = "negative"    // remembered upstream 404
 )
 
@@ -111,7 +113,13 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "berth_budget_refusals_total", Help: "Requests answered 429 because a bound on what clients may hold was reached, by bound (connections, downloads, uploads, upload_bytes).",
 	}, []string{"bound"})
-	reg.MustRegister(m.authFailures, m.refused)
+	m.groupResults = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_group_cache_results_total", Help: "Requests through a group by the member that answered, kind and result (as berth_cache_results_total, which counts them under the member).",
+	}, []string{"group", "member", "kind", "result"})
+	m.groupBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_group_served_bytes_total", Help: "Bytes sent to clients through a group, by the member that answered and source (as berth_served_bytes_total, which counts them under the member).",
+	}, []string{"group", "member", "source"})
+	reg.MustRegister(m.authFailures, m.refused, m.groupResults, m.groupBytes)
 	reg.MustRegister(m.panics, m.diskFull, m.requests, m.requestDuration, m.cache, m.servedBytes,
 		m.upstreamBytes, m.upstreamErrors, m.resumed, m.eager, m.inflight, m.digestMismatch, m.passThrough)
 	if st != nil {
@@ -180,6 +188,8 @@ func (m *metrics) dropRepository(name string) {
 		m.resumed, m.eager, m.digestMismatch, m.passThrough} {
 		v.DeletePartialMatch(l)
 	}
+	m.groupResults.DeletePartialMatch(prometheus.Labels{"member": name})
+	m.groupBytes.DeletePartialMatch(prometheus.Labels{"member": name})
 }
 
 // diskFree returns the bytes available to berth on dir's filesystem.

@@ -49,7 +49,12 @@ func (s *Server) proxyBlobHit(w http.ResponseWriter, r *http.Request, rp *repo, 
 			return err
 		}
 	}
-	s.cacheResult(r, rp, "blob", resultHit, "cache")
+	if r.Method == http.MethodGet && s.eager.tookEager(rp.Name+"/"+image, d) {
+		// Fetched moments ago for this pull by an eager download.
+		s.cacheResult(r, rp, "blob", resultMiss, "upstream")
+	} else {
+		s.cacheResult(r, rp, "blob", resultHit, "cache")
+	}
 	if f.Info.Size >= largeBlob && r.Method == http.MethodGet {
 		limitUnsent(ctx)
 	}
@@ -92,9 +97,13 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 		return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
 	}
 	defer dl.release()
+	// Either way the bytes cross the upstream link for this request (or
+	// for the pull in progress, when an eager download started it).
 	result, source := resultMiss, "upstream"
+	if !leader && !s.eager.tookEager(rp.Name+"/"+image, d) {
+		result = resultCoalesced
+	}
 	if !leader {
-		result, source = resultCoalesced, "cache"
 		// A download for this same repository proves (or fails) the
 		// blob for it; one for another repository does not.
 		if !linked && dl.repo != rp.Name+"/"+image {

@@ -40,10 +40,27 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, rp *repo, im
 	return errf(codeNotFound, "%s is not served by %s repositories", rt.kind, rp.Kind)
 }
 
+// cacheResult records how repository rp answered a client's request:
+// once per request, under rp (the member, for a request through a group,
+// and under the group too). source says where the bytes sent come from:
+// "cache" for what was on disk before the request, "upstream" for what
+// crossed the upstream link for it (an eager download for the pull in
+// progress, a download it joined, included). berth's own requests
+// (prefetch, the admin socket) are not counted.
 func (s *Server) cacheResult(r *http.Request, rp *repo, kind, result, source string) {
+	s.countResult(r, rp.Name, kind, result, source)
+}
+
+func (s *Server) countResult(r *http.Request, repoName, kind, result, source string) {
 	info := infoOf(r.Context())
-	info.result, info.source = result, source
-	s.m.cache.WithLabelValues(rp.Name, kind, result).Inc()
+	info.result, info.source, info.served = result, source, repoName
+	if info.principal.internal {
+		return
+	}
+	s.m.cache.WithLabelValues(repoName, kind, result).Inc()
+	if info.group != "" {
+		s.m.groupResults.WithLabelValues(info.group, repoName, kind, result).Inc()
+	}
 }
 
 // proxyManifest: GET/HEAD /v2/<name>/manifests/<ref> (end-3) through the

@@ -39,6 +39,9 @@ func serveManifest(w http.ResponseWriter, r *http.Request, m store.Manifest) err
 	}
 	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
 	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		infoOf(r.Context()).pulled = m.Digest // a pull, counted when the response is done
+	}
 	if r.Method != http.MethodHead {
 		w.Write(m.Body)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/berth-registry/berth/internal/reghost"
+	"github.com/berth-registry/berth/store"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -78,9 +79,12 @@ type reqInfo struct {
 	principal        principal
 	repo, image, ref string
 	kind             string
-	route            route  // the parsed path, for error messages
-	result           string // cache result
-	source           string // "cache" or "upstream" for bytes served
+	route            route        // the parsed path, for error messages
+	result           string       // cache result
+	pulled           store.Digest // the manifest a GET sent whole (a pull)
+	source           string       // "cache" or "upstream" for bytes served
+	served           string       // the repository whose disk or upstream answered (a group's member)
+	group            string       // the group the request went through, if any
 }
 
 type infoKey struct{}
@@ -111,8 +115,14 @@ func (s *Server) v2Handler(listener listenerScope) http.Handler {
 			}
 			s.m.requests.WithLabelValues(info.repo, info.kind, r.Method, code).Inc()
 			s.m.requestDuration.WithLabelValues(info.kind, r.Method).Observe(time.Since(start).Seconds())
-			if info.source != "" && sw.bytes > 0 {
-				s.m.servedBytes.WithLabelValues(info.repo, info.source).Add(float64(sw.bytes))
+			if !info.pulled.IsZero() && status == http.StatusOK && !aborted && !info.principal.internal {
+				s.pulls.Pulled(r.Context(), info.pulled)
+			}
+			if info.source != "" && info.served != "" && sw.bytes > 0 && !info.principal.internal {
+				s.m.servedBytes.WithLabelValues(info.served, info.source).Add(float64(sw.bytes))
+				if info.group != "" {
+					s.m.groupBytes.WithLabelValues(info.group, info.served, info.source).Add(float64(sw.bytes))
+				}
 			}
 			s.log.Info("request", "method", r.Method, "path", r.URL.Path, "repository", info.repo,
 				"name", info.image, "ref", info.ref, "result", info.result, "status", code,
@@ -194,6 +204,9 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listener liste
 	}
 	defer s.forgetSilentHost(rp)
 	info.repo, info.image, info.ref = rp.Name, image, rt.ref
+	if rp.Kind == KindGroup {
+		info.group = rp.Name
+	}
 	// Writes a repository kind cannot take are refused whoever asks.
 	if actionFor(r, rt) != actionPull {
 		switch {

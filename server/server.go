@@ -154,6 +154,7 @@ type Server struct {
 	manifests   manifestStore
 	pushes      uploadStore
 	index       ListStore // reads for the status page and berth ls
+	pulls       pullCounter
 	ops         opsStore
 	log         *slog.Logger
 	m           *metrics
@@ -211,7 +212,7 @@ func New(opts Options) (*Server, error) {
 	s.newHostTable()
 	s.bodyGrace = bodyGrace
 	s.declared = lru.New[string, int64](declaredEntries, 0).WithCost(declaredBytes, lru.StringBytes[int64])
-	s.blobs, s.manifests, s.pushes, s.index, s.ops = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
+	s.blobs, s.manifests, s.pushes, s.index, s.ops, s.pulls = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
 	if err := ValidateRepositories(opts.Repositories, opts.DefaultRepository); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}

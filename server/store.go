@@ -58,9 +58,14 @@ type ListStore interface {
 	PeekManifest(ctx context.Context, repo string, d store.Digest) (store.Manifest, error)
 	HasManifest(ctx context.Context, repo string, d store.Digest) (bool, error)
 	StatBlob(ctx context.Context, d store.Digest) (store.BlobInfo, error)
-	LastAccess(ctx context.Context, d store.Digest) (time.Time, error)
-	Hits(ctx context.Context, d store.Digest) int64
+	// Pulls is how often clients pulled manifest d, and when last.
+	Pulls(ctx context.Context, d store.Digest) (int64, time.Time)
 	DamagedImages(ctx context.Context) ([]string, error)
+}
+
+// pullCounter counts the pulls of clients (berth ls, the status page).
+type pullCounter interface {
+	Pulled(ctx context.Context, d store.Digest)
 }
 
 // opsStore is what the operator's side needs: health, metrics, garbage
@@ -83,6 +88,7 @@ type Store interface {
 	uploadStore
 	ListStore
 	opsStore
+	pullCounter
 }
 
 var _ Store = (*store.Store)(nil)

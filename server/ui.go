@@ -108,6 +108,12 @@ func humanBytes(n float64) string {
 
 // metricSums adds up a counter family by its repository label.
 func (s *Server) metricSums(name string, match func(labels map[string]string) bool) map[string]float64 {
+	return s.metricSumsBy(name, "repository", match)
+}
+
+// metricSumsBy sums the samples of counter name that match, by the value
+// of label key.
+func (s *Server) metricSumsBy(name, key string, match func(labels map[string]string) bool) map[string]float64 {
 	out := map[string]float64{}
 	mfs, err := s.opts.Registry.Gather()
 	if err != nil {
@@ -120,7 +126,7 @@ func (s *Server) metricSums(name string, match func(labels map[string]string) bo
 		for _, m := range mf.Metric {
 			labels := labelMap(m)
 			if match(labels) {
-				out[labels["repository"]] += m.GetCounter().GetValue()
+				out[labels[key]] += m.GetCounter().GetValue()
 			}
 		}
 	}
@@ -143,12 +149,23 @@ func ratio(hit, all float64) string {
 }
 
 func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]any, error) {
-	hits := s.metricSums("berth_cache_results_total", func(l map[string]string) bool {
-		return l["result"] == resultHit || l["result"] == resultRevalidated || l["result"] == resultStale || l["result"] == resultCoalesced
-	})
-	lookups := s.metricSums("berth_cache_results_total", func(l map[string]string) bool { return l["result"] != resultNegative })
-	fromCache := s.metricSums("berth_served_bytes_total", func(l map[string]string) bool { return l["source"] == "cache" })
-	fromUp := s.metricSums("berth_served_bytes_total", func(l map[string]string) bool { return l["source"] == "upstream" })
+	// Each request is counted once, under the repository whose disk or
+	// upstream answered (a group's member); a group's own row is what
+	// went through it (berth_group_*), and the totals add up the others.
+	isHit := func(l map[string]string) bool {
+		return l["result"] == resultHit || l["result"] == resultRevalidated || l["result"] == resultStale
+	}
+	isLookup := func(l map[string]string) bool { return l["result"] != resultNegative }
+	isCache := func(l map[string]string) bool { return l["source"] == "cache" }
+	isUp := func(l map[string]string) bool { return l["source"] == "upstream" }
+	hits := s.metricSums("berth_cache_results_total", isHit)
+	lookups := s.metricSums("berth_cache_results_total", isLookup)
+	fromCache := s.metricSums("berth_served_bytes_total", isCache)
+	fromUp := s.metricSums("berth_served_bytes_total", isUp)
+	gHits := s.metricSumsBy("berth_group_cache_results_total", "group", isHit)
+	gLookups := s.metricSumsBy("berth_group_cache_results_total", "group", isLookup)
+	gCache := s.metricSumsBy("berth_group_served_bytes_total", "group", isCache)
+	gUp := s.metricSumsBy("berth_group_served_bytes_total", "group", isUp)
 	type row struct {
 		Name, Kind, Target, Health, Budget, HitRatio, CacheBytes, UpstreamBytes string
 		Images                                                                  int
@@ -159,17 +176,10 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 		if !s.visible(p, rp) {
 			continue
 		}
-		members := []*repo{rp}
+		h, a, c, u := hits[rp.Name], lookups[rp.Name], fromCache[rp.Name], fromUp[rp.Name]
 		if rp.Kind == KindGroup {
-			members = rp.leaves
-		}
-		var h, a, c, u float64
-		for _, m := range members {
-			h, a, c, u = h+hits[m.Name], a+lookups[m.Name], c+fromCache[m.Name], u+fromUp[m.Name]
-		}
-		c += fromCache[rp.Name] * boolf(rp.Kind == KindGroup)
-		u += fromUp[rp.Name] * boolf(rp.Kind == KindGroup)
-		if rp.Kind != KindGroup && !(rp.Kind == KindProxy && rp.Upstream == nil) {
+			h, a, c, u = gHits[rp.Name], gLookups[rp.Name], gCache[rp.Name], gUp[rp.Name]
+		} else {
 			totHit, totAll, totCache, totUp = totHit+h, totAll+a, totCache+c, totUp+u
 		}
 		images, _ := s.index.Repositories(r.Context(), rp.Name+"/")
@@ -285,7 +295,7 @@ func (s *Server) uiImage(r *http.Request, p principal) (string, map[string]any, 
 	path := rp.Name + "/" + image
 	type row struct {
 		Tag, Digest, MediaType, Size, LastPulled string
-		Hits                                     int64
+		Pulls                                    int64
 	}
 	var rows []row
 	tags, _ := s.index.Tags(r.Context(), path)
@@ -299,10 +309,12 @@ func (s *Server) uiImage(r *http.Request, p principal) (string, map[string]any, 
 			rw.MediaType = m.MediaType
 			rw.Size = humanBytes(float64(imageSize(r.Context(), s.index, path, m)))
 		}
-		if at, err := s.index.LastAccess(r.Context(), ti.Digest); err == nil {
+		var at time.Time
+		rw.Pulls, at = s.index.Pulls(r.Context(), ti.Digest)
+		rw.LastPulled = "never"
+		if !at.IsZero() {
 			rw.LastPulled = at.UTC().Format("2006-01-02 15:04:05")
 		}
-		rw.Hits = s.index.Hits(r.Context(), ti.Digest)
 		rows = append(rows, rw)
 	}
 	return "image", map[string]any{"Title": image, "Repo": rp.Name, "Image": image, "Tags": rows}, nil

@@ -68,7 +68,8 @@ func TestLookingIsNotPulling(t *testing.T) {
 	waitNoDownloads(t, b.srv)
 	d := store.MustDigest(want.String())
 	ctx := context.Background()
-	hits, last := b.store.Hits(ctx, d), mustLastAccess(t, b.store, d)
+	hits, _ := b.store.Pulls(ctx, d)
+	last := mustLastAccess(t, b.store, d)
 	for _, p := range []string{"/", "/ui/repository?repo=hub", "/ui/image?repo=hub&name=app", "/ui/manifest?repo=hub&name=app&digest=" + d.String()} {
 		if resp := b.get("GET", p); resp.StatusCode != 200 {
 			t.Fatalf("%s: %d", p, resp.StatusCode)
@@ -76,7 +77,7 @@ func TestLookingIsNotPulling(t *testing.T) {
 			readAll(t, resp)
 		}
 	}
-	if got := b.store.Hits(ctx, d); got != hits {
+	if got, _ := b.store.Pulls(ctx, d); got != hits {
 		t.Errorf("pulls %d after looking, %d before", got, hits)
 	}
 	if got := mustLastAccess(t, b.store, d); !got.Equal(last) {
@@ -84,7 +85,7 @@ func TestLookingIsNotPulling(t *testing.T) {
 	}
 	time.Sleep(time.Millisecond)
 	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
-	if got := b.store.Hits(ctx, d); got != hits+1 {
+	if got, _ := b.store.Pulls(ctx, d); got != hits+1 {
 		t.Errorf("a pull counted %d, want %d", got, hits+1)
 	}
 }

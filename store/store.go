@@ -239,17 +239,34 @@ func (s *Store) guarded(where string, f func()) {
 	f()
 }
 
-// accessEntry is a blob's last access and the reads since the last flush.
+// accessEntry is a blob's last access (for eviction) and, for a
+// manifest, the pulls counted since the last flush and when the last was.
 type accessEntry struct {
-	last int64 // unix nanos
-	hits int64
+	last     int64 // unix nanos
+	pulls    int64
+	lastPull int64 // unix nanos; 0: none since the last flush
 }
 
+// touch records a read of d: its last access, which eviction orders by.
 func (s *Store) touch(d Digest) {
 	now := time.Now().UnixNano()
 	s.accessMu.Lock()
 	e := s.access[d.String()]
-	s.access[d.String()] = accessEntry{last: now, hits: e.hits + 1}
+	e.last = now
+	s.access[d.String()] = e
+	s.accessMu.Unlock()
+}
+
+// Pulled counts a client's pull of manifest d (a GET, not a HEAD, not
+// berth's own prefetch): berth ls and the status page show the count
+// and when the last pull was. Nothing is written to the index until the
+// next flush.
+func (s *Store) Pulled(ctx context.Context, d Digest) {
+	now := time.Now().UnixNano()
+	s.accessMu.Lock()
+	e := s.access[d.String()]
+	e.last, e.pulls, e.lastPull = now, e.pulls+1, now
+	s.access[d.String()] = e
 	s.accessMu.Unlock()
 }
 
@@ -277,17 +294,47 @@ func (s *Store) flushAccess() {
 	if len(pending) == 0 {
 		return
 	}
+	retry := map[string]accessEntry{}
+	defer func() {
+		s.accessMu.Lock()
+		for k, e := range retry {
+			n := s.access[k]
+			n.pulls += e.pulls
+			n.last, n.lastPull = max(n.last, e.last), max(n.lastPull, e.lastPull)
+			s.access[k] = n
+		}
+		s.accessMu.Unlock()
+	}()
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		blobs, acc := tx.Bucket(bucketBlobs), tx.Bucket(bucketAccess)
 		for k, e := range pending {
 			if blobs.Get([]byte(k)) == nil {
-				continue // evicted or deleted since
+				// Evicted or deleted since, or a manifest whose commit is
+				// still under way (a cold pull answers before it): kept
+				// for the next flush while it is young.
+				if time.Since(time.Unix(0, e.last)) < time.Minute {
+					retry[k] = e
+				}
+				continue
 			}
-			var hits int64
-			if old := acc.Get([]byte(k)); len(old) == 16 {
-				hits = decodeInt(old[8:])
+			// last access, pulls, last pull: 8 bytes each (older stores
+			// have the first two).
+			old := acc.Get([]byte(k))
+			var pulls, lastPull int64
+			if len(old) >= 16 {
+				pulls = decodeInt(old[8:16])
 			}
-			if err := acc.Put([]byte(k), append(encodeInt(e.last), encodeInt(hits+e.hits)...)); err != nil {
+			if len(old) >= 24 {
+				lastPull = decodeInt(old[16:24])
+			}
+			if e.lastPull != 0 {
+				lastPull = e.lastPull
+			}
+			if e.last == 0 && len(old) >= 8 {
+				e.last = decodeInt(old[:8])
+			}
+			v := append(append(encodeInt(e.last), encodeInt(pulls+e.pulls)...), encodeInt(lastPull)...)
+			if err := acc.Put([]byte(k), v); err != nil {
 				return err
 			}
 		}
@@ -298,21 +345,31 @@ func (s *Store) flushAccess() {
 	}
 }
 
-// Hits returns how often d was read (flushed and not yet flushed).
-func (s *Store) Hits(ctx context.Context, d Digest) int64 {
+// Pulls returns how often clients pulled manifest d (flushed and not
+// yet flushed) and when they last did (zero: never).
+func (s *Store) Pulls(ctx context.Context, d Digest) (n int64, last time.Time) {
 	s.accessMu.Lock()
-	n := s.access[d.String()].hits
+	e := s.access[d.String()]
 	s.accessMu.Unlock()
+	n = e.pulls
+	lastPull := e.lastPull
 	err := s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucketAccess).Get([]byte(d.String())); len(v) == 16 {
-			n += decodeInt(v[8:])
+		v := tx.Bucket(bucketAccess).Get([]byte(d.String()))
+		if len(v) >= 16 {
+			n += decodeInt(v[8:16])
+		}
+		if len(v) >= 24 && lastPull == 0 {
+			lastPull = decodeInt(v[16:24])
 		}
 		return nil
 	})
 	if err != nil {
-		s.log.Warn("read hit count", "digest", d, "err", err)
+		s.log.Warn("read pull count", "digest", d, "err", err)
 	}
-	return n
+	if lastPull != 0 {
+		last = time.Unix(0, lastPull)
+	}
+	return n, last
 }
 
 // LastAccess returns when d was last read, or its creation time when it
@@ -321,7 +378,7 @@ func (s *Store) LastAccess(ctx context.Context, d Digest) (time.Time, error) {
 	s.accessMu.Lock()
 	e, ok := s.access[d.String()]
 	s.accessMu.Unlock()
-	if ok {
+	if ok && e.last != 0 {
 		return time.Unix(0, e.last), nil
 	}
 	var out time.Time
