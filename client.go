@@ -77,11 +77,23 @@ func registryTarget(c *cli.Context, cfg *Config) (base string, opts []remote.Opt
 // reports as "HEAD responses have no body") into what to do about it.
 func explainRegistryErr(err error) error {
 	var te *transport.Error
-	if errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden) {
-		return fmt.Errorf("berth answered %d %s: give a user's credentials with --creds USER:PASSWORD, or run the command on the berth host without --server (over its admin socket): %w",
-			te.StatusCode, http.StatusText(te.StatusCode), err)
+	if !errors.As(err, &te) {
+		return err
 	}
-	return err
+	// A sentence from the registry's codes and messages, not the Go
+	// rendering of their details.
+	var msgs []string
+	for _, d := range te.Errors {
+		msgs = append(msgs, fmt.Sprintf("%s: %s", d.Code, d.Message))
+	}
+	what := fmt.Sprintf("berth answered %d %s", te.StatusCode, http.StatusText(te.StatusCode))
+	if len(msgs) > 0 {
+		what += ": " + strings.Join(msgs, "; ")
+	}
+	if te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden {
+		return fmt.Errorf("%s: give a user's credentials with --creds USER:PASSWORD, or run the command on the berth host without --server (over its admin socket)", what)
+	}
+	return errors.New(what)
 }
 
 func registryOptions(c *cli.Context) []remote.Option {

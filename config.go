@@ -217,17 +217,19 @@ func defaultConfig() *Config {
 
 // loadConfig reads a TOML file. Unknown keys are errors naming the key.
 func loadConfig(r io.Reader) (*Config, error) {
+	text, err := io.ReadAll(io.LimitReader(r, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
 	var c Config
-	md, err := toml.NewDecoder(r).Decode(&c)
+	md, err := toml.Decode(string(text), &c)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	if und := md.Undecoded(); len(und) > 0 {
-		keys := make([]string, len(und))
-		for i, k := range und {
-			keys[i] = k.String()
-		}
-		return nil, fmt.Errorf("config: unknown key(s): %s", strings.Join(keys, ", "))
+		var raw map[string]any
+		toml.Decode(string(text), &raw)
+		return nil, unknownKeyError(und, raw)
 	}
 	return &c, nil
 }

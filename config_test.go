@@ -19,11 +19,14 @@ url = "https://registry-1.docker.io"
 		name, toml, want string
 	}{
 		{"unknown top key", "colour = 1\n" + base, "unknown key(s): colour"},
-		{"unknown repo key", base + "tagttl = \"1h\"\n", "repository.tagttl"},
+		{"unknown repo key", base + "tagttl = \"1h\"\n", `repository.tagttl (in repository "hub": did you mean tag_ttl?)`},
+		{"misspelt key", "[storage]\nmax_szie = \"1GiB\"\n" + base, "storage.max_szie (did you mean max_size?)"},
 		{"bad duration", base + "tag_ttl = \"soon\"\n", `invalid duration "soon"`},
 		{"negative duration", base + "not_found_ttl = \"-1s\"\n", "invalid duration"},
 		{"bad size", "[storage]\nmax_size = \"lots\"\n" + base, `invalid size "lots"`},
 		{"bad size unit", "[storage]\nmax_size = \"10XB\"\n" + base, "invalid size"},
+		{"size without a unit", "[storage]\nmax_size = \"100\"\n" + base, `size "100" has no unit`},
+		{"integer size", "[storage]\nmax_size = 100\n" + base, "size 100 has no unit"},
 		{"water marks", "[storage]\nhigh_water = 0.5\nlow_water = 0.7\n" + base, "low_water < high_water"},
 		{"duplicate", base + base, `repository "hub": duplicate name`},
 		{"no url", "[[repository]]\nname = \"x\"\nkind = \"proxy\"\n", `repository "x": url is required`},
@@ -92,7 +95,7 @@ func TestConfigDefaults(t *testing.T) {
 }
 
 func TestSizesAndDurations(t *testing.T) {
-	for in, want := range map[string]Size{"100GiB": 100 << 30, "500GB": 500e9, "1.5TiB": 3 << 39, "42": 42, "10 MiB": 10 << 20, "1kb": 1000} {
+	for in, want := range map[string]Size{"100GiB": 100 << 30, "500GB": 500e9, "1.5TiB": 3 << 39, "42B": 42, "0": 0, "10 MiB": 10 << 20, "1kb": 1000} {
 		var s Size
 		if err := s.UnmarshalText([]byte(in)); err != nil || s != want {
 			t.Errorf("size %q = %d, %v; want %d", in, s, err, want)

@@ -51,8 +51,25 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 func (d Duration) String() string { return time.Duration(d).String() }
 
-// Size is a byte count written as "100GiB", "500MB" or a plain number.
+// Size is a byte count written with a unit: "100GiB", "500MB", "512B".
+// A number without a unit is refused (is max_size = "100" 100 bytes or
+// 100 GB?), but for 0.
 type Size int64
+
+// UnmarshalTOML takes a string with a unit, or the integer 0.
+func (s *Size) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		return s.UnmarshalText([]byte(v))
+	case int64:
+		if v == 0 {
+			*s = 0
+			return nil
+		}
+		return fmt.Errorf("size %d has no unit: write it as a string with one (%q, %q)", v, fmt.Sprint(v)+"B", fmt.Sprint(v)+"MiB")
+	}
+	return fmt.Errorf("invalid size %v: write it as a string with a unit (\"100GiB\")", v)
+}
 
 var sizeRe = regexp.MustCompile(`^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?I?B?)\s*$`)
 
@@ -66,6 +83,9 @@ func (s *Size) UnmarshalText(b []byte) error {
 	v, err := strconv.ParseFloat(m[1], 64)
 	if err != nil {
 		return fmt.Errorf("invalid size %q", b)
+	}
+	if m[2] == "" && v != 0 {
+		return fmt.Errorf("size %q has no unit: write %q for bytes, or use KB, MB, GB, TB, KiB, MiB, GiB, TiB", b, string(b)+"B")
 	}
 	unit := strings.TrimSuffix(m[2], "B")
 	mult := map[string]float64{"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,

@@ -26,6 +26,9 @@ func runExport(c *cli.Context, out io.Writer) error {
 	if c.NArg() == 0 || c.String("out") == "" {
 		return errors.New("export needs --out FILE.tar and at least one IMAGE")
 	}
+	if err := writableDir(filepath.Dir(c.String("out"))); err != nil {
+		return fmt.Errorf("export: cannot write %s: %w", c.String("out"), err)
+	}
 	cfg, err := storageConfig(c)
 	if err != nil {
 		return err
@@ -260,4 +263,15 @@ func exportRef(base, img string) (imgName, tag string, ref name.Reference, err e
 	}
 	ref, err = berthRef(base, imgName+refSep(tag)+tag)
 	return imgName, tag, ref, err
+}
+
+// writableDir checks, before anything is fetched, that a file can be made
+// in dir.
+func writableDir(dir string) error {
+	f, err := os.CreateTemp(dir, ".berth-check-*")
+	if err != nil {
+		return err
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 
@@ -55,6 +57,9 @@ func runImport(c *cli.Context, out io.Writer) (err error) {
 	}
 	repoName, err = importTarget(cfg, repoName)
 	if err != nil {
+		return err
+	}
+	if err := checkImportTarget(c, cfg, repoName); err != nil {
 		return err
 	}
 	prefix := ""
@@ -121,4 +126,25 @@ func importCommand(stdout, stderr io.Writer) *cli.Command {
 		}, serverFlags...),
 		Action: func(c *cli.Context) error { return runImport(c, stdout) },
 	}
+}
+
+// checkImportTarget asks the running berth, over its admin listener,
+// whether repository name exists before anything is pushed: a push to
+// "nosuch/app" would land in the listener's repository under that name.
+// A --server that is a registry URL cannot be asked; its answer to the
+// push decides.
+func checkImportTarget(c *cli.Context, cfg *Config, name string) error {
+	if name == "" || (c.String("server") != "" && !strings.HasPrefix(c.String("server"), "unix:")) {
+		return nil
+	}
+	base, client := adminClient(c, cfg)
+	resp, err := client.Get(base + "/admin/ls?filter=" + url.QueryEscape(name))
+	if err != nil {
+		return notRunning(c, cfg, "import", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return adminFailure("import", resp)
+	}
+	return nil
 }

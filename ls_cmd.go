@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -35,6 +37,10 @@ func runLs(c *cli.Context, out io.Writer) error {
 		}
 	}
 	if st != nil {
+		if err := knownRepository(c.Context, cfg, st, filter); err != nil {
+			st.Close()
+			return err
+		}
 		list, err = server.List(c.Context, st, nil, filter) // what the index holds
 		st.Close()
 	} else {
@@ -51,6 +57,9 @@ func runLs(c *cli.Context, out io.Writer) error {
 	}
 	if err != nil {
 		return err
+	}
+	if list == nil {
+		list = []server.ListEntry{} // [] for none, not null
 	}
 	if c.Bool("json") {
 		enc := json.NewEncoder(out)
@@ -92,4 +101,25 @@ func lsCommand(stdout, stderr io.Writer) *cli.Command {
 		}, serverFlags...),
 		Action: func(c *cli.Context) error { return runLs(c, stdout) },
 	}
+}
+
+// knownRepository refuses a filter whose repository is neither in the
+// config nor in the store: `berth ls nosuch` is an error, not an empty
+// table.
+func knownRepository(ctx context.Context, cfg *Config, st *store.Store, filter string) error {
+	first, _, _ := strings.Cut(filter, "/")
+	if first == "" {
+		return nil
+	}
+	var names []string
+	for _, r := range cfg.Repositories {
+		if r.Name == first {
+			return nil
+		}
+		names = append(names, r.Name)
+	}
+	if held, err := st.Repositories(ctx, first+"/"); err == nil && len(held) > 0 {
+		return nil
+	}
+	return fmt.Errorf("ls: no repository %q in the config (%s) or the store", first, strings.Join(names, ", "))
 }

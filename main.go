@@ -37,12 +37,14 @@ func main() {
 	}
 }
 
-func newApp(stdout, stderr io.Writer) *cli.App {
+func newApp(stdout, stderr io.Writer) *berthApp {
 	app := &cli.App{
-		Name:      "berth",
-		Usage:     "pull-through cache and private registry for container images",
-		Writer:    stdout,
-		ErrWriter: stderr,
+		Name:            "berth",
+		Usage:           "pull-through cache and private registry for container images",
+		Version:         versionString(),
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		CommandNotFound: commandNotFound,
 		Commands: []*cli.Command{
 			serveCommand(stdout, stderr),
 			checkConfigCommand(stdout, stderr),
@@ -62,7 +64,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			cmd.Before = noArgs
 		}
 	}
-	return app
+	return &berthApp{app}
 }
 
 // noArgs refuses positional arguments to a command that takes none: urfave/cli

@@ -47,3 +47,24 @@ func TestAdminOnlyOnItsOwnListener(t *testing.T) {
 		t.Errorf("private manifest on the public listener without credentials: %d", resp.StatusCode)
 	}
 }
+
+// TestAdminListUnknownRepository: berth ls and import ask the admin
+// listener about a repository; one that does not exist is 404 naming the
+// ones that do, not an empty list.
+func TestAdminListUnknownRepository(t *testing.T) {
+	b := newTestBerth(t, newFakeUpstream(t), withHosted)
+	admin := httptest.NewServer(b.srv.AdminHandler("local"))
+	defer admin.Close()
+	resp, err := http.Get(admin.URL + "/admin/ls?filter=nosuch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := string(readAll(t, resp))
+	if resp.StatusCode != 404 || !strings.Contains(body, `no repository \"nosuch\"`) || !strings.Contains(body, "local") {
+		t.Fatalf("ls of an unknown repository: %d %s", resp.StatusCode, body)
+	}
+	resp, _ = http.Get(admin.URL + "/admin/ls?filter=local")
+	if readAll(t, resp); resp.StatusCode != 200 {
+		t.Fatalf("ls of a known repository: %d", resp.StatusCode)
+	}
+}

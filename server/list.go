@@ -97,7 +97,15 @@ func (s *Server) adminList(w http.ResponseWriter, r *http.Request) error {
 			names = append(names, rp.Name)
 		}
 	}
-	list, err := List(r.Context(), s.index, names, r.URL.Query().Get("filter"))
+	filter := r.URL.Query().Get("filter")
+	if first, _, _ := strings.Cut(filter, "/"); first != "" && s.repos[first] == nil {
+		all := make([]string, len(s.order))
+		for i, rp := range s.order {
+			all[i] = rp.Name
+		}
+		return errf(codeNameUnknown, "no repository %q (this berth has %s)", truncate(first, 100), strings.Join(all, ", "))
+	}
+	list, err := List(r.Context(), s.index, names, filter)
 	if err != nil {
 		return fmt.Errorf("admin ls: %w", err)
 	}

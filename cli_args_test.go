@@ -1,0 +1,79 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/berth-registry/berth/store"
+	"github.com/urfave/cli/v2"
+)
+
+// TestPermuteArgs: flags anywhere on the line reach the command; values
+// stay with their flags; "--" ends the flags; unknown flags stay put.
+func TestPermuteArgs(t *testing.T) {
+	app := newApp(nil, nil).App
+	for _, tc := range []struct{ in, want string }{
+		{"berth ls -c b.toml internal --json", "berth ls -c b.toml --json internal"},
+		{"berth import -c b2.toml images.tar --repository imported", "berth import -c b2.toml --repository imported images.tar"},
+		{"berth import images.tar --repository=imported", "berth import --repository=imported images.tar"},
+		{"berth ls internal -- --json", "berth ls internal -- --json"},
+		{"berth ls internal --nosuch", "berth ls internal --nosuch"},
+		{"berth version", "berth version"},
+	} {
+		got := strings.Join(permuteArgs(app, strings.Fields(tc.in)), " ")
+		if got != tc.want {
+			t.Errorf("%q → %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestCommandLineReadsWhatPeopleType: a flag after the argument works,
+// an unknown command gets the nearest one, --version answers, an unknown
+// repository and an output that cannot be written are errors before any
+// work.
+func TestCommandLineReadsWhatPeopleType(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "berth.toml")
+	writeFile(t, cfg, "data_dir = \""+filepath.Join(dir, "data")+"\"\n[[repository]]\nname = \"internal\"\nkind = \"hosted\"\n")
+	// A store to list, offline.
+	st, serr := store.Open(filepath.Join(dir, "data"), store.Options{})
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	st.Close()
+	out, err := runCLI(t, dir, "ls", "-c", cfg, "internal", "--json")
+	if err != nil || !strings.HasPrefix(strings.TrimSpace(out), "[") && !strings.HasPrefix(strings.TrimSpace(out), "null") {
+		t.Errorf("ls with --json after the argument: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, dir, "ls", "-c", cfg, "nosuch"); err == nil || !strings.Contains(err.Error(), `no repository "nosuch"`) {
+		t.Errorf("ls of an unknown repository: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, dir, "export", "--out", filepath.Join(dir, "missing", "x.tar"), "internal/app:v1"); err == nil || !strings.Contains(err.Error(), "cannot write") {
+		t.Errorf("export to a missing directory: %v", err)
+	}
+	code := 0
+	old := cli.OsExiter
+	cli.OsExiter = func(c int) { code = c }
+	defer func() { cli.OsExiter = old }()
+	out, _ = runCLI(t, dir, "serv")
+	if !strings.Contains(out, `did you mean "serve"?`) || code != 2 {
+		t.Errorf("berth serv: exit %d\n%s", code, out)
+	}
+	out, err = runCLI(t, dir, "--version")
+	if err != nil || !strings.Contains(out, "berth version") {
+		t.Errorf("--version: %v %q", err, out)
+	}
+	if !slices.Contains([]string{"dev"}, version) && !strings.Contains(out, version) {
+		t.Errorf("--version does not print %q", version)
+	}
+}
+
+func writeFile(t *testing.T, path, text string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
