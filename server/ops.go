@@ -50,12 +50,20 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 // adminGC runs a garbage collection now (berth gc asks a running server
 // here, on the admin listener).
 func (s *Server) adminGC(w http.ResponseWriter, r *http.Request) error {
-	res, err := s.ops.GC(store.GCOptions{Grace: s.opts.GCGrace, DryRun: r.URL.Query().Get("dry_run") != ""})
+	grace := s.opts.GCGrace
+	if g := r.URL.Query().Get("grace"); g != "" {
+		d, err := time.ParseDuration(g)
+		if err != nil || d < 0 {
+			return errf(codeRequestInvalid, "grace %q: want a duration such as 0s or 30m", truncate(g, 40))
+		}
+		grace = d
+	}
+	res, err := s.ops.GC(store.GCOptions{Grace: grace, DryRun: r.URL.Query().Get("dry_run") != ""})
 	if err != nil {
 		return fmt.Errorf("garbage collection: %w", err)
 	}
-	s.log.Info("garbage collection asked by admin", "blobs", res.Blobs, "bytes", res.Bytes, "dry_run", r.URL.Query().Get("dry_run") != "")
-	return writeJSON(w, r, map[string]any{"blobs": res.Blobs, "bytes": res.Bytes, "digests": res.Digests})
+	s.log.Info("garbage collection asked by admin", "blobs", res.Blobs, "bytes", res.Bytes, "kept", res.Kept, "grace", grace, "dry_run", r.URL.Query().Get("dry_run") != "")
+	return writeJSON(w, r, GCReply{Blobs: res.Blobs, Bytes: res.Bytes, Digests: res.Digests, Kept: res.Kept, KeptBytes: res.KeptBytes, Grace: grace.String()})
 }
 
 // adminBackup streams a consistent copy of the index (berth backup).
@@ -68,4 +76,15 @@ func (s *Server) adminBackup(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.log.Info("index backed up", "bytes", n)
 	return nil
+}
+
+// GCReply is the admin listener's answer to POST /admin/gc, as berth gc
+// reads it.
+type GCReply struct {
+	Blobs     int      `json:"blobs"`
+	Bytes     int64    `json:"bytes"`
+	Digests   []string `json:"digests"`
+	Kept      int      `json:"kept"`       // unreferenced, spared by the grace period
+	KeptBytes int64    `json:"kept_bytes"` //
+	Grace     string   `json:"grace"`
 }

@@ -175,6 +175,10 @@ type GCResult struct {
 	Blobs   int
 	Bytes   int64
 	Digests []string
+	// Kept and KeptBytes are the unreferenced blobs the grace period
+	// spared (stored or linked less than Grace ago).
+	Kept      int
+	KeptBytes int64
 }
 
 // GC deletes blobs that no manifest references and that are not manifests
@@ -184,6 +188,7 @@ func (s *Store) GC(opts GCOptions) (GCResult, error) {
 	var res GCResult
 	cutoff := time.Now().Add(-opts.Grace).UnixNano()
 	garbage := map[string]int64{}
+	young := map[string]int64{} // unreferenced, but within the grace period
 	err := s.db.View(func(tx *bolt.Tx) error {
 		marked := refCounts(tx)
 		manifests := manifestRepos(tx)
@@ -192,8 +197,12 @@ func (s *Store) GC(opts GCOptions) (GCResult, error) {
 			if json.Unmarshal(v, &rec) != nil {
 				return nil
 			}
-			if marked[string(k)] == 0 && manifests[string(k)] == nil && rec.Created < cutoff {
-				garbage[string(k)] = rec.Size
+			if marked[string(k)] == 0 && manifests[string(k)] == nil {
+				if rec.Created < cutoff {
+					garbage[string(k)] = rec.Size
+				} else {
+					young[string(k)] = rec.Size
+				}
 			}
 			return nil
 		})
@@ -206,6 +215,7 @@ func (s *Store) GC(opts GCOptions) (GCResult, error) {
 				if _, ok := garbage[string(k[i+1:])]; ok {
 					var l linkRecord
 					if json.Unmarshal(v, &l) == nil && l.Created >= cutoff {
+						young[string(k[i+1:])] = garbage[string(k[i+1:])]
 						delete(garbage, string(k[i+1:]))
 					}
 				}
@@ -217,6 +227,10 @@ func (s *Store) GC(opts GCOptions) (GCResult, error) {
 		return res, err
 	}
 	s.counters.gcRuns.Add(1)
+	for _, size := range young {
+		res.Kept++
+		res.KeptBytes += size
+	}
 	if opts.DryRun {
 		for d, size := range garbage {
 			res.Blobs++
