@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/berth-registry/berth/store"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -90,8 +91,10 @@ func TestAccounting(t *testing.T) {
 				before := accountingOf(b, repo)
 				size := float64(pull())
 				waitNoDownloads(t, b.srv)
-				got := accountingOf(b, repo).minus(before)
+				// The server counts a request when its handler returns,
+				// which may be just after the client has read the body.
 				w := want(size)
+				got := eventually(func() accounting { return accountingOf(b, repo).minus(before) }, w)
 				t.Logf("%-28s expected %+v measured %+v", what, w, got)
 				if got != w {
 					t.Errorf("%s: counters %+v, want %+v", what, got, w)
@@ -110,6 +113,7 @@ func TestAccounting(t *testing.T) {
 			}
 			// The status page's totals: one cold pull all from upstream,
 			// two warm ones all from the cache, the group's included.
+			eventually(func() float64 { return testutil.ToFloat64(b.srv.m.servedBytes.WithLabelValues("hub", "cache")) }, 2*pulled)
 			page := string(readAll(t, b.get("GET", "/")))
 			for _, want := range []string{
 				"cache hit ratio<b>" + ratio(2*(1+blobs), 3*(1+blobs)) + "</b>",
@@ -136,9 +140,23 @@ func TestAccounting(t *testing.T) {
 			if err := b.srv.Prefetch(context.Background(), "hub", "app:v1", PrefetchOptions{}, nil); err != nil {
 				t.Fatal(err)
 			}
-			if n, last := b.store.Pulls(context.Background(), md); n != 3 || last.IsZero() {
+			pulls := eventually(func() int64 { n, _ := b.store.Pulls(context.Background(), md); return n }, 3)
+			if n, last := b.store.Pulls(context.Background(), md); pulls != 3 || last.IsZero() {
 				t.Errorf("pulls %d (last %v), want 3: cold, warm, through the group", n, last)
 			}
 		})
+	}
+}
+
+// eventually returns f's value once it equals want, or its last value
+// after 5 s: for counters the server updates when a handler returns.
+func eventually[T comparable](f func() T, want T) T {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := f()
+		if got == want || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
