@@ -147,8 +147,9 @@ func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m s
 	return s.manifestMiss(r, rp, image, tag, tag, path+"@"+tag)
 }
 
-// manifestMiss fetches a manifest from upstream (GET) and caches it, or
-// relays an upstream HEAD without caching anything.
+// manifestMiss fetches a manifest from upstream (GET) and caches it (for
+// a HEAD of a tag too), or relays an upstream HEAD of a digest without
+// caching anything.
 func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey string) (manifestAnswer, error) {
 	ctx := r.Context()
 	if rp.notFound(negKey) {
@@ -159,7 +160,13 @@ func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey
 		s.cacheResult(r, rp, "manifest", resultHit, "cache")
 		return manifestAnswer{m: m}, nil
 	}
-	if r.Method == http.MethodHead {
+	// A HEAD of a tag not cached fetches the manifest like a GET (one
+	// shared upstream GET): oras discover and crane digest only ever ask
+	// HEAD, and with the tag cached they are served stale when the
+	// upstream is down, like every other client. Docker's HEAD of a tag
+	// then GET by digest costs the same one upstream GET as before. A
+	// HEAD by digest still asks upstream with HEAD and caches nothing.
+	if r.Method == http.MethodHead && tag == "" {
 		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, image, ref)
 		if err != nil {
 			return manifestAnswer{}, s.manifestMissFailed(r, rp, err, image, ref, negKey)

@@ -391,10 +391,16 @@ func TestNotFoundRemembered(t *testing.T) {
 	}
 }
 
-func TestHeadUncachedNeverDownloads(t *testing.T) {
+// TestHeadUncached: a HEAD of a tag not cached fetches and caches the
+// manifest with one upstream GET (clients that only ask HEAD, such as
+// crane digest and oras discover, are then served stale like the others);
+// a HEAD by digest asks upstream with HEAD and stores nothing; a HEAD of
+// a blob never downloads it.
+func TestHeadUncached(t *testing.T) {
 	up := newFakeUpstream(t)
 	img := randomImage(t, 4096, 1)
 	want := up.push("app", "v1", img)
+	other := up.push("app", "v2", randomImage(t, 1024, 1))
 	layers, _ := img.Layers()
 	dg, _ := layers[0].Digest()
 	sz, _ := layers[0].Size()
@@ -404,16 +410,45 @@ func TestHeadUncachedNeverDownloads(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != want.String() {
 		t.Fatalf("HEAD manifest: %d %v", resp.StatusCode, resp.Header)
 	}
+	resp = b.get("HEAD", "/v2/app/manifests/"+other.String())
+	readAll(t, resp)
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != other.String() {
+		t.Fatalf("HEAD manifest by digest: %d %v", resp.StatusCode, resp.Header)
+	}
 	resp = b.get("HEAD", "/v2/app/blobs/"+dg.String())
 	readAll(t, resp)
 	if resp.StatusCode != 200 || resp.ContentLength != sz {
 		t.Fatalf("HEAD blob: %d length %d, want %d", resp.StatusCode, resp.ContentLength, sz)
 	}
-	if up.count("GET manifest")+up.count("GET blob") != 0 || up.count("HEAD manifest") != 1 || up.count("HEAD blob") != 1 {
+	if up.count("GET manifest") != 1 || up.count("HEAD manifest") != 1 || up.count("GET blob") != 0 || up.count("HEAD blob") != 1 {
 		t.Fatalf("upstream counts %v", up.counts)
 	}
-	if _, n := b.store.Stats(); n != 0 {
-		t.Fatalf("HEAD stored %d objects", n)
+	waitNoDownloads(t, b.srv)
+	if _, n := b.store.Stats(); n != 1 {
+		t.Fatalf("HEADs stored %d objects, want the tag's manifest", n)
+	}
+}
+
+// TestHeadServedStale: a tag only ever asked with HEAD is served stale
+// when the upstream is down.
+func TestHeadServedStale(t *testing.T) {
+	up := newFakeUpstream(t)
+	want := up.push("app", "v1", randomImage(t, 1024, 1))
+	b := newTestBerth(t, up, func(r *Repository, o *Options) { r.TagTTL = time.Millisecond })
+	readAll(t, b.get("HEAD", "/v2/app/manifests/v1"))
+	waitNoDownloads(t, b.srv)
+	up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return true
+	})
+	time.Sleep(5 * time.Millisecond) // past tag_ttl
+	resp := b.get("HEAD", "/v2/app/manifests/v1")
+	readAll(t, resp)
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != want.String() {
+		t.Fatalf("HEAD with the upstream down: %d", resp.StatusCode)
+	}
+	if n := b.cacheCount("manifest", resultStale); n != 1 {
+		t.Errorf("stale answers %v, want 1", n)
 	}
 }
 
