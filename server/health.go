@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/berth-registry/berth/upstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // probeInterval is the longest a proxy's health may go unconfirmed: when
@@ -30,6 +31,16 @@ type upstreamHealth struct {
 	cause     string    // the last failure
 	lastProbe time.Time
 	succeeded bool // a request has had a 2xx answer
+	rejected  bool // the last answer refused berth's credentials (401 after signing in)
+}
+
+// credentialsRejected reports whether err is the upstream refusing
+// berth's credentials: a 401 that survived the auth exchange (the token
+// endpoint's included). A 403 is a refusal of one image, not of the
+// credentials.
+func credentialsRejected(err error) bool {
+	var ue *upstream.Error
+	return errors.As(err, &ue) && ue.StatusCode == http.StatusUnauthorized
 }
 
 // answered reports whether the upstream has once answered a request
@@ -55,15 +66,19 @@ func (h *upstreamHealth) observe(err error) {
 	}
 	h.seen, h.ok = now, ok
 	h.succeeded = h.succeeded || err == nil
-	if !ok {
+	if err == nil || credentialsRejected(err) {
+		h.rejected = err != nil
+	}
+	if !ok || h.rejected {
 		h.cause = err.Error()
 	}
 }
 
 // healthState is a snapshot of upstreamHealth.
 type healthState struct {
-	known bool
-	ok    bool
+	known    bool
+	ok       bool
+	rejected bool // credentials rejected
 	since time.Time // the state began
 	seen  time.Time // last outcome
 	cause string
@@ -74,7 +89,7 @@ type healthState struct {
 func (h *upstreamHealth) state(now time.Time) (st healthState, due bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	st = healthState{known: !h.seen.IsZero(), ok: h.ok, since: h.since, seen: h.seen, cause: h.cause}
+	st = healthState{known: !h.seen.IsZero(), ok: h.ok, rejected: h.rejected, since: h.since, seen: h.seen, cause: h.cause}
 	if now.Sub(h.seen) >= probeInterval && now.Sub(h.lastProbe) >= probeInterval {
 		h.lastProbe, due = now, true
 	}
@@ -86,20 +101,31 @@ func (h *upstreamHealth) state(now time.Time) (st healthState, due bool) {
 func (h *upstreamHealth) peek() healthState {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return healthState{known: !h.seen.IsZero(), ok: h.ok, since: h.since, seen: h.seen, cause: h.cause}
+	return healthState{known: !h.seen.IsZero(), ok: h.ok, rejected: h.rejected, since: h.since, seen: h.seen, cause: h.cause}
 }
 
-// String is the status page's wording: "reachable", "unreachable for 3m,
-// serving cache", "not asked yet".
-func (st healthState) String() string {
+// String is the status page's wording: "reachable", "credentials
+// rejected", "unreachable for 3m, serving cache" (or "nothing cached"
+// when the repository holds no image), "not asked yet".
+func (st healthState) String() string { return st.words(true) }
+
+// words is String for a repository that holds cached images or not.
+func (st healthState) words(cached bool) string {
 	switch {
 	case !st.known:
 		return "not asked yet (checking)"
+	case st.rejected:
+		return "credentials rejected: check the repository's username and password"
 	case st.ok:
 		return fmt.Sprintf("reachable (last answer %s ago)", ago(time.Since(st.seen)))
+	case !cached:
+		return fmt.Sprintf("unreachable for %s; nothing cached to serve", ago(time.Since(st.since)))
 	}
 	return fmt.Sprintf("unreachable for %s, serving cache", ago(time.Since(st.since)))
 }
+
+// healthy is the status page's colour: green for reachable.
+func (st healthState) healthy() bool { return st.known && st.ok && !st.rejected }
 
 // ago rounds a duration for people: 42s, 3m, 2h.
 func ago(d time.Duration) string {
@@ -203,5 +229,42 @@ func (o observedUpstream) Ping(ctx context.Context) error {
 func (o observedUpstream) CloseIdleConnections() {
 	if c, ok := o.Upstream.(closer); ok {
 		c.CloseIdleConnections()
+	}
+}
+
+// healthCollector exports berth_upstream_up{repository} (1 while the
+// last answer was an answer, 0 while the upstream is unreachable) and
+// berth_upstream_credentials_rejected{repository} (1 while the upstream
+// refuses berth's credentials), from what real requests said: a scrape
+// sends nothing upstream.
+type healthCollector struct {
+	s            *Server
+	up, rejected *prometheus.Desc
+}
+
+func newHealthCollector(s *Server) *healthCollector {
+	l := []string{"repository"}
+	return &healthCollector{s: s,
+		up:       prometheus.NewDesc("berth_upstream_up", "1 while a proxy's upstream answers, 0 while it is unreachable (from real requests; absent before the first).", l, nil),
+		rejected: prometheus.NewDesc("berth_upstream_credentials_rejected", "1 while a proxy's upstream refuses berth's credentials (401 after signing in).", l, nil),
+	}
+}
+
+func (c *healthCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.up
+	ch <- c.rejected
+}
+
+func (c *healthCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, rp := range c.s.withHosts() {
+		if rp.Kind != KindProxy || rp.Upstream == nil {
+			continue
+		}
+		st := rp.health.peek()
+		if !st.known {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, boolf(st.ok), rp.Name)
+		ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.GaugeValue, boolf(st.rejected), rp.Name)
 	}
 }

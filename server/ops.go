@@ -33,6 +33,8 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case !st.known:
 			v = "not asked yet"
+		case st.rejected:
+			v = "credentials rejected: " + st.cause
 		case !st.ok && cached == 0:
 			v = "unreachable, nothing cached: " + st.cause
 		case !st.ok:

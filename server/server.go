@@ -243,7 +243,7 @@ func New(opts Options) (*Server, error) {
 	s.auth = a
 	s.uploadLimit = &uploadLimiter{n: map[string]int{}, max: a.opts.MaxUploadsPerClient}
 	s.m = newMetrics(opts.Registry, opts.Store)
-	opts.Registry.MustRegister(newBudgetCollector(s), &endpointCollector{s: s, desc: prometheus.NewDesc("berth_upstream_url_offline",
+	opts.Registry.MustRegister(newBudgetCollector(s), newHealthCollector(s), &endpointCollector{s: s, desc: prometheus.NewDesc("berth_upstream_url_offline",
 		"1 while a URL of a proxy's urls is skipped after failing (offline_period).", []string{"repository", "url"}, nil)})
 	for _, rp := range s.order {
 		s.m.initRepository(rp.Name, rp.Kind == KindProxy)

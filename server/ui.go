@@ -169,6 +169,7 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 	type row struct {
 		Name, Kind, Target, Health, Budget, HitRatio, CacheBytes, UpstreamBytes string
 		Images                                                                  int
+		Healthy                                                                 bool
 	}
 	var rows []row
 	var totHit, totAll, totCache, totUp float64
@@ -195,10 +196,11 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 			}
 			// From real requests' outcomes; a page view sends nothing
 			// upstream (not even the probe /readyz may start).
-			rw.Health = rp.health.peek().String()
+			st := rp.health.peek()
+			rw.Health, rw.Healthy = st.words(len(images) > 0), st.healthy()
 			rw.Budget = budgetLine(rp.rateLimit())
 			if len(rp.Hosts) > 0 {
-				rw.Health = fmt.Sprintf("%d registry hosts seen (below)", len(s.hostRepos(rp)))
+				rw.Health, rw.Healthy = fmt.Sprintf("%d registry hosts seen (below)", len(s.hostRepos(rp))), true
 			}
 		case KindGroup:
 			rw.Target = strings.Join(rp.Members, " → ")
