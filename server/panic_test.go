@@ -100,9 +100,9 @@ func TestDownloadGoroutinePanic(t *testing.T) {
 	}
 }
 
-// TestStatusPageSendsNothingUpstream: views of the status page and
-// /readyz, many at once, cost at most one background probe per upstream
-// per interval; with the upstream down they show how long it has been
+// TestStatusPageSendsNothingUpstream: views of the status page send
+// nothing upstream and /readyz, many at once, at most one background
+// probe per upstream per interval; with the upstream down they show how long it has been
 // unreachable, from real requests' outcomes.
 func TestStatusPageSendsNothingUpstream(t *testing.T) {
 	up := newFakeUpstream(t)
@@ -150,7 +150,7 @@ func TestStatusPageSendsNothingUpstream(t *testing.T) {
 		t.Fatalf("pull with the upstream down: %d", resp.StatusCode)
 	}
 	page = string(readAll(t, b.get("GET", "/")))
-	if !strings.Contains(page, "unreachable for 0s, serving cache") {
+	if !strings.Contains(page, "unreachable for 0s; nothing cached to serve") { // no image was pulled
 		t.Errorf("status page with the upstream down:\n%s", grepLines(page, "reach"))
 	}
 	ready := string(readAll(t, b.get("GET", "/readyz")))
