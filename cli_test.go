@@ -205,6 +205,16 @@ pull = ["local"]
 	if level.Level() != slog.LevelDebug {
 		t.Errorf("log level %v after reload, want DEBUG", level.Level())
 	}
+	// A repository added: a reload cannot apply it, and says so.
+	text, _ := os.ReadFile(cfgPath)
+	os.WriteFile(cfgPath, append(text, []byte("[[repository]]\nname = \"more\"\nkind = \"hosted\"\n")...), 0o600)
+	hup()
+	for i := 0; i < 200 && !strings.Contains(logs.String(), "need a restart"); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "need a restart") || !strings.Contains(logs.String(), `repository \"more\" added`) {
+		t.Errorf("an added repository on SIGHUP is not named as needing a restart:\n%s", logs.String())
+	}
 	os.WriteFile(cfgPath, []byte("this is not toml ["), 0o600)
 	hup()
 	for i := 0; i < 200 && !strings.Contains(logs.String(), "config not reloaded"); i++ {

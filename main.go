@@ -321,6 +321,9 @@ func (m *Main) reload() {
 		}
 	}
 	m.log.Info("SIGHUP: reloaded", "what", strings.Join(done, ", "), "config", m.cfgPath)
+	if later := needsRestart(m.cfg, cfg); len(later) > 0 {
+		m.log.Warn("SIGHUP: these changes need a restart to take effect (systemctl restart berth)", "not_applied", strings.Join(later, "; "))
+	}
 }
 
 // loadCert (re)reads tls_cert and tls_key; connections keep going.
