@@ -105,3 +105,35 @@ func TestGCSaysWhatGraceKept(t *testing.T) {
 		t.Fatalf("gc --dry-run --grace 0: %v\n%s", err, out)
 	}
 }
+
+// TestVerifyRepairConverges: a corrupt cached layer named by a cached
+// manifest is fixed by one verify --repair (dropping the blob leaves
+// links and a tag dangling, which the same run repairs); a second verify
+// finds nothing. It used to take two runs.
+func TestVerifyRepairConverges(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	st, err := store.Open(data, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	layer := []byte(strings.Repeat("cached layer ", 500))
+	ld := store.DigestOf(layer)
+	if _, err := st.PutBlob(ctx, ld, layer, store.Link{Repo: "hub/app", Kind: store.LinkFetched}); err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[{"digest":"` + ld.String() + `","size":6500}]}`)
+	if err := st.PutManifest(ctx, "hub/app", store.Manifest{Digest: store.DigestOf(body), MediaType: "application/vnd.oci.image.manifest.v1+json", Body: body}, "v1", []store.Digest{ld}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	os.WriteFile(filepath.Join(data, "blobs", "sha256", ld.Hex()[:2], ld.Hex()), []byte(strings.Repeat("x", len(layer))), 0o640)
+	out, err := runCLI(t, dir, "verify", "--repair", "--data-dir", data)
+	if err != nil || !strings.Contains(out, "repaired") {
+		t.Fatalf("verify --repair: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, dir, "verify", "--data-dir", data); err != nil || !strings.Contains(out, " 0 problems") {
+		t.Fatalf("a second verify after one repair: %v\n%s", err, out)
+	}
+}

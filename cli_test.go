@@ -333,9 +333,15 @@ func TestVerifyRepairKeepsHostedDamageVisible(t *testing.T) {
 	if err == nil || strings.Contains(out, " 0 problems") && !strings.Contains(out, "left") {
 		t.Errorf("verify --repair on damaged hosted content: %v\n%s", err, out)
 	}
+	if err == nil || !strings.Contains(err.Error(), "cannot fix") || !strings.Contains(err.Error(), "push the damaged images again") || !strings.Contains(out, "left: damaged_image") {
+		t.Errorf("verify --repair does not name what it left and what to do: %v\n%s", err, out)
+	}
 	out, err = runCLI(t, dir, "verify", "--data-dir", data)
 	if err == nil || !strings.Contains(out, "damaged_image") {
 		t.Errorf("second verify: %v\n%s", err, out)
+	}
+	if strings.Contains(err.Error(), "run with --repair") {
+		t.Errorf("verify advises --repair for a problem repair cannot fix: %v", err)
 	}
 	out, _ = runCLI(t, dir, "ls", "--data-dir", data)
 	if !strings.Contains(out, "DAMAGED") {

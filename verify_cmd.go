@@ -52,22 +52,34 @@ func runVerify(c *cli.Context, out io.Writer) error {
 		if err := st.RecordVerify(len(probs)); err != nil {
 			fmt.Fprintln(c.App.ErrWriter, "verify: could not record the result:", err)
 		}
+		if repairable(probs) == 0 {
+			return cli.Exit("verify: problems found that --repair cannot fix: "+damagedAdvice, 1)
+		}
 		return cli.Exit("verify: problems found (run with --repair to drop them; the next pull refetches)", 1)
 	}
-	if err := st.Repair(ctx, probs); err != nil {
-		return err
-	}
-	left, err := st.Check(ctx, store.CheckOptions{Rehash: true, Orphans: true, Tmp: true})
-	if err != nil {
-		return err
+	// A repair can uncover more (a dropped blob leaves a link dangling):
+	// repeat until a pass fixes nothing, so one run converges.
+	repaired := 0
+	left := probs
+	for pass := 0; pass < 8 && repairable(left) > 0; pass++ {
+		if err := st.Repair(ctx, left); err != nil {
+			return err
+		}
+		repaired += repairable(left)
+		if left, err = st.Check(ctx, store.CheckOptions{Rehash: true, Orphans: true, Tmp: true}); err != nil {
+			return err
+		}
 	}
 	if err := st.RecordVerify(len(left)); err != nil {
 		return err
 	}
+	fmt.Fprintf(out, "verify: repaired %d problems\n", repaired)
 	if len(left) > 0 {
-		return cli.Exit(fmt.Sprintf("verify: %d problems left after repair", len(left)), 1)
+		for _, p := range left {
+			fmt.Fprintf(out, "left: %s\n", p)
+		}
+		return cli.Exit(fmt.Sprintf("verify: %d problems left that --repair cannot fix: %s", len(left), damagedAdvice), 1)
 	}
-	fmt.Fprintf(out, "verify: repaired %d problems\n", len(probs))
 	return nil
 }
 
@@ -83,4 +95,19 @@ func verifyCommand(stdout, stderr io.Writer) *cli.Command {
 		},
 		Action: func(c *cli.Context) error { return runVerify(c, stdout) },
 	}
+}
+
+// damagedAdvice is what to do about what a repair leaves: pushed images
+// whose content is gone (there is no upstream to refetch it from).
+const damagedAdvice = "push the damaged images again, or delete them (DELETE /v2/<name>/manifests/<digest>); berth ls marks them DAMAGED"
+
+// repairable counts the problems a repair changes something for.
+func repairable(probs []store.Problem) int {
+	n := 0
+	for _, p := range probs {
+		if p.Kind != "damaged_image" {
+			n++
+		}
+	}
+	return n
 }
