@@ -268,6 +268,37 @@ func TestDashboardMatchesMetrics(t *testing.T) {
 	}
 }
 
+// TestPrometheusExample: the alert rules and scrape config in
+// examples/prometheus pass promtool, and every berth_ metric the rules
+// name is one berth defines.
+func TestPrometheusExample(t *testing.T) {
+	for _, args := range [][]string{{"check", "rules", "../examples/prometheus/berth-alerts.yml"}, {"check", "config", "../examples/prometheus/prometheus.yml"}} {
+		if out, errOut, err := runIn("", time.Minute, nil, "promtool", args...); err != nil {
+			t.Fatalf("promtool %v: %v\n%s%s", args, err, out, errOut)
+		}
+	}
+	rules, _ := os.ReadFile("../examples/prometheus/berth-alerts.yml")
+	var src strings.Builder
+	for _, glob := range []string{"../server/*.go", "../*.go", "../store/*.go"} {
+		files, _ := filepath.Glob(glob)
+		for _, f := range files {
+			if !strings.HasSuffix(f, "_test.go") {
+				b, _ := os.ReadFile(f)
+				src.Write(b)
+			}
+		}
+	}
+	names := regexp.MustCompile(`berth_[a-z_]+`).FindAllString(string(rules), -1)
+	if len(names) < 10 {
+		t.Fatalf("only %d berth metrics named in the rules", len(names))
+	}
+	for _, n := range names {
+		if !strings.Contains(src.String(), `"`+n+`"`) {
+			t.Errorf("the alert rules name %s, which berth does not define", n)
+		}
+	}
+}
+
 // TestSystemdUnit: the unit passes systemd-analyze verify.
 func TestSystemdUnit(t *testing.T) {
 	dir := t.TempDir()
@@ -278,7 +309,8 @@ func TestSystemdUnit(t *testing.T) {
 	if err != nil || strings.TrimSpace(errOut+out) != "" {
 		t.Fatalf("systemd-analyze verify: %v\n%s%s", err, out, errOut)
 	}
-	for _, want := range []string{"NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=berth", "Restart=on-failure", "DynamicUser=yes"} {
+	for _, want := range []string{"NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=berth", "Restart=on-failure", "DynamicUser=yes",
+		"ConfigurationDirectoryMode=0750"} { // the README promises /etc/berth mode 0750
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("unit lacks %s", want)
 		}

@@ -57,7 +57,8 @@ fi
 # scenario), containerd, nginx (benchmark reference), chromium (the status
 # page test renders it in a real browser), systemd (systemd-analyze),
 # podman and buildah (registries.conf mirror clients), haproxy (the
-# cluster example's balancer, beside nginx).
+# cluster example's balancer, beside nginx), prometheus (promtool checks
+# examples/prometheus).
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v systemd-analyze >/dev/null || need+=(systemd)
@@ -69,6 +70,7 @@ command -v nginx >/dev/null || need+=(nginx-light)
 command -v podman >/dev/null || need+=(podman)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v buildah >/dev/null || need+=(buildah)
+command -v promtool >/dev/null || need+=(prometheus) # promtool checks the alert rules
 if ((${#need[@]})); then
   echo "install-tools: apt-get install ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
