@@ -59,7 +59,7 @@ stress:
 e2e: tools build
 	BERTH_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -timeout 15m -v ./e2e/
 
-## client-matrix: put the client matrix of the last e2e run (build/client-matrix.md) into README.md
+## client-matrix: put the client matrix of the last e2e run (build/client-matrix.md) into docs/clients.md
 client-matrix:
 	./scripts/client-matrix.sh
 
