@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/berth-registry/berth/store"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/urfave/cli/v2"
 )
 
@@ -135,5 +136,16 @@ func TestVerifyRepairConverges(t *testing.T) {
 	}
 	if out, err := runCLI(t, dir, "verify", "--data-dir", data); err != nil || !strings.Contains(out, " 0 problems") {
 		t.Fatalf("a second verify after one repair: %v\n%s", err, out)
+	}
+}
+
+// TestRegistryErrorsAreSentences: an error the registry answers with
+// details is printed as codes and messages, not as a Go map.
+func TestRegistryErrorsAreSentences(t *testing.T) {
+	err := explainRegistryErr(&transport.Error{StatusCode: 404, Errors: []transport.Diagnostic{{
+		Code: "MANIFEST_UNKNOWN", Message: "manifest app:v1 not found in group \"all\"",
+		Detail: map[string]any{"tried": []any{map[string]any{"member": "internal"}}}}}})
+	if msg := err.Error(); strings.Contains(msg, "map[") || !strings.Contains(msg, "berth answered 404 Not Found: MANIFEST_UNKNOWN: manifest app:v1 not found") {
+		t.Errorf("registry error: %s", msg)
 	}
 }
