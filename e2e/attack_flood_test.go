@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -19,8 +18,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"golang.org/x/crypto/bcrypt"
 )
 
 // procStats is what a process holds: descriptors, resident memory
@@ -273,21 +270,11 @@ library_prefix = true
 // refused as a real user's wrong password, with the user's hash at cost
 // 5 (what htpasswd -B writes): before, 60 ms against 2 ms.
 func TestAttackUserEnumeration(t *testing.T) {
-	hash, _ := bcrypt.GenerateFromPassword([]byte("right"), 5)
-	b := startBerth(t, fmt.Sprintf(`[[repository]]
-name = "local"
-kind = "hosted"
-
-[[user]]
-name = "alice"
-password_hash = %q
-push = ["local"]
-`, hash))
+	b := berthWithUser(t, "alice", "right", 5)
 	// Each try from its own loopback address, under the per-address
 	// lockout; 8 tries per name stay under the per-user one.
 	try := func(i int, user string) time.Duration {
-		ip := net.ParseIP(fmt.Sprintf("127.0.%d.%d", 10+i/200, 1+i%200))
-		client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}}).DialContext}}
+		client := clientFrom(fmt.Sprintf("127.0.%d.%d", 10+i/200, 1+i%200))
 		req, _ := http.NewRequest("GET", "http://"+b.addr+"/v2/", nil)
 		req.SetBasicAuth(user, "wrong")
 		start := time.Now()

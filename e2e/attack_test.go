@@ -126,7 +126,7 @@ url = "http://127.0.0.1:1"
 	if refused < 190 {
 		t.Errorf("%d of 300 connections from one address refused, want >= 190 (per-client bound 100)", refused)
 	}
-	other := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).DialContext}}
+	other := clientFrom("127.0.0.2")
 	start := time.Now()
 	resp, err := other.Get("http://" + b.addr + "/healthz")
 	if err != nil || resp.StatusCode != 200 {
@@ -145,16 +145,7 @@ url = "http://127.0.0.1:1"
 // 429 with Retry-After after a few tries, with no bcrypt run for them;
 // each failure is logged and counted.
 func TestAttackBruteForce(t *testing.T) {
-	hash, _ := bcrypt.GenerateFromPassword([]byte("right-password"), 10)
-	b := startBerth(t, fmt.Sprintf(`[[repository]]
-name = "local"
-kind = "hosted"
-
-[[user]]
-name = "alice"
-password_hash = %q
-push = ["local"]
-`, hash))
+	b := berthWithUser(t, "alice", "right-password", 10)
 	var codes []int
 	for i := 0; i < 25; i++ {
 		req, _ := http.NewRequest("GET", "http://"+b.addr+"/v2/", nil)
@@ -222,4 +213,27 @@ func adminMetrics(t *testing.T, b *berth) string {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return string(body)
+}
+
+// berthWithUser starts a berth with one hosted repository and one user
+// whose password hash has the given bcrypt cost.
+func berthWithUser(t *testing.T, user, password string, cost int) *berth {
+	t.Helper()
+	hash, _ := bcrypt.GenerateFromPassword([]byte(password), cost)
+	return startBerth(t, fmt.Sprintf(`[[repository]]
+name = "local"
+kind = "hosted"
+
+[[user]]
+name = %q
+password_hash = %q
+push = ["local"]
+`, user, hash))
+}
+
+// clientFrom is an HTTP client whose connections come from ip, a
+// loopback address: another client, as berth counts them.
+func clientFrom(ip string) *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).DialContext}}
 }
