@@ -78,10 +78,10 @@ func (h *upstreamHealth) observe(err error) {
 type healthState struct {
 	known    bool
 	ok       bool
-	rejected bool // credentials rejected
-	since time.Time // the state began
-	seen  time.Time // last outcome
-	cause string
+	rejected bool      // credentials rejected
+	since    time.Time // the state began
+	seen     time.Time // last outcome
+	cause    string
 }
 
 // state returns what is known, and whether a probe is due now (the
