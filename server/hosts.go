@@ -169,7 +169,7 @@ func (s *Server) hostProxy(ctx context.Context, g *repo, host reghost.Host) (*re
 	rp.parent = g
 	// The host proxies of g share g's caches: their keys hold the path,
 	// which holds the host, and the caches are bounded once, not per host.
-	rp.neg, rp.pending, rp.referrers = g.neg, g.pending, g.referrers
+	rp.neg, rp.referrers = g.neg, g.referrers
 	s.hosts.repos.Add(key, rp)
 	s.m.initRepository(rp.Name, true)
 	s.log.Info("serving a new registry host", "repository", g.Name, "host", host.String())

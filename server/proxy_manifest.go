@@ -177,9 +177,6 @@ func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey
 			s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
 			return manifestAnswer{}, fmt.Errorf("upstream HEAD %s@%s answered digest %s", image, ref, dg)
 		}
-		if !strings.Contains(ref, ":") && dg != "" {
-			rp.addPending(rp.Name+"/"+image, ref, dg)
-		}
 		s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
 		head := http.Header{}
 		for _, h := range []string{"Content-Type", "Docker-Content-Digest", "Content-Length"} {
@@ -302,14 +299,6 @@ func (s *Server) commitManifest(rp *repo, image, ref, tag string, m store.Manife
 	if ref != m.Digest.String() {
 		keys = append(keys, path+"@"+ref)
 	}
-	var pending []string // tags an upstream HEAD named
-	var checked time.Time
-	if tag == "" {
-		pending, checked = rp.takePending(path, m.Digest.String())
-		for _, t := range pending {
-			keys = append(keys, path+"@"+t)
-		}
-	}
 	for _, k := range keys {
 		s.committing.Store(k, p)
 	}
@@ -328,11 +317,6 @@ func (s *Server) commitManifest(rp *repo, image, ref, tag string, m store.Manife
 			s.m.passThrough.WithLabelValues(rp.Name, "store_error").Inc()
 			s.log.Error("cache manifest", "repository", rp.Name, "name", image, "ref", ref, "err", err)
 			return
-		}
-		for _, t := range pending {
-			if err := s.manifests.TagChecked(ctx, path, t, m.Digest, checked); err != nil {
-				s.log.Error("cache a tag", "repository", rp.Name, "name", image, "tag", t, "err", err)
-			}
 		}
 	})
 }

@@ -269,7 +269,6 @@ func New(opts Options) (*Server, error) {
 func (s *Server) newRepo(r Repository) *repo {
 	rp := &repo{Repository: r, health: &upstreamHealth{},
 		neg:       lru.New[string, time.Time](100_000, 0).WithCost(cacheBytes, lru.StringBytes[time.Time]),
-		pending:   lru.New[string, pendingTag](10_000, pendingTagTTL).WithCost(cacheBytes/2, pendingTagBytes),
 		referrers: lru.New[string, referrersEntry](10_000, referrersKeep).WithCost(referrersBytes, referrersEntryBytes)}
 	if r.Kind == KindProxy && r.Upstream != nil {
 		rp.Upstream = observedUpstream{Upstream: r.Upstream, h: rp.health}
