@@ -1,14 +1,12 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"sync"
 	"testing"
 	"time"
 
@@ -69,37 +67,6 @@ func BenchmarkServeCachedManifest(b *testing.B) {
 		if w.Code != 200 {
 			b.Fatal(w.Code)
 		}
-	}
-}
-
-// BenchmarkFanOut: one in-flight download read by 20 clients at once.
-func BenchmarkFanOut(b *testing.B) {
-	st := benchStore(b)
-	blob := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
-	d := store.DigestOf(blob)
-	b.SetBytes(int64(len(blob)) * 20)
-	for b.Loop() {
-		g := newFetchGroup(time.Minute, storeTemps(st), nil, nil)
-		var wg sync.WaitGroup
-		for i := 0; i < 20; i++ {
-			dl, _, err := g.join(context.Background(), fetchJob{want: d, fetch: func(ctx context.Context, _, _ int64) (io.ReadCloser, int64, error) {
-				return io.NopCloser(bytes.NewReader(blob)), int64(len(blob)), nil
-			}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer dl.release()
-				dl.wait(context.Background())
-				n, _ := io.Copy(io.Discard, dl.reader(context.Background(), int64(len(blob))))
-				if n != int64(len(blob)) {
-					b.Errorf("read %d", n)
-				}
-			}()
-		}
-		wg.Wait()
 	}
 }
 

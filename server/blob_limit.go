@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/berth-registry/berth/internal/fetch"
 	"github.com/berth-registry/berth/store"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
@@ -58,7 +59,7 @@ func (s *Server) blobLimit(path string, d store.Digest) int64 {
 var errBlobTooLarge = fmt.Errorf("%w: %w: the blob is larger than its manifest declared or max_blob_size allows", errUpstreamBroken, store.ErrSizeMismatch)
 
 // limitFetch bounds the bodies of f at limit bytes in all.
-func limitFetch(f fetchFunc, limit int64) fetchFunc {
+func limitFetch(f fetch.Func, limit int64) fetch.Func {
 	return func(ctx context.Context, offset, total int64) (io.ReadCloser, int64, error) {
 		body, size, err := f(ctx, offset, total)
 		if err != nil {
@@ -72,8 +73,8 @@ func limitFetch(f fetchFunc, limit int64) fetchFunc {
 	}
 }
 
-// limitRanges bounds the blob a rangeFunc fetches at limit bytes.
-func limitRanges(f rangeFunc, limit int64) rangeFunc {
+// limitRanges bounds the blob a fetch.RangeFunc fetches at limit bytes.
+func limitRanges(f fetch.RangeFunc, limit int64) fetch.RangeFunc {
 	return func(ctx context.Context, start, end int64) (io.ReadCloser, int64, bool, error) {
 		body, total, ranged, err := f(ctx, start, end)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/berth-registry/berth/internal/fetch"
 	"github.com/berth-registry/berth/internal/lru"
 	"github.com/berth-registry/berth/store"
 )
@@ -77,9 +78,10 @@ func newEager() *eager {
 }
 
 // eagerLayers records the sizes m declares for its blobs and starts their
-// downloads in the background when rp wants eager layers. It never delays the answer: the work runs in its own
-// goroutine, at most once per manifest in ten minutes, in manifest order,
-// eagerParallel at a time (more on a slow path).
+// downloads in the background when rp wants eager layers. It never delays
+// the answer: the work runs in its own goroutine, at most once per
+// manifest in ten minutes, in manifest order, eagerParallel at a time
+// (more on a slow path).
 func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 	if rp.Kind != KindProxy || m.Digest.IsZero() {
 		return
@@ -100,97 +102,120 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 		if !rp.EagerLayers {
 			return
 		}
-		ctx := context.Background()
-		ended := make(chan string, eagerPerImage) // the digest of each download that ends
-		running := map[string]*download{}
-		width := eagerParallel
-		if time.Duration(rp.manifestAnswer.Load()) >= s.eager.slowAnswer {
-			width = eagerWide
-		}
-		last, moved := time.Now(), int64(0) // when the pace was last judged, and the bytes in by then
-		// The config (first) is small and Docker fetches it besides its
-		// three layers: it does not take a layer's place.
-		config := pm.blobs[0].String()
-		places := func() int {
-			if _, ok := running[config]; ok {
-				return width + 1
-			}
-			return width
-		}
+		run := s.newEagerRun(rp, image, pm.blobs[0])
 		for i, d := range pm.blobs {
-			if i == eagerPerImage {
+			if i == eagerPerImage || !run.start(d) {
 				return
 			}
-			for len(running) >= places() {
-				wait := s.eager.ramp - time.Since(last)
-				if width < eagerWide && wait <= 0 {
-					// Judge the pace: slow when each running download
-					// gained less than eagerSlowRate since last time.
-					now := bytesIn(running)
-					rate := float64(now-moved) / time.Since(last).Seconds() / float64(len(running))
-					if rate < s.eager.slowRate {
-						width = eagerWide
-					}
-					last, moved = time.Now(), now
-					continue
-				}
-				timer := time.NewTimer(max(wait, 0))
-				if width >= eagerWide {
-					timer.Stop()
-					timer = time.NewTimer(time.Hour) // only an end frees a place
-				}
-				select {
-				case dg := <-ended:
-					delete(running, dg)
-					last, moved = time.Now(), bytesIn(running)
-				case <-timer.C:
-				}
-				timer.Stop()
-			}
-			if _, err := s.blobs.StatBlob(ctx, d); err == nil {
-				continue
-			}
-			select {
-			case s.eager.slots <- struct{}{}:
-			default:
-				return // enough under way; clients fetch the rest as they ask
-			}
-			job := s.blobJob(rp, image, d)
-			job.keep = true // no reader yet: the client's GETs join it
-			onEnd := job.ended
-			fetchedKey := rp.Name + "/" + image + "@" + d.String()
-			job.ended = func(err error) {
-				if err != nil {
-					s.eager.fetched.Remove(fetchedKey)
-				}
-				<-s.eager.slots
-				ended <- d.String()
-				onEnd(err)
-			}
-			dl, leader, err := s.fetches.join(ctx, job)
-			if err != nil {
-				<-s.eager.slots
-				return
-			}
-			dl.release() // no reader here: clients join it
-			if !leader {
-				<-s.eager.slots // already in flight: not ours
-				continue
-			}
-			s.eager.fetched.Add(fetchedKey, struct{}{})
-			running[d.String()] = dl
-			last, moved = time.Now(), bytesIn(running)
-			s.m.eager.WithLabelValues(rp.Name).Inc()
 		}
 	})
 }
 
+// eagerRun starts the downloads of one manifest's blobs.
+type eagerRun struct {
+	s       *Server
+	rp      *repo
+	image   string
+	config  string                     // the config's digest: it does not take a layer's place
+	ended   chan string                // the digest of each download that ends
+	running map[string]*fetch.Download // the run's downloads under way
+	width   int                        // layers at once: eagerParallel, or eagerWide on a slow path
+	pace    fetch.Pace                 // judges the running downloads
+}
+
+func (s *Server) newEagerRun(rp *repo, image string, config store.Digest) *eagerRun {
+	e := &eagerRun{s: s, rp: rp, image: image, config: config.String(), ended: make(chan string, eagerPerImage),
+		running: map[string]*fetch.Download{}, width: eagerParallel, pace: fetch.Pace{SlowRate: s.eager.slowRate, SlowWindows: 1}}
+	if time.Duration(rp.manifestAnswer.Load()) >= s.eager.slowAnswer {
+		e.width = eagerWide
+	}
+	e.pace.Start(time.Now(), 0)
+	return e
+}
+
+// places is how many downloads may run: the config (small, and Docker
+// fetches it besides its three layers) does not take a layer's place.
+func (e *eagerRun) places() int {
+	if _, ok := e.running[e.config]; ok {
+		return e.width + 1
+	}
+	return e.width
+}
+
+// makeRoom waits until one more download may run: one of the run's ends,
+// or the pace, judged every ramp, says the path is slow and widens it.
+func (e *eagerRun) makeRoom() {
+	for len(e.running) >= e.places() {
+		wait := e.s.eager.ramp - e.pace.Since(time.Now())
+		if e.width < eagerWide && wait <= 0 {
+			if e.pace.Judge(time.Now(), bytesIn(e.running), len(e.running)) == fetch.Slow {
+				e.width = eagerWide
+			}
+			continue
+		}
+		timer := time.NewTimer(max(wait, 0))
+		if e.width >= eagerWide {
+			timer.Stop()
+			timer = time.NewTimer(time.Hour) // only an end frees a place
+		}
+		select {
+		case dg := <-e.ended:
+			delete(e.running, dg)
+			e.pace.Start(time.Now(), bytesIn(e.running))
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// start starts blob d's download unless it is cached or under way; false
+// means to start no more (enough eager downloads run, or the store
+// cannot write).
+func (e *eagerRun) start(d store.Digest) bool {
+	s, rp := e.s, e.rp
+	e.makeRoom()
+	ctx := context.Background()
+	if _, err := s.blobs.StatBlob(ctx, d); err == nil {
+		return true
+	}
+	select {
+	case s.eager.slots <- struct{}{}:
+	default:
+		return false // enough under way; clients fetch the rest as they ask
+	}
+	job := s.blobJob(rp, e.image, d)
+	job.Keep = true // no reader yet: the client's GETs join it
+	onEnd := job.Ended
+	fetchedKey := rp.Name + "/" + e.image + "@" + d.String()
+	job.Ended = func(err error) {
+		if err != nil {
+			s.eager.fetched.Remove(fetchedKey)
+		}
+		<-s.eager.slots
+		e.ended <- d.String()
+		onEnd(err)
+	}
+	dl, leader, err := s.fetches.Join(ctx, job)
+	if err != nil {
+		<-s.eager.slots
+		return false
+	}
+	dl.Release() // no reader here: clients join it
+	if !leader {
+		<-s.eager.slots // already in flight: not ours
+		return true
+	}
+	s.eager.fetched.Add(fetchedKey, struct{}{})
+	e.running[d.String()] = dl
+	e.pace.Start(time.Now(), bytesIn(e.running))
+	s.m.eager.WithLabelValues(rp.Name).Inc()
+	return true
+}
+
 // bytesIn is the bytes on disk of the downloads together.
-func bytesIn(dls map[string]*download) (n int64) {
+func bytesIn(dls map[string]*fetch.Download) (n int64) {
 	for _, dl := range dls {
-		dl.mu.Lock()
-		n += dl.written
-		dl.mu.Unlock()
+		n += dl.Written()
 	}
 	return n
 }

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berth-registry/berth/internal/fetch"
+
 	"github.com/berth-registry/berth/store"
 	"github.com/berth-registry/berth/upstream"
 )
@@ -71,7 +73,7 @@ func (e *regError) withDetail(d any) *regError { e.Detail = d; return e }
 // errUpstreamBroken marks an upstream answer that arrived but cannot be
 // used: a body cut short, bytes that do not match their digest or length,
 // a manifest that does not parse. Clients get 503 UNAVAILABLE naming it.
-var errUpstreamBroken = errors.New("upstream sent a broken answer")
+var errUpstreamBroken = fetch.ErrUpstreamBroken
 
 // diskFull reports an error of a full filesystem (or quota).
 func diskFull(err error) bool {

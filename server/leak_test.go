@@ -88,9 +88,7 @@ func TestNoLeaksUnderMixedTraffic(t *testing.T) {
 	if rp.neg.Len() < n/10 {
 		t.Errorf("negative cache holds %d entries: the 404s were not remembered", rp.neg.Len())
 	}
-	b.srv.fetches.mu.Lock()
-	active := len(b.srv.fetches.active)
-	b.srv.fetches.mu.Unlock()
+	active := b.srv.fetches.Active()
 	b.srv.uploadLimit.mu.Lock()
 	limits := len(b.srv.uploadLimit.n)
 	b.srv.uploadLimit.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/berth-registry/berth/internal/fetch"
 	"github.com/berth-registry/berth/store"
 	"github.com/berth-registry/berth/upstream"
 )
@@ -19,7 +20,7 @@ import (
 // on disk is served from repository R only when R is known to hold it
 // (linked); otherwise an upstream HEAD confirms it first. A HEAD of a
 // blob not on disk asks the upstream; a GET joins (or starts) the one
-// download of that digest and streams from its temp file (fetch.go).
+// download of that digest and streams from its temp file (internal/fetch).
 func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest) error {
 	ctx := r.Context()
 	linked, err := s.blobs.HasLink(ctx, rp.Name+"/"+image, d)
@@ -81,13 +82,13 @@ func (s *Server) proxyBlobHead(w http.ResponseWriter, r *http.Request, rp *repo,
 }
 
 // proxyBlobMiss serves a GET of a blob not on disk from the download of
-// it (fetch.go): the one under way, or one this request starts.
+// it (internal/fetch): the one under way, or one this request starts.
 func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest, linked bool) error {
 	ctx := r.Context()
 	job := s.blobJob(rp, image, d)
-	job.client = clientAddr(r)
-	dl, leader, err := s.fetches.join(ctx, job)
-	if errors.Is(err, errDownloadsFull) {
+	job.Client = clientAddr(r)
+	dl, leader, err := s.fetches.Join(ctx, job)
+	if errors.Is(err, fetch.ErrDownloadsFull) {
 		s.m.refused.WithLabelValues("downloads").Inc()
 		return &regError{Code: codeTooManyRequests, Message: "too many blob downloads under way; try again shortly",
 			Header: http.Header{"Retry-After": {"2"}}}
@@ -96,7 +97,7 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 		// The store cannot even start a temp file: serve from upstream.
 		return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
 	}
-	defer dl.release()
+	defer dl.Release()
 	// Either way the bytes cross the upstream link for this request (or
 	// for the pull in progress, when an eager download started it).
 	result, source := resultMiss, "upstream"
@@ -106,7 +107,7 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 	if !leader {
 		// A download for this same repository proves (or fails) the
 		// blob for it; one for another repository does not.
-		if !linked && dl.repo != rp.Name+"/"+image {
+		if !linked && dl.Repo() != rp.Name+"/"+image {
 			if err := s.confirmBlob(ctx, rp, image, d); err != nil {
 				return err
 			}
@@ -115,12 +116,12 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 	// storeFailed: the download failed because the store could not write;
 	// the client is served from upstream instead.
 	storeFailed := func(err error) error {
-		if errors.Is(err, errStoreWrite) {
+		if errors.Is(err, fetch.ErrStoreWrite) {
 			return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
 		}
 		return err
 	}
-	size, err := dl.wait(ctx)
+	size, err := dl.Wait(ctx)
 	if err != nil {
 		return storeFailed(err)
 	}
@@ -129,7 +130,7 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 	switch {
 	case size < 0:
 		// No Content-Length upstream: serve once complete and verified.
-		if err := dl.waitDone(ctx); err != nil {
+		if err := dl.WaitDone(ctx); err != nil {
 			return storeFailed(err)
 		}
 		f, err := s.blobs.OpenBlob(ctx, d)
@@ -145,20 +146,20 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 		}
 		// Several ranges, or none that fits: answered once the whole blob
 		// is verified, by ServeContent.
-		if err := dl.waitVerified(ctx); err != nil {
+		if err := dl.WaitVerified(ctx); err != nil {
 			return storeFailed(err)
 		}
-		serveBlobFile(w, r, d, dl.reader(ctx, size))
+		serveBlobFile(w, r, d, dl.Reader(ctx, size))
 		return nil
 	}
-	rd := dl.reader(ctx, size)
-	rd.streamTo(w, s.log)
-	if errors.Is(rd.err, errStoreWrite) && rd.off < size {
+	rd := dl.Reader(ctx, size)
+	streamTo(rd, w, s.log)
+	if errors.Is(rd.Err(), fetch.ErrStoreWrite) && rd.Offset() < size {
 		// The store failed mid-blob: finish this response from upstream,
 		// still checking the digest of the whole.
-		h, err := rd.prefixHash()
+		h, err := rd.PrefixHash()
 		if err == nil {
-			err = s.passThrough(w, r, rp, image, d, rd.off, h, true, rd.err)
+			err = s.passThrough(w, r, rp, image, d, rd.Offset(), h, true, rd.Err())
 		}
 		if err != nil {
 			s.log.Warn("pass-through ended early", "repository", rp.Name, "name", image, "digest", d, "err", err)
@@ -166,10 +167,10 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 		}
 		return nil
 	}
-	if rd.err != nil && !errors.Is(rd.err, context.Canceled) {
+	if rd.Err() != nil && !errors.Is(rd.Err(), context.Canceled) {
 		// The body is cut short: abort the connection so the client sees
 		// an error rather than a clean short response.
-		s.log.Warn("blob stream ended early", "repository", rp.Name, "name", image, "digest", d, "err", rd.err)
+		s.log.Warn("blob stream ended early", "repository", rp.Name, "name", image, "digest", d, "err", rd.Err())
 		panic(http.ErrAbortHandler)
 	}
 	return nil
@@ -181,15 +182,15 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 // range's last byte: that one goes out once the whole blob is verified,
 // so a 206 is never complete with wrong bytes (FuzzProxyPromise's rule);
 // a corrupt blob ends the response one byte short.
-func (s *Server) streamRange(w http.ResponseWriter, r *http.Request, rp *repo, image string, dl *download, size, first, last int64) error {
+func (s *Server) streamRange(w http.ResponseWriter, r *http.Request, rp *repo, image string, dl *fetch.Download, size, first, last int64) error {
 	ctx := r.Context()
-	d := dl.want
+	rd := dl.Reader(ctx, size)
+	d := rd.Digest()
 	blobHeaders(w, d)
 	h := w.Header()
 	h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, size))
 	h.Set("Content-Length", strconv.FormatInt(last-first+1, 10))
 	w.WriteHeader(http.StatusPartialContent)
-	rd := dl.reader(ctx, size)
 	rd.Seek(first, io.SeekStart)
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
@@ -197,7 +198,7 @@ func (s *Server) streamRange(w http.ResponseWriter, r *http.Request, rp *repo, i
 	if err == nil {
 		// What is buffered goes out while the rest of the blob arrives.
 		http.NewResponseController(w).Flush()
-		err = dl.waitVerified(ctx)
+		err = dl.WaitVerified(ctx)
 	}
 	if err == nil {
 		_, err = io.CopyN(w, rd, 1)
@@ -244,17 +245,17 @@ func singleRange(v string, size int64) (first, last int64, ok bool) {
 
 // blobJob is the download of blob d of image from rp's upstream: linked
 // to the image when stored, counted and logged when it ends.
-func (s *Server) blobJob(rp *repo, image string, d store.Digest) fetchJob {
+func (s *Server) blobJob(rp *repo, image string, d store.Digest) fetch.Job {
 	limit := s.blobLimit(rp.Name+"/"+image, d)
-	return s.rangeJob(fetchJob{
-		want:  d,
-		fetch: limitFetch(s.blobFetcher(rp, image, d), limit),
-		link:  store.Link{Repo: rp.Name + "/" + image, Kind: store.LinkFetched},
-		resumed: func() {
+	return s.rangeJob(fetch.Job{
+		Want:  d,
+		Fetch: limitFetch(s.blobFetcher(rp, image, d), limit),
+		Link:  store.Link{Repo: rp.Name + "/" + image, Kind: store.LinkFetched},
+		Resumed: func() {
 			s.m.resumed.WithLabelValues(rp.Name).Inc()
 			s.log.Info("upstream blob stream broke; resumed from the last byte on disk", "repository", rp.Name, "name", image, "digest", d)
 		},
-		ended: func(err error) {
+		Ended: func(err error) {
 			switch {
 			case err == nil:
 			case errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch):
@@ -271,14 +272,14 @@ func (s *Server) blobJob(rp *repo, image string, d store.Digest) fetchJob {
 
 // rangeJob adds rp's parallel byte ranges to job, unless rp fetches one
 // stream per blob or its upstream did not answer ranges as asked.
-func (s *Server) rangeJob(job fetchJob, rp *repo, image string, d store.Digest) fetchJob {
+func (s *Server) rangeJob(job fetch.Job, rp *repo, image string, d store.Digest) fetch.Job {
 	rf := rp.RangeFetch
 	if rf.Parallel < 2 || rf.Min <= 0 || rf.Chunk <= 0 || rp.noRanges.Load() {
 		return job
 	}
-	job.ranges = rangePlan{min: rf.Min, chunk: rf.Chunk, parallel: rf.Parallel, ramp: rf.Ramp, slowRate: rf.SlowRate}
-	job.fetchRange = limitRanges(s.blobRanges(rp, image, d), s.blobLimit(rp.Name+"/"+image, d))
-	job.noRanges = func() {
+	job.Ranges = fetch.RangePlan{Min: rf.Min, Chunk: rf.Chunk, Parallel: rf.Parallel, Ramp: rf.Ramp, SlowRate: rf.SlowRate}
+	job.FetchRange = limitRanges(s.blobRanges(rp, image, d), s.blobLimit(rp.Name+"/"+image, d))
+	job.NoRanges = func() {
 		if !rp.noRanges.Swap(true) {
 			s.log.Info("upstream does not answer byte ranges as asked; blobs come as one stream from now on",
 				"repository", rp.Name, "name", image, "digest", d)
@@ -293,11 +294,11 @@ type blobLocator interface {
 	BlobAt(ctx context.Context, image, location string, start, end int64) (*http.Response, error)
 }
 
-// blobRanges returns the rangeFunc of blob d of image. When the registry
+// blobRanges returns the fetch.RangeFunc of blob d of image. When the registry
 // redirects the first range (to a CDN or a bucket), later ranges go
 // straight to where it pointed, and through the registry again when that
 // URL is refused (a signed URL that expired answers 401 or 403).
-func (s *Server) blobRanges(rp *repo, image string, d store.Digest) rangeFunc {
+func (s *Server) blobRanges(rp *repo, image string, d store.Digest) fetch.RangeFunc {
 	var mu sync.Mutex      // guards location
 	var resolve sync.Mutex // one range at a time asks the registry again
 	location := ""         // where the registry redirected the blob
@@ -339,7 +340,7 @@ func (s *Server) blobRanges(rp *repo, image string, d store.Digest) rangeFunc {
 		if errors.As(err, &ue) && ue.StatusCode == http.StatusRequestedRangeNotSatisfiable {
 			// Refusing bytes 0 to min-1 of a shorter blob instead of
 			// cutting the range at its end (as RFC 9110 asks).
-			return nil, -1, false, fmt.Errorf("%w: %w", errNoRanges, err)
+			return nil, -1, false, fmt.Errorf("%w: %w", fetch.ErrNoRanges, err)
 		}
 		if err != nil {
 			return nil, -1, false, err
@@ -358,13 +359,13 @@ func (s *Server) blobRanges(rp *repo, image string, d store.Digest) rangeFunc {
 			return body, total, true, nil
 		}
 		body.Close()
-		return nil, -1, false, fmt.Errorf("%w: asked for bytes %d-%d, got %d with Content-Range %q", errNoRanges, start, end, resp.StatusCode, cr)
+		return nil, -1, false, fmt.Errorf("%w: asked for bytes %d-%d, got %d with Content-Range %q", fetch.ErrNoRanges, start, end, resp.StatusCode, cr)
 	}
 }
 
 // blobFetcher returns the function that GETs blob d of image upstream,
 // from an offset when a broken download resumes, counting the bytes.
-func (s *Server) blobFetcher(rp *repo, image string, d store.Digest) fetchFunc {
+func (s *Server) blobFetcher(rp *repo, image string, d store.Digest) fetch.Func {
 	return func(ctx context.Context, offset, total int64) (io.ReadCloser, int64, error) {
 		end := int64(-1)
 		if offset > 0 && total > 0 {

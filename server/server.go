@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/berth-registry/berth/internal/fetch"
 	"github.com/berth-registry/berth/internal/lru"
 	"github.com/berth-registry/berth/internal/reghost"
 	"github.com/prometheus/client_golang/prometheus"
@@ -72,7 +73,7 @@ type Repository struct {
 	// layers as soon as the manifest is served (eager.go).
 	EagerLayers bool
 	// RangeFetch fetches big blobs from upstream as parallel byte ranges
-	// (fetch_ranges.go); Parallel < 2 fetches one stream per blob.
+	// (internal/fetch); Parallel < 2 fetches one stream per blob.
 	RangeFetch RangeFetch
 
 	AnonymousPull bool
@@ -158,7 +159,7 @@ type Server struct {
 	ops         opsStore
 	log         *slog.Logger
 	m           *metrics
-	fetches     *fetchGroup
+	fetches     *fetch.Group
 	flight      singleflight.Group
 	committing  sync.Map       // "<path>@<ref>" → *pendingManifest (proxy_manifest.go)
 	commits     sync.WaitGroup // manifest commits under way
@@ -248,19 +249,10 @@ func New(opts Options) (*Server, error) {
 	for _, rp := range s.order {
 		s.m.initRepository(rp.Name, rp.Kind == KindProxy)
 	}
-	s.fetches = newFetchGroup(opts.FetchTimeout, func(ctx context.Context, alg string) (tempBlob, error) {
-		return s.blobs.NewBlobWriter(ctx, alg)
-	}, s.m.inflight.Inc, s.m.inflight.Dec)
-	s.fetches.spawn = s.goSafe
-	if opts.MaxDownloads > 0 {
-		s.fetches.maxActive = opts.MaxDownloads
-	}
-	if opts.MaxDownloadsPerClient > 0 {
-		s.fetches.perClient = opts.MaxDownloadsPerClient
-	}
-	if opts.AbandonGrace > 0 {
-		s.fetches.grace = opts.AbandonGrace
-	}
+	s.fetches = fetch.NewGroup(fetch.Config{Timeout: opts.FetchTimeout, Spawn: s.goSafe,
+		NewTemp: func(ctx context.Context, alg string) (fetch.TempBlob, error) { return s.blobs.NewBlobWriter(ctx, alg) },
+		OnStart: s.m.inflight.Inc, OnEnd: s.m.inflight.Dec,
+		MaxActive: opts.MaxDownloads, PerClient: opts.MaxDownloadsPerClient, Grace: opts.AbandonGrace})
 	return s, nil
 }
 

@@ -186,9 +186,7 @@ func newTestBerth(t *testing.T, up *fakeUpstream, opts ...berthOpt) *testBerth {
 func waitNoDownloads(t *testing.T, s *Server) {
 	s.commits.Wait() // manifest commits too
 	for i := 0; i < 500; i++ {
-		s.fetches.mu.Lock()
-		n := len(s.fetches.active)
-		s.fetches.mu.Unlock()
+		n := s.fetches.Active()
 		if n == 0 {
 			return
 		}

@@ -1,4 +1,4 @@
-package server
+package fetch
 
 import (
 	"bytes"
@@ -14,42 +14,42 @@ import (
 )
 
 // storeTemps makes a download's temp files in st.
-func storeTemps(st *store.Store) func(ctx context.Context, alg string) (tempBlob, error) {
-	return func(ctx context.Context, alg string) (tempBlob, error) { return st.NewBlobWriter(ctx, alg) }
+func storeTemps(st *store.Store) func(ctx context.Context, alg string) (TempBlob, error) {
+	return func(ctx context.Context, alg string) (TempBlob, error) { return st.NewBlobWriter(ctx, alg) }
 }
 
 // slowCommit is a temp file whose Commit waits until release is closed.
 type slowCommit struct {
-	tempBlob
+	TempBlob
 	release chan struct{}
 }
 
 func (c slowCommit) Commit(ctx context.Context, want store.Digest, size int64, links ...store.Link) (store.BlobInfo, error) {
 	<-c.release
-	return c.tempBlob.Commit(ctx, want, size, links...)
+	return c.TempBlob.Commit(ctx, want, size, links...)
 }
 
 // startDownload joins a download of blob whose commit blocks until
 // release is closed, and whose body is body.
-func startDownload(t *testing.T, blob, body []byte, release chan struct{}) (*download, chan error) {
+func startDownload(t *testing.T, blob, body []byte, release chan struct{}) (*Download, chan error) {
 	t.Helper()
 	st := storetest.Open(t)
-	g := newFetchGroup(time.Minute, func(ctx context.Context, alg string) (tempBlob, error) {
+	g := NewGroup(Config{Timeout: time.Minute, NewTemp: func(ctx context.Context, alg string) (TempBlob, error) {
 		w, err := st.NewBlobWriter(ctx, alg)
 		return slowCommit{w, release}, err
-	}, nil, nil)
+	}})
 	committed := make(chan error, 1)
-	dl, _, err := g.join(context.Background(), fetchJob{
-		want: store.DigestOf(blob),
-		fetch: func(ctx context.Context, _, _ int64) (io.ReadCloser, int64, error) {
+	dl, _, err := g.Join(context.Background(), Job{
+		Want: store.DigestOf(blob),
+		Fetch: func(ctx context.Context, _, _ int64) (io.ReadCloser, int64, error) {
 			return io.NopCloser(bytes.NewReader(body)), int64(len(body)), nil
 		},
-		ended: func(err error) { committed <- err },
+		Ended: func(err error) { committed <- err },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(dl.release)
+	t.Cleanup(dl.Release)
 	return dl, committed
 }
 
@@ -62,7 +62,7 @@ func TestReadersFinishBeforeCommit(t *testing.T) {
 	dl, _ := startDownload(t, blob, blob, release)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	got, err := io.ReadAll(dl.reader(ctx, int64(len(blob))))
+	got, err := io.ReadAll(dl.Reader(ctx, int64(len(blob))))
 	if err != nil || !bytes.Equal(got, blob) {
 		t.Fatalf("read %d bytes, %v, before the commit finished", len(got), err)
 	}
@@ -84,9 +84,9 @@ func TestUnverifiedLastByteHeld(t *testing.T) {
 			dl, committed := startDownload(t, blob, body, release)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			rd := dl.reader(ctx, int64(len(body)))
+			rd := dl.Reader(ctx, int64(len(body)))
 			got, err := io.ReadAll(rd)
-			if !errors.Is(err, errDownloadFailed) || !errors.Is(err, store.ErrDigestMismatch) {
+			if !errors.Is(err, ErrDownloadFailed) || !errors.Is(err, store.ErrDigestMismatch) {
 				t.Fatalf("read error %v, want the digest mismatch", err)
 			}
 			if len(body) > 0 && len(got) != len(body)-1 {
@@ -105,30 +105,30 @@ func TestUnverifiedLastByteHeld(t *testing.T) {
 // fullDisk is a temp file on a disk that fills up after room bytes, or
 // whose commit fails.
 type fullDisk struct {
-	tempBlob
+	TempBlob
 	room      int64
 	commitErr error
 }
 
 func (f *fullDisk) Write(p []byte) (int, error) {
 	if int64(len(p)) > f.room {
-		n, _ := f.tempBlob.Write(p[:f.room])
+		n, _ := f.TempBlob.Write(p[:f.room])
 		f.room = 0
 		return n, syscall.ENOSPC
 	}
 	f.room -= int64(len(p))
-	return f.tempBlob.Write(p)
+	return f.TempBlob.Write(p)
 }
 
 func (f *fullDisk) Commit(ctx context.Context, want store.Digest, size int64, links ...store.Link) (store.BlobInfo, error) {
 	if f.commitErr != nil {
 		return store.BlobInfo{}, f.commitErr
 	}
-	return f.tempBlob.Commit(ctx, want, size, links...)
+	return f.TempBlob.Commit(ctx, want, size, links...)
 }
 
 // TestDownloadOnFailingDisk: a disk that fills mid-blob ends every reader
-// with errStoreWrite (their cue to pass the upstream through) after a
+// with ErrStoreWrite (their cue to pass the upstream through) after a
 // correct prefix of what was written; a commit that fails after verification does
 // not take back the verified bytes readers already have, and the failure
 // reaches the download's end.
@@ -143,26 +143,26 @@ func TestDownloadOnFailingDisk(t *testing.T) {
 
 	t.Run("full mid-blob", func(t *testing.T) {
 		st := storetest.Open(t)
-		g := newFetchGroup(time.Minute, func(ctx context.Context, alg string) (tempBlob, error) {
+		g := NewGroup(Config{Timeout: time.Minute, NewTemp: func(ctx context.Context, alg string) (TempBlob, error) {
 			w, err := st.NewBlobWriter(ctx, alg)
-			return &fullDisk{tempBlob: w, room: 300_000}, err
-		}, nil, nil)
+			return &fullDisk{TempBlob: w, room: 300_000}, err
+		}})
 		ended := make(chan error, 1)
-		dl, _, err := g.join(ctx, fetchJob{want: d, fetch: body, ended: func(err error) { ended <- err }})
+		dl, _, err := g.Join(ctx, Job{Want: d, Fetch: body, Ended: func(err error) { ended <- err }})
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer dl.release()
-		got, err := io.ReadAll(dl.reader(ctx, int64(len(blob))))
-		if !errors.Is(err, errStoreWrite) || !errors.Is(err, syscall.ENOSPC) {
-			t.Fatalf("reader error %v, want errStoreWrite with ENOSPC", err)
+		defer dl.Release()
+		got, err := io.ReadAll(dl.Reader(ctx, int64(len(blob))))
+		if !errors.Is(err, ErrStoreWrite) || !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("reader error %v, want ErrStoreWrite with ENOSPC", err)
 		}
 		// Readers see whole chunks that reached the disk: a prefix of
 		// the blob, never past what fitted.
 		if len(got) == 0 || len(got) > 300_000 || !bytes.Equal(got, blob[:len(got)]) {
 			t.Fatalf("reader got %d bytes, want a prefix of the 300000 written", len(got))
 		}
-		if err := <-ended; !errors.Is(err, errStoreWrite) {
+		if err := <-ended; !errors.Is(err, ErrStoreWrite) {
 			t.Fatalf("download ended with %v", err)
 		}
 		if _, err := st.StatBlob(ctx, d); !store.IsNotFound(err) {
@@ -172,23 +172,23 @@ func TestDownloadOnFailingDisk(t *testing.T) {
 
 	t.Run("commit fails", func(t *testing.T) {
 		st := storetest.Open(t)
-		g := newFetchGroup(time.Minute, func(ctx context.Context, alg string) (tempBlob, error) {
+		g := NewGroup(Config{Timeout: time.Minute, NewTemp: func(ctx context.Context, alg string) (TempBlob, error) {
 			w, err := st.NewBlobWriter(ctx, alg)
-			return &fullDisk{tempBlob: w, room: 1 << 30, commitErr: syscall.EIO}, err
-		}, nil, nil)
+			return &fullDisk{TempBlob: w, room: 1 << 30, commitErr: syscall.EIO}, err
+		}})
 		ended := make(chan error, 1)
-		dl, _, err := g.join(ctx, fetchJob{want: d, fetch: body, ended: func(err error) { ended <- err }})
+		dl, _, err := g.Join(ctx, Job{Want: d, Fetch: body, Ended: func(err error) { ended <- err }})
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer dl.release()
+		defer dl.Release()
 		if err := <-ended; !errors.Is(err, syscall.EIO) {
 			t.Fatalf("download ended with %v, want the commit's EIO", err)
 		}
-		if err := dl.waitVerified(ctx); err != nil {
+		if err := dl.WaitVerified(ctx); err != nil {
 			t.Fatalf("verified bytes taken back after a failed commit: %v", err)
 		}
-		got, err := io.ReadAll(dl.reader(ctx, int64(len(blob))))
+		got, err := io.ReadAll(dl.Reader(ctx, int64(len(blob))))
 		if err != nil || !bytes.Equal(got, blob) {
 			t.Fatalf("read %d bytes, %v", len(got), err)
 		}

@@ -1,4 +1,4 @@
-package server
+package fetch
 
 import (
 	"context"
@@ -33,34 +33,25 @@ import (
 // and the blob continues as one stream: from the 200 itself when it came
 // first, else from the first byte not on disk.
 
-// rangePlan is how a download cuts a blob into ranges.
-type rangePlan struct {
-	min      int64         // blobs longer than this are fetched in ranges; the first range is bytes 0 to min-1
-	chunk    int64         // the size of every later range
-	parallel int           // streams at once; < 2: one stream
-	ramp     time.Duration // the window the first range is judged in, while it runs alone...
-	slowRate float64       // ...slow under this many bytes a second (two windows); 0: parallel at once
+// RangePlan is how a download cuts a blob into ranges.
+type RangePlan struct {
+	Min      int64         // blobs longer than this are fetched in ranges; the first range is bytes 0 to Min-1
+	Chunk    int64         // the size of every later range
+	Parallel int           // streams at once; < 2: one stream
+	Ramp     time.Duration // the window the first range is judged in, while it runs alone...
+	SlowRate float64       // ...slow under this many bytes a second (two windows); 0: parallel at once
 }
 
-// pace is what a ranged download judged its path to be.
-type pace int
-
-const (
-	paceUnjudged pace = iota
-	paceFast          // one stream fetches the rest
-	paceSlow          // parallel streams fetch a chunk each
-)
-
-// rangeFunc GETs bytes start to end (inclusive) of the blob. With ranged
+// RangeFunc GETs bytes start to end (inclusive) of the blob. With ranged
 // true, body is a 206 that holds exactly those bytes (end cut to total-1)
 // and total is the blob's length. With ranged false and no error the
 // upstream ignored the Range header: body is the whole blob, total its
-// Content-Length (-1 unknown). errNoRanges: the answer was neither.
-type rangeFunc func(ctx context.Context, start, end int64) (body io.ReadCloser, total int64, ranged bool, err error)
+// Content-Length (-1 unknown). ErrNoRanges: the answer was neither.
+type RangeFunc func(ctx context.Context, start, end int64) (body io.ReadCloser, total int64, ranged bool, err error)
 
-// errNoRanges: the upstream's answer to a range request was not the range
+// ErrNoRanges: the upstream's answer to a range request was not the range
 // asked for.
-var errNoRanges = errors.New("upstream did not answer the byte range asked for")
+var ErrNoRanges = errors.New("upstream did not answer the byte range asked for")
 
 // errRangesFallback ends a range worker whose upstream stopped answering
 // ranges: the rest of the blob comes as one stream.
@@ -75,30 +66,26 @@ type piece struct {
 
 // rangedRun is the state of one ranged download, guarded by d.mu.
 type rangedRun struct {
-	d      *download
-	job    fetchJob
-	total  int64
-	pieces []*piece
-	head   int // the first piece not complete
-	live   int // workers running
-	pace   pace
-	// The window the pace is being judged in: since when, from how many
-	// bytes on disk, and how many windows before it were slow.
-	window      time.Time
-	windowFrom  int64
-	slowWindows int
-	fallback    bool
-	err         error
-	cancel      context.CancelFunc
+	d        *Download
+	job      Job
+	total    int64
+	pieces   []*piece
+	head     int     // the first piece not complete
+	live     int     // workers running
+	pace     Verdict // Fast: one stream fetches the rest; Slow: parallel streams a chunk each
+	judged   Pace    // the first range's windows
+	fallback bool
+	err      error
+	cancel   context.CancelFunc
 }
 
 // ranged fetches the blob in ranges when the upstream answers the first
 // one as asked, else as one stream.
-func (d *download) ranged(ctx context.Context, job fetchJob) error {
-	plan := job.ranges
-	body, total, ranged, err := job.fetchRange(ctx, 0, plan.min-1)
+func (d *Download) ranged(ctx context.Context, job Job) error {
+	plan := job.Ranges
+	body, total, ranged, err := job.FetchRange(ctx, 0, plan.Min-1)
 	switch {
-	case errors.Is(err, errNoRanges):
+	case errors.Is(err, ErrNoRanges):
 		d.noRanges(job)
 		return d.stream(ctx, job, nil, -1)
 	case err != nil:
@@ -107,13 +94,13 @@ func (d *download) ranged(ctx context.Context, job fetchJob) error {
 	case !ranged:
 		d.noRanges(job)
 		return d.stream(ctx, job, body, total)
-	case total <= plan.min:
+	case total <= plan.Min:
 		return d.stream(ctx, job, body, total) // the whole blob is in this answer
 	}
 
-	r := &rangedRun{d: d, job: job, total: total, pieces: []*piece{{start: 0, end: plan.min, claimed: true}}}
-	for off := plan.min; off < total; off += plan.chunk {
-		r.pieces = append(r.pieces, &piece{start: off, end: min(off+plan.chunk, total)})
+	r := &rangedRun{d: d, job: job, total: total, pieces: []*piece{{start: 0, end: plan.Min, claimed: true}}}
+	for off := plan.Min; off < total; off += plan.Chunk {
+		r.pieces = append(r.pieces, &piece{start: off, end: min(off+plan.Chunk, total)})
 	}
 	ctx, r.cancel = context.WithCancel(ctx)
 	defer r.cancel()
@@ -130,31 +117,32 @@ func (d *download) ranged(ctx context.Context, job fetchJob) error {
 			body = nil
 			d.g.spawn("blob range download", func() {
 				defer wg.Done()
-				err := errDownloadPanicked
+				err := ErrDownloadPanicked
 				defer func() { r.exit(err) }()
 				err = r.work(ctx, first, at)
 			})
 		}
 	}
-	workers := min(plan.parallel, len(r.pieces))
+	workers := min(plan.Parallel, len(r.pieces))
 	d.update(func() { d.started, d.size = true, total })
 	var judge <-chan time.Time
-	if plan.slowRate <= 0 || plan.ramp <= 0 {
-		r.pace = paceSlow
+	if plan.SlowRate <= 0 || plan.Ramp <= 0 {
+		r.pace = Slow
 		start(workers, body)
 	} else {
-		r.window = time.Now() // the first window: from the first answer
+		r.judged = Pace{SlowRate: plan.SlowRate, SlowWindows: 2}
+		r.judged.Start(time.Now(), 0) // the first window: from the first answer
 		start(1, body)
-		t := time.NewTicker(plan.ramp)
+		t := time.NewTicker(plan.Ramp)
 		defer t.Stop()
 		judge = t.C
 	}
 	err = r.absorbAll(ctx, judge, func() bool {
 		p := r.judge()
-		if p == paceSlow {
+		if p == Slow {
 			start(workers-1, nil)
 		}
-		return p != paceUnjudged
+		return p != Unjudged
 	})
 	wg.Wait()
 	if err != nil {
@@ -169,9 +157,9 @@ func (d *download) ranged(ctx context.Context, job fetchJob) error {
 }
 
 // noRanges tells the job's owner that ranges did not work.
-func (d *download) noRanges(job fetchJob) {
-	if job.noRanges != nil {
-		job.noRanges()
+func (d *Download) noRanges(job Job) {
+	if job.NoRanges != nil {
+		job.NoRanges()
 	}
 }
 
@@ -179,24 +167,13 @@ func (d *download) noRanges(job fetchJob) {
 // unless its worker settled it already (its range ended first: fast).
 // One window at slowRate or more is fast; two in a row under it are slow
 // (one is not enough: on a busy machine a fast path can start slowly).
-func (r *rangedRun) judge() pace {
+func (r *rangedRun) judge() Verdict {
 	d := r.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if r.pace != paceUnjudged {
-		return r.pace
+	if r.pace == Unjudged {
+		r.pace = r.judged.Judge(time.Now(), d.written, 1)
 	}
-	now := time.Now()
-	rate := float64(d.written-r.windowFrom) / now.Sub(r.window).Seconds()
-	switch {
-	case rate >= r.job.ranges.slowRate:
-		r.pace = paceFast
-	case r.slowWindows == 1:
-		r.pace = paceSlow
-	default:
-		r.slowWindows++
-	}
-	r.window, r.windowFrom = now, d.written
 	return r.pace
 }
 
@@ -213,7 +190,7 @@ func (r *rangedRun) absorbAll(ctx context.Context, judge <-chan time.Time, judge
 			return err
 		}
 		if aerr := d.w.Absorb(written); aerr != nil {
-			err := fmt.Errorf("%w: %w", errStoreWrite, aerr) // readers pass the upstream through
+			err := fmt.Errorf("%w: %w", ErrStoreWrite, aerr) // readers pass the upstream through
 			r.fail(err)
 			return err
 		}
@@ -268,15 +245,15 @@ func (r *rangedRun) claim() (i, j int) {
 	if r.fallback || r.err != nil {
 		return -1, -1
 	}
-	if r.pace == paceUnjudged {
-		r.pace = paceFast
+	if r.pace == Unjudged {
+		r.pace = Fast
 	}
 	for i, p := range r.pieces {
 		if p.claimed {
 			continue
 		}
 		j := i + 1
-		for r.pace == paceFast && j < len(r.pieces) && !r.pieces[j].claimed {
+		for r.pace == Fast && j < len(r.pieces) && !r.pieces[j].claimed {
 			j++
 		}
 		for _, q := range r.pieces[i:j] {
@@ -327,12 +304,12 @@ func (r *rangedRun) fill(ctx context.Context, i, j int, body io.ReadCloser, buf 
 			continue
 		}
 		if body == nil {
-			b, total, ranged, err := r.job.fetchRange(ctx, from, last-1)
+			b, total, ranged, err := r.job.FetchRange(ctx, from, last-1)
 			switch {
 			case err == nil && (!ranged || total != r.total):
 				b.Close()
 				fallthrough
-			case errors.Is(err, errNoRanges):
+			case errors.Is(err, ErrNoRanges):
 				d.noRanges(r.job)
 				d.update(func() { r.fallback = true })
 				return errRangesFallback
@@ -344,7 +321,7 @@ func (r *rangedRun) fill(ctx context.Context, i, j int, body io.ReadCloser, buf 
 		n, rerr := body.Read(buf[:min(int64(len(buf)), p.end-from)])
 		if n > 0 {
 			if _, err := d.w.WriteAt(buf[:n], from); err != nil {
-				return fmt.Errorf("%w: %w", errStoreWrite, err)
+				return fmt.Errorf("%w: %w", ErrStoreWrite, err)
 			}
 			r.progress(p, int64(n))
 		}
@@ -357,11 +334,11 @@ func (r *rangedRun) fill(ctx context.Context, i, j int, body io.ReadCloser, buf 
 		body.Close()
 		body = nil
 		if resumes == maxResumes || ctx.Err() != nil {
-			return fmt.Errorf("%w: reading bytes %d-%d of the blob: %w", errUpstreamBroken, p.start, last-1, rerr)
+			return fmt.Errorf("%w: reading bytes %d-%d of the blob: %w", ErrUpstreamBroken, p.start, last-1, rerr)
 		}
 		resumes++
-		if r.job.resumed != nil {
-			r.job.resumed()
+		if r.job.Resumed != nil {
+			r.job.Resumed()
 		}
 	}
 	return nil

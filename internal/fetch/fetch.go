@@ -1,4 +1,4 @@
-package server
+package fetch
 
 import (
 	"context"
@@ -6,17 +6,14 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"log/slog"
-	"net/http"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/berth-registry/berth/store"
 )
 
-// fetchGroup decides how upstream blob downloads are shared: at most one
+// Group decides how upstream blob downloads are shared: at most one
 // download per digest is under way; every request for that digest, the
 // first and any later one, reads from the same growing temp file as bytes
 // arrive. The download runs on a detached context bounded by timeout, so it
@@ -26,12 +23,12 @@ import (
 // a corrupt download ends every reader with an error, one byte short, so no
 // client ever receives a complete wrong blob. Once verified, readers may
 // finish while the blob is made durable and entered in the index.
-type fetchGroup struct {
+type Group struct {
 	timeout time.Duration
-	newTemp func(ctx context.Context, alg string) (tempBlob, error)
+	newTemp func(ctx context.Context, alg string) (TempBlob, error)
 	onStart func()
 	onEnd   func()
-	spawn   func(where string, f func()) // starts the download goroutine (Server.goSafe)
+	spawn   func(where string, f func()) // starts the download goroutine
 
 	// Bounds: downloads under way in all (maxActive), started by one
 	// client (perClient), and how long one that nobody needs any more
@@ -40,39 +37,79 @@ type fetchGroup struct {
 	grace                time.Duration
 
 	mu       sync.Mutex
-	active   map[string]*download
+	active   map[string]*Download
 	byClient map[string]int // downloads under way per client that started them
 }
 
-// errDownloadsFull is join's answer when a bound on downloads under way
+// ErrDownloadsFull is join's answer when a bound on downloads under way
 // is reached: the client gets 429 and others are still served.
-var errDownloadsFull = errors.New("too many blob downloads under way")
+var ErrDownloadsFull = errors.New("too many blob downloads under way")
 
-// newFetchGroup returns a fetchGroup whose downloads write into temp
-// files made by newTemp and end within timeout. onStart and onEnd (may be
-// nil) are told when a download begins and ends.
-func newFetchGroup(timeout time.Duration, newTemp func(ctx context.Context, alg string) (tempBlob, error), onStart, onEnd func()) *fetchGroup {
-	if onStart == nil {
-		onStart = func() {}
-	}
-	if onEnd == nil {
-		onEnd = func() {}
-	}
-	return &fetchGroup{timeout: timeout, newTemp: newTemp, onStart: onStart, onEnd: onEnd, active: map[string]*download{},
-		byClient: map[string]int{}, maxActive: defaultMaxDownloads, perClient: defaultMaxDownloadsPerClient, grace: defaultAbandonGrace,
-		spawn: func(_ string, f func()) { go f() }}
+// Config is what a Group is made of.
+type Config struct {
+	// Timeout bounds one download (zero: an hour).
+	Timeout time.Duration
+	// NewTemp makes the temp file a download writes.
+	NewTemp func(ctx context.Context, alg string) (TempBlob, error)
+	// OnStart and OnEnd are told when a download begins and ends (may be
+	// nil).
+	OnStart, OnEnd func()
+	// Spawn starts a download's goroutine (nil: go f()); the caller's
+	// guard recovers panics.
+	Spawn func(where string, f func())
+	// MaxActive and PerClient bound the downloads under way, in all and
+	// started by one client; Grace is how long one that nobody needs any
+	// more goes on. Zero: the defaults below.
+	MaxActive, PerClient int
+	Grace                time.Duration
 }
 
-// Default bounds of a fetchGroup (Options.MaxDownloads and friends).
+// NewGroup returns a Group made of c.
+func NewGroup(c Config) *Group {
+	g := &Group{timeout: c.Timeout, newTemp: c.NewTemp, onStart: c.OnStart, onEnd: c.OnEnd, spawn: c.Spawn,
+		maxActive: c.MaxActive, perClient: c.PerClient, grace: c.Grace,
+		active: map[string]*Download{}, byClient: map[string]int{}}
+	if g.timeout <= 0 {
+		g.timeout = time.Hour
+	}
+	if g.onStart == nil {
+		g.onStart = func() {}
+	}
+	if g.onEnd == nil {
+		g.onEnd = func() {}
+	}
+	if g.spawn == nil {
+		g.spawn = func(_ string, f func()) { go f() }
+	}
+	if g.maxActive <= 0 {
+		g.maxActive = DefaultMaxDownloads
+	}
+	if g.perClient <= 0 {
+		g.perClient = DefaultMaxDownloadsPerClient
+	}
+	if g.grace <= 0 {
+		g.grace = DefaultAbandonGrace
+	}
+	return g
+}
+
+// Default bounds of a Group.
 const (
-	defaultMaxDownloads          = 256
-	defaultMaxDownloadsPerClient = 32
-	defaultAbandonGrace          = 10 * time.Second
+	DefaultMaxDownloads          = 256
+	DefaultMaxDownloadsPerClient = 32
+	DefaultAbandonGrace          = 10 * time.Second
 )
 
-// tempBlob is the file a download writes and its readers follow: what the
+// Active is the number of downloads under way.
+func (g *Group) Active() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.active)
+}
+
+// TempBlob is the file a download writes and its readers follow: what the
 // download needs of store.BlobWriter.
-type tempBlob interface {
+type TempBlob interface {
 	io.Writer // appends, hashing
 	io.ReaderAt
 	// WriteAt writes past the hashed part without hashing; Absorb(end)
@@ -89,56 +126,60 @@ type tempBlob interface {
 	Close() error
 }
 
-var _ tempBlob = (*store.BlobWriter)(nil)
+var _ TempBlob = (*store.BlobWriter)(nil)
 
-// fetchFunc starts the upstream transfer from byte offset on (0: the whole
+// Func starts the upstream transfer from byte offset on (0: the whole
 // blob) of a blob total bytes long (-1 when not known yet): it returns the
 // body, positioned at offset, and the blob's length (-1 when unknown).
-type fetchFunc func(ctx context.Context, offset, total int64) (body io.ReadCloser, size int64, err error)
+type Func func(ctx context.Context, offset, total int64) (body io.ReadCloser, size int64, err error)
 
 // maxResumes bounds how often one download continues after its upstream
 // stream broke.
 const maxResumes = 3
 
-// fetchJob is one blob to download: where its bytes come from, the link
+// Job is one blob to download: where its bytes come from, the link
 // recorded when it is stored, and whom to tell how it ended.
-type fetchJob struct {
-	want    store.Digest
-	fetch   fetchFunc
-	link    store.Link  // recorded with the blob when it commits
-	ended   func(error) // told the result once (metrics, logs); may be nil
-	resumed func()      // told each time a broken stream continues; may be nil
+type Job struct {
+	Want    store.Digest
+	Fetch   Func
+	Link    store.Link  // recorded with the blob when it commits
+	Ended   func(error) // told the result once (metrics, logs); may be nil
+	Resumed func()      // told each time a broken stream continues; may be nil
 
-	// Parallel byte ranges (fetch_ranges.go): used when fetchRange is
-	// set and ranges.parallel > 1.
-	ranges     rangePlan
-	fetchRange rangeFunc
-	noRanges   func() // told when the upstream answered a range request otherwise; may be nil
+	// Parallel byte ranges (ranges.go): used when FetchRange is set and
+	// Ranges.Parallel > 1.
+	Ranges     RangePlan
+	FetchRange RangeFunc
+	NoRanges   func() // told when the upstream answered a range request otherwise; may be nil
 
-	// client started the download (its address; "" for berth's own
-	// work), counted against the per-client bound. keep: the download is
+	// Client started the download (its address; "" for berth's own
+	// work), counted against the per-client bound. Keep: the download is
 	// wanted without a reader (eager layers), so it is not cancelled
 	// when its last reader leaves.
-	client string
-	keep   bool
+	Client string
+	Keep   bool
 }
 
-// errDownloadPanicked is a download's result when its goroutine panicked.
-var errDownloadPanicked = errors.New("download panicked")
+// ErrUpstreamBroken marks an upstream answer that arrived but cannot be
+// used: a body cut short, bytes that do not match their digest or length.
+var ErrUpstreamBroken = errors.New("upstream sent a broken answer")
 
-// errDownloadFailed ends readers of a download that failed.
-var errDownloadFailed = errors.New("upstream download failed")
+// ErrDownloadPanicked is a download's result when its goroutine panicked.
+var ErrDownloadPanicked = errors.New("download panicked")
 
-// errStoreWrite marks a download that failed because the store could not
+// ErrDownloadFailed ends readers of a download that failed.
+var ErrDownloadFailed = errors.New("upstream download failed")
+
+// ErrStoreWrite marks a download that failed because the store could not
 // write (disk full, I/O error): readers fall back to passing the upstream
 // through.
-var errStoreWrite = errors.New("store write failed")
+var ErrStoreWrite = errors.New("store write failed")
 
 // download is one upstream transfer into one temp file.
-type download struct {
-	g    *fetchGroup
+type Download struct {
+	g    *Group
 	want store.Digest
-	w    tempBlob
+	w    TempBlob
 	repo string // the repository path the download is for (its link)
 
 	mu       sync.Mutex
@@ -157,65 +198,65 @@ type download struct {
 	ended    bool               // finish ran; guarded by g.mu
 }
 
-// join returns the download of job.want, starting job when none is under
+// join returns the download of job.Want, starting job when none is under
 // way. leader is true for the caller that started it. The caller must call
 // release when done reading. An error means no temp file could be made
 // (the store cannot write).
-func (g *fetchGroup) join(ctx context.Context, job fetchJob) (d *download, leader bool, err error) {
-	want := job.want
+func (g *Group) Join(ctx context.Context, job Job) (d *Download, leader bool, err error) {
+	want := job.Want
 	key := want.String()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if d, ok := g.active[key]; ok {
 		d.refs++
-		d.keep = d.keep || job.keep
+		d.keep = d.keep || job.Keep
 		if d.idle != nil {
 			d.idle.Stop()
 			d.idle = nil
 		}
 		return d, false, nil
 	}
-	if len(g.active) >= g.maxActive || (job.client != "" && g.byClient[job.client] >= g.perClient) {
-		return nil, false, errDownloadsFull
+	if len(g.active) >= g.maxActive || (job.Client != "" && g.byClient[job.Client] >= g.perClient) {
+		return nil, false, ErrDownloadsFull
 	}
 	w, err := g.newTemp(ctx, want.Algorithm())
 	if err != nil {
 		return nil, false, err
 	}
 	tctx, cancel := context.WithTimeout(context.Background(), g.timeout)
-	d = &download{g: g, want: want, w: w, repo: job.link.Repo, changed: make(chan struct{}), size: -1, refs: 2, // caller + runner
-		keep: job.keep, client: job.client, cancel: cancel}
+	d = &Download{g: g, want: want, w: w, repo: job.Link.Repo, changed: make(chan struct{}), size: -1, refs: 2, // caller + runner
+		keep: job.Keep, client: job.Client, cancel: cancel}
 	g.active[key] = d
-	if job.client != "" {
-		g.byClient[job.client]++
+	if job.Client != "" {
+		g.byClient[job.Client]++
 	}
 	g.onStart()
 	g.spawn("blob download", func() { d.run(tctx, job) })
 	return d, true, nil
 }
 
-func (d *download) run(ctx context.Context, job fetchJob) {
+func (d *Download) run(ctx context.Context, job Job) {
 	// A panic below still ends the download, failed, for every reader
 	// (the goroutine's guard logs and counts it).
-	err := errDownloadPanicked
-	defer func() { d.finish(err, job.ended) }()
+	err := ErrDownloadPanicked
+	defer func() { d.finish(err, job.Ended) }()
 	defer d.cancel()
 	if err = d.transfer(ctx, job); err != nil {
 		return
 	}
 	if err = d.w.Verify(d.want, -1); err != nil {
-		err = fmt.Errorf("%w: %w", errUpstreamBroken, err)
+		err = fmt.Errorf("%w: %w", ErrUpstreamBroken, err)
 		return
 	}
 	// Readers may have the last byte now; making the blob durable (fsync
 	// of the whole file, rename, index) need not hold them up.
 	d.update(func() { d.verified = true })
-	_, err = d.w.Commit(ctx, d.want, -1, job.link)
+	_, err = d.w.Commit(ctx, d.want, -1, job.Link)
 }
 
 // finish reports the download's end to onDone and its readers, and frees
 // its digest for the next download.
-func (d *download) finish(err error, onDone func(error)) {
+func (d *Download) finish(err error, onDone func(error)) {
 	defer func() {
 		d.update(func() { d.started, d.done, d.err = true, true, err })
 		d.g.mu.Lock()
@@ -232,7 +273,7 @@ func (d *download) finish(err error, onDone func(error)) {
 		d.ended = true
 		d.g.mu.Unlock()
 		d.g.onEnd()
-		d.release()
+		d.Release()
 	}()
 	if onDone != nil {
 		onDone(err)
@@ -241,9 +282,9 @@ func (d *download) finish(err error, onDone func(error)) {
 
 // transfer fetches the blob into the temp file: in parallel byte ranges
 // when the job allows and the upstream answers the first range as asked
-// (fetch_ranges.go), else as one stream.
-func (d *download) transfer(ctx context.Context, job fetchJob) error {
-	if job.fetchRange == nil || job.ranges.parallel < 2 {
+// (ranges.go), else as one stream.
+func (d *Download) transfer(ctx context.Context, job Job) error {
+	if job.FetchRange == nil || job.Ranges.Parallel < 2 {
 		return d.stream(ctx, job, nil, -1)
 	}
 	return d.ranged(ctx, job)
@@ -255,13 +296,13 @@ func (d *download) transfer(ctx context.Context, job fetchJob) error {
 // for upstream_idle_timeout) continues from the last byte on disk, up to
 // maxResumes times, instead of failing every reader: readers see a pause,
 // not an error.
-func (d *download) stream(ctx context.Context, job fetchJob, body io.ReadCloser, size int64) error {
+func (d *Download) stream(ctx context.Context, job Job, body io.ReadCloser, size int64) error {
 	if body == nil {
 		var err error
 		d.mu.Lock()
 		from, total := d.written, d.size
 		d.mu.Unlock()
-		body, size, err = job.fetch(ctx, from, total)
+		body, size, err = job.Fetch(ctx, from, total)
 		if err != nil {
 			d.update(func() { d.started, d.err = true, err })
 			return err
@@ -278,42 +319,42 @@ func (d *download) stream(ctx context.Context, job fetchJob, body io.ReadCloser,
 		n, rerr := body.Read(buf)
 		if n > 0 {
 			if _, werr := d.w.Write(buf[:n]); werr != nil {
-				return fmt.Errorf("%w: %w", errStoreWrite, werr)
+				return fmt.Errorf("%w: %w", ErrStoreWrite, werr)
 			}
 			d.update(func() { d.written += int64(n) })
 			if size >= 0 && d.written > size {
-				return fmt.Errorf("%w: %w: upstream sent more than its Content-Length %d", errUpstreamBroken, store.ErrSizeMismatch, size)
+				return fmt.Errorf("%w: %w: upstream sent more than its Content-Length %d", ErrUpstreamBroken, store.ErrSizeMismatch, size)
 			}
 		}
 		if rerr == io.EOF {
 			if size >= 0 && d.written != size {
-				return fmt.Errorf("%w: %w: upstream sent %d of %d bytes", errUpstreamBroken, store.ErrSizeMismatch, d.written, size)
+				return fmt.Errorf("%w: %w: upstream sent %d of %d bytes", ErrUpstreamBroken, store.ErrSizeMismatch, d.written, size)
 			}
 			return nil
 		}
 		if rerr == nil {
 			continue
 		}
-		broken := fmt.Errorf("%w: reading the blob: %w", errUpstreamBroken, rerr)
+		broken := fmt.Errorf("%w: reading the blob: %w", ErrUpstreamBroken, rerr)
 		if size < 0 || resumes == maxResumes || ctx.Err() != nil {
 			return broken
 		}
 		resumes++
 		body.Close()
-		next, _, err := job.fetch(ctx, d.written, size)
+		next, _, err := job.Fetch(ctx, d.written, size)
 		if err != nil {
 			body = io.NopCloser(nil)
 			return fmt.Errorf("%w (resuming at byte %d: %w)", broken, d.written, err)
 		}
 		body = next
-		if job.resumed != nil {
-			job.resumed()
+		if job.Resumed != nil {
+			job.Resumed()
 		}
 	}
 }
 
 // update changes state under the lock and wakes every waiter.
-func (d *download) update(f func()) {
+func (d *Download) update(f func()) {
 	d.mu.Lock()
 	f()
 	close(d.changed)
@@ -326,7 +367,7 @@ func (d *download) update(f func()) {
 // reading it (eager), it is cancelled after the group's grace unless a
 // reader joins meanwhile: a client that started a download and left does
 // not keep a temp file and an upstream connection busy for long.
-func (d *download) release() {
+func (d *Download) Release() {
 	d.g.mu.Lock()
 	d.refs--
 	last := d.refs == 0
@@ -341,7 +382,7 @@ func (d *download) release() {
 
 // abandon cancels the download if still nobody needs it. It runs on the
 // timer's goroutine and only takes locks and calls a CancelFunc.
-func (d *download) abandon() {
+func (d *Download) abandon() {
 	d.g.mu.Lock()
 	idle := d.refs == 1 && !d.keep && d.idle != nil
 	d.idle = nil
@@ -353,7 +394,7 @@ func (d *download) abandon() {
 
 // wait blocks until the upstream answered: it returns the blob size (-1
 // when unknown) or the upstream's error.
-func (d *download) wait(ctx context.Context) (int64, error) {
+func (d *Download) Wait(ctx context.Context) (int64, error) {
 	for {
 		d.mu.Lock()
 		started, size, err, ch := d.started, d.size, d.err, d.changed
@@ -373,7 +414,7 @@ func (d *download) wait(ctx context.Context) (int64, error) {
 }
 
 // waitDone blocks until the download is over and returns its result.
-func (d *download) waitDone(ctx context.Context) error {
+func (d *Download) WaitDone(ctx context.Context) error {
 	for {
 		d.mu.Lock()
 		done, err, ch := d.done, d.err, d.changed
@@ -391,7 +432,7 @@ func (d *download) waitDone(ctx context.Context) error {
 
 // waitVerified blocks until every byte is in and hashes to the digest,
 // or returns the download's error.
-func (d *download) waitVerified(ctx context.Context) error {
+func (d *Download) WaitVerified(ctx context.Context) error {
 	for {
 		d.mu.Lock()
 		verified, done, err, ch := d.verified, d.done, d.err, d.changed
@@ -414,19 +455,19 @@ func (d *download) waitVerified(ctx context.Context) error {
 // the upstream's Content-Length). Read returns the bytes that have arrived
 // and blocks only when none past the offset have (or ctx ends, or the
 // download fails), so clients stream at the upstream's pace.
-func (d *download) reader(ctx context.Context, size int64) *dlReader {
-	return &dlReader{d: d, ctx: ctx, size: size}
+func (d *Download) Reader(ctx context.Context, size int64) *Reader {
+	return &Reader{d: d, ctx: ctx, size: size}
 }
 
-type dlReader struct {
-	d    *download
+type Reader struct {
+	d    *Download
 	ctx  context.Context
 	size int64
 	off  int64
 	err  error // the first error other than io.EOF returned
 }
 
-func (r *dlReader) Seek(offset int64, whence int) (int64, error) {
+func (r *Reader) Seek(offset int64, whence int) (int64, error) {
 	switch whence {
 	case io.SeekStart:
 	case io.SeekCurrent:
@@ -443,7 +484,7 @@ func (r *dlReader) Seek(offset int64, whence int) (int64, error) {
 	return offset, nil
 }
 
-func (r *dlReader) Read(p []byte) (int, error) {
+func (r *Reader) Read(p []byte) (int, error) {
 	n, err := r.avail()
 	if n > 0 {
 		if int64(len(p)) > n {
@@ -460,7 +501,7 @@ func (r *dlReader) Read(p []byte) (int, error) {
 
 // fail records err as the reader's error unless it is io.EOF or one is
 // already recorded.
-func (r *dlReader) fail(err error) {
+func (r *Reader) fail(err error) {
 	if err != nil && err != io.EOF && r.err == nil {
 		r.err = err
 	}
@@ -469,7 +510,7 @@ func (r *dlReader) fail(err error) {
 // avail waits until bytes past the offset may be read and returns how
 // many (more may follow), or io.EOF at the end of a verified blob, or the
 // download's error.
-func (r *dlReader) avail() (int64, error) {
+func (r *Reader) avail() (int64, error) {
 	d := r.d
 	for {
 		d.mu.Lock()
@@ -489,7 +530,7 @@ func (r *dlReader) avail() (int64, error) {
 			return 0, io.EOF
 		}
 		if done || err != nil {
-			return 0, fmt.Errorf("%w: %w", errDownloadFailed, err)
+			return 0, fmt.Errorf("%w: %w", ErrDownloadFailed, err)
 		}
 		select {
 		case <-r.ctx.Done():
@@ -499,10 +540,10 @@ func (r *dlReader) avail() (int64, error) {
 	}
 }
 
-// prefixHash hashes the bytes before the offset again, from the temp
+// PrefixHash hashes the bytes before the offset again, from the temp
 // file, in d's algorithm: what a response that must be finished from
 // elsewhere has sent so far.
-func (r *dlReader) prefixHash() (hash.Hash, error) {
+func (r *Reader) PrefixHash() (hash.Hash, error) {
 	h := r.d.want.NewHash()
 	if _, err := io.Copy(h, io.NewSectionReader(r.d.w, 0, r.off)); err != nil {
 		return nil, err
@@ -510,47 +551,40 @@ func (r *dlReader) prefixHash() (hash.Hash, error) {
 	return h, nil
 }
 
-// copyBufs are the buffers of streamed downloads that cannot use sendfile.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+// Digest is the blob the reader reads.
+func (r *Reader) Digest() store.Digest { return r.d.want }
 
-// streamTo sends a whole blob while it downloads: each stretch that
-// has arrived goes out with sendfile from the temp file (which stays open
-// when it is committed or removed), so following a download costs no
-// user-space copy; 256 KiB buffered copies if the file cannot be reopened.
-func (rd *dlReader) streamTo(w http.ResponseWriter, log *slog.Logger) {
-	d := rd.d.want
-	blobHeaders(w, d)
-	w.Header().Set("Content-Length", strconv.FormatInt(rd.size, 10))
-	w.WriteHeader(http.StatusOK)
-	f, err := rd.d.w.OpenReader()
-	if err != nil {
-		log.Warn("cannot reopen a download for sendfile, copying", "digest", d, "err", err)
-		bp := copyBufs.Get().(*[]byte)
-		defer copyBufs.Put(bp)
-		if _, err := io.CopyBuffer(writerOnly{w}, rd, *bp); err != nil {
-			rd.fail(err)
-		}
-		return
-	}
-	defer f.Close()
-	for {
-		n, err := rd.avail()
-		if err != nil {
-			rd.fail(err)
-			return
-		}
-		if _, err := f.Seek(rd.off, io.SeekStart); err != nil {
-			rd.fail(err)
-			return
-		}
-		m, err := io.CopyN(w, f, n)
-		rd.off += m
-		if err != nil {
-			rd.fail(err)
-			return
-		}
-	}
+// Size is the blob's length.
+func (r *Reader) Size() int64 { return r.size }
+
+// Offset is how far the reader has read.
+func (r *Reader) Offset() int64 { return r.off }
+
+// Err is the first error other than io.EOF the reader met.
+func (r *Reader) Err() error { return r.err }
+
+// Fail records err as the reader's error (a send that failed).
+func (r *Reader) Fail(err error) { r.fail(err) }
+
+// Available waits until bytes past the offset may be read and returns
+// how many (more may follow), io.EOF at the end of a verified blob, or
+// the download's error.
+func (r *Reader) Available() (int64, error) { return r.avail() }
+
+// Advance moves the offset past n bytes sent by other means (sendfile
+// from OpenFile).
+func (r *Reader) Advance(n int64) { r.off += n }
+
+// OpenFile opens the temp file on its own offset (for sendfile); it stays
+// readable after the blob is committed or the download fails.
+func (r *Reader) OpenFile() (*os.File, error) { return r.d.w.OpenReader() }
+
+// Repo is the repository path the download was started for (its link).
+func (d *Download) Repo() string { return d.repo }
+
+// Written is the bytes on disk.
+func (d *Download) Written() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.written
 }
-
-// writerOnly hides a writer's ReadFrom, so io.Copy uses its buffer.
-type writerOnly struct{ io.Writer }
