@@ -317,7 +317,7 @@ func (s *Server) memberReadable(p principal, g, m *repo, image string) bool {
 	}
 	// A user's own grants on the group or the member; a group that is
 	// public does not open its private members.
-	mi := memberImage(m, image)
+	mi := memberImage(m, image).name
 	return s.granted(p, g, image, actionPull) || s.granted(p, m, mi, actionPull)
 }
 
@@ -356,9 +356,9 @@ func (s *Server) authorize(r *http.Request, p principal, rp *repo, image, client
 		need = actionPush // deleting needs a push grant
 	}
 	ok := s.allowed(p, rp, image, need)
-	if !ok && rp.Kind == KindGroup && action == actionPull && p.user != nil {
+	if !ok && rp.asGroup() != nil && action == actionPull && p.user != nil {
 		// A user may read through a group the members they may read.
-		for _, m := range rp.leaves {
+		for _, m := range rp.members() {
 			ok = ok || s.memberReadable(p, rp, m, image)
 		}
 	}

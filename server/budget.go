@@ -81,7 +81,7 @@ func (c *budgetCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, rp := range c.s.withHosts() {
-		if rp.Kind != KindProxy {
+		if rp.asProxy() == nil {
 			continue
 		}
 		rl, known, until := rp.rateLimit()
@@ -137,7 +137,7 @@ func (c *endpointCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc 
 
 func (c *endpointCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, rp := range c.s.withHosts() {
-		if rp.Kind != KindProxy {
+		if rp.asProxy() == nil {
 			continue
 		}
 		for _, e := range rp.endpoints() {

@@ -13,8 +13,8 @@ import (
 // repository: the images it has cached or hosts, with n/last pagination.
 func (s *Server) catalog(w http.ResponseWriter, r *http.Request, rp *repo) error {
 	members := []*repo{rp}
-	if rp.Kind == KindGroup {
-		members = s.readableMembers(r, rp, "")
+	if g := rp.asGroup(); g != nil {
+		members = g.readable(r, rp.image(""))
 	}
 	set := map[string]bool{}
 	for _, m := range members {

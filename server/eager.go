@@ -65,10 +65,10 @@ type eager struct {
 // the pull's own: a client that asks later is served from the cache.
 const eagerFetchedTTL = 10 * time.Minute
 
-// tookEager reports whether blob d of path was fetched by an eager
+// tookEager reports whether blob d of img was fetched by an eager
 // download that no client has read yet, and marks it read.
-func (e *eager) tookEager(path string, d store.Digest) bool {
-	_, ok := e.fetched.Take(path + "@" + d.String())
+func (e *eager) tookEager(img imageRef, d store.Digest) bool {
+	_, ok := e.fetched.Take(img.at(d.String()))
 	return ok
 }
 
@@ -82,11 +82,12 @@ func newEager() *eager {
 // the answer: the work runs in its own goroutine, at most once per
 // manifest in ten minutes, in manifest order, eagerParallel at a time
 // (more on a slow path).
-func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
-	if rp.Kind != KindProxy || m.Digest.IsZero() {
+func (p *proxy) eagerLayers(img imageRef, m store.Manifest) {
+	s, rp := p.s, p.repo
+	if m.Digest.IsZero() {
 		return
 	}
-	key := rp.Name + "/" + image + "@" + m.Digest.String()
+	key := img.at(m.Digest.String())
 	if _, seen := s.eager.seen.Get(key); seen {
 		return
 	}
@@ -98,11 +99,11 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 		}
 		// The sizes its blobs may have, whether or not they are fetched
 		// now (blob_limit.go).
-		s.declareSizes(rp.Name+"/"+image, pm)
+		s.declareSizes(img.path(), pm)
 		if !rp.EagerLayers {
 			return
 		}
-		run := s.newEagerRun(rp, image, pm.blobs[0])
+		run := p.newEagerRun(img, pm.blobs[0])
 		for i, d := range pm.blobs {
 			if i == eagerPerImage || !run.start(d) {
 				return
@@ -113,9 +114,8 @@ func (s *Server) eagerLayers(rp *repo, image string, m store.Manifest) {
 
 // eagerRun starts the downloads of one manifest's blobs.
 type eagerRun struct {
-	s       *Server
-	rp      *repo
-	image   string
+	p       *proxy
+	img     imageRef
 	config  string                     // the config's digest: it does not take a layer's place
 	ended   chan string                // the digest of each download that ends
 	running map[string]*fetch.Download // the run's downloads under way
@@ -123,8 +123,9 @@ type eagerRun struct {
 	pace    fetch.Pace                 // judges the running downloads
 }
 
-func (s *Server) newEagerRun(rp *repo, image string, config store.Digest) *eagerRun {
-	e := &eagerRun{s: s, rp: rp, image: image, config: config.String(), ended: make(chan string, eagerPerImage),
+func (p *proxy) newEagerRun(img imageRef, config store.Digest) *eagerRun {
+	s, rp := p.s, p.repo
+	e := &eagerRun{p: p, img: img, config: config.String(), ended: make(chan string, eagerPerImage),
 		running: map[string]*fetch.Download{}, width: eagerParallel, pace: fetch.Pace{SlowRate: s.eager.slowRate, SlowWindows: 1}}
 	if time.Duration(rp.manifestAnswer.Load()) >= s.eager.slowAnswer {
 		e.width = eagerWide
@@ -146,7 +147,7 @@ func (e *eagerRun) places() int {
 // or the pace, judged every ramp, says the path is slow and widens it.
 func (e *eagerRun) makeRoom() {
 	for len(e.running) >= e.places() {
-		wait := e.s.eager.ramp - e.pace.Since(time.Now())
+		wait := e.p.s.eager.ramp - e.pace.Since(time.Now())
 		if e.width < eagerWide && wait <= 0 {
 			if e.pace.Judge(time.Now(), bytesIn(e.running), len(e.running)) == fetch.Slow {
 				e.width = eagerWide
@@ -172,7 +173,7 @@ func (e *eagerRun) makeRoom() {
 // means to start no more (enough eager downloads run, or the store
 // cannot write).
 func (e *eagerRun) start(d store.Digest) bool {
-	s, rp := e.s, e.rp
+	s, rp := e.p.s, e.p.repo
 	e.makeRoom()
 	ctx := context.Background()
 	if _, err := s.blobs.StatBlob(ctx, d); err == nil {
@@ -183,10 +184,10 @@ func (e *eagerRun) start(d store.Digest) bool {
 	default:
 		return false // enough under way; clients fetch the rest as they ask
 	}
-	job := s.blobJob(rp, e.image, d)
+	job := e.p.blobJob(e.img, d)
 	job.Keep = true // no reader yet: the client's GETs join it
 	onEnd := job.Ended
-	fetchedKey := rp.Name + "/" + e.image + "@" + d.String()
+	fetchedKey := e.img.at(d.String())
 	job.Ended = func(err error) {
 		if err != nil {
 			s.eager.fetched.Remove(fetchedKey)

@@ -257,7 +257,7 @@ func (c *healthCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *healthCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, rp := range c.s.withHosts() {
-		if rp.Kind != KindProxy || rp.Upstream == nil {
+		if rp.asProxy() == nil || rp.Upstream == nil {
 			continue
 		}
 		st := rp.health.peek()

@@ -1,35 +1,33 @@
 package server
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
+	"net/url"
 	"time"
 
 	"github.com/berth-registry/berth/store"
 )
 
-// serveHosted answers the full distribution API for a hosted repository.
-func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, image string, rt route) error {
-	path := rp.Name + "/" + image
+// serve answers the full distribution API for a hosted repository.
+func (h *hosted) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt route) error {
+	s, path := h.s, img.path()
 	m := r.Method
 	read := m == http.MethodGet || m == http.MethodHead
 	switch {
 	case rt.kind == routeManifest && read:
-		m, err := s.hostedManifest(r.Context(), path, rt)
+		a, err := h.manifest(r, img, rt)
 		if err != nil {
 			return err
 		}
-		s.cacheResult(r, rp, "manifest", resultHit, "cache")
-		return serveManifest(w, r, m)
+		return a.write(w, r)
 	case rt.kind == routeManifest && m == http.MethodPut:
-		return s.putManifest(w, r, path, rt)
+		return h.putManifest(w, r, img, rt)
 	case rt.kind == routeManifest && m == http.MethodDelete:
-		return s.deleteManifest(w, r, path, rt)
+		return h.deleteManifest(w, r, img, rt)
 	case rt.kind == routeBlob && read:
-		return s.hostedGetBlob(w, r, path, rt.digest)
+		return h.blob(w, r, img, rt.digest)
 	case rt.kind == routeBlob && m == http.MethodDelete:
 		if err := s.blobs.Unlink(r.Context(), path, rt.digest); err != nil {
 			return err
@@ -37,7 +35,7 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	case rt.kind == routeUploads && m == http.MethodPost:
-		return s.startUpload(w, r, rp, path, rt)
+		return h.startUpload(w, r, img, rt)
 	case rt.kind == routeUpload && m == http.MethodGet:
 		u, err := s.pushes.GetUpload(r.Context(), path, rt.uploadID)
 		if err != nil {
@@ -47,9 +45,9 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	case rt.kind == routeUpload && m == http.MethodPatch:
-		return s.patchUpload(w, r, path, rt)
+		return h.patchUpload(w, r, img, rt)
 	case rt.kind == routeUpload && m == http.MethodPut:
-		return s.finishUpload(w, r, path, rt)
+		return h.finishUpload(w, r, img, rt)
 	case rt.kind == routeUpload && m == http.MethodDelete:
 		if err := s.pushes.DeleteUpload(r.Context(), path, rt.uploadID); err != nil {
 			return err
@@ -57,35 +55,37 @@ func (s *Server) serveHosted(w http.ResponseWriter, r *http.Request, rp *repo, i
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	case rt.kind == routeTags && read:
-		return s.hostedTags(w, r, path, rt.name)
+		return serveTags(w, r, h, img, rt.name)
 	case rt.kind == routeReferrers && read:
-		return s.referrers(w, r, path, rt.digest)
+		return serveReferrers(w, r, h, img, rt.digest)
 	}
 	return errf(codeUnsupported, "%s not allowed on %s", m, rt.kind)
 }
 
-// hostedManifest finds /v2/<name>/manifests/<ref> (end-3) in the store.
-func (s *Server) hostedManifest(ctx context.Context, path string, rt route) (store.Manifest, error) {
+// manifest finds /v2/<name>/manifests/<ref> (end-3) in the store.
+func (h *hosted) manifest(r *http.Request, img imageRef, rt route) (manifestAnswer, error) {
+	s, ctx, path := h.s, r.Context(), img.path()
 	d := rt.digest
 	if d.IsZero() {
 		ti, err := s.manifests.ResolveTag(ctx, path, rt.ref)
 		if err != nil {
-			return store.Manifest{}, err
+			return manifestAnswer{}, err
 		}
 		d = ti.Digest
 	}
 	m, err := s.manifests.GetManifest(ctx, path, d)
 	if err != nil {
-		return store.Manifest{}, err
+		return manifestAnswer{}, err
 	}
-	return m, nil
+	s.cacheResult(r, h.repo, "manifest", resultHit, "cache")
+	return manifestAnswer{m: m}, nil
 }
 
 // putManifest: PUT /v2/<name>/manifests/<ref> (end-7). The body is at most
 // 4 MiB, must match a digest reference, and every blob and child manifest
 // it names must already be in the repository.
-func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, path string, rt route) error {
-	ctx := r.Context()
+func (h *hosted) putManifest(w http.ResponseWriter, r *http.Request, img imageRef, rt route) error {
+	s, ctx, path := h.s, r.Context(), img.path()
 	if r.ContentLength > maxManifestSize {
 		return errf(codeManifestTooLarge, "manifest is %d bytes, over the %d byte limit", r.ContentLength, maxManifestSize)
 	}
@@ -152,14 +152,14 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, path string
 			return err
 		}
 	}
-	h := w.Header()
+	hd := w.Header()
 	for _, t := range extraTags {
-		h.Add("OCI-Tag", t)
+		hd.Add("OCI-Tag", t)
 	}
-	h.Set("Location", "/v2/"+rt.name+"/manifests/"+d.String())
-	h.Set("Docker-Content-Digest", d.String())
+	hd.Set("Location", "/v2/"+rt.name+"/manifests/"+d.String())
+	hd.Set("Docker-Content-Digest", d.String())
 	if m.Subject != "" {
-		h.Set("OCI-Subject", m.Subject)
+		hd.Set("OCI-Subject", m.Subject)
 	}
 	w.WriteHeader(http.StatusCreated)
 	return nil
@@ -167,8 +167,8 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, path string
 
 // deleteManifest: DELETE /v2/<name>/manifests/<digest> removes the
 // manifest and its tags (end-9); by tag it removes only the tag.
-func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, path string, rt route) error {
-	ctx := r.Context()
+func (h *hosted) deleteManifest(w http.ResponseWriter, r *http.Request, img imageRef, rt route) error {
+	s, ctx, path := h.s, r.Context(), img.path()
 	var err error
 	if rt.digest.IsZero() {
 		err = s.manifests.DeleteTag(ctx, path, rt.ref)
@@ -182,11 +182,11 @@ func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, path str
 	return nil
 }
 
-// hostedGetBlob: GET/HEAD /v2/<name>/blobs/<digest> (end-2), only for blobs
+// blob: GET/HEAD /v2/<name>/blobs/<digest> (end-2), only for blobs
 // pushed or mounted into this repository.
-func (s *Server) hostedGetBlob(w http.ResponseWriter, r *http.Request, path string, d store.Digest) error {
-	ctx := r.Context()
-	ok, err := s.blobs.HasLink(ctx, path, d)
+func (h *hosted) blob(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest) error {
+	s, ctx := h.s, r.Context()
+	ok, err := s.blobs.HasLink(ctx, img.path(), d)
 	if err != nil {
 		return err
 	}
@@ -198,8 +198,7 @@ func (s *Server) hostedGetBlob(w http.ResponseWriter, r *http.Request, path stri
 		return err
 	}
 	defer f.Close()
-	repoName, _, _ := strings.Cut(path, "/")
-	s.countResult(r, repoName, "blob", resultHit, "cache")
+	s.cacheResult(r, h.repo, "blob", resultHit, "cache")
 	if f.Info.Size >= largeBlob && r.Method == http.MethodGet {
 		limitUnsent(ctx)
 	}
@@ -207,35 +206,56 @@ func (s *Server) hostedGetBlob(w http.ResponseWriter, r *http.Request, path stri
 	return nil
 }
 
-// hostedTags: GET /v2/<name>/tags/list (end-8a/b) with n/last.
-func (s *Server) hostedTags(w http.ResponseWriter, r *http.Request, path, clientName string) error {
-	tags, err := s.manifests.Tags(r.Context(), path)
+// tags: GET /v2/<name>/tags/list (end-8a/b) with n/last.
+func (h *hosted) tags(r *http.Request, img imageRef, q url.Values) ([]string, bool, error) {
+	s, ctx, path := h.s, r.Context(), img.path()
+	tags, err := s.manifests.Tags(ctx, path)
 	if err != nil {
-		return err
+		return nil, false, err
 	}
 	if len(tags) == 0 {
-		repos, err := s.manifests.Repositories(r.Context(), path+"\x00")
+		repos, err := s.manifests.Repositories(ctx, path+"\x00")
 		if err != nil {
-			return err
+			return nil, false, err
 		}
 		if len(repos) == 0 {
-			return errf(codeNameUnknown, "repository %s unknown", clientName)
+			return nil, false, errf(codeNameUnknown, "repository %s unknown", img.name)
 		}
 	}
-	page, next, err := paginate(tags, r.URL.Query())
+	page, next, err := paginate(tags, q)
+	return page, next != "", err
+}
+
+// referrers: GET /v2/<name>/referrers/<digest> (end-12a/b), the manifests
+// whose subject is digest.
+func (h *hosted) referrers(r *http.Request, img imageRef, d store.Digest) ([]store.Referrer, error) {
+	return h.s.manifests.Referrers(r.Context(), img.path(), d)
+}
+
+// serveTags answers a tag list of rp's image under the client's name,
+// with a Link to the next page when there may be one.
+func serveTags(w http.ResponseWriter, r *http.Request, rp repository, img imageRef, clientName string) error {
+	q, err := pageQuery(r.URL.Query())
 	if err != nil {
 		return err
 	}
-	if next != "" {
-		w.Header().Set("Link", fmt.Sprintf(`</v2/%s/tags/list?%s>; rel="next"`, clientName, next))
+	tags, more, err := rp.tags(r, img, q)
+	if err != nil {
+		return err
 	}
-	return writeTagList(w, r, clientName, page)
+	if more && len(tags) > 0 {
+		next := url.Values{"last": {tags[len(tags)-1]}}
+		if n := q.Get("n"); n != "" {
+			next.Set("n", n)
+		}
+		w.Header().Set("Link", fmt.Sprintf(`</v2/%s/tags/list?%s>; rel="next"`, clientName, next.Encode()))
+	}
+	return writeTagList(w, r, clientName, tags)
 }
 
-// referrers: GET /v2/<name>/referrers/<digest> (end-12a/b), an OCI index
-// of the manifests whose subject is digest, filtered by artifactType.
-func (s *Server) referrers(w http.ResponseWriter, r *http.Request, path string, d store.Digest) error {
-	refs, err := s.manifests.Referrers(r.Context(), path, d)
+// serveReferrers answers the referrers of d in rp.
+func serveReferrers(w http.ResponseWriter, r *http.Request, rp repository, img imageRef, d store.Digest) error {
+	refs, err := rp.referrers(r, img, d)
 	if err != nil {
 		return err
 	}

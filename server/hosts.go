@@ -69,14 +69,14 @@ func (s *Server) scope(listener listenerScope) []*repo {
 	if rp == nil {
 		return nil
 	}
-	return append([]*repo{rp}, rp.leaves...)
+	return append([]*repo{rp}, rp.members()...)
 }
 
 // allowlistFor returns the first allowlist proxy in scope whose Hosts
 // match host.
 func allowlistFor(scope []*repo, host reghost.Host) *repo {
 	for _, rp := range scope {
-		if rp.Kind == KindProxy && len(rp.Hosts) > 0 && host.MatchAny(rp.Hosts) {
+		if rp.asProxy() != nil && len(rp.Hosts) > 0 && host.MatchAny(rp.Hosts) {
 			return rp
 		}
 	}
@@ -87,7 +87,7 @@ func allowlistFor(scope []*repo, host reghost.Host) *repo {
 // upstream.
 func forwarder(scope []*repo) *repo {
 	for _, rp := range scope {
-		if rp.Kind == KindProxy && rp.ForwardNS {
+		if rp.asProxy() != nil && rp.ForwardNS {
 			return rp
 		}
 	}
@@ -99,7 +99,7 @@ func forwarder(scope []*repo) *repo {
 func proxyForHost(scope []*repo, host reghost.Host) *repo {
 	h := host.String()
 	for _, rp := range scope {
-		if rp.Kind != KindProxy || rp.Upstream == nil || rp.parent != nil {
+		if rp.asProxy() == nil || rp.Upstream == nil || rp.parent != nil {
 			continue
 		}
 		up := strings.ToLower(rp.UpstreamHost)

@@ -93,7 +93,7 @@ func List(ctx context.Context, st ListStore, repositories []string, filter strin
 func (s *Server) adminList(w http.ResponseWriter, r *http.Request) error {
 	var names []string
 	for _, rp := range s.order {
-		if rp.Kind != KindGroup {
+		if rp.asGroup() == nil {
 			names = append(names, rp.Name)
 		}
 	}

@@ -23,7 +23,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	_, cached := s.ops.Stats()
 	for _, rp := range s.order {
-		if rp.Kind != KindProxy || rp.Upstream == nil {
+		if rp.asProxy() == nil || rp.Upstream == nil {
 			continue
 		}
 		// What real requests (and at most one probe a minute) said:

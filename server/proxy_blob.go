@@ -16,41 +16,43 @@ import (
 	"github.com/berth-registry/berth/upstream"
 )
 
-// proxyBlob: GET/HEAD /v2/<name>/blobs/<digest> through the cache. A blob
+// blob: GET/HEAD /v2/<name>/blobs/<digest> through the cache. A blob
 // on disk is served from repository R only when R is known to hold it
 // (linked); otherwise an upstream HEAD confirms it first. A HEAD of a
 // blob not on disk asks the upstream; a GET joins (or starts) the one
 // download of that digest and streams from its temp file (internal/fetch).
-func (s *Server) proxyBlob(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest) error {
+func (p *proxy) blob(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest) error {
+	s := p.s
 	ctx := r.Context()
-	linked, err := s.blobs.HasLink(ctx, rp.Name+"/"+image, d)
+	linked, err := s.blobs.HasLink(ctx, img.path(), d)
 	if err != nil {
 		return err
 	}
-	linked = linked || s.committingRef(rp.Name+"/"+image, d)
+	linked = linked || s.committingRef(img.path(), d)
 	f, err := s.blobs.OpenBlob(ctx, d)
 	switch {
 	case err == nil:
 		defer f.Close()
-		return s.proxyBlobHit(w, r, rp, image, f, linked)
+		return p.blobHit(w, r, img, f, linked)
 	case !store.IsNotFound(err):
 		return err
 	case r.Method == http.MethodHead:
-		return s.proxyBlobHead(w, r, rp, image, d)
+		return p.blobHead(w, r, img, d)
 	}
-	return s.proxyBlobMiss(w, r, rp, image, d, linked)
+	return p.blobMiss(w, r, img, d, linked)
 }
 
 // proxyBlobHit serves a blob on disk.
-func (s *Server) proxyBlobHit(w http.ResponseWriter, r *http.Request, rp *repo, image string, f *store.Blob, linked bool) error {
+func (p *proxy) blobHit(w http.ResponseWriter, r *http.Request, img imageRef, f *store.Blob, linked bool) error {
+	s, rp := p.s, p.repo
 	ctx := r.Context()
 	d := f.Info.Digest
 	if !linked {
-		if err := s.confirmBlob(ctx, rp, image, d); err != nil {
+		if err := p.confirmBlob(ctx, img, d); err != nil {
 			return err
 		}
 	}
-	if r.Method == http.MethodGet && s.eager.tookEager(rp.Name+"/"+image, d) {
+	if r.Method == http.MethodGet && s.eager.tookEager(img, d) {
 		// Fetched moments ago for this pull by an eager download.
 		s.cacheResult(r, rp, "blob", resultMiss, "upstream")
 	} else {
@@ -66,8 +68,9 @@ func (s *Server) proxyBlobHit(w http.ResponseWriter, r *http.Request, rp *repo, 
 // proxyBlobHead answers a HEAD of a blob not on disk from an upstream
 // HEAD. Nothing is linked: a link names a stored blob (store.Check); the
 // GET that follows fetches through this repository and links it.
-func (s *Server) proxyBlobHead(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest) error {
-	resp, err := rp.Upstream.Blob(r.Context(), http.MethodHead, image, d.String())
+func (p *proxy) blobHead(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest) error {
+	s, rp := p.s, p.repo
+	resp, err := rp.Upstream.Blob(r.Context(), http.MethodHead, img.name, d.String())
 	if err != nil {
 		return s.blobUpstreamFailed(rp, err)
 	}
@@ -83,9 +86,10 @@ func (s *Server) proxyBlobHead(w http.ResponseWriter, r *http.Request, rp *repo,
 
 // proxyBlobMiss serves a GET of a blob not on disk from the download of
 // it (internal/fetch): the one under way, or one this request starts.
-func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest, linked bool) error {
+func (p *proxy) blobMiss(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest, linked bool) error {
+	s, rp := p.s, p.repo
 	ctx := r.Context()
-	job := s.blobJob(rp, image, d)
+	job := p.blobJob(img, d)
 	job.Client = clientAddr(r)
 	dl, leader, err := s.fetches.Join(ctx, job)
 	if errors.Is(err, fetch.ErrDownloadsFull) {
@@ -95,20 +99,20 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 	}
 	if err != nil {
 		// The store cannot even start a temp file: serve from upstream.
-		return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
+		return p.passThrough(w, r, img, d, 0, nil, false, err)
 	}
 	defer dl.Release()
 	// Either way the bytes cross the upstream link for this request (or
 	// for the pull in progress, when an eager download started it).
 	result, source := resultMiss, "upstream"
-	if !leader && !s.eager.tookEager(rp.Name+"/"+image, d) {
+	if !leader && !s.eager.tookEager(img, d) {
 		result = resultCoalesced
 	}
 	if !leader {
 		// A download for this same repository proves (or fails) the
 		// blob for it; one for another repository does not.
-		if !linked && dl.Repo() != rp.Name+"/"+image {
-			if err := s.confirmBlob(ctx, rp, image, d); err != nil {
+		if !linked && dl.Repo() != img.path() {
+			if err := p.confirmBlob(ctx, img, d); err != nil {
 				return err
 			}
 		}
@@ -117,7 +121,7 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 	// the client is served from upstream instead.
 	storeFailed := func(err error) error {
 		if errors.Is(err, fetch.ErrStoreWrite) {
-			return s.passThrough(w, r, rp, image, d, 0, nil, false, err)
+			return p.passThrough(w, r, img, d, 0, nil, false, err)
 		}
 		return err
 	}
@@ -142,7 +146,7 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 		return nil
 	case ranged:
 		if first, last, ok := singleRange(r.Header.Get("Range"), size); ok {
-			return s.streamRange(w, r, rp, image, dl, size, first, last)
+			return p.streamRange(w, r, img, dl, size, first, last)
 		}
 		// Several ranges, or none that fits: answered once the whole blob
 		// is verified, by ServeContent.
@@ -159,10 +163,10 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 		// still checking the digest of the whole.
 		h, err := rd.PrefixHash()
 		if err == nil {
-			err = s.passThrough(w, r, rp, image, d, rd.Offset(), h, true, rd.Err())
+			err = p.passThrough(w, r, img, d, rd.Offset(), h, true, rd.Err())
 		}
 		if err != nil {
-			s.log.Warn("pass-through ended early", "repository", rp.Name, "name", image, "digest", d, "err", err)
+			s.log.Warn("pass-through ended early", "repository", rp.Name, "name", img.name, "digest", d, "err", err)
 			panic(http.ErrAbortHandler)
 		}
 		return nil
@@ -170,7 +174,7 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 	if rd.Err() != nil && !errors.Is(rd.Err(), context.Canceled) {
 		// The body is cut short: abort the connection so the client sees
 		// an error rather than a clean short response.
-		s.log.Warn("blob stream ended early", "repository", rp.Name, "name", image, "digest", d, "err", rd.Err())
+		s.log.Warn("blob stream ended early", "repository", rp.Name, "name", img.name, "digest", d, "err", rd.Err())
 		panic(http.ErrAbortHandler)
 	}
 	return nil
@@ -182,7 +186,8 @@ func (s *Server) proxyBlobMiss(w http.ResponseWriter, r *http.Request, rp *repo,
 // range's last byte: that one goes out once the whole blob is verified,
 // so a 206 is never complete with wrong bytes (FuzzProxyPromise's rule);
 // a corrupt blob ends the response one byte short.
-func (s *Server) streamRange(w http.ResponseWriter, r *http.Request, rp *repo, image string, dl *fetch.Download, size, first, last int64) error {
+func (p *proxy) streamRange(w http.ResponseWriter, r *http.Request, img imageRef, dl *fetch.Download, size, first, last int64) error {
+	s, rp := p.s, p.repo
 	ctx := r.Context()
 	rd := dl.Reader(ctx, size)
 	d := rd.Digest()
@@ -204,7 +209,7 @@ func (s *Server) streamRange(w http.ResponseWriter, r *http.Request, rp *repo, i
 		_, err = io.CopyN(w, rd, 1)
 	}
 	if err != nil && !errors.Is(err, context.Canceled) {
-		s.log.Warn("blob range stream ended early", "repository", rp.Name, "name", image, "digest", d, "err", err)
+		s.log.Warn("blob range stream ended early", "repository", rp.Name, "name", img.name, "digest", d, "err", err)
 		panic(http.ErrAbortHandler)
 	}
 	return nil
@@ -245,15 +250,16 @@ func singleRange(v string, size int64) (first, last int64, ok bool) {
 
 // blobJob is the download of blob d of image from rp's upstream: linked
 // to the image when stored, counted and logged when it ends.
-func (s *Server) blobJob(rp *repo, image string, d store.Digest) fetch.Job {
-	limit := s.blobLimit(rp.Name+"/"+image, d)
-	return s.rangeJob(fetch.Job{
+func (p *proxy) blobJob(img imageRef, d store.Digest) fetch.Job {
+	s, rp := p.s, p.repo
+	limit := s.blobLimit(img.path(), d)
+	return p.rangeJob(fetch.Job{
 		Want:  d,
-		Fetch: limitFetch(s.blobFetcher(rp, image, d), limit),
-		Link:  store.Link{Repo: rp.Name + "/" + image, Kind: store.LinkFetched},
+		Fetch: limitFetch(p.blobFetcher(img, d), limit),
+		Link:  store.Link{Repo: img.path(), Kind: store.LinkFetched},
 		Resumed: func() {
 			s.m.resumed.WithLabelValues(rp.Name).Inc()
-			s.log.Info("upstream blob stream broke; resumed from the last byte on disk", "repository", rp.Name, "name", image, "digest", d)
+			s.log.Info("upstream blob stream broke; resumed from the last byte on disk", "repository", rp.Name, "name", img.name, "digest", d)
 		},
 		Ended: func(err error) {
 			switch {
@@ -261,28 +267,29 @@ func (s *Server) blobJob(rp *repo, image string, d store.Digest) fetch.Job {
 			case errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch):
 				s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
 				s.upstreamError(rp, err)
-				s.log.Error("upstream blob corrupt, not cached", "repository", rp.Name, "name", image, "digest", d, "err", err)
+				s.log.Error("upstream blob corrupt, not cached", "repository", rp.Name, "name", img.name, "digest", d, "err", err)
 			case !errors.Is(err, upstream.ErrNotFound):
 				s.upstreamError(rp, err)
-				s.log.Debug("upstream blob download failed", "repository", rp.Name, "name", image, "digest", d, "err", err)
+				s.log.Debug("upstream blob download failed", "repository", rp.Name, "name", img.name, "digest", d, "err", err)
 			}
 		},
-	}, rp, image, d)
+	}, img, d)
 }
 
 // rangeJob adds rp's parallel byte ranges to job, unless rp fetches one
 // stream per blob or its upstream did not answer ranges as asked.
-func (s *Server) rangeJob(job fetch.Job, rp *repo, image string, d store.Digest) fetch.Job {
+func (p *proxy) rangeJob(job fetch.Job, img imageRef, d store.Digest) fetch.Job {
+	s, rp := p.s, p.repo
 	rf := rp.RangeFetch
 	if rf.Parallel < 2 || rf.Min <= 0 || rf.Chunk <= 0 || rp.noRanges.Load() {
 		return job
 	}
 	job.Ranges = fetch.RangePlan{Min: rf.Min, Chunk: rf.Chunk, Parallel: rf.Parallel, Ramp: rf.Ramp, SlowRate: rf.SlowRate}
-	job.FetchRange = limitRanges(s.blobRanges(rp, image, d), s.blobLimit(rp.Name+"/"+image, d))
+	job.FetchRange = limitRanges(p.blobRanges(img, d), s.blobLimit(img.path(), d))
 	job.NoRanges = func() {
 		if !rp.noRanges.Swap(true) {
 			s.log.Info("upstream does not answer byte ranges as asked; blobs come as one stream from now on",
-				"repository", rp.Name, "name", image, "digest", d)
+				"repository", rp.Name, "name", img.name, "digest", d)
 		}
 	}
 	return job
@@ -298,7 +305,8 @@ type blobLocator interface {
 // redirects the first range (to a CDN or a bucket), later ranges go
 // straight to where it pointed, and through the registry again when that
 // URL is refused (a signed URL that expired answers 401 or 403).
-func (s *Server) blobRanges(rp *repo, image string, d store.Digest) fetch.RangeFunc {
+func (p *proxy) blobRanges(img imageRef, d store.Digest) fetch.RangeFunc {
+	s, rp := p.s, p.repo
 	var mu sync.Mutex      // guards location
 	var resolve sync.Mutex // one range at a time asks the registry again
 	location := ""         // where the registry redirected the blob
@@ -313,7 +321,7 @@ func (s *Server) blobRanges(rp *repo, image string, d store.Digest) fetch.RangeF
 		var resp *http.Response
 		var err error
 		for at != "" {
-			resp, err = locator.BlobAt(ctx, image, at, start, end)
+			resp, err = locator.BlobAt(ctx, img.name, at, start, end)
 			var ue *upstream.Error
 			if !errors.As(err, &ue) || (ue.StatusCode != http.StatusUnauthorized && ue.StatusCode != http.StatusForbidden) {
 				break
@@ -329,7 +337,7 @@ func (s *Server) blobRanges(rp *repo, image string, d store.Digest) fetch.RangeF
 			defer resolve.Unlock()
 		}
 		if at == "" {
-			resp, err = rp.Upstream.BlobRange(ctx, image, d.String(), start, end)
+			resp, err = rp.Upstream.BlobRange(ctx, img.name, d.String(), start, end)
 			if err == nil && locator != nil && resp.Request != nil && resp.Request.Response != nil {
 				mu.Lock()
 				location = resp.Request.URL.String()
@@ -365,13 +373,14 @@ func (s *Server) blobRanges(rp *repo, image string, d store.Digest) fetch.RangeF
 
 // blobFetcher returns the function that GETs blob d of image upstream,
 // from an offset when a broken download resumes, counting the bytes.
-func (s *Server) blobFetcher(rp *repo, image string, d store.Digest) fetch.Func {
+func (p *proxy) blobFetcher(img imageRef, d store.Digest) fetch.Func {
+	s, rp := p.s, p.repo
 	return func(ctx context.Context, offset, total int64) (io.ReadCloser, int64, error) {
 		end := int64(-1)
 		if offset > 0 && total > 0 {
 			end = total - 1
 		}
-		resp, err := rp.Upstream.BlobRange(ctx, image, d.String(), offset, end)
+		resp, err := rp.Upstream.BlobRange(ctx, img.name, d.String(), offset, end)
 		if err != nil {
 			return nil, -1, err
 		}
@@ -438,13 +447,14 @@ func (c *countingBody) Read(p []byte) (int, error) {
 
 // confirmBlob asks upstream with HEAD whether image holds d, and links it
 // when it does.
-func (s *Server) confirmBlob(ctx context.Context, rp *repo, image string, d store.Digest) error {
-	resp, err := rp.Upstream.Blob(ctx, http.MethodHead, image, d.String())
+func (p *proxy) confirmBlob(ctx context.Context, img imageRef, d store.Digest) error {
+	s, rp := p.s, p.repo
+	resp, err := rp.Upstream.Blob(ctx, http.MethodHead, img.name, d.String())
 	if err != nil {
 		return s.blobUpstreamFailed(rp, err)
 	}
 	resp.Body.Close()
-	return s.blobs.Link(ctx, rp.Name+"/"+image, d, store.LinkConfirmed)
+	return s.blobs.Link(ctx, img.path(), d, store.LinkConfirmed)
 }
 
 // blobUpstreamFailed counts the failure of a request's own upstream call
@@ -461,11 +471,12 @@ func (s *Server) blobUpstreamFailed(rp *repo, err error) error {
 // under way with sent bytes out: the rest is fetched (with a Range request
 // when sent > 0) and h holds the hash of what was sent. The digest is
 // checked before the last byte goes out.
-func (s *Server) passThrough(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest, sent int64, h hash.Hash, started bool, cause error) error {
+func (p *proxy) passThrough(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest, sent int64, h hash.Hash, started bool, cause error) error {
+	s, rp := p.s, p.repo
 	ctx := r.Context()
 	s.m.passThrough.WithLabelValues(rp.Name, "store_error").Inc()
-	s.log.Error("store cannot cache, passing upstream through", "repository", rp.Name, "name", image, "digest", d, "offset", sent, "err", cause)
-	resp, err := rp.Upstream.BlobRange(ctx, image, d.String(), sent, -1)
+	s.log.Error("store cannot cache, passing upstream through", "repository", rp.Name, "name", img.name, "digest", d, "offset", sent, "err", cause)
+	resp, err := rp.Upstream.BlobRange(ctx, img.name, d.String(), sent, -1)
 	if err != nil {
 		if started {
 			return err

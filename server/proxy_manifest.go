@@ -15,29 +15,29 @@ import (
 	"github.com/berth-registry/berth/upstream"
 )
 
-// serveProxy answers a pull from a proxy repository. Proxies are read-only.
-func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, rp *repo, image string, rt route) error {
+// serve answers a pull from a proxy repository. Proxies are read-only.
+func (p *proxy) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt route) error {
+	rp := p.repo
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		return errf(codeUnsupported, "repository %q is a %s repository (read-only); push to a hosted repository", rp.Name, rp.Kind)
+		return errf(codeUnsupported, "repository %q is a proxy repository (read-only); push to a hosted repository", rp.Name)
 	}
 	switch rt.kind {
 	case routeManifest:
-		a, err := s.proxyManifest(r, rp, image, rt)
+		a, err := p.manifest(r, img, rt)
 		if err != nil {
 			return err
 		}
-		s.eagerLayers(rp, image, a.m)
 		return a.write(w, r)
 	case routeBlob:
-		return s.proxyBlob(w, r, rp, image, rt.digest)
+		return p.blob(w, r, img, rt.digest)
 	case routeTags:
-		return s.proxyTags(w, r, rp, image)
+		return serveTags(w, r, p, img, rt.name)
 	case routeReferrers:
-		return s.proxyReferrers(w, r, rp, image, rt.digest)
+		return serveReferrers(w, r, p, img, rt.digest)
 	case routeUploads, routeUpload:
-		return errf(codeUnsupported, "repository %q is a %s repository (read-only)", rp.Name, rp.Kind)
+		return errf(codeUnsupported, "repository %q is a proxy repository (read-only)", rp.Name)
 	}
-	return errf(codeNotFound, "%s is not served by %s repositories", rt.kind, rp.Kind)
+	return errf(codeNotFound, "%s is not served by proxy repositories", rt.kind)
 }
 
 // cacheResult records how repository rp answered a client's request:
@@ -63,15 +63,23 @@ func (s *Server) countResult(r *http.Request, repoName, kind, result, source str
 	}
 }
 
-// proxyManifest: GET/HEAD /v2/<name>/manifests/<ref> (end-3) through the
-// cache rules of DESIGN.md: digests are immutable; tags are fresh for
-// tag_ttl, then revalidated with HEAD; stale copies are served when the
-// upstream fails; 404s are remembered for not_found_ttl.
-func (s *Server) proxyManifest(r *http.Request, rp *repo, image string, rt route) (manifestAnswer, error) {
-	ctx := r.Context()
-	path := rp.Name + "/" + image
-	negKey := path + "@" + rt.ref
+// manifest: GET/HEAD /v2/<name>/manifests/<ref> (end-3) through the
+// cache: digests are immutable; tags are fresh for tag_ttl, then
+// revalidated with HEAD; stale copies are served when the upstream fails;
+// 404s are remembered for not_found_ttl. An image manifest served starts
+// its eager layers.
+func (p *proxy) manifest(r *http.Request, img imageRef, rt route) (manifestAnswer, error) {
+	a, err := p.cachedManifest(r, img, rt)
+	if err == nil {
+		p.eagerLayers(img, a.m)
+	}
+	return a, err
+}
 
+func (p *proxy) cachedManifest(r *http.Request, img imageRef, rt route) (manifestAnswer, error) {
+	s, rp := p.s, p.repo
+	ctx := r.Context()
+	path := img.path()
 	if !rt.digest.IsZero() {
 		if m, err := s.manifests.GetManifest(ctx, path, rt.digest); err == nil {
 			s.cacheResult(r, rp, "manifest", resultHit, "cache")
@@ -79,7 +87,7 @@ func (s *Server) proxyManifest(r *http.Request, rp *repo, image string, rt route
 		} else if !store.IsNotFound(err) {
 			return manifestAnswer{}, err
 		}
-		return s.manifestMiss(r, rp, image, rt.ref, "", negKey)
+		return p.manifestMiss(r, img, rt.ref, "")
 	}
 
 	tag := rt.ref
@@ -97,19 +105,20 @@ func (s *Server) proxyManifest(r *http.Request, rp *repo, image string, rt route
 				s.cacheResult(r, rp, "manifest", resultHit, "cache")
 				return manifestAnswer{m: m}, nil
 			}
-			return s.revalidateTag(r, rp, image, tag, m)
+			return p.revalidateTag(r, img, tag, m)
 		}
 	}
-	return s.manifestMiss(r, rp, image, tag, tag, negKey)
+	return p.manifestMiss(r, img, tag, tag)
 }
 
 // revalidateTag asks upstream with HEAD whether a stale cached tag still
 // points at m (HEAD does not count against Docker Hub's pull limit).
-func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m store.Manifest) (manifestAnswer, error) {
+func (p *proxy) revalidateTag(r *http.Request, img imageRef, tag string, m store.Manifest) (manifestAnswer, error) {
+	s, rp := p.s, p.repo
 	ctx := r.Context()
-	path := rp.Name + "/" + image
+	path := img.path()
 	v, err := shared.Do(ctx, &s.flight, "head\x00"+path+":"+tag, time.Minute, func(ctx context.Context) (any, error) {
-		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, image, tag)
+		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, img.name, tag)
 		if err != nil {
 			return "", err
 		}
@@ -123,14 +132,14 @@ func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m s
 		switch {
 		case errors.Is(err, upstream.ErrNotFound):
 			if err := s.manifests.DeleteTag(ctx, path, tag); err != nil && !store.IsNotFound(err) {
-				s.log.Error("forget a tag deleted upstream", "repository", rp.Name, "name", image, "tag", tag, "err", err)
+				s.log.Error("forget a tag deleted upstream", "repository", rp.Name, "name", img.name, "tag", tag, "err", err)
 			}
-			rp.rememberNotFound(path + "@" + tag)
+			rp.rememberNotFound(img.at(tag))
 			s.cacheResult(r, rp, "manifest", resultMiss, "")
-			return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream", image, tag)
+			return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream", img.name, tag)
 		case rp.ServeStale && errors.Is(err, upstream.ErrUnavailable):
 			s.upstreamError(rp, err)
-			s.log.Debug("upstream unavailable, serving stale tag", "repository", rp.Name, "name", image, "tag", tag, "err", err)
+			s.log.Debug("upstream unavailable, serving stale tag", "repository", rp.Name, "name", img.name, "tag", tag, "err", err)
 			s.cacheResult(r, rp, "manifest", resultStale, "cache")
 			return manifestAnswer{m: m}, nil
 		}
@@ -144,19 +153,20 @@ func (s *Server) revalidateTag(r *http.Request, rp *repo, image, tag string, m s
 		s.cacheResult(r, rp, "manifest", resultRevalidated, "cache")
 		return manifestAnswer{m: m}, nil
 	}
-	return s.manifestMiss(r, rp, image, tag, tag, path+"@"+tag)
+	return p.manifestMiss(r, img, tag, tag)
 }
 
 // manifestMiss fetches a manifest from upstream (GET) and caches it (for
 // a HEAD of a tag too), or relays an upstream HEAD of a digest without
 // caching anything.
-func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey string) (manifestAnswer, error) {
+func (p *proxy) manifestMiss(r *http.Request, img imageRef, ref, tag string) (manifestAnswer, error) {
+	s, rp := p.s, p.repo
 	ctx := r.Context()
-	if rp.notFound(negKey) {
+	if rp.notFound(img.at(ref)) {
 		s.cacheResult(r, rp, "manifest", resultNegative, "")
-		return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered)", image, ref)
+		return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered)", img.name, ref)
 	}
-	if m, ok := s.committingManifest(rp.Name+"/"+image, ref); ok {
+	if m, ok := s.committingManifest(img.path(), ref); ok {
 		s.cacheResult(r, rp, "manifest", resultHit, "cache")
 		return manifestAnswer{m: m}, nil
 	}
@@ -167,15 +177,15 @@ func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey
 	// then GET by digest costs the same one upstream GET as before. A
 	// HEAD by digest still asks upstream with HEAD and caches nothing.
 	if r.Method == http.MethodHead && tag == "" {
-		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, image, ref)
+		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, img.name, ref)
 		if err != nil {
-			return manifestAnswer{}, s.manifestMissFailed(r, rp, err, image, ref, negKey)
+			return manifestAnswer{}, p.manifestMissFailed(r, img, ref, err)
 		}
 		resp.Body.Close()
 		dg := resp.Header.Get("Docker-Content-Digest")
 		if strings.Contains(ref, ":") && dg != "" && dg != ref {
 			s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
-			return manifestAnswer{}, fmt.Errorf("upstream HEAD %s@%s answered digest %s", image, ref, dg)
+			return manifestAnswer{}, fmt.Errorf("upstream HEAD %s@%s answered digest %s", img.name, ref, dg)
 		}
 		s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
 		head := http.Header{}
@@ -189,12 +199,11 @@ func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey
 		}
 		return manifestAnswer{head: head}, nil
 	}
-	path := rp.Name + "/" + image
-	v, err := shared.Do(ctx, &s.flight, "get\x00"+path+"@"+ref, 2*time.Minute, func(ctx context.Context) (any, error) {
-		return s.fetchManifest(ctx, rp, image, ref, tag)
+	v, err := shared.Do(ctx, &s.flight, "get\x00"+img.at(ref), 2*time.Minute, func(ctx context.Context) (any, error) {
+		return p.fetchManifest(ctx, img, ref, tag)
 	})
 	if err != nil {
-		return manifestAnswer{}, s.manifestMissFailed(r, rp, err, image, ref, negKey)
+		return manifestAnswer{}, p.manifestMissFailed(r, img, ref, err)
 	}
 	s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
 	return manifestAnswer{m: v.(store.Manifest)}, nil
@@ -203,13 +212,14 @@ func (s *Server) manifestMiss(r *http.Request, rp *repo, image, ref, tag, negKey
 // manifestMissFailed answers a miss the upstream failed: a 404 it gave
 // before is answered again while it is unavailable (serve_stale), else
 // manifestUpstreamFailed.
-func (s *Server) manifestMissFailed(r *http.Request, rp *repo, err error, image, ref, negKey string) error {
-	if rp.ServeStale && errors.Is(err, upstream.ErrUnavailable) && rp.staleNotFound(negKey) {
+func (p *proxy) manifestMissFailed(r *http.Request, img imageRef, ref string, err error) error {
+	s, rp := p.s, p.repo
+	if rp.ServeStale && errors.Is(err, upstream.ErrUnavailable) && rp.staleNotFound(img.at(ref)) {
 		s.upstreamError(rp, err)
 		s.cacheResult(r, rp, "manifest", resultNegative, "")
-		return errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered; the upstream is unavailable now)", image, ref)
+		return errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered; the upstream is unavailable now)", img.name, ref)
 	}
-	return s.manifestUpstreamFailed(rp, err, negKey)
+	return s.manifestUpstreamFailed(rp, err, img.at(ref))
 }
 
 // manifestUpstreamFailed remembers an upstream 404 or counts another
@@ -228,9 +238,10 @@ func (s *Server) manifestUpstreamFailed(rp *repo, err error, negKey string) erro
 
 // fetchManifest GETs a manifest, checks its size, digest and shape, and
 // stores it (with the tag, when fetched by tag).
-func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag string) (store.Manifest, error) {
+func (p *proxy) fetchManifest(ctx context.Context, img imageRef, ref, tag string) (store.Manifest, error) {
+	s, rp := p.s, p.repo
 	asked := time.Now()
-	resp, err := rp.Upstream.Manifest(ctx, http.MethodGet, image, ref)
+	resp, err := rp.Upstream.Manifest(ctx, http.MethodGet, img.name, ref)
 	if err != nil {
 		return store.Manifest{}, err
 	}
@@ -261,19 +272,19 @@ func (s *Server) fetchManifest(ctx context.Context, rp *repo, image, ref, tag st
 	if !dg.Verify(body) {
 		s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
 		s.m.upstreamErrors.WithLabelValues(rp.Name, "digest").Inc()
-		return store.Manifest{}, fmt.Errorf("%w: manifest %s@%s does not match digest %s", errUpstreamBroken, image, ref, dg)
+		return store.Manifest{}, fmt.Errorf("%w: manifest %s@%s does not match digest %s", errUpstreamBroken, img.name, ref, dg)
 	}
 	if h := resp.Header.Get("Docker-Content-Digest"); h != "" && h != dg.String() {
 		s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
 		s.m.upstreamErrors.WithLabelValues(rp.Name, "digest").Inc()
-		return store.Manifest{}, fmt.Errorf("%w: manifest %s:%s: header digest %s, content %s", errUpstreamBroken, image, ref, h, dg)
+		return store.Manifest{}, fmt.Errorf("%w: manifest %s:%s: header digest %s, content %s", errUpstreamBroken, img.name, ref, h, dg)
 	}
 	pm, err := parseManifest(body, resp.Header.Get("Content-Type"))
 	if err != nil {
 		return store.Manifest{}, err
 	}
 	m := store.Manifest{Digest: dg, MediaType: pm.mediaType, Body: body, ArtifactType: pm.artifactType, Annotations: pm.annotations, Subject: pm.subject}
-	s.commitManifest(rp, image, ref, tag, m, pm.refs())
+	p.commitManifest(img, ref, tag, m, pm.refs())
 	return m, nil
 }
 
@@ -292,22 +303,23 @@ type pendingManifest struct {
 // (committingManifest) and its blobs count as linked (committingRef). A
 // crash before the commit leaves what a crash before the upstream
 // answered leaves: nothing.
-func (s *Server) commitManifest(rp *repo, image, ref, tag string, m store.Manifest, refs []store.Digest) {
-	path := rp.Name + "/" + image
-	p := &pendingManifest{m: m, refs: refs}
-	keys := []string{path + "@" + m.Digest.String()}
+func (p *proxy) commitManifest(img imageRef, ref, tag string, m store.Manifest, refs []store.Digest) {
+	s, rp := p.s, p.repo
+	path := img.path()
+	pm := &pendingManifest{m: m, refs: refs}
+	keys := []string{img.at(m.Digest.String())}
 	if ref != m.Digest.String() {
-		keys = append(keys, path+"@"+ref)
+		keys = append(keys, img.at(ref))
 	}
 	for _, k := range keys {
-		s.committing.Store(k, p)
+		s.committing.Store(k, pm)
 	}
 	s.commits.Add(1)
 	s.goSafe("manifest commit", func() {
 		defer s.commits.Done()
 		defer func() {
 			for _, k := range keys {
-				s.committing.CompareAndDelete(k, p)
+				s.committing.CompareAndDelete(k, pm)
 			}
 		}()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -315,7 +327,7 @@ func (s *Server) commitManifest(rp *repo, image, ref, tag string, m store.Manife
 		if err := s.manifests.PutManifest(ctx, path, m, tag, refs); err != nil {
 			// Served all the same: what upstream sent, not kept.
 			s.m.passThrough.WithLabelValues(rp.Name, "store_error").Inc()
-			s.log.Error("cache manifest", "repository", rp.Name, "name", image, "ref", ref, "err", err)
+			s.log.Error("cache manifest", "repository", rp.Name, "name", img.name, "ref", ref, "err", err)
 			return
 		}
 	})

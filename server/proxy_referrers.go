@@ -28,28 +28,20 @@ type referrersEntry struct {
 // when the upstream is down (it is fresh for tag_ttl).
 const referrersKeep = 24 * time.Hour
 
-// proxyReferrers: GET /v2/<name>/referrers/<digest> (end-12a/b) through a
+// referrers: GET /v2/<name>/referrers/<digest> (end-12a/b) through a
 // proxy: the upstream's list, cached with tag_ttl freshness and served
 // stale when the upstream fails. An upstream without the API (404, as
 // Docker Hub) gets its 404 passed on, so clients fall back to the tag
-// schema (sha256-<hex>.sig), which berth proxies as tags.
-func (s *Server) proxyReferrers(w http.ResponseWriter, r *http.Request, rp *repo, image string, d store.Digest) error {
-	refs, err := s.proxyReferrerList(r, rp, image, d)
-	if err != nil {
-		return err
-	}
-	return writeReferrers(w, r, refs)
-}
-
-// proxyReferrerList returns the referrers of d in rp's upstream (filtered
-// by the request's artifactType), from the cache when fresh.
-func (s *Server) proxyReferrerList(r *http.Request, rp *repo, image string, d store.Digest) ([]store.Referrer, error) {
+// schema (sha256-<hex>.sig), which berth proxies as tags. The list is
+// filtered by the request's artifactType, from the cache when fresh.
+func (p *proxy) referrers(r *http.Request, img imageRef, d store.Digest) ([]store.Referrer, error) {
+	s, rp := p.s, p.repo
 	ctx := r.Context()
 	at, err := artifactTypeQuery(r)
 	if err != nil {
 		return nil, err
 	}
-	key := rp.Name + "/" + image + "@" + d.String() + "?" + at
+	key := img.at(d.String()) + "?" + at
 	cached, ok := rp.referrers.Get(key)
 	// answer is the cached entry as the client gets it: an upstream
 	// without the API keeps answering 404, even while it is down, so that
@@ -65,7 +57,7 @@ func (s *Server) proxyReferrerList(r *http.Request, rp *repo, image string, d st
 		return answer()
 	}
 	v, err := shared.Do(ctx, &s.flight, "referrers\x00"+key, time.Minute, func(ctx context.Context) (any, error) {
-		return s.fetchReferrers(ctx, rp, image, d, at)
+		return p.fetchReferrers(ctx, img, d, at)
 	})
 	switch {
 	case err == nil:
@@ -90,8 +82,9 @@ func (s *Server) proxyReferrerList(r *http.Request, rp *repo, image string, d st
 
 // fetchReferrers GETs the upstream's referrers index and reads its
 // descriptors, dropping any whose digest does not parse.
-func (s *Server) fetchReferrers(ctx context.Context, rp *repo, image string, d store.Digest, artifactType string) ([]store.Referrer, error) {
-	resp, err := rp.Upstream.Referrers(ctx, image, d.String(), artifactType)
+func (p *proxy) fetchReferrers(ctx context.Context, img imageRef, d store.Digest, artifactType string) ([]store.Referrer, error) {
+	rp := p.repo
+	resp, err := rp.Upstream.Referrers(ctx, img.name, d.String(), artifactType)
 	if err != nil {
 		return nil, err
 	}

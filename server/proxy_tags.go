@@ -6,37 +6,32 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 
 	"github.com/berth-registry/berth/upstream"
 )
 
-// proxyTags: GET /v2/<name>/tags/list (end-8a/b) from upstream, rewritten
-// to the client's name; the cached tags when the upstream is unavailable.
-func (s *Server) proxyTags(w http.ResponseWriter, r *http.Request, rp *repo, image string) error {
-	ctx := r.Context()
-	q, err := pageQuery(r.URL.Query())
-	if err != nil {
-		return err
-	}
-	clientName := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/v2/"), "/tags/list")
-	resp, err := rp.Upstream.Tags(ctx, image, q)
+// tags: GET /v2/<name>/tags/list (end-8a/b) from upstream (q passed
+// on); the cached tags when the upstream is unavailable and the proxy
+// serves stale.
+func (p *proxy) tags(r *http.Request, img imageRef, q url.Values) ([]string, bool, error) {
+	s, rp, ctx := p.s, p.repo, r.Context()
+	resp, err := rp.Upstream.Tags(ctx, img.name, q)
 	if err != nil {
 		if rp.ServeStale && errors.Is(err, upstream.ErrUnavailable) {
 			s.upstreamError(rp, err)
-			tags, serr := s.manifests.Tags(ctx, rp.Name+"/"+image)
+			tags, serr := s.manifests.Tags(ctx, img.path())
 			if serr != nil {
-				return serr
+				return nil, false, serr
 			}
 			if len(tags) > 0 {
 				s.cacheResult(r, rp, "tags", resultStale, "cache")
-				return writeTagList(w, r, clientName, tags)
+				return tags, false, nil
 			}
 		}
 		if !errors.Is(err, upstream.ErrNotFound) {
 			s.upstreamError(rp, err)
 		}
-		return err
+		return nil, false, err
 	}
 	defer resp.Body.Close()
 	var list struct {
@@ -44,20 +39,13 @@ func (s *Server) proxyTags(w http.ResponseWriter, r *http.Request, rp *repo, ima
 		Tags []string `json:"tags"`
 	}
 	if err := decodeJSON(resp.Body, &list); err != nil {
-		return fmt.Errorf("upstream tag list: %w", err)
+		return nil, false, fmt.Errorf("upstream tag list: %w", err)
 	}
+	s.cacheResult(r, rp, "tags", resultMiss, "upstream")
 	// A next page may exist when upstream says so, or when this page is
 	// as long as asked (some registries send no Link header).
 	full := q.Get("n") != "" && strconv.Itoa(len(list.Tags)) == q.Get("n")
-	if (resp.Header.Get("Link") != "" || full) && len(list.Tags) > 0 {
-		next := url.Values{"last": {list.Tags[len(list.Tags)-1]}}
-		if n := q.Get("n"); n != "" {
-			next.Set("n", n)
-		}
-		w.Header().Set("Link", fmt.Sprintf(`</v2/%s/tags/list?%s>; rel="next"`, clientName, next.Encode()))
-	}
-	s.cacheResult(r, rp, "tags", resultMiss, "upstream")
-	return writeTagList(w, r, clientName, list.Tags)
+	return list.Tags, resp.Header.Get("Link") != "" || full, nil
 }
 
 // pageQuery checks a tag list's n and last as hosted repositories do

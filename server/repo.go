@@ -14,9 +14,8 @@ type repo struct {
 	health    *upstreamHealth                    // proxy: what real requests said of the upstream
 	neg       *lru.Cache[string, time.Time]      // upstream 404s → fresh until (kept negKeep, for stale answers)
 	referrers *lru.Cache[string, referrersEntry] // proxy: "<path>@<digest>?<artifactType>" → the upstream's referrers
-	leaves    []*repo                            // group: proxy and hosted members, nested groups flattened, in order
+	impl      repository                         // what it does: a *proxy, *hosted or *group
 	parent    *repo                              // a per-host proxy: the allowlist repository that made it
-	served    *lru.Cache[string, *repo]          // group: which member served an image's manifest
 	noRanges  atomic.Bool                        // proxy: the upstream answered a range request otherwise
 	// proxy: how long the last manifest GET took the upstream to answer
 	// (ns, auth round trips included): eager layers start wide after a

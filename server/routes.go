@@ -147,9 +147,10 @@ func (s *Server) v2Handler(listener listenerScope) http.Handler {
 	})
 }
 
-// dispatch routes one /v2 request (DESIGN: "Which repository answers").
+// dispatch routes one /v2 request: the base and the catalog answer for
+// the listener; any other path goes to the repository resolve picks, is
+// authorized there and ends in that repository's serve.
 func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listener listenerScope) error {
-	listenerRepo := listener.repo
 	info := infoOf(r.Context())
 	rt, err := parsePath(r.URL.Path)
 	if err != nil {
@@ -158,75 +159,20 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listener liste
 	info.kind, info.route = rt.kind.String(), rt
 	switch rt.kind {
 	case routeBase:
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			return errf(codeUnsupported, "method %s not allowed on /v2/", r.Method)
-		}
-		// end-1: 200 when the credentials are good, or when anonymous
-		// access covers everything here (no users, anonymous pulls).
-		// Otherwise the challenge: clients learn the realm only from this
-		// answer (Docker never asks for a token after a 200 here), and
-		// anonymous ones get tokens for what anonymous access allows.
-		if info.principal.user == nil && info.principal.token == nil && !info.principal.internal {
-			if rp := s.repos[listenerRepo]; rp == nil || !rp.AnonymousPull || len(*s.auth.users.Load()) > 0 {
-				return s.challenge(r, "", "", "")
-			}
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Content-Length", "2")
-		if r.Method == http.MethodGet {
-			io.WriteString(w, "{}")
-		}
-		return nil
+		return s.serveBase(w, r, listener)
 	case routeCatalog:
-		rp := s.repos[listenerRepo]
-		if rp == nil {
-			return errf(codeNameUnknown, "no repository on this listener")
-		}
-		info.repo = rp.Name
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			return errf(codeUnsupported, "method %s not allowed on /v2/_catalog", r.Method)
-		}
-		p := info.principal
-		if !s.allowed(p, rp, "", actionPull) && rp.Kind != KindGroup {
-			if p.user == nil {
-				return s.challenge(r, "", "", "")
-			}
-			return errf(codeDenied, "%s may not list %s", p.name(), rp.Name)
-		}
-		if p.token != nil && !p.token.grants("registry", "catalog", "*") {
-			return s.challenge(r, "", "", "insufficient_scope")
-		}
-		return s.catalog(w, r, rp)
+		return s.serveCatalog(w, r, listener)
 	}
-	rp, image, err := s.resolve(r, listener, rt.name)
+	rp, image, err := s.resolve(r.Context(), r.URL.Query().Get("ns"), listener, rt.name)
 	if err != nil {
 		return err
 	}
 	defer s.forgetSilentHost(rp)
 	info.repo, info.image, info.ref = rp.Name, image, rt.ref
-	if rp.Kind == KindGroup {
+	if rp.asGroup() != nil {
 		info.group = rp.Name
 	}
-	// Writes a repository kind cannot take are refused whoever asks.
-	if actionFor(r, rt) != actionPull {
-		switch {
-		case rp.Kind == KindProxy:
-			return errf(codeUnsupported, "repository %q is a %s repository (read-only); push to a hosted repository", rp.Name, rp.Kind)
-		case rp.Kind == KindGroup && rp.PushTo == "":
-			return errf(codeUnsupported, "group %q has no push_to repository; push to a hosted repository", rp.Name)
-		}
-	}
-	target := rp
-	if rp.Kind == KindGroup && actionFor(r, rt) != actionPull && rp.PushTo != "" {
-		// A write through a group needs the right on the group or on
-		// the repository it goes to.
-		if s.allowed(info.principal, rp, image, actionPush) {
-			target = rp
-		} else {
-			target = s.repos[rp.PushTo]
-		}
-	}
-	if err := s.authorize(r, info.principal, target, image, rt.name, actionFor(r, rt)); err != nil {
+	if err := s.authorizeRoute(r, rp, image, rt); err != nil {
 		return err
 	}
 	if rt.kind == routeUploads || (rt.kind == routeUpload && r.Method != http.MethodGet) {
@@ -237,15 +183,74 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listener liste
 		}
 		defer release()
 	}
-	switch rp.Kind {
-	case KindProxy:
-		return s.serveProxy(w, r, rp, image, rt)
-	case KindHosted:
-		return s.serveHosted(w, r, rp, image, rt)
-	case KindGroup:
-		return s.serveGroup(w, r, rp, image, rt)
+	return rp.impl.serve(w, r, rp.image(image), rt)
+}
+
+// serveBase answers /v2/ (end-1): 200 when the credentials are good, or
+// when anonymous access covers everything here (no users, anonymous
+// pulls). Otherwise the challenge: clients learn the realm only from this
+// answer (Docker never asks for a token after a 200 here), and anonymous
+// ones get tokens for what anonymous access allows.
+func (s *Server) serveBase(w http.ResponseWriter, r *http.Request, listener listenerScope) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return errf(codeUnsupported, "method %s not allowed on /v2/", r.Method)
 	}
-	return errf(codeUnsupported, "repository %q of kind %s cannot serve this yet", rp.Name, rp.Kind)
+	p := infoOf(r.Context()).principal
+	if p.user == nil && p.token == nil && !p.internal {
+		if rp := s.repos[listener.repo]; rp == nil || !rp.AnonymousPull || len(*s.auth.users.Load()) > 0 {
+			return s.challenge(r, "", "", "")
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", "2")
+	if r.Method == http.MethodGet {
+		io.WriteString(w, "{}")
+	}
+	return nil
+}
+
+// serveCatalog answers /v2/_catalog of the listener's repository.
+func (s *Server) serveCatalog(w http.ResponseWriter, r *http.Request, listener listenerScope) error {
+	info := infoOf(r.Context())
+	rp := s.repos[listener.repo]
+	if rp == nil {
+		return errf(codeNameUnknown, "no repository on this listener")
+	}
+	info.repo = rp.Name
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return errf(codeUnsupported, "method %s not allowed on /v2/_catalog", r.Method)
+	}
+	p := info.principal
+	if !s.allowed(p, rp, "", actionPull) && rp.asGroup() == nil {
+		if p.user == nil {
+			return s.challenge(r, "", "", "")
+		}
+		return errf(codeDenied, "%s may not list %s", p.name(), rp.Name)
+	}
+	if p.token != nil && !p.token.grants("registry", "catalog", "*") {
+		return s.challenge(r, "", "", "insufficient_scope")
+	}
+	return s.catalog(w, r, rp)
+}
+
+// authorizeRoute refuses writes rp's kind cannot take, whoever asks, and
+// decides the request's right: a write through a group needs the right
+// on the group or on the repository it goes to.
+func (s *Server) authorizeRoute(r *http.Request, rp *repo, image string, rt route) error {
+	p := infoOf(r.Context()).principal
+	action := actionFor(r, rt)
+	target := rp
+	if action != actionPull {
+		switch g := rp.asGroup(); {
+		case rp.asProxy() != nil:
+			return errf(codeUnsupported, "repository %q is a proxy repository (read-only); push to a hosted repository", rp.Name)
+		case g != nil && g.pushTo == nil:
+			return errf(codeUnsupported, "group %q has no push_to repository; push to a hosted repository", rp.Name)
+		case g != nil && !s.allowed(p, rp, image, actionPush):
+			target = g.pushTo
+		}
+	}
+	return s.authorize(r, p, target, image, rt.name, action)
 }
 
 // resolve picks the repository for a request and the image name within
@@ -254,11 +259,11 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listener liste
 // a repository or an upstream host picks it and is stripped; (3) else the
 // listener's repository. Hosts are parsed (reghost) before anything is
 // matched: a malformed one is 400 and nothing is dialled.
-func (s *Server) resolve(r *http.Request, listener listenerScope, name string) (*repo, string, error) {
+func (s *Server) resolve(ctx context.Context, ns string, listener listenerScope, name string) (*repo, string, error) {
 	scope := s.scope(listener)
 	var rp *repo
 	image := name
-	if ns := r.URL.Query().Get("ns"); ns != "" {
+	if ns != "" {
 		host, err := parseHost("ns", ns)
 		if err != nil {
 			return nil, "", err
@@ -272,7 +277,7 @@ func (s *Server) resolve(r *http.Request, listener listenerScope, name string) (
 			if g == nil {
 				return nil, "", errf(codeNameUnknown, "no repository serves namespace %q", host)
 			}
-			if rp, err = s.hostProxy(r.Context(), g, host); err != nil {
+			if rp, err = s.hostProxy(ctx, g, host); err != nil {
 				return nil, "", err
 			}
 		}
@@ -287,7 +292,7 @@ func (s *Server) resolve(r *http.Request, listener listenerScope, name string) (
 			if p := proxyForHost(scope, host); p != nil && strings.Contains(first, ".") {
 				rp, image = p, rest
 			} else if g := allowlistFor(scope, host); g != nil {
-				if rp, err = s.hostProxy(r.Context(), g, host); err != nil {
+				if rp, err = s.hostProxy(ctx, g, host); err != nil {
 					return nil, "", err
 				}
 				image = rest
@@ -300,7 +305,7 @@ func (s *Server) resolve(r *http.Request, listener listenerScope, name string) (
 			return nil, "", errf(codeNameUnknown, "no repository for %q", name)
 		}
 	}
-	if rp.Kind == KindProxy && rp.Upstream == nil {
+	if rp.asProxy() != nil && rp.Upstream == nil {
 		// An allowlist repository named itself: the host comes next
 		// ("<repository>/<host>/<image>").
 		first, rest, ok := strings.Cut(image, "/")
@@ -314,7 +319,7 @@ func (s *Server) resolve(r *http.Request, listener listenerScope, name string) (
 		if !host.MatchAny(rp.Hosts) {
 			return nil, "", errf(codeNameUnknown, "repository %q serves the registries %s; %q is not one", rp.Name, strings.Join(rp.Hosts, ", "), host)
 		}
-		if rp, err = s.hostProxy(r.Context(), rp, host); err != nil {
+		if rp, err = s.hostProxy(ctx, rp, host); err != nil {
 			return nil, "", err
 		}
 		image = rest

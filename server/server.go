@@ -231,12 +231,7 @@ func New(opts Options) (*Server, error) {
 		s.repos[r.Name] = rp
 		s.order = append(s.order, rp)
 	}
-	for _, rp := range s.order {
-		if rp.Kind != KindGroup {
-			continue
-		}
-		rp.leaves, rp.served = s.flatten(rp), lru.New[string, *repo](100_000, 0).WithCost(cacheBytes, lru.StringBytes[*repo])
-	}
+	s.linkGroups()
 	a, err := newAuth(opts.Auth)
 	if err != nil {
 		return nil, err
@@ -247,7 +242,7 @@ func New(opts Options) (*Server, error) {
 	opts.Registry.MustRegister(newBudgetCollector(s), newHealthCollector(s), &endpointCollector{s: s, desc: prometheus.NewDesc("berth_upstream_url_offline",
 		"1 while a URL of a proxy's urls is skipped after failing (offline_period).", []string{"repository", "url"}, nil)})
 	for _, rp := range s.order {
-		s.m.initRepository(rp.Name, rp.Kind == KindProxy)
+		s.m.initRepository(rp.Name, rp.asProxy() != nil)
 	}
 	s.fetches = fetch.NewGroup(fetch.Config{Timeout: opts.FetchTimeout, Spawn: s.goSafe,
 		NewTemp: func(ctx context.Context, alg string) (fetch.TempBlob, error) { return s.blobs.NewBlobWriter(ctx, alg) },
@@ -262,7 +257,8 @@ func (s *Server) newRepo(r Repository) *repo {
 	rp := &repo{Repository: r, health: &upstreamHealth{},
 		neg:       lru.New[string, time.Time](100_000, 0).WithCost(cacheBytes, lru.StringBytes[time.Time]),
 		referrers: lru.New[string, referrersEntry](10_000, referrersKeep).WithCost(referrersBytes, referrersEntryBytes)}
-	if r.Kind == KindProxy && r.Upstream != nil {
+	rp.impl = s.newKind(rp)
+	if rp.asProxy() != nil && r.Upstream != nil {
 		rp.Upstream = observedUpstream{Upstream: r.Upstream, h: rp.health}
 	}
 	return rp

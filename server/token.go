@@ -224,7 +224,7 @@ func (s *Server) grantScope(r *http.Request, p principal, listener listenerScope
 	if validateName(sc.name) != nil {
 		return tokenAccess{}, false
 	}
-	rp, image, err := s.resolve(r, listener, sc.name)
+	rp, image, err := s.resolve(r.Context(), r.URL.Query().Get("ns"), listener, sc.name)
 	if err != nil {
 		return tokenAccess{}, false
 	}

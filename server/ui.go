@@ -72,8 +72,8 @@ func (s *Server) uiPage(f uiPageFunc) http.HandlerFunc {
 
 // visible reports whether p may see repository rp on the page.
 func (s *Server) visible(p principal, rp *repo) bool {
-	if rp.Kind == KindGroup {
-		for _, m := range rp.leaves {
+	if rp.asGroup() != nil {
+		for _, m := range rp.members() {
 			if s.memberReadable(p, rp, m, "") {
 				return true
 			}
@@ -178,15 +178,15 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 			continue
 		}
 		h, a, c, u := hits[rp.Name], lookups[rp.Name], fromCache[rp.Name], fromUp[rp.Name]
-		if rp.Kind == KindGroup {
+		if rp.asGroup() != nil {
 			h, a, c, u = gHits[rp.Name], gLookups[rp.Name], gCache[rp.Name], gUp[rp.Name]
 		} else {
 			totHit, totAll, totCache, totUp = totHit+h, totAll+a, totCache+c, totUp+u
 		}
 		images, _ := s.index.Repositories(r.Context(), rp.Name+"/")
 		rw := row{Name: rp.Name, Kind: rp.Kind, HitRatio: ratio(h, a), CacheBytes: humanBytes(c), UpstreamBytes: humanBytes(u), Images: len(images)}
-		switch rp.Kind {
-		case KindProxy:
+		switch rp.impl.(type) {
+		case *proxy:
 			rw.Target = rp.UpstreamHost
 			if len(rp.Hosts) > 0 {
 				rw.Target = "any of " + strings.Join(rp.Hosts, " ")
@@ -202,7 +202,7 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 			if len(rp.Hosts) > 0 {
 				rw.Health, rw.Healthy = fmt.Sprintf("%d registry hosts seen (below)", len(s.hostRepos(rp))), true
 			}
-		case KindGroup:
+		case *group:
 			rw.Target = strings.Join(rp.Members, " → ")
 			if rp.PushTo != "" {
 				rw.Target += " (push to " + rp.PushTo + ")"
@@ -265,7 +265,7 @@ func (s *Server) uiRepository(r *http.Request, p principal) (string, map[string]
 		rows = append(rows, row{image, len(tags)})
 	}
 	data := map[string]any{"Title": rp.Name, "Repo": rp.Name, "Kind": rp.Kind, "Images": rows}
-	if rp.Kind == KindGroup {
+	if rp.asGroup() != nil {
 		var members []string
 		for _, m := range rp.Members {
 			if mr := s.repos[m]; mr != nil && s.visible(p, mr) {
@@ -283,7 +283,7 @@ func (s *Server) uiImageAllowed(r *http.Request, p principal) (*repo, string, er
 		return nil, "", err
 	}
 	image := r.URL.Query().Get("name")
-	if validateName(image) != nil || rp.Kind == KindGroup || !s.allowed(p, rp, image, actionPull) {
+	if validateName(image) != nil || rp.asGroup() != nil || !s.allowed(p, rp, image, actionPull) {
 		return nil, "", errf(codeNameUnknown, "no such image")
 	}
 	return rp, image, nil

@@ -42,8 +42,8 @@ func (l *uploadLimiter) acquire(r *http.Request) (release func(), ok bool) {
 // ?digest= the body is the whole blob; with ?mount=&from= a blob the
 // source repository holds is linked without a transfer; otherwise an
 // upload session starts.
-func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rp *repo, path string, rt route) error {
-	ctx := r.Context()
+func (h *hosted) startUpload(w http.ResponseWriter, r *http.Request, img imageRef, rt route) error {
+	s, ctx, path := h.s, r.Context(), img.path()
 	q := r.URL.Query()
 	if mount := q.Get("mount"); mount != "" {
 		d, err := store.ParseDigest(mount)
@@ -103,20 +103,23 @@ func (s *Server) mountable(r *http.Request, from string, d store.Digest) bool {
 	if validateName(from) != nil {
 		return false
 	}
-	src, image, err := s.resolve(r, infoOf(r.Context()).listener, from)
+	src, image, err := s.resolve(r.Context(), r.URL.Query().Get("ns"), infoOf(r.Context()).listener, from)
 	if err != nil {
 		return false
 	}
 	defer s.forgetSilentHost(src)
 	p := infoOf(r.Context()).principal
-	holders := []*repo{src}
-	if src.Kind == KindGroup {
-		holders = s.readableMembers(r, src, image)
+	holders := []imageRef{src.image(image)}
+	if g := src.asGroup(); g != nil {
+		holders = holders[:0]
+		for _, m := range g.readable(r, src.image(image)) {
+			holders = append(holders, memberImage(m, image))
+		}
 	} else if !s.allowed(p, src, image, actionPull) {
 		return false // the client may not read the source: no mount
 	}
 	for _, h := range holders {
-		ok, err := s.blobs.HasLink(r.Context(), h.Name+"/"+memberImage(h, image), d)
+		ok, err := s.blobs.HasLink(r.Context(), h.path(), d)
 		if err == nil && ok {
 			_, err = s.blobs.StatBlob(r.Context(), d)
 			return err == nil
@@ -155,8 +158,8 @@ func parseContentRange(v string) (start, end int64, ok bool, err error) {
 
 // patchUpload: PATCH /v2/<name>/blobs/uploads/<id> (end-5). A chunk with
 // Content-Range must start where the upload ends (else 416).
-func (s *Server) patchUpload(w http.ResponseWriter, r *http.Request, path string, rt route) error {
-	ctx := r.Context()
+func (h *hosted) patchUpload(w http.ResponseWriter, r *http.Request, img imageRef, rt route) error {
+	s, ctx, path := h.s, r.Context(), img.path()
 	start, end, ok, err := parseContentRange(r.Header.Get("Content-Range"))
 	if err != nil {
 		return s.rangeError(ctx, w, path, rt, err)
@@ -201,8 +204,8 @@ func (s *Server) rangeError(ctx context.Context, w http.ResponseWriter, path str
 
 // finishUpload: PUT /v2/<name>/blobs/uploads/<id>?digest= (end-6) with an
 // optional last chunk.
-func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, path string, rt route) error {
-	ctx := r.Context()
+func (h *hosted) finishUpload(w http.ResponseWriter, r *http.Request, img imageRef, rt route) error {
+	s, ctx, path := h.s, r.Context(), img.path()
 	dg := r.URL.Query().Get("digest")
 	if dg == "" {
 		return errf(codeDigestInvalid, "digest parameter required")
