@@ -14,7 +14,7 @@ import (
 func (s *Server) catalog(w http.ResponseWriter, r *http.Request, rp *repo) error {
 	members := []*repo{rp}
 	if g := rp.asGroup(); g != nil {
-		members = g.readable(r, rp.image(""))
+		members = g.readable(r.Context(), rp.image(""))
 	}
 	set := map[string]bool{}
 	for _, m := range members {

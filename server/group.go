@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"maps"
 	"net/http"
 	"net/url"
@@ -52,7 +53,7 @@ func (g *group) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt r
 	}
 	switch rt.kind {
 	case routeManifest:
-		a, err := g.manifest(r, img, rt)
+		a, err := g.manifest(r.Context(), img, rt, r.Method == http.MethodHead)
 		if err != nil {
 			return g.miss(r, img, rt, err)
 		}
@@ -79,7 +80,7 @@ func (g *group) miss(r *http.Request, img imageRef, rt route, err error) error {
 	if re, _ := registryError(err, rt); re.Code.status != http.StatusNotFound {
 		return err
 	}
-	if len(g.readable(r, img)) < len(g.members) {
+	if len(g.readable(r.Context(), img)) < len(g.members) {
 		return g.s.challenge(r, rt.name, actionPull, "")
 	}
 	return err
@@ -87,8 +88,8 @@ func (g *group) miss(r *http.Request, img imageRef, rt route, err error) error {
 
 // readable are the members of g the request's principal may read the
 // image through (anonymous clients: members that allow anonymous pulls).
-func (g *group) readable(r *http.Request, img imageRef) []*repo {
-	p := infoOf(r.Context()).principal
+func (g *group) readable(ctx context.Context, img imageRef) []*repo {
+	p := infoOf(ctx).principal
 	out := make([]*repo, 0, len(g.members))
 	for _, m := range g.members {
 		if g.s.memberReadable(p, g.repo, m, img.name) {
@@ -121,10 +122,10 @@ func tryResult(err error, rt route) string {
 
 // manifest: the first member that has the manifest answers; the member
 // is remembered for the image's blobs.
-func (g *group) manifest(r *http.Request, img imageRef, rt route) (manifestAnswer, error) {
+func (g *group) manifest(ctx context.Context, img imageRef, rt route, head bool) (manifestAnswer, error) {
 	var tried []memberTry
-	for _, m := range g.readable(r, img) {
-		a, err := m.impl.manifest(r, memberImage(m, img.name), rt)
+	for _, m := range g.readable(ctx, img) {
+		a, err := m.impl.manifest(ctx, memberImage(m, img.name), rt, head)
 		if err != nil {
 			if !memberMiss(err, rt) {
 				return manifestAnswer{}, err
@@ -133,22 +134,27 @@ func (g *group) manifest(r *http.Request, img imageRef, rt route) (manifestAnswe
 			continue
 		}
 		g.served.Add(img.name, m)
-		infoOf(r.Context()).repo = g.Name
+		infoOf(ctx).repo = g.Name
 		return a, nil
 	}
 	return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found in group %q", img.name, rt.ref, g.Name).withDetail(map[string]any{"tried": tried})
 }
 
-// blob asks the member that served the image's manifest first, then the
-// others in order.
-func (g *group) blob(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest) error {
-	rt := route{kind: routeBlob, name: img.name, ref: d.String(), digest: d}
-	order := g.readable(r, img)
+// blobOrder is the order a group asks its members for the image's blobs:
+// the member that served its manifest first, then the others.
+func (g *group) blobOrder(ctx context.Context, img imageRef) []*repo {
+	order := g.readable(ctx, img)
 	if first, _ := g.served.Get(img.name); first != nil && slices.Contains(order, first) {
 		order = append([]*repo{first}, slices.DeleteFunc(slices.Clone(order), func(m *repo) bool { return m == first })...)
 	}
+	return order
+}
+
+// blob asks the members in blobOrder.
+func (g *group) blob(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest) error {
+	rt := route{kind: routeBlob, name: img.name, ref: d.String(), digest: d}
 	var tried []memberTry
-	for _, m := range order {
+	for _, m := range g.blobOrder(r.Context(), img) {
 		err := m.impl.blob(w, r, memberImage(m, img.name), d)
 		if err == nil || !memberMiss(err, rt) {
 			return err
@@ -159,12 +165,12 @@ func (g *group) blob(w http.ResponseWriter, r *http.Request, img imageRef, d sto
 }
 
 // tags merges the members' tags (deduplicated, sorted, paginated by q).
-func (g *group) tags(r *http.Request, img imageRef, q url.Values) ([]string, bool, error) {
+func (g *group) tags(ctx context.Context, img imageRef, q url.Values) ([]string, bool, error) {
 	rt := route{kind: routeTags, name: img.name}
 	set := map[string]bool{}
 	found := false
-	for _, m := range g.readable(r, img) {
-		tags, _, err := m.impl.tags(r, memberImage(m, img.name), nil)
+	for _, m := range g.readable(ctx, img) {
+		tags, _, err := m.impl.tags(ctx, memberImage(m, img.name), nil)
 		if err != nil {
 			if memberMiss(err, rt) {
 				continue
@@ -186,12 +192,12 @@ func (g *group) tags(r *http.Request, img imageRef, q url.Values) ([]string, boo
 
 // referrers merges the referrers its members hold (a member whose
 // upstream has none, or no API, or is down, is skipped).
-func (g *group) referrers(r *http.Request, img imageRef, d store.Digest) ([]store.Referrer, error) {
+func (g *group) referrers(ctx context.Context, img imageRef, d store.Digest, at string) ([]store.Referrer, error) {
 	var all []store.Referrer
 	seen := map[string]bool{}
 	rt := route{kind: routeReferrers, name: img.name, ref: d.String(), digest: d}
-	for _, m := range g.readable(r, img) {
-		refs, err := m.impl.referrers(r, memberImage(m, img.name), d)
+	for _, m := range g.readable(ctx, img) {
+		refs, err := m.impl.referrers(ctx, memberImage(m, img.name), d, at)
 		if err != nil && memberMiss(err, rt) {
 			continue
 		}
@@ -206,4 +212,17 @@ func (g *group) referrers(r *http.Request, img imageRef, d store.Digest) ([]stor
 		}
 	}
 	return all, nil
+}
+
+// cacheBlob caches blob d through the first member in blobOrder that has
+// it.
+func (g *group) cacheBlob(ctx context.Context, img imageRef, d store.Digest) error {
+	rt := route{kind: routeBlob, name: img.name, ref: d.String(), digest: d}
+	err := error(errf(codeBlobUnknown, "blob %s not found in group %q", d, g.Name))
+	for _, m := range g.blobOrder(ctx, img) {
+		if err = m.impl.cacheBlob(ctx, memberImage(m, img.name), d); err == nil || !memberMiss(err, rt) {
+			return err
+		}
+	}
+	return err
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,7 +18,7 @@ func (h *hosted) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt 
 	read := m == http.MethodGet || m == http.MethodHead
 	switch {
 	case rt.kind == routeManifest && read:
-		a, err := h.manifest(r, img, rt)
+		a, err := h.manifest(r.Context(), img, rt, r.Method == http.MethodHead)
 		if err != nil {
 			return err
 		}
@@ -63,8 +64,8 @@ func (h *hosted) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt 
 }
 
 // manifest finds /v2/<name>/manifests/<ref> (end-3) in the store.
-func (h *hosted) manifest(r *http.Request, img imageRef, rt route) (manifestAnswer, error) {
-	s, ctx, path := h.s, r.Context(), img.path()
+func (h *hosted) manifest(ctx context.Context, img imageRef, rt route, _ bool) (manifestAnswer, error) {
+	s, path := h.s, img.path()
 	d := rt.digest
 	if d.IsZero() {
 		ti, err := s.manifests.ResolveTag(ctx, path, rt.ref)
@@ -77,7 +78,7 @@ func (h *hosted) manifest(r *http.Request, img imageRef, rt route) (manifestAnsw
 	if err != nil {
 		return manifestAnswer{}, err
 	}
-	s.cacheResult(r, h.repo, "manifest", resultHit, "cache")
+	s.cacheResult(ctx, h.repo, "manifest", resultHit, "cache")
 	return manifestAnswer{m: m}, nil
 }
 
@@ -198,7 +199,7 @@ func (h *hosted) blob(w http.ResponseWriter, r *http.Request, img imageRef, d st
 		return err
 	}
 	defer f.Close()
-	s.cacheResult(r, h.repo, "blob", resultHit, "cache")
+	s.cacheResult(ctx, h.repo, "blob", resultHit, "cache")
 	if f.Info.Size >= largeBlob && r.Method == http.MethodGet {
 		limitUnsent(ctx)
 	}
@@ -207,8 +208,8 @@ func (h *hosted) blob(w http.ResponseWriter, r *http.Request, img imageRef, d st
 }
 
 // tags: GET /v2/<name>/tags/list (end-8a/b) with n/last.
-func (h *hosted) tags(r *http.Request, img imageRef, q url.Values) ([]string, bool, error) {
-	s, ctx, path := h.s, r.Context(), img.path()
+func (h *hosted) tags(ctx context.Context, img imageRef, q url.Values) ([]string, bool, error) {
+	s, path := h.s, img.path()
 	tags, err := s.manifests.Tags(ctx, path)
 	if err != nil {
 		return nil, false, err
@@ -228,8 +229,17 @@ func (h *hosted) tags(r *http.Request, img imageRef, q url.Values) ([]string, bo
 
 // referrers: GET /v2/<name>/referrers/<digest> (end-12a/b), the manifests
 // whose subject is digest.
-func (h *hosted) referrers(r *http.Request, img imageRef, d store.Digest) ([]store.Referrer, error) {
-	return h.s.manifests.Referrers(r.Context(), img.path(), d)
+func (h *hosted) referrers(ctx context.Context, img imageRef, d store.Digest, _ string) ([]store.Referrer, error) {
+	return h.s.manifests.Referrers(ctx, img.path(), d)
+}
+
+// cacheBlob: a hosted repository has what was pushed to it, or not.
+func (h *hosted) cacheBlob(ctx context.Context, img imageRef, d store.Digest) error {
+	ok, err := h.s.blobs.HasLink(ctx, img.path(), d)
+	if err == nil && !ok {
+		err = errf(codeBlobUnknown, "blob %s unknown to repository", d)
+	}
+	return err
 }
 
 // serveTags answers a tag list of rp's image under the client's name,
@@ -239,7 +249,7 @@ func serveTags(w http.ResponseWriter, r *http.Request, rp repository, img imageR
 	if err != nil {
 		return err
 	}
-	tags, more, err := rp.tags(r, img, q)
+	tags, more, err := rp.tags(r.Context(), img, q)
 	if err != nil {
 		return err
 	}
@@ -255,7 +265,11 @@ func serveTags(w http.ResponseWriter, r *http.Request, rp repository, img imageR
 
 // serveReferrers answers the referrers of d in rp.
 func serveReferrers(w http.ResponseWriter, r *http.Request, rp repository, img imageRef, d store.Digest) error {
-	refs, err := rp.referrers(r, img, d)
+	at, err := artifactTypeQuery(r)
+	if err != nil {
+		return err
+	}
+	refs, err := rp.referrers(r.Context(), img, d, at)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 
@@ -16,16 +17,20 @@ type repository interface {
 	// routing and authorization.
 	serve(w http.ResponseWriter, r *http.Request, img imageRef, rt route) error
 	// manifest finds the manifest rt names (a tag or a digest), with what
-	// serving it sets off (a proxy's eager layers, the cache result).
-	manifest(r *http.Request, img imageRef, rt route) (manifestAnswer, error)
+	// serving it sets off (a proxy's eager layers, the cache result). head:
+	// the client asked with HEAD (a proxy relays a HEAD by digest).
+	manifest(ctx context.Context, img imageRef, rt route, head bool) (manifestAnswer, error)
 	// blob sends blob d (GET or HEAD, ranges included).
 	blob(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest) error
 	// tags lists the image's tags: a page of them after q's last, at most
 	// q's n (q nil: all of them); more says that a next page may exist.
-	tags(r *http.Request, img imageRef, q url.Values) (tags []string, more bool, err error)
-	// referrers lists the manifests whose subject is d, filtered by the
-	// request's artifactType.
-	referrers(r *http.Request, img imageRef, d store.Digest) ([]store.Referrer, error)
+	tags(ctx context.Context, img imageRef, q url.Values) (tags []string, more bool, err error)
+	// referrers lists the manifests whose subject is d, of artifactType
+	// when not "".
+	referrers(ctx context.Context, img imageRef, d store.Digest, artifactType string) ([]store.Referrer, error)
+	// cacheBlob makes sure blob d is on disk for the image (prefetch):
+	// fetched when a proxy has not cached it, or an error.
+	cacheBlob(ctx context.Context, img imageRef, d store.Digest) error
 }
 
 // imageRef is an image in a repository: the repository and the name the

@@ -12,13 +12,9 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/berth-registry/berth/upstream"
+	"github.com/berth-registry/berth/store"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
-
-// internalKey marks a request berth makes to itself (prefetch): it passes
-// through the same handler as client pulls, with every right.
-type internalKey struct{}
 
 // PrefetchEvent reports progress of a prefetch.
 type PrefetchEvent struct {
@@ -65,13 +61,14 @@ func ParseImageRef(ref string) (name, reference string, err error) {
 
 // Prefetch pulls image (as a client of listener would name it) into the
 // cache: the manifest, the chosen platforms' manifests and every blob,
-// through the same handler as client pulls, so it is coalesced with them
-// and counted in the metrics. progress (may be nil) gets an event per
-// object.
+// through the repository it resolves to, as a client pull would go (and
+// coalesced with them), under berth's own principal: not counted as a
+// client's cache result. progress (may be nil) gets an event per object.
 func (s *Server) Prefetch(ctx context.Context, listener, image string, opts PrefetchOptions, progress func(PrefetchEvent)) error {
 	if progress == nil {
 		progress = func(PrefetchEvent) {}
 	}
+	ctx = context.WithValue(ctx, infoKey{}, &reqInfo{principal: principal{internal: true}})
 	if !opts.AllTags {
 		return s.prefetchOne(ctx, listener, image, opts, progress)
 	}
@@ -101,36 +98,36 @@ func (s *Server) Prefetch(ctx context.Context, listener, image string, opts Pref
 	return nil
 }
 
-// allTags reads image's whole tag list through the handler, page by page.
+// resolveFor resolves name as a client of listener (a repository) names
+// it, without a ?ns=.
+func (s *Server) resolveFor(ctx context.Context, listener, name string) (*repo, imageRef, error) {
+	rp, image, err := s.resolve(ctx, "", listenerScope{repo: listener}, name)
+	if err != nil {
+		return nil, imageRef{}, err
+	}
+	return rp, rp.image(image), nil
+}
+
+// allTags reads image's whole tag list, page by page (at most 1000
+// pages of 1000).
 func (s *Server) allTags(ctx context.Context, listener, image string) ([]string, error) {
-	h := s.Handler(listener)
-	ctx = context.WithValue(ctx, internalKey{}, true)
+	rp, img, err := s.resolveFor(ctx, listener, image)
+	if err != nil {
+		return nil, err
+	}
+	defer s.forgetSilentHost(rp)
 	var all []string
-	last := ""
+	q := url.Values{"n": {"1000"}}
 	for page := 0; page < 1000; page++ {
-		q := url.Values{"n": {"1000"}}
-		if last != "" {
-			q.Set("last", last)
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "/v2/"+image+"/tags/list?"+q.Encode(), nil)
-		req.RemoteAddr = "127.0.0.1:0"
-		var buf strings.Builder
-		rw := &sinkWriter{header: http.Header{}, w: &limitedBuilder{b: &buf, max: 32 << 20}}
-		h.ServeHTTP(rw, req)
-		if rw.status != http.StatusOK {
-			return nil, fmt.Errorf("status %d", rw.status)
-		}
-		var list struct {
-			Tags []string `json:"tags"`
-		}
-		if err := json.Unmarshal([]byte(buf.String()), &list); err != nil {
+		tags, more, err := rp.impl.tags(ctx, img, q)
+		if err != nil {
 			return nil, err
 		}
-		all = append(all, list.Tags...)
-		if rw.header.Get("Link") == "" || len(list.Tags) == 0 {
-			return all, nil
+		all = append(all, tags...)
+		if !more || len(tags) == 0 {
+			break
 		}
-		last = list.Tags[len(list.Tags)-1]
+		q.Set("last", tags[len(tags)-1])
 	}
 	return all, nil
 }
@@ -141,63 +138,75 @@ func (s *Server) prefetchOne(ctx context.Context, listener, image string, opts P
 	if err != nil {
 		return err
 	}
-	h := s.Handler(listener)
-	ctx = context.WithValue(ctx, internalKey{}, true)
-	get := func(path string, w io.Writer) (http.Header, int, error) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, path, nil)
-		req.Header.Set("Accept", upstream.ManifestAccept)
-		req.RemoteAddr = "127.0.0.1:0"
-		rw := &sinkWriter{header: http.Header{}, w: w}
-		h.ServeHTTP(rw, req)
-		if rw.status != http.StatusOK {
-			return rw.header, rw.status, fmt.Errorf("%s: status %d", path, rw.status)
-		}
-		return rw.header, rw.status, nil
+	rp, img, err := s.resolveFor(ctx, listener, name)
+	if err != nil {
+		return err
 	}
-	var done, total atomic.Int64
+	defer s.forgetSilentHost(rp)
 	manifest := func(reference string) (*parsedManifest, error) {
-		var buf strings.Builder
-		h, _, err := get("/v2/"+name+"/manifests/"+reference, &limitedBuilder{b: &buf, max: maxManifestSize})
-		if err != nil {
-			return nil, err
+		rt := route{kind: routeManifest, name: name, ref: reference}
+		if d, err := store.ParseDigest(reference); err == nil {
+			rt.digest = d
+		} else if !validTag(reference) {
+			return nil, fmt.Errorf("prefetch %s: %q is neither a tag nor a digest", image, reference)
 		}
-		pm, err := parseManifest([]byte(buf.String()), h.Get("Content-Type"))
+		a, err := rp.impl.manifest(ctx, img, rt, false)
 		if err != nil {
 			return nil, fmt.Errorf("prefetch %s: %s: %w", image, reference, err)
 		}
-		progress(PrefetchEvent{Image: image, Digest: reference, Kind: "manifest", Bytes: int64(buf.Len())})
+		pm, err := parseManifest(a.m.Body, a.m.MediaType)
+		if err != nil {
+			return nil, fmt.Errorf("prefetch %s: %s: %w", image, reference, err)
+		}
+		progress(PrefetchEvent{Image: image, Digest: reference, Kind: "manifest", Bytes: int64(len(a.m.Body))})
 		return pm, nil
 	}
 	top, err := manifest(ref)
 	if err != nil {
 		return err
 	}
-	images := []*parsedManifest{top}
-	if top.index != nil {
-		want := opts.Platforms
-		if len(want) == 0 {
-			want = []string{"linux/amd64"}
-		}
-		images = nil
-		for _, c := range top.index.Manifests {
-			if p := c.Platform; p != nil {
-				plat := p.OS + "/" + p.Architecture
-				if !opts.AllPlatforms && !slices.Contains(want, plat) && !slices.Contains(want, plat+"/"+p.Variant) {
-					continue
-				}
-			} else if !opts.AllPlatforms {
+	images, err := choosePlatforms(image, top, opts, manifest)
+	if err != nil {
+		return err
+	}
+	return s.prefetchBlobs(ctx, rp, img, image, prefetchBlobList(images), progress)
+}
+
+// choosePlatforms returns the image manifests of top to fetch: top itself,
+// or for an index the children of opts' platforms (linux/amd64 when none
+// is named), read with manifest.
+func choosePlatforms(image string, top *parsedManifest, opts PrefetchOptions, manifest func(string) (*parsedManifest, error)) ([]*parsedManifest, error) {
+	if top.index == nil {
+		return []*parsedManifest{top}, nil
+	}
+	want := opts.Platforms
+	if len(want) == 0 {
+		want = []string{"linux/amd64"}
+	}
+	var images []*parsedManifest
+	for _, c := range top.index.Manifests {
+		if p := c.Platform; p != nil {
+			plat := p.OS + "/" + p.Architecture
+			if !opts.AllPlatforms && !slices.Contains(want, plat) && !slices.Contains(want, plat+"/"+p.Variant) {
 				continue
 			}
-			child, err := manifest(c.Digest.String())
-			if err != nil {
-				return err
-			}
-			images = append(images, child)
+		} else if !opts.AllPlatforms {
+			continue
 		}
-		if len(images) == 0 {
-			return fmt.Errorf("%s: no manifest for platform %s", image, strings.Join(want, ","))
+		child, err := manifest(c.Digest.String())
+		if err != nil {
+			return nil, err
 		}
+		images = append(images, child)
 	}
+	if len(images) == 0 {
+		return nil, fmt.Errorf("%s: no manifest for platform %s", image, strings.Join(want, ","))
+	}
+	return images, nil
+}
+
+// prefetchBlobList is the configs and distributable layers of images.
+func prefetchBlobList(images []*parsedManifest) []v1.Descriptor {
 	var blobs []v1.Descriptor
 	for _, pm := range images {
 		if pm.image == nil {
@@ -210,6 +219,12 @@ func (s *Server) prefetchOne(ctx context.Context, listener, image string, opts P
 			}
 		}
 	}
+	return blobs
+}
+
+// prefetchBlobs caches blobs through rp, four at a time.
+func (s *Server) prefetchBlobs(ctx context.Context, rp *repo, img imageRef, image string, blobs []v1.Descriptor, progress func(PrefetchEvent)) error {
+	var done, total atomic.Int64
 	for _, b := range blobs {
 		total.Add(b.Size)
 	}
@@ -217,17 +232,21 @@ func (s *Server) prefetchOne(ctx context.Context, listener, image string, opts P
 	sem := make(chan struct{}, 4)
 	errs := make(chan error, len(blobs))
 	for _, b := range blobs {
+		d, err := store.ParseDigest(b.Digest.String())
+		if err != nil {
+			return fmt.Errorf("prefetch %s: blob %q: %w", image, b.Digest, err)
+		}
 		wg.Add(1)
 		s.goSafe("prefetch blob", func() {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			cw := &countWriter{add: func(n int64) { done.Add(n) }}
-			if _, _, err := get("/v2/"+name+"/blobs/"+b.Digest.String(), cw); err != nil {
-				errs <- err
+			if err := rp.impl.cacheBlob(ctx, img, d); err != nil {
+				errs <- fmt.Errorf("prefetch %s: blob %s: %w", image, d, err)
 				return
 			}
-			progress(PrefetchEvent{Image: image, Digest: b.Digest.String(), Kind: "blob", Bytes: b.Size, DoneBytes: done.Load(), TotalBytes: total.Load()})
+			done.Add(b.Size)
+			progress(PrefetchEvent{Image: image, Digest: d.String(), Kind: "blob", Bytes: b.Size, DoneBytes: done.Load(), TotalBytes: total.Load()})
 		})
 	}
 	wg.Wait()
@@ -237,45 +256,6 @@ func (s *Server) prefetchOne(ctx context.Context, listener, image string, opts P
 	}
 	progress(PrefetchEvent{Image: image, Kind: "done", DoneBytes: done.Load(), TotalBytes: total.Load()})
 	return nil
-}
-
-// sinkWriter is the ResponseWriter of an in-process request.
-type sinkWriter struct {
-	header http.Header
-	status int
-	w      io.Writer
-}
-
-func (s *sinkWriter) Header() http.Header { return s.header }
-func (s *sinkWriter) WriteHeader(code int) {
-	if s.status == 0 {
-		s.status = code
-	}
-}
-func (s *sinkWriter) Write(p []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	if s.status != http.StatusOK {
-		return len(p), nil
-	}
-	return s.w.Write(p)
-}
-
-type countWriter struct{ add func(int64) }
-
-func (c *countWriter) Write(p []byte) (int, error) { c.add(int64(len(p))); return len(p), nil }
-
-type limitedBuilder struct {
-	b   *strings.Builder
-	max int
-}
-
-func (l *limitedBuilder) Write(p []byte) (int, error) {
-	if l.b.Len()+len(p) > l.max {
-		return 0, fmt.Errorf("manifest too large")
-	}
-	return l.b.Write(p)
 }
 
 // adminPrefetch: POST /admin/prefetch (admin listener) with

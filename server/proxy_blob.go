@@ -42,7 +42,38 @@ func (p *proxy) blob(w http.ResponseWriter, r *http.Request, img imageRef, d sto
 	return p.blobMiss(w, r, img, d, linked)
 }
 
-// proxyBlobHit serves a blob on disk.
+// cacheBlob makes sure blob d of the image is on disk: linked when it is
+// there already (confirmed upstream if it came for another repository),
+// else downloaded like a client's miss, coalesced with any under way.
+func (p *proxy) cacheBlob(ctx context.Context, img imageRef, d store.Digest) error {
+	s := p.s
+	linked, err := s.blobs.HasLink(ctx, img.path(), d)
+	if err != nil {
+		return err
+	}
+	if _, err := s.blobs.StatBlob(ctx, d); err == nil {
+		if linked || s.committingRef(img.path(), d) {
+			return nil
+		}
+		return p.confirmBlob(ctx, img, d)
+	} else if !store.IsNotFound(err) {
+		return err
+	}
+	dl, leader, err := s.fetches.Join(ctx, p.blobJob(img, d))
+	if err != nil {
+		return err
+	}
+	defer dl.Release()
+	if err := dl.WaitDone(ctx); err != nil {
+		return err
+	}
+	if !leader && !linked && dl.Repo() != img.path() {
+		return p.confirmBlob(ctx, img, d) // fetched for another repository
+	}
+	return nil
+}
+
+// blobHit serves a blob on disk.
 func (p *proxy) blobHit(w http.ResponseWriter, r *http.Request, img imageRef, f *store.Blob, linked bool) error {
 	s, rp := p.s, p.repo
 	ctx := r.Context()
@@ -54,9 +85,9 @@ func (p *proxy) blobHit(w http.ResponseWriter, r *http.Request, img imageRef, f 
 	}
 	if r.Method == http.MethodGet && s.eager.tookEager(img, d) {
 		// Fetched moments ago for this pull by an eager download.
-		s.cacheResult(r, rp, "blob", resultMiss, "upstream")
+		s.cacheResult(ctx, rp, "blob", resultMiss, "upstream")
 	} else {
-		s.cacheResult(r, rp, "blob", resultHit, "cache")
+		s.cacheResult(ctx, rp, "blob", resultHit, "cache")
 	}
 	if f.Info.Size >= largeBlob && r.Method == http.MethodGet {
 		limitUnsent(ctx)
@@ -65,7 +96,7 @@ func (p *proxy) blobHit(w http.ResponseWriter, r *http.Request, img imageRef, f 
 	return nil
 }
 
-// proxyBlobHead answers a HEAD of a blob not on disk from an upstream
+// blobHead answers a HEAD of a blob not on disk from an upstream
 // HEAD. Nothing is linked: a link names a stored blob (store.Check); the
 // GET that follows fetches through this repository and links it.
 func (p *proxy) blobHead(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest) error {
@@ -75,7 +106,7 @@ func (p *proxy) blobHead(w http.ResponseWriter, r *http.Request, img imageRef, d
 		return s.blobUpstreamFailed(rp, err)
 	}
 	resp.Body.Close()
-	s.cacheResult(r, rp, "blob", resultMiss, "upstream")
+	s.cacheResult(r.Context(), rp, "blob", resultMiss, "upstream")
 	blobHeaders(w, d)
 	if resp.ContentLength >= 0 {
 		w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
@@ -84,7 +115,7 @@ func (p *proxy) blobHead(w http.ResponseWriter, r *http.Request, img imageRef, d
 	return nil
 }
 
-// proxyBlobMiss serves a GET of a blob not on disk from the download of
+// blobMiss serves a GET of a blob not on disk from the download of
 // it (internal/fetch): the one under way, or one this request starts.
 func (p *proxy) blobMiss(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest, linked bool) error {
 	s, rp := p.s, p.repo
@@ -129,7 +160,7 @@ func (p *proxy) blobMiss(w http.ResponseWriter, r *http.Request, img imageRef, d
 	if err != nil {
 		return storeFailed(err)
 	}
-	s.cacheResult(r, rp, "blob", result, source)
+	s.cacheResult(ctx, rp, "blob", result, source)
 	ranged := r.Header.Get("Range") != ""
 	switch {
 	case size < 0:

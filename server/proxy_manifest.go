@@ -23,7 +23,7 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt r
 	}
 	switch rt.kind {
 	case routeManifest:
-		a, err := p.manifest(r, img, rt)
+		a, err := p.manifest(r.Context(), img, rt, r.Method == http.MethodHead)
 		if err != nil {
 			return err
 		}
@@ -47,12 +47,12 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt r
 // crossed the upstream link for it (an eager download for the pull in
 // progress, a download it joined, included). berth's own requests
 // (prefetch, the admin socket) are not counted.
-func (s *Server) cacheResult(r *http.Request, rp *repo, kind, result, source string) {
-	s.countResult(r, rp.Name, kind, result, source)
+func (s *Server) cacheResult(ctx context.Context, rp *repo, kind, result, source string) {
+	s.countResult(ctx, rp.Name, kind, result, source)
 }
 
-func (s *Server) countResult(r *http.Request, repoName, kind, result, source string) {
-	info := infoOf(r.Context())
+func (s *Server) countResult(ctx context.Context, repoName, kind, result, source string) {
+	info := infoOf(ctx)
 	info.result, info.source, info.served = result, source, repoName
 	if info.principal.internal {
 		return
@@ -68,26 +68,25 @@ func (s *Server) countResult(r *http.Request, repoName, kind, result, source str
 // revalidated with HEAD; stale copies are served when the upstream fails;
 // 404s are remembered for not_found_ttl. An image manifest served starts
 // its eager layers.
-func (p *proxy) manifest(r *http.Request, img imageRef, rt route) (manifestAnswer, error) {
-	a, err := p.cachedManifest(r, img, rt)
+func (p *proxy) manifest(ctx context.Context, img imageRef, rt route, head bool) (manifestAnswer, error) {
+	a, err := p.cachedManifest(ctx, img, rt, head)
 	if err == nil {
 		p.eagerLayers(img, a.m)
 	}
 	return a, err
 }
 
-func (p *proxy) cachedManifest(r *http.Request, img imageRef, rt route) (manifestAnswer, error) {
+func (p *proxy) cachedManifest(ctx context.Context, img imageRef, rt route, head bool) (manifestAnswer, error) {
 	s, rp := p.s, p.repo
-	ctx := r.Context()
 	path := img.path()
 	if !rt.digest.IsZero() {
 		if m, err := s.manifests.GetManifest(ctx, path, rt.digest); err == nil {
-			s.cacheResult(r, rp, "manifest", resultHit, "cache")
+			s.cacheResult(ctx, rp, "manifest", resultHit, "cache")
 			return manifestAnswer{m: m}, nil
 		} else if !store.IsNotFound(err) {
 			return manifestAnswer{}, err
 		}
-		return p.manifestMiss(r, img, rt.ref, "")
+		return p.manifestMiss(ctx, img, rt.ref, "", head)
 	}
 
 	tag := rt.ref
@@ -102,20 +101,19 @@ func (p *proxy) cachedManifest(r *http.Request, img imageRef, rt route) (manifes
 		}
 		if err == nil {
 			if time.Since(ti.Checked) < rp.TagTTL {
-				s.cacheResult(r, rp, "manifest", resultHit, "cache")
+				s.cacheResult(ctx, rp, "manifest", resultHit, "cache")
 				return manifestAnswer{m: m}, nil
 			}
-			return p.revalidateTag(r, img, tag, m)
+			return p.revalidateTag(ctx, img, tag, m, head)
 		}
 	}
-	return p.manifestMiss(r, img, tag, tag)
+	return p.manifestMiss(ctx, img, tag, tag, head)
 }
 
 // revalidateTag asks upstream with HEAD whether a stale cached tag still
 // points at m (HEAD does not count against Docker Hub's pull limit).
-func (p *proxy) revalidateTag(r *http.Request, img imageRef, tag string, m store.Manifest) (manifestAnswer, error) {
+func (p *proxy) revalidateTag(ctx context.Context, img imageRef, tag string, m store.Manifest, head bool) (manifestAnswer, error) {
 	s, rp := p.s, p.repo
-	ctx := r.Context()
 	path := img.path()
 	v, err := shared.Do(ctx, &s.flight, "head\x00"+path+":"+tag, time.Minute, func(ctx context.Context) (any, error) {
 		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, img.name, tag)
@@ -135,12 +133,12 @@ func (p *proxy) revalidateTag(r *http.Request, img imageRef, tag string, m store
 				s.log.Error("forget a tag deleted upstream", "repository", rp.Name, "name", img.name, "tag", tag, "err", err)
 			}
 			rp.rememberNotFound(img.at(tag))
-			s.cacheResult(r, rp, "manifest", resultMiss, "")
+			s.cacheResult(ctx, rp, "manifest", resultMiss, "")
 			return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream", img.name, tag)
 		case rp.ServeStale && errors.Is(err, upstream.ErrUnavailable):
 			s.upstreamError(rp, err)
 			s.log.Debug("upstream unavailable, serving stale tag", "repository", rp.Name, "name", img.name, "tag", tag, "err", err)
-			s.cacheResult(r, rp, "manifest", resultStale, "cache")
+			s.cacheResult(ctx, rp, "manifest", resultStale, "cache")
 			return manifestAnswer{m: m}, nil
 		}
 		s.upstreamError(rp, err)
@@ -150,24 +148,23 @@ func (p *proxy) revalidateTag(r *http.Request, img imageRef, tag string, m store
 		if err := s.manifests.TagChecked(ctx, path, tag, m.Digest, time.Now()); err != nil {
 			return manifestAnswer{}, err
 		}
-		s.cacheResult(r, rp, "manifest", resultRevalidated, "cache")
+		s.cacheResult(ctx, rp, "manifest", resultRevalidated, "cache")
 		return manifestAnswer{m: m}, nil
 	}
-	return p.manifestMiss(r, img, tag, tag)
+	return p.manifestMiss(ctx, img, tag, tag, head)
 }
 
 // manifestMiss fetches a manifest from upstream (GET) and caches it (for
 // a HEAD of a tag too), or relays an upstream HEAD of a digest without
 // caching anything.
-func (p *proxy) manifestMiss(r *http.Request, img imageRef, ref, tag string) (manifestAnswer, error) {
+func (p *proxy) manifestMiss(ctx context.Context, img imageRef, ref, tag string, head bool) (manifestAnswer, error) {
 	s, rp := p.s, p.repo
-	ctx := r.Context()
 	if rp.notFound(img.at(ref)) {
-		s.cacheResult(r, rp, "manifest", resultNegative, "")
+		s.cacheResult(ctx, rp, "manifest", resultNegative, "")
 		return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered)", img.name, ref)
 	}
 	if m, ok := s.committingManifest(img.path(), ref); ok {
-		s.cacheResult(r, rp, "manifest", resultHit, "cache")
+		s.cacheResult(ctx, rp, "manifest", resultHit, "cache")
 		return manifestAnswer{m: m}, nil
 	}
 	// A HEAD of a tag not cached fetches the manifest like a GET (one
@@ -176,10 +173,10 @@ func (p *proxy) manifestMiss(r *http.Request, img imageRef, ref, tag string) (ma
 	// upstream is down, like every other client. Docker's HEAD of a tag
 	// then GET by digest costs the same one upstream GET as before. A
 	// HEAD by digest still asks upstream with HEAD and caches nothing.
-	if r.Method == http.MethodHead && tag == "" {
+	if head && tag == "" {
 		resp, err := rp.Upstream.Manifest(ctx, http.MethodHead, img.name, ref)
 		if err != nil {
-			return manifestAnswer{}, p.manifestMissFailed(r, img, ref, err)
+			return manifestAnswer{}, p.manifestMissFailed(ctx, img, ref, err)
 		}
 		resp.Body.Close()
 		dg := resp.Header.Get("Docker-Content-Digest")
@@ -187,7 +184,7 @@ func (p *proxy) manifestMiss(r *http.Request, img imageRef, ref, tag string) (ma
 			s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
 			return manifestAnswer{}, fmt.Errorf("upstream HEAD %s@%s answered digest %s", img.name, ref, dg)
 		}
-		s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
+		s.cacheResult(ctx, rp, "manifest", resultMiss, "upstream")
 		head := http.Header{}
 		for _, h := range []string{"Content-Type", "Docker-Content-Digest", "Content-Length"} {
 			if v := resp.Header.Get(h); v != "" {
@@ -203,20 +200,20 @@ func (p *proxy) manifestMiss(r *http.Request, img imageRef, ref, tag string) (ma
 		return p.fetchManifest(ctx, img, ref, tag)
 	})
 	if err != nil {
-		return manifestAnswer{}, p.manifestMissFailed(r, img, ref, err)
+		return manifestAnswer{}, p.manifestMissFailed(ctx, img, ref, err)
 	}
-	s.cacheResult(r, rp, "manifest", resultMiss, "upstream")
+	s.cacheResult(ctx, rp, "manifest", resultMiss, "upstream")
 	return manifestAnswer{m: v.(store.Manifest)}, nil
 }
 
 // manifestMissFailed answers a miss the upstream failed: a 404 it gave
 // before is answered again while it is unavailable (serve_stale), else
 // manifestUpstreamFailed.
-func (p *proxy) manifestMissFailed(r *http.Request, img imageRef, ref string, err error) error {
+func (p *proxy) manifestMissFailed(ctx context.Context, img imageRef, ref string, err error) error {
 	s, rp := p.s, p.repo
 	if rp.ServeStale && errors.Is(err, upstream.ErrUnavailable) && rp.staleNotFound(img.at(ref)) {
 		s.upstreamError(rp, err)
-		s.cacheResult(r, rp, "manifest", resultNegative, "")
+		s.cacheResult(ctx, rp, "manifest", resultNegative, "")
 		return errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered; the upstream is unavailable now)", img.name, ref)
 	}
 	return s.manifestUpstreamFailed(rp, err, img.at(ref))

@@ -34,13 +34,8 @@ const referrersKeep = 24 * time.Hour
 // Docker Hub) gets its 404 passed on, so clients fall back to the tag
 // schema (sha256-<hex>.sig), which berth proxies as tags. The list is
 // filtered by the request's artifactType, from the cache when fresh.
-func (p *proxy) referrers(r *http.Request, img imageRef, d store.Digest) ([]store.Referrer, error) {
+func (p *proxy) referrers(ctx context.Context, img imageRef, d store.Digest, at string) ([]store.Referrer, error) {
 	s, rp := p.s, p.repo
-	ctx := r.Context()
-	at, err := artifactTypeQuery(r)
-	if err != nil {
-		return nil, err
-	}
 	key := img.at(d.String()) + "?" + at
 	cached, ok := rp.referrers.Get(key)
 	// answer is the cached entry as the client gets it: an upstream
@@ -53,7 +48,7 @@ func (p *proxy) referrers(r *http.Request, img imageRef, d store.Digest) ([]stor
 		return cached.refs, nil
 	}
 	if ok && time.Since(cached.checked) < rp.TagTTL {
-		s.cacheResult(r, rp, "referrers", resultHit, "cache")
+		s.cacheResult(ctx, rp, "referrers", resultHit, "cache")
 		return answer()
 	}
 	v, err := shared.Do(ctx, &s.flight, "referrers\x00"+key, time.Minute, func(ctx context.Context) (any, error) {
@@ -63,17 +58,17 @@ func (p *proxy) referrers(r *http.Request, img imageRef, d store.Digest) ([]stor
 	case err == nil:
 		refs := v.([]store.Referrer)
 		rp.referrers.Add(key, referrersEntry{refs: refs, checked: time.Now()})
-		s.cacheResult(r, rp, "referrers", resultMiss, "upstream")
+		s.cacheResult(ctx, rp, "referrers", resultMiss, "upstream")
 		return refs, nil
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
 	case ok && rp.ServeStale && errors.Is(err, upstream.ErrUnavailable):
 		s.upstreamError(rp, err)
-		s.cacheResult(r, rp, "referrers", resultStale, "cache")
+		s.cacheResult(ctx, rp, "referrers", resultStale, "cache")
 		return answer()
 	case errors.Is(err, upstream.ErrNotFound):
 		rp.referrers.Add(key, referrersEntry{noAPI: true, checked: time.Now()})
-		s.cacheResult(r, rp, "referrers", resultMiss, "upstream")
+		s.cacheResult(ctx, rp, "referrers", resultMiss, "upstream")
 		return nil, err
 	}
 	s.upstreamError(rp, err)

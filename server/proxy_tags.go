@@ -1,9 +1,9 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"strconv"
 
@@ -13,8 +13,8 @@ import (
 // tags: GET /v2/<name>/tags/list (end-8a/b) from upstream (q passed
 // on); the cached tags when the upstream is unavailable and the proxy
 // serves stale.
-func (p *proxy) tags(r *http.Request, img imageRef, q url.Values) ([]string, bool, error) {
-	s, rp, ctx := p.s, p.repo, r.Context()
+func (p *proxy) tags(ctx context.Context, img imageRef, q url.Values) ([]string, bool, error) {
+	s, rp := p.s, p.repo
 	resp, err := rp.Upstream.Tags(ctx, img.name, q)
 	if err != nil {
 		if rp.ServeStale && errors.Is(err, upstream.ErrUnavailable) {
@@ -24,7 +24,7 @@ func (p *proxy) tags(r *http.Request, img imageRef, q url.Values) ([]string, boo
 				return nil, false, serr
 			}
 			if len(tags) > 0 {
-				s.cacheResult(r, rp, "tags", resultStale, "cache")
+				s.cacheResult(ctx, rp, "tags", resultStale, "cache")
 				return tags, false, nil
 			}
 		}
@@ -41,7 +41,7 @@ func (p *proxy) tags(r *http.Request, img imageRef, q url.Values) ([]string, boo
 	if err := decodeJSON(resp.Body, &list); err != nil {
 		return nil, false, fmt.Errorf("upstream tag list: %w", err)
 	}
-	s.cacheResult(r, rp, "tags", resultMiss, "upstream")
+	s.cacheResult(ctx, rp, "tags", resultMiss, "upstream")
 	// A next page may exist when upstream says so, or when this page is
 	// as long as asked (some registries send no Link header).
 	full := q.Get("n") != "" && strconv.Itoa(len(list.Tags)) == q.Get("n")

@@ -16,10 +16,12 @@ import (
 
 // listenerScope is what a listener may reach: repo answers what no other
 // rule routes; a bound listener (a [[listener]] entry) reaches only repo
-// and, for a group, its members, whatever ?ns= or the path names.
+// and, for a group, its members, whatever ?ns= or the path names; the
+// admin socket's requests are trusted (berth's own principal).
 type listenerScope struct {
-	repo  string
-	bound bool
+	repo    string
+	bound   bool
+	trusted bool // the admin socket: every request has every right
 }
 
 // Handler returns the HTTP handler of the main listener: requests go to
@@ -62,10 +64,7 @@ func (s *Server) AdminHandler(listenerRepo string) http.Handler {
 	mux.HandleFunc("GET /admin/ls", s.handle(formatRegistry, s.adminList))
 	mux.HandleFunc("GET /admin/backup", s.handle(formatRegistry, s.adminBackup))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{}))
-	v2 := s.v2Handler(listenerScope{repo: listenerRepo})
-	trusted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		v2.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), internalKey{}, true)))
-	})
+	trusted := s.v2Handler(listenerScope{repo: listenerRepo, trusted: true})
 	mux.Handle("/v2/", trusted)
 	mux.Handle("/v2", trusted)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
@@ -128,9 +127,9 @@ func (s *Server) v2Handler(listener listenerScope) http.Handler {
 				"name", info.image, "ref", info.ref, "result", info.result, "status", code,
 				"bytes", sw.bytes, "duration", time.Since(start).Round(time.Microsecond), "remote", r.RemoteAddr)
 		}()
-		p, err := s.auth.authenticate(r)
-		if internal, _ := r.Context().Value(internalKey{}).(bool); internal {
-			p, err = principal{internal: true}, nil
+		p, err := principal{internal: true}, error(nil)
+		if !listener.trusted {
+			p, err = s.auth.authenticate(r)
 		}
 		if err != nil {
 			err = s.loginFailed(r, err, s.challenge(r, "", "", ""))

@@ -112,7 +112,7 @@ func (s *Server) mountable(r *http.Request, from string, d store.Digest) bool {
 	holders := []imageRef{src.image(image)}
 	if g := src.asGroup(); g != nil {
 		holders = holders[:0]
-		for _, m := range g.readable(r, src.image(image)) {
+		for _, m := range g.readable(r.Context(), src.image(image)) {
 			holders = append(holders, memberImage(m, image))
 		}
 	} else if !s.allowed(p, src, image, actionPull) {
