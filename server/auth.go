@@ -283,11 +283,7 @@ func (s *Server) allowed(p principal, rp *repo, image, action string) bool {
 	if p.internal {
 		return true
 	}
-	if rp.parent != nil {
-		// A per-host proxy is its allowlist repository's: grants name
-		// "<repository>/<host>/<image>".
-		rp, image = rp.parent, rp.UpstreamHost+"/"+image
-	}
+	rp, image = rp.access, rp.grantPrefix+image
 	if p.user == nil {
 		switch action {
 		case actionPull:
@@ -324,9 +320,7 @@ func (s *Server) memberReadable(p principal, g, m *repo, image string) bool {
 // granted reports p's own grants (users only), without what anonymous
 // clients may do.
 func (s *Server) granted(p principal, rp *repo, image, action string) bool {
-	if rp.parent != nil {
-		rp, image = rp.parent, rp.UpstreamHost+"/"+image
-	}
+	rp, image = rp.access, rp.grantPrefix+image
 	if anyGlob(p.user.Push, rp.Name, image) {
 		return true
 	}

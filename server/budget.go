@@ -80,7 +80,7 @@ func (c *budgetCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, rp := range c.s.withHosts() {
+	for _, rp := range c.s.hosts.withHosts() {
 		if rp.asProxy() == nil {
 			continue
 		}
@@ -136,7 +136,7 @@ type endpointCollector struct {
 func (c *endpointCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c *endpointCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, rp := range c.s.withHosts() {
+	for _, rp := range c.s.hosts.withHosts() {
 		if rp.asProxy() == nil {
 			continue
 		}

@@ -181,7 +181,7 @@ func TestPageViewSendsNothingUpstream(t *testing.T) {
 	readAll(t, l.b.get("GET", "/v2/org/app/manifests/v1?ns=ghcr.test"))
 	waitNoDownloads(t, l.b.srv)
 	// Age the health so that a probe would be due.
-	for _, rp := range l.b.srv.withHosts() {
+	for _, rp := range l.b.srv.hosts.withHosts() {
 		rp.health.mu.Lock()
 		rp.health.seen = time.Now().Add(-2 * probeInterval)
 		rp.health.mu.Unlock()

@@ -256,7 +256,7 @@ func (c *healthCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *healthCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, rp := range c.s.withHosts() {
+	for _, rp := range c.s.hosts.withHosts() {
 		if rp.asProxy() == nil || rp.Upstream == nil {
 			continue
 		}

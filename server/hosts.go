@@ -35,23 +35,31 @@ import (
 // and forward_ns repositories together.
 const maxHostProxies = 1024
 
-// hostProxies are the per-host proxies made by allowlist repositories.
+// hostProxies makes the per-host proxies of allowlist (and forward_ns)
+// repositories and keeps them in a bounded table.
 type hostProxies struct {
+	s     *Server
 	mu    sync.Mutex                // one maker at a time
-	repos *lru.Cache[string, *repo] // "<repository>\x00<host>" → its proxy
+	repos *lru.Cache[string, *repo] // hostKey → its proxy
 }
+
+// hostKey is the table key of host's proxy made by repository g.
+func hostKey(g *repo, host string) string { return g.Name + "\x00" + host }
 
 // closer is an upstream whose idle connections can be let go (a dropped
 // host proxy's).
 type closer interface{ CloseIdleConnections() }
 
-func (s *Server) newHostTable() {
-	s.hosts.repos = lru.New[string, *repo](maxHostProxies, 0).WithEvict(func(_ string, rp *repo) { s.dropHost(rp) })
+func newHostProxies(s *Server) *hostProxies {
+	h := &hostProxies{s: s}
+	h.repos = lru.New[string, *repo](maxHostProxies, 0).WithEvict(func(_ string, rp *repo) { h.dropHost(rp) })
+	return h
 }
 
 // dropHost lets an evicted or silent host proxy go: its connections and
 // its metrics series.
-func (s *Server) dropHost(rp *repo) {
+func (h *hostProxies) dropHost(rp *repo) {
+	s := h.s
 	if c, ok := rp.Upstream.(closer); ok {
 		c.CloseIdleConnections()
 	}
@@ -99,7 +107,7 @@ func forwarder(scope []*repo) *repo {
 func proxyForHost(scope []*repo, host reghost.Host) *repo {
 	h := host.String()
 	for _, rp := range scope {
-		if rp.asProxy() == nil || rp.Upstream == nil || rp.parent != nil {
+		if rp.asProxy() == nil || rp.Upstream == nil || rp.hostKey != "" {
 			continue
 		}
 		up := strings.ToLower(rp.UpstreamHost)
@@ -117,7 +125,8 @@ func proxyForHost(scope []*repo, host reghost.Host) *repo {
 
 // checkHost refuses host when it is, or resolves to, an address the
 // allowlist proxy g may not reach. Nothing is dialled.
-func (s *Server) checkHost(ctx context.Context, g *repo, host reghost.Host) error {
+func (h *hostProxies) checkHost(ctx context.Context, g *repo, host reghost.Host) error {
+	s := h.s
 	if g.ForwardNS {
 		return nil // a forwarded namespace is never dialled: it goes to g's upstream
 	}
@@ -146,17 +155,18 @@ func (s *Server) checkHost(ctx context.Context, g *repo, host reghost.Host) erro
 
 // hostProxy returns the proxy of host made by allowlist repository g,
 // making it on first use.
-func (s *Server) hostProxy(ctx context.Context, g *repo, host reghost.Host) (*repo, error) {
-	key := g.Name + "\x00" + host.String()
-	if rp, ok := s.hosts.repos.Get(key); ok {
+func (h *hostProxies) hostProxy(ctx context.Context, g *repo, host reghost.Host) (*repo, error) {
+	s := h.s
+	key := hostKey(g, host.String())
+	if rp, ok := h.repos.Get(key); ok {
 		return rp, nil
 	}
-	if err := s.checkHost(ctx, g, host); err != nil {
+	if err := s.hosts.checkHost(ctx, g, host); err != nil {
 		return nil, err
 	}
-	s.hosts.mu.Lock()
-	defer s.hosts.mu.Unlock()
-	if rp, ok := s.hosts.repos.Get(key); ok {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if rp, ok := h.repos.Get(key); ok {
 		return rp, nil
 	}
 	up, err := g.NewUpstream(host, host.MatchAny(g.HTTPHosts))
@@ -166,11 +176,12 @@ func (s *Server) hostProxy(ctx context.Context, g *repo, host reghost.Host) (*re
 	r := g.Repository
 	r.Name, r.Upstream, r.UpstreamHost, r.Hosts, r.NSAliases, r.ForwardNS = g.Name+"/"+host.String(), up, host.String(), nil, nil, false
 	rp := s.newRepo(r)
-	rp.parent = g
+	// Its rights are g's, over "<host>/<image>".
+	rp.access, rp.grantPrefix, rp.hostKey = g, host.String()+"/", key
 	// The host proxies of g share g's caches: their keys hold the path,
 	// which holds the host, and the caches are bounded once, not per host.
 	rp.neg, rp.referrers = g.neg, g.referrers
-	s.hosts.repos.Add(key, rp)
+	h.repos.Add(key, rp)
 	s.m.initRepository(rp.Name, true)
 	s.log.Info("serving a new registry host", "repository", g.Name, "host", host.String())
 	return rp, nil
@@ -179,27 +190,28 @@ func (s *Server) hostProxy(ctx context.Context, g *repo, host reghost.Host) (*re
 // forgetSilentHost drops rp, a host proxy, when its upstream has not
 // once answered a request with success: a bogus host a client named is
 // not kept (nor its metrics), a real one is made again on its next use.
-func (s *Server) forgetSilentHost(rp *repo) {
-	if rp.parent == nil || rp.health.answered() {
+func (h *hostProxies) forgetSilentHost(rp *repo) {
+	s := h.s
+	if rp.hostKey == "" || rp.health.answered() {
 		return
 	}
-	key := rp.parent.Name + "\x00" + rp.UpstreamHost
-	s.hosts.mu.Lock()
-	cur, ok := s.hosts.repos.Get(key)
+	key := rp.hostKey
+	h.mu.Lock()
+	cur, ok := h.repos.Get(key)
 	if ok && cur == rp {
-		s.hosts.repos.Remove(key)
+		h.repos.Remove(key)
 	}
-	s.hosts.mu.Unlock()
+	h.mu.Unlock()
 	if ok && cur == rp {
-		s.dropHost(rp)
+		s.hosts.dropHost(rp)
 	}
 }
 
 // hostRepos returns the per-host proxies of g, sorted by host.
-func (s *Server) hostRepos(g *repo) []*repo {
+func (h *hostProxies) hostRepos(g *repo) []*repo {
 	var out []*repo
-	for _, rp := range s.hosts.repos.Values() {
-		if rp.parent == g {
+	for _, rp := range h.repos.Values() {
+		if rp.access == g && rp != g {
 			out = append(out, rp)
 		}
 	}
@@ -209,12 +221,13 @@ func (s *Server) hostRepos(g *repo) []*repo {
 
 // withHosts is s.order with each allowlist repository's host proxies
 // after it: the status page's rows.
-func (s *Server) withHosts() []*repo {
+func (h *hostProxies) withHosts() []*repo {
+	s := h.s
 	var out []*repo
 	for _, rp := range s.order {
 		out = append(out, rp)
 		if len(rp.Hosts) > 0 || rp.ForwardNS {
-			out = append(out, s.hostRepos(rp)...)
+			out = append(out, s.hosts.hostRepos(rp)...)
 		}
 	}
 	return out

@@ -115,7 +115,7 @@ func (s *Server) allTags(ctx context.Context, listener, image string) ([]string,
 	if err != nil {
 		return nil, err
 	}
-	defer s.forgetSilentHost(rp)
+	defer s.hosts.forgetSilentHost(rp)
 	var all []string
 	q := url.Values{"n": {"1000"}}
 	for page := 0; page < 1000; page++ {
@@ -142,7 +142,7 @@ func (s *Server) prefetchOne(ctx context.Context, listener, image string, opts P
 	if err != nil {
 		return err
 	}
-	defer s.forgetSilentHost(rp)
+	defer s.hosts.forgetSilentHost(rp)
 	manifest := func(reference string) (*parsedManifest, error) {
 		rt := route{kind: routeManifest, name: name, ref: reference}
 		if d, err := store.ParseDigest(reference); err == nil {

@@ -15,8 +15,14 @@ type repo struct {
 	neg       *lru.Cache[string, time.Time]      // upstream 404s → fresh until (kept negKeep, for stale answers)
 	referrers *lru.Cache[string, referrersEntry] // proxy: "<path>@<digest>?<artifactType>" → the upstream's referrers
 	impl      repository                         // what it does: a *proxy, *hosted or *group
-	parent    *repo                              // a per-host proxy: the allowlist repository that made it
-	noRanges  atomic.Bool                        // proxy: the upstream answered a range request otherwise
+	// Whose access rules and grants decide requests here: the repository
+	// itself, or for a per-host proxy its allowlist repository, whose
+	// grants name "<host>/<image>" (grantPrefix). hostKey: a per-host
+	// proxy's key in the host table ("" for a configured repository).
+	access      *repo
+	grantPrefix string
+	hostKey     string
+	noRanges    atomic.Bool // proxy: the upstream answered a range request otherwise
 	// proxy: how long the last manifest GET took the upstream to answer
 	// (ns, auth round trips included): eager layers start wide after a
 	// slow one.

@@ -48,7 +48,7 @@ func (s *Server) handler(l listenerScope) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("/token", s.serveToken(l))
-	s.uiHandlers(mux, l.repo)
+	s.status.uiHandlers(mux, l.repo)
 	return s.recoverPanics(s.withBodyDeadline(mux))
 }
 
@@ -166,7 +166,7 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, listener liste
 	if err != nil {
 		return err
 	}
-	defer s.forgetSilentHost(rp)
+	defer s.hosts.forgetSilentHost(rp)
 	info.repo, info.image, info.ref = rp.Name, image, rt.ref
 	if rp.asGroup() != nil {
 		info.group = rp.Name
@@ -276,7 +276,7 @@ func (s *Server) resolve(ctx context.Context, ns string, listener listenerScope,
 			if g == nil {
 				return nil, "", errf(codeNameUnknown, "no repository serves namespace %q", host)
 			}
-			if rp, err = s.hostProxy(ctx, g, host); err != nil {
+			if rp, err = s.hosts.hostProxy(ctx, g, host); err != nil {
 				return nil, "", err
 			}
 		}
@@ -291,7 +291,7 @@ func (s *Server) resolve(ctx context.Context, ns string, listener listenerScope,
 			if p := proxyForHost(scope, host); p != nil && strings.Contains(first, ".") {
 				rp, image = p, rest
 			} else if g := allowlistFor(scope, host); g != nil {
-				if rp, err = s.hostProxy(ctx, g, host); err != nil {
+				if rp, err = s.hosts.hostProxy(ctx, g, host); err != nil {
 					return nil, "", err
 				}
 				image = rest
@@ -318,7 +318,7 @@ func (s *Server) resolve(ctx context.Context, ns string, listener listenerScope,
 		if !host.MatchAny(rp.Hosts) {
 			return nil, "", errf(codeNameUnknown, "repository %q serves the registries %s; %q is not one", rp.Name, strings.Join(rp.Hosts, ", "), host)
 		}
-		if rp, err = s.hostProxy(ctx, rp, host); err != nil {
+		if rp, err = s.hosts.hostProxy(ctx, rp, host); err != nil {
 			return nil, "", err
 		}
 		image = rest

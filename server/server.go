@@ -166,8 +166,9 @@ type Server struct {
 	auth        *auth
 	uploadLimit *uploadLimiter
 
-	hosts    hostProxies // per-host proxies of allowlist repositories (hosts.go)
-	eager    *eager      // eager layer downloads (eager.go)
+	status   statusPages  // the status page (ui.go)
+	hosts    *hostProxies // per-host proxies of allowlist repositories (hosts.go)
+	eager    *eager       // eager layer downloads (eager.go)
 	resolver interface {
 		LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 	}
@@ -210,7 +211,8 @@ func New(opts Options) (*Server, error) {
 	s := &Server{opts: opts, repos: map[string]*repo{}, log: opts.Logger, eager: newEager(),
 		resolver:     opts.Resolver,
 		loggedCauses: lru.New[string, struct{}](1000, time.Minute).WithCost(1<<20, lru.StringBytes[struct{}])}
-	s.newHostTable()
+	s.status = statusPages{s: s}
+	s.hosts = newHostProxies(s)
 	s.bodyGrace = bodyGrace
 	s.declared = lru.New[string, int64](declaredEntries, 0).WithCost(declaredBytes, lru.StringBytes[int64])
 	s.blobs, s.manifests, s.pushes, s.index, s.ops, s.pulls = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
@@ -257,7 +259,7 @@ func (s *Server) newRepo(r Repository) *repo {
 	rp := &repo{Repository: r, health: &upstreamHealth{},
 		neg:       lru.New[string, time.Time](100_000, 0).WithCost(cacheBytes, lru.StringBytes[time.Time]),
 		referrers: lru.New[string, referrersEntry](10_000, referrersKeep).WithCost(referrersBytes, referrersEntryBytes)}
-	rp.impl = s.newKind(rp)
+	rp.impl, rp.access = s.newKind(rp), rp
 	if rp.asProxy() != nil && r.Upstream != nil {
 		rp.Upstream = observedUpstream{Upstream: r.Upstream, h: rp.health}
 	}

@@ -228,7 +228,7 @@ func (s *Server) grantScope(r *http.Request, p principal, listener listenerScope
 	if err != nil {
 		return tokenAccess{}, false
 	}
-	defer s.forgetSilentHost(rp) // a scope alone keeps no host in the table
+	defer s.hosts.forgetSilentHost(rp) // a scope alone keeps no host in the table
 	acc := tokenAccess{Type: "repository", Name: sc.name, Path: rp.Name + "/" + image}
 	for _, a := range sc.actions {
 		need := a

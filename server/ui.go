@@ -21,11 +21,12 @@ var uiTemplates = template.Must(template.ParseFS(uiFiles, "ui.html"))
 // The status page: server-rendered HTML, no JavaScript, the same access
 // rules as the API (anonymous visitors see what anonymous clients may
 // pull; /ui/login asks the browser for Basic credentials).
-func (s *Server) uiHandlers(mux *http.ServeMux, listenerRepo string) {
-	mux.HandleFunc("GET /{$}", s.uiPage(s.uiOverview))
-	mux.HandleFunc("GET /ui/repository", s.uiPage(s.uiRepository))
-	mux.HandleFunc("GET /ui/image", s.uiPage(s.uiImage))
-	mux.HandleFunc("GET /ui/manifest", s.uiPage(s.uiManifest))
+func (u *statusPages) uiHandlers(mux *http.ServeMux, listenerRepo string) {
+	s := u.s
+	mux.HandleFunc("GET /{$}", s.status.uiPage(s.status.uiOverview))
+	mux.HandleFunc("GET /ui/repository", s.status.uiPage(s.status.uiRepository))
+	mux.HandleFunc("GET /ui/image", s.status.uiPage(s.status.uiImage))
+	mux.HandleFunc("GET /ui/manifest", s.status.uiPage(s.status.uiManifest))
 	mux.HandleFunc("GET /ui/login", func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.auth.authenticate(r)
 		if err == nil && p.user != nil {
@@ -45,7 +46,8 @@ func (s *Server) uiHandlers(mux *http.ServeMux, listenerRepo string) {
 
 type uiPageFunc func(r *http.Request, p principal) (name string, data map[string]any, err error)
 
-func (s *Server) uiPage(f uiPageFunc) http.HandlerFunc {
+func (u *statusPages) uiPage(f uiPageFunc) http.HandlerFunc {
+	s := u.s
 	return func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.auth.authenticate(r)
 		if err != nil {
@@ -107,13 +109,15 @@ func humanBytes(n float64) string {
 }
 
 // metricSums adds up a counter family by its repository label.
-func (s *Server) metricSums(name string, match func(labels map[string]string) bool) map[string]float64 {
-	return s.metricSumsBy(name, "repository", match)
+func (u *statusPages) metricSums(name string, match func(labels map[string]string) bool) map[string]float64 {
+	s := u.s
+	return s.status.metricSumsBy(name, "repository", match)
 }
 
 // metricSumsBy sums the samples of counter name that match, by the value
 // of label key.
-func (s *Server) metricSumsBy(name, key string, match func(labels map[string]string) bool) map[string]float64 {
+func (u *statusPages) metricSumsBy(name, key string, match func(labels map[string]string) bool) map[string]float64 {
+	s := u.s
 	out := map[string]float64{}
 	mfs, err := s.opts.Registry.Gather()
 	if err != nil {
@@ -148,7 +152,8 @@ func ratio(hit, all float64) string {
 	return fmt.Sprintf("%.1f%%", 100*hit/all)
 }
 
-func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]any, error) {
+func (u *statusPages) uiOverview(r *http.Request, p principal) (string, map[string]any, error) {
+	s := u.s
 	// Each request is counted once, under the repository whose disk or
 	// upstream answered (a group's member); a group's own row is what
 	// went through it (berth_group_*), and the totals add up the others.
@@ -158,14 +163,14 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 	isLookup := func(l map[string]string) bool { return l["result"] != resultNegative }
 	isCache := func(l map[string]string) bool { return l["source"] == "cache" }
 	isUp := func(l map[string]string) bool { return l["source"] == "upstream" }
-	hits := s.metricSums("berth_cache_results_total", isHit)
-	lookups := s.metricSums("berth_cache_results_total", isLookup)
-	fromCache := s.metricSums("berth_served_bytes_total", isCache)
-	fromUp := s.metricSums("berth_served_bytes_total", isUp)
-	gHits := s.metricSumsBy("berth_group_cache_results_total", "group", isHit)
-	gLookups := s.metricSumsBy("berth_group_cache_results_total", "group", isLookup)
-	gCache := s.metricSumsBy("berth_group_served_bytes_total", "group", isCache)
-	gUp := s.metricSumsBy("berth_group_served_bytes_total", "group", isUp)
+	hits := s.status.metricSums("berth_cache_results_total", isHit)
+	lookups := s.status.metricSums("berth_cache_results_total", isLookup)
+	fromCache := s.status.metricSums("berth_served_bytes_total", isCache)
+	fromUp := s.status.metricSums("berth_served_bytes_total", isUp)
+	gHits := s.status.metricSumsBy("berth_group_cache_results_total", "group", isHit)
+	gLookups := s.status.metricSumsBy("berth_group_cache_results_total", "group", isLookup)
+	gCache := s.status.metricSumsBy("berth_group_served_bytes_total", "group", isCache)
+	gUp := s.status.metricSumsBy("berth_group_served_bytes_total", "group", isUp)
 	type row struct {
 		Name, Kind, Target, Health, Budget, HitRatio, CacheBytes, UpstreamBytes string
 		Images                                                                  int
@@ -173,7 +178,7 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 	}
 	var rows []row
 	var totHit, totAll, totCache, totUp float64
-	for _, rp := range s.withHosts() {
+	for _, rp := range s.hosts.withHosts() {
 		if !s.visible(p, rp) {
 			continue
 		}
@@ -200,7 +205,7 @@ func (s *Server) uiOverview(r *http.Request, p principal) (string, map[string]an
 			rw.Health, rw.Healthy = st.words(len(images) > 0), st.healthy()
 			rw.Budget = budgetLine(rp.rateLimit())
 			if len(rp.Hosts) > 0 {
-				rw.Health, rw.Healthy = fmt.Sprintf("%d registry hosts seen (below)", len(s.hostRepos(rp))), true
+				rw.Health, rw.Healthy = fmt.Sprintf("%d registry hosts seen (below)", len(s.hosts.hostRepos(rp))), true
 			}
 		case *group:
 			rw.Target = strings.Join(rp.Members, " → ")
@@ -234,7 +239,8 @@ func boolf(b bool) float64 {
 	return 0
 }
 
-func (s *Server) uiRepo(r *http.Request, p principal) (*repo, error) {
+func (u *statusPages) uiRepo(r *http.Request, p principal) (*repo, error) {
+	s := u.s
 	rp := s.repos[r.URL.Query().Get("repo")]
 	if rp == nil {
 		rp = s.repos[r.URL.Query().Get("name")]
@@ -245,8 +251,9 @@ func (s *Server) uiRepo(r *http.Request, p principal) (*repo, error) {
 	return rp, nil
 }
 
-func (s *Server) uiRepository(r *http.Request, p principal) (string, map[string]any, error) {
-	rp, err := s.uiRepo(r, p)
+func (u *statusPages) uiRepository(r *http.Request, p principal) (string, map[string]any, error) {
+	s := u.s
+	rp, err := s.status.uiRepo(r, p)
 	if err != nil {
 		return "", nil, err
 	}
@@ -277,8 +284,9 @@ func (s *Server) uiRepository(r *http.Request, p principal) (string, map[string]
 	return "repository", data, nil
 }
 
-func (s *Server) uiImageAllowed(r *http.Request, p principal) (*repo, string, error) {
-	rp, err := s.uiRepo(r, p)
+func (u *statusPages) uiImageAllowed(r *http.Request, p principal) (*repo, string, error) {
+	s := u.s
+	rp, err := s.status.uiRepo(r, p)
 	if err != nil {
 		return nil, "", err
 	}
@@ -289,8 +297,9 @@ func (s *Server) uiImageAllowed(r *http.Request, p principal) (*repo, string, er
 	return rp, image, nil
 }
 
-func (s *Server) uiImage(r *http.Request, p principal) (string, map[string]any, error) {
-	rp, image, err := s.uiImageAllowed(r, p)
+func (u *statusPages) uiImage(r *http.Request, p principal) (string, map[string]any, error) {
+	s := u.s
+	rp, image, err := s.status.uiImageAllowed(r, p)
 	if err != nil {
 		return "", nil, err
 	}
@@ -322,8 +331,9 @@ func (s *Server) uiImage(r *http.Request, p principal) (string, map[string]any, 
 	return "image", map[string]any{"Title": image, "Repo": rp.Name, "Image": image, "Tags": rows}, nil
 }
 
-func (s *Server) uiManifest(r *http.Request, p principal) (string, map[string]any, error) {
-	rp, image, err := s.uiImageAllowed(r, p)
+func (u *statusPages) uiManifest(r *http.Request, p principal) (string, map[string]any, error) {
+	s := u.s
+	rp, image, err := s.status.uiImageAllowed(r, p)
 	if err != nil {
 		return "", nil, err
 	}
@@ -388,3 +398,7 @@ func (s *Server) uiManifest(r *http.Request, p principal) (string, map[string]an
 	}
 	return "manifest", data, nil
 }
+
+// statusPages are the status page's handlers: read-only views of the
+// server's repositories, metrics and store.
+type statusPages struct{ s *Server }

@@ -107,7 +107,7 @@ func (s *Server) mountable(r *http.Request, from string, d store.Digest) bool {
 	if err != nil {
 		return false
 	}
-	defer s.forgetSilentHost(src)
+	defer s.hosts.forgetSilentHost(src)
 	p := infoOf(r.Context()).principal
 	holders := []imageRef{src.image(image)}
 	if g := src.asGroup(); g != nil {
