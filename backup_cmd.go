@@ -4,12 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
-	"time"
 
-	"github.com/berth-registry/berth/store"
 	"github.com/urfave/cli/v2"
 )
 
@@ -26,9 +23,11 @@ func runBackup(c *cli.Context, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := dataDirExists(cfg.DataDir); err != nil && c.String("server") == "" {
+	ops, from, done, err := openOps(c, cfg, nil)
+	if err != nil {
 		return err
 	}
+	defer done()
 	tmp, err := os.CreateTemp(filepath.Dir(dest), ".berth-backup-*")
 	if err != nil {
 		return err
@@ -38,33 +37,10 @@ func runBackup(c *cli.Context, out io.Writer) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	var n int64
-	from := "the data dir"
-	st, oerr := (*store.Store)(nil), store.ErrLocked
-	if c.String("server") == "" {
-		st, oerr = store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 300 * time.Millisecond, KeepTmp: true})
-	}
-	switch {
-	case oerr == nil:
-		n, err = st.Backup(tmp)
-		st.Close()
-	case errors.Is(oerr, store.ErrLocked):
-		from = "the running berth"
-		base, client := adminClient(c, cfg)
-		resp, gerr := client.Get(base + "/admin/backup")
-		if gerr != nil {
-			tmp.Close()
-			return notRunning(c, cfg, "backup", gerr)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			tmp.Close()
-			return adminFailure("backup", resp)
-		}
-		n, err = io.Copy(tmp, resp.Body)
-	default:
+	n, err := ops.Backup(c.Context, tmp)
+	if err != nil {
 		tmp.Close()
-		return oerr
+		return opsError(c, cfg, "backup", err)
 	}
 	if err == nil {
 		err = tmp.Sync()

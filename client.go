@@ -2,14 +2,16 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
+	"github.com/berth-registry/berth/server"
+	"github.com/berth-registry/berth/store"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -119,19 +121,45 @@ func configFlag() cli.Flag {
 	return &cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"BERTH_CONFIG"}, Usage: "TOML config `FILE`"}
 }
 
-// adminFailure is the error of an admin answer that is not 200: the
-// registry error body every berth endpoint writes (server/errors.go),
-// named by what was asked.
-func adminFailure(what string, resp *http.Response) error {
-	var body struct {
-		Errors []struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"errors"`
+// openOps returns the Ops of the berth cfg names, and what they act on
+// ("the data dir" or "the running berth"): the data dir opened offline
+// when no berth runs, else the running berth's admin listener (always
+// with --server). When the data dir is in use, a line saying so goes to
+// note (may be nil). done releases the store.
+func openOps(c *cli.Context, cfg *Config, note io.Writer) (ops server.Ops, from string, done func(), err error) {
+	if c.String("server") == "" {
+		if err := dataDirExists(cfg.DataDir); err != nil {
+			return nil, "", nil, err
+		}
+		st, err := store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 300 * time.Millisecond, KeepTmp: true})
+		switch {
+		case err == nil:
+			known := make([]string, len(cfg.Repositories))
+			for i, r := range cfg.Repositories {
+				known[i] = r.Name
+			}
+			return server.StoreOps{Store: st, Known: known}, "the data dir", func() { st.Close() }, nil
+		case !errors.Is(err, store.ErrLocked):
+			return nil, "", nil, err
+		}
+		if note != nil {
+			fmt.Fprintf(note, "data dir %s is in use by a running berth; asking it\n", cfg.DataDir)
+		}
 	}
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if json.Unmarshal(raw, &body) == nil && len(body.Errors) > 0 {
-		return fmt.Errorf("%s: the running berth answered %s: %s: %s", what, resp.Status, body.Errors[0].Code, body.Errors[0].Message)
+	base, client := adminClient(c, cfg)
+	return server.AdminClient{Base: base, HTTP: client}, "the running berth", func() {}, nil
+}
+
+// opsError says what went wrong with command what: no berth answering,
+// something else than its admin listener answering, or its answer.
+func opsError(c *cli.Context, cfg *Config, what string, err error) error {
+	var unreachable *server.UnreachableError
+	switch {
+	case errors.As(err, &unreachable):
+		return notRunning(c, cfg, what, unreachable.Err)
+	case errors.Is(err, server.ErrNotAdmin):
+		base, _ := adminTarget(c, cfg)
+		return fmt.Errorf("%s: %s is not a berth admin listener (it answered 404): give --server unix:SOCKET or http://HOST:PORT of admin_listen (default unix:DATA_DIR/admin.sock), not the registry's address", what, base)
 	}
-	return fmt.Errorf("%s: the running berth answered %s: %s", what, resp.Status, strings.TrimSpace(string(raw)))
+	return fmt.Errorf("%s: %w", what, err)
 }

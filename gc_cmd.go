@@ -2,16 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"time"
 
 	"github.com/berth-registry/berth/server"
-	"github.com/berth-registry/berth/store"
 	"github.com/urfave/cli/v2"
 )
 
@@ -30,26 +26,18 @@ func runGC(c *cli.Context, out io.Writer) error {
 			return errors.New("gc: --grace must not be negative")
 		}
 	}
-	if c.String("server") != "" {
-		return gcRemote(c, cfg, out, dry, grace)
-	}
-	if err := dataDirExists(cfg.DataDir); err != nil {
-		return err
-	}
-	st, err := store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 500 * time.Millisecond, KeepTmp: true})
-	if errors.Is(err, store.ErrLocked) {
-		fmt.Fprintf(out, "data dir %s is in use by a running berth; asking it\n", cfg.DataDir)
-		return gcRemote(c, cfg, out, dry, grace)
-	}
+	ops, _, done, err := openOps(c, cfg, out)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	res, err := st.GC(store.GCOptions{Grace: grace, DryRun: dry})
+	defer done()
+	ctx, cancel := context.WithTimeout(c.Context, 10*time.Minute)
+	defer cancel()
+	res, err := ops.GC(ctx, server.GCRequest{Grace: grace, DryRun: dry})
 	if err != nil {
-		return err
+		return opsError(c, cfg, "gc", err)
 	}
-	printGC(out, server.GCReply{Blobs: res.Blobs, Bytes: res.Bytes, Kept: res.Kept, KeptBytes: res.KeptBytes, Grace: grace.String()}, dry)
+	printGC(out, res, dry)
 	return nil
 }
 
@@ -64,35 +52,6 @@ func printGC(out io.Writer, r server.GCReply, dry bool) {
 		fmt.Fprintf(out, "gc: kept %d unreferenced blobs (%s) younger than the grace period (%s): a push may still be finishing; --grace 0 includes them\n",
 			r.Kept, humanSize(r.KeptBytes), r.Grace)
 	}
-}
-
-func gcRemote(c *cli.Context, cfg *Config, out io.Writer, dry bool, grace time.Duration) error {
-	base, client := adminClient(c, cfg)
-	q := url.Values{"grace": {grace.String()}}
-	if dry {
-		q.Set("dry_run", "1")
-	}
-	u := base + "/admin/gc?" + q.Encode()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
-	resp, err := client.Do(req)
-	if err != nil {
-		return notRunning(c, cfg, "gc", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusNotFound {
-		return fmt.Errorf("gc: %s is not a berth admin listener (it answered 404): give --server unix:SOCKET or http://HOST:PORT of admin_listen (default unix:DATA_DIR/admin.sock), not the registry's address", base)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return adminFailure("gc", resp)
-	}
-	var res server.GCReply
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&res); err != nil {
-		return fmt.Errorf("gc: reading the running berth's answer: %w", err)
-	}
-	printGC(out, res, dry)
-	return nil
 }
 
 // gcCommand: berth gc, delete blobs no manifest references.

@@ -5,12 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 
 	"github.com/berth-registry/berth/internal/ocitar"
+	"github.com/berth-registry/berth/server"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -138,13 +137,8 @@ func checkImportTarget(c *cli.Context, cfg *Config, name string) error {
 		return nil
 	}
 	base, client := adminClient(c, cfg)
-	resp, err := client.Get(base + "/admin/ls?filter=" + url.QueryEscape(name))
-	if err != nil {
-		return notRunning(c, cfg, "import", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusNotFound {
-		return adminFailure("import", resp)
+	if _, err := (server.AdminClient{Base: base, HTTP: client}).List(c.Context, name); err != nil {
+		return opsError(c, cfg, "import", err)
 	}
 	return nil
 }

@@ -1,19 +1,12 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
-	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/berth-registry/berth/server"
-	"github.com/berth-registry/berth/store"
 	"github.com/urfave/cli/v2"
 )
 
@@ -24,39 +17,14 @@ func runLs(c *cli.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	filter := c.Args().First()
-	var list []server.ListEntry
-	var st *store.Store
-	if c.String("server") == "" { // --server wins over the local data dir
-		if err := dataDirExists(cfg.DataDir); err != nil {
-			return err
-		}
-		st, err = store.Open(cfg.DataDir, store.Options{ManualEviction: true, OpenTimeout: 300 * time.Millisecond, KeepTmp: true})
-		if err != nil && !errors.Is(err, store.ErrLocked) {
-			return err
-		}
-	}
-	if st != nil {
-		if err := knownRepository(c.Context, cfg, st, filter); err != nil {
-			st.Close()
-			return err
-		}
-		list, err = server.List(c.Context, st, nil, filter) // what the index holds
-		st.Close()
-	} else {
-		base, client := adminClient(c, cfg)
-		resp, herr := client.Get(base + "/admin/ls?filter=" + url.QueryEscape(filter))
-		if herr != nil {
-			return notRunning(c, cfg, "ls", herr)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return adminFailure("ls", resp)
-		}
-		err = json.NewDecoder(resp.Body).Decode(&list)
-	}
+	ops, _, done, err := openOps(c, cfg, nil)
 	if err != nil {
 		return err
+	}
+	defer done()
+	list, err := ops.List(c.Context, c.Args().First())
+	if err != nil {
+		return opsError(c, cfg, "ls", err)
 	}
 	if list == nil {
 		list = []server.ListEntry{} // [] for none, not null
@@ -101,25 +69,4 @@ func lsCommand(stdout, stderr io.Writer) *cli.Command {
 		}, serverFlags...),
 		Action: func(c *cli.Context) error { return runLs(c, stdout) },
 	}
-}
-
-// knownRepository refuses a filter whose repository is neither in the
-// config nor in the store: `berth ls nosuch` is an error, not an empty
-// table.
-func knownRepository(ctx context.Context, cfg *Config, st *store.Store, filter string) error {
-	first, _, _ := strings.Cut(filter, "/")
-	if first == "" {
-		return nil
-	}
-	var names []string
-	for _, r := range cfg.Repositories {
-		if r.Name == first {
-			return nil
-		}
-		names = append(names, r.Name)
-	}
-	if held, err := st.Repositories(ctx, first+"/"); err == nil && len(held) > 0 {
-		return nil
-	}
-	return fmt.Errorf("ls: no repository %q in the config (%s) or the store", first, strings.Join(names, ", "))
 }

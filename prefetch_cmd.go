@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -30,28 +27,16 @@ func runPrefetch(c *cli.Context, out, errOut io.Writer) error {
 	if p := c.String("platform"); p != "" {
 		platforms = strings.Split(p, ",")
 	}
-	body, _ := json.Marshal(map[string]any{"images": c.Args().Slice(), "platforms": platforms, "all_platforms": c.Bool("all-platforms"), "all_tags": c.Bool("all-tags")})
 	base, client := adminClient(c, cfg)
-	resp, err := client.Post(base+"/admin/prefetch", "application/json", strings.NewReader(string(body)))
-	if err != nil {
-		return notRunning(c, cfg, "prefetch", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return adminFailure("prefetch", resp)
-	}
+	admin := server.AdminClient{Base: base, HTTP: client}
+	req := server.PrefetchRequest{Images: c.Args().Slice(), Platforms: platforms, AllPlatforms: c.Bool("all-platforms"), AllTags: c.Bool("all-tags")}
 	tty := false
 	if f, ok := out.(*os.File); ok {
 		tty = term.IsTerminal(int(f.Fd()))
 	}
 	start := time.Now()
 	failed := 0
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		var ev server.PrefetchEvent
-		if json.Unmarshal(sc.Bytes(), &ev) != nil {
-			continue
-		}
+	err = admin.Prefetch(c.Context, req, func(ev server.PrefetchEvent) {
 		switch ev.Kind {
 		case "error":
 			failed++
@@ -68,11 +53,14 @@ func runPrefetch(c *cli.Context, out, errOut io.Writer) error {
 				fmt.Fprintf(out, "prefetch %s: blob %s (%s) %d/%d bytes\n", ev.Image, ev.Digest, humanSize(ev.Bytes), ev.DoneBytes, ev.TotalBytes)
 			}
 		}
+	})
+	if err != nil {
+		return opsError(c, cfg, "prefetch", err)
 	}
 	if failed > 0 {
 		return cli.Exit(fmt.Sprintf("prefetch: %d image(s) failed", failed), 1)
 	}
-	return sc.Err()
+	return nil
 }
 
 func progressBar(image string, done, total int64, took time.Duration) string {

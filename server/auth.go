@@ -279,7 +279,7 @@ func anyGlob(globs []string, repo, image string) bool {
 // allowed reports whether p may do action on image of rp by the grants
 // (tokens aside): anonymous by the repository's settings, users by their
 // globs.
-func (s *Server) allowed(p principal, rp *repo, image, action string) bool {
+func allowed(p principal, rp *repo, image, action string) bool {
 	if p.internal {
 		return true
 	}
@@ -295,13 +295,13 @@ func (s *Server) allowed(p principal, rp *repo, image, action string) bool {
 	// Signing in never takes a right away: what anyone may pull, a user
 	// may pull too (a CI robot with push on "local" still pulls public
 	// proxies through the same login, as on Docker Hub).
-	return s.granted(p, rp, image, action) || (action == actionPull && rp.AnonymousPull)
+	return granted(p, rp, image, action) || (action == actionPull && rp.AnonymousPull)
 }
 
 // memberReadable reports whether p may read member m's content through
 // group g: anonymous needs both to allow anonymous pulls; a user needs pull
 // on the group or on the member.
-func (s *Server) memberReadable(p principal, g, m *repo, image string) bool {
+func memberReadable(p principal, g, m *repo, image string) bool {
 	if p.internal {
 		return true
 	}
@@ -314,12 +314,12 @@ func (s *Server) memberReadable(p principal, g, m *repo, image string) bool {
 	// A user's own grants on the group or the member; a group that is
 	// public does not open its private members.
 	mi := memberImage(m, image).name
-	return s.granted(p, g, image, actionPull) || s.granted(p, m, mi, actionPull)
+	return granted(p, g, image, actionPull) || granted(p, m, mi, actionPull)
 }
 
 // granted reports p's own grants (users only), without what anonymous
 // clients may do.
-func (s *Server) granted(p principal, rp *repo, image, action string) bool {
+func granted(p principal, rp *repo, image, action string) bool {
 	rp, image = rp.access, rp.grantPrefix+image
 	if anyGlob(p.user.Push, rp.Name, image) {
 		return true
@@ -349,11 +349,11 @@ func (s *Server) authorize(r *http.Request, p principal, rp *repo, image, client
 	if action == actionDelete {
 		need = actionPush // deleting needs a push grant
 	}
-	ok := s.allowed(p, rp, image, need)
+	ok := allowed(p, rp, image, need)
 	if !ok && rp.asGroup() != nil && action == actionPull && p.user != nil {
 		// A user may read through a group the members they may read.
 		for _, m := range rp.members() {
-			ok = ok || s.memberReadable(p, rp, m, image)
+			ok = ok || memberReadable(p, rp, m, image)
 		}
 	}
 	if !ok {

@@ -92,7 +92,7 @@ func (g *group) readable(ctx context.Context, img imageRef) []*repo {
 	p := infoOf(ctx).principal
 	out := make([]*repo, 0, len(g.members))
 	for _, m := range g.members {
-		if g.s.memberReadable(p, g.repo, m, img.name) {
+		if memberReadable(p, g.repo, m, img.name) {
 			out = append(out, m)
 		}
 	}

@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
-	"net/http"
 	"strings"
 	"time"
 )
@@ -87,27 +85,4 @@ func List(ctx context.Context, st ListStore, repositories []string, filter strin
 		}
 	}
 	return out, nil
-}
-
-// adminList: GET /admin/ls?filter= (admin listener).
-func (s *Server) adminList(w http.ResponseWriter, r *http.Request) error {
-	var names []string
-	for _, rp := range s.order {
-		if rp.asGroup() == nil {
-			names = append(names, rp.Name)
-		}
-	}
-	filter := r.URL.Query().Get("filter")
-	if first, _, _ := strings.Cut(filter, "/"); first != "" && s.repos[first] == nil {
-		all := make([]string, len(s.order))
-		for i, rp := range s.order {
-			all[i] = rp.Name
-		}
-		return errf(codeNameUnknown, "no repository %q (this berth has %s)", truncate(first, 100), strings.Join(all, ", "))
-	}
-	list, err := List(r.Context(), s.index, names, filter)
-	if err != nil {
-		return fmt.Errorf("admin ls: %w", err)
-	}
-	return writeJSON(w, r, list)
 }

@@ -81,7 +81,7 @@ func (s *Server) metricsVisible(p principal, name string) bool {
 	if p.user == nil {
 		return rp.AnonymousPull
 	}
-	return s.allowed(p, rp, image, actionPull) || anyGlobPrefix(p.user.Pull, rp.Name) || anyGlobPrefix(p.user.Push, rp.Name)
+	return allowed(p, rp, image, actionPull) || anyGlobPrefix(p.user.Pull, rp.Name) || anyGlobPrefix(p.user.Push, rp.Name)
 }
 
 // anyGlobPrefix reports whether one of globs grants something inside

@@ -4,7 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
+	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/berth-registry/berth/store"
@@ -49,39 +54,30 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(status)
 }
 
-// adminGC runs a garbage collection now (berth gc asks a running server
-// here, on the admin listener).
-func (s *Server) adminGC(w http.ResponseWriter, r *http.Request) error {
-	grace := s.opts.GCGrace
-	if g := r.URL.Query().Get("grace"); g != "" {
-		d, err := time.ParseDuration(g)
-		if err != nil || d < 0 {
-			return errf(codeRequestInvalid, "grace %q: want a duration such as 0s or 30m", truncate(g, 40))
-		}
-		grace = d
-	}
-	res, err := s.ops.GC(store.GCOptions{Grace: grace, DryRun: r.URL.Query().Get("dry_run") != ""})
-	if err != nil {
-		return fmt.Errorf("garbage collection: %w", err)
-	}
-	s.log.Info("garbage collection asked by admin", "blobs", res.Blobs, "bytes", res.Bytes, "kept", res.Kept, "grace", grace, "dry_run", r.URL.Query().Get("dry_run") != "")
-	return writeJSON(w, r, GCReply{Blobs: res.Blobs, Bytes: res.Bytes, Digests: res.Digests, Kept: res.Kept, KeptBytes: res.KeptBytes, Grace: grace.String()})
+// Ops are the operator's commands on berth's data (berth gc, backup,
+// ls): the same contract whether berth runs or not. StoreOps does them on
+// a store opened offline; AdminClient asks a running berth over its admin
+// listener, whose handlers (serveOps) do them on the running server.
+// berth verify is not among them: it needs the store to itself.
+type Ops interface {
+	// GC deletes blobs no manifest references.
+	GC(ctx context.Context, req GCRequest) (GCReply, error)
+	// Backup writes a consistent copy of the index to w.
+	Backup(ctx context.Context, w io.Writer) (int64, error)
+	// List returns the tags of the images under filter
+	// ("REPOSITORY[/IMAGE]", "" for all).
+	List(ctx context.Context, filter string) ([]ListEntry, error)
 }
 
-// adminBackup streams a consistent copy of the index (berth backup).
-func (s *Server) adminBackup(w http.ResponseWriter, r *http.Request) error {
-	w.Header().Set("Content-Type", "application/octet-stream")
-	n, err := s.ops.Backup(w)
-	if err != nil {
-		s.log.Error("backup of the index", "err", err, "bytes", n)
-		panic(http.ErrAbortHandler) // the client sees a cut body, never a short file as whole
-	}
-	s.log.Info("index backed up", "bytes", n)
-	return nil
+// GCRequest asks for a collection: unreferenced blobs younger than Grace
+// are spared; DryRun only counts.
+type GCRequest struct {
+	Grace  time.Duration
+	DryRun bool
 }
 
-// GCReply is the admin listener's answer to POST /admin/gc, as berth gc
-// reads it.
+// GCReply is what a collection did, as the admin listener answers POST
+// /admin/gc.
 type GCReply struct {
 	Blobs     int      `json:"blobs"`
 	Bytes     int64    `json:"bytes"`
@@ -89,4 +85,120 @@ type GCReply struct {
 	Kept      int      `json:"kept"`       // unreferenced, spared by the grace period
 	KeptBytes int64    `json:"kept_bytes"` //
 	Grace     string   `json:"grace"`
+}
+
+func gcReply(res store.GCResult, grace time.Duration) GCReply {
+	return GCReply{Blobs: res.Blobs, Bytes: res.Bytes, Digests: res.Digests, Kept: res.Kept, KeptBytes: res.KeptBytes, Grace: grace.String()}
+}
+
+// StoreOps are the Ops on a store opened offline (berth stopped). Known
+// are the configured repositories: a filter naming a repository neither
+// configured nor in the store is an error, not an empty list.
+type StoreOps struct {
+	Store *store.Store
+	Known []string
+}
+
+func (o StoreOps) GC(_ context.Context, req GCRequest) (GCReply, error) {
+	res, err := o.Store.GC(store.GCOptions{Grace: req.Grace, DryRun: req.DryRun})
+	return gcReply(res, req.Grace), err
+}
+
+func (o StoreOps) Backup(_ context.Context, w io.Writer) (int64, error) { return o.Store.Backup(w) }
+
+func (o StoreOps) List(ctx context.Context, filter string) ([]ListEntry, error) {
+	if first, _, _ := strings.Cut(filter, "/"); first != "" && !slices.Contains(o.Known, first) {
+		if held, err := o.Store.Repositories(ctx, first+"/"); err != nil || len(held) == 0 {
+			return nil, fmt.Errorf("no repository %q in the config (%s) or the store", first, strings.Join(o.Known, ", "))
+		}
+	}
+	return List(ctx, o.Store, nil, filter) // what the index holds
+}
+
+// runningOps are the Ops on the running server, behind the admin
+// listener.
+type runningOps struct{ s *Server }
+
+func (o runningOps) GC(_ context.Context, req GCRequest) (GCReply, error) {
+	if req.Grace < 0 {
+		req.Grace = o.s.opts.GCGrace
+	}
+	res, err := o.s.ops.GC(store.GCOptions{Grace: req.Grace, DryRun: req.DryRun})
+	if err != nil {
+		return GCReply{}, fmt.Errorf("garbage collection: %w", err)
+	}
+	o.s.log.Info("garbage collection asked by admin", "blobs", res.Blobs, "bytes", res.Bytes, "kept", res.Kept, "grace", req.Grace, "dry_run", req.DryRun)
+	return gcReply(res, req.Grace), nil
+}
+
+func (o runningOps) Backup(_ context.Context, w io.Writer) (int64, error) { return o.s.ops.Backup(w) }
+
+func (o runningOps) List(ctx context.Context, filter string) ([]ListEntry, error) {
+	s := o.s
+	var names []string
+	for _, rp := range s.order {
+		if rp.asGroup() == nil {
+			names = append(names, rp.Name)
+		}
+	}
+	if first, _, _ := strings.Cut(filter, "/"); first != "" && s.repos[first] == nil {
+		all := make([]string, len(s.order))
+		for i, rp := range s.order {
+			all[i] = rp.Name
+		}
+		return nil, errf(codeNameUnknown, "no repository %q (this berth has %s)", truncate(first, 100), strings.Join(all, ", "))
+	}
+	list, err := List(ctx, s.index, names, filter)
+	if err != nil {
+		return nil, fmt.Errorf("admin ls: %w", err)
+	}
+	return list, nil
+}
+
+// serveOps puts ops on the admin mux: POST /admin/gc?grace=&dry_run=,
+// GET /admin/backup, GET /admin/ls?filter=.
+// handle turns an error into the registry's error answer.
+func serveOps(mux *http.ServeMux, ops Ops, log *slog.Logger, handle func(errorFormat, func(http.ResponseWriter, *http.Request) error) http.HandlerFunc) {
+	mux.HandleFunc("POST /admin/gc", handle(formatRegistry, func(w http.ResponseWriter, r *http.Request) error {
+		req, err := parseGCRequest(r.URL.Query())
+		if err != nil {
+			return err
+		}
+		res, err := ops.GC(r.Context(), req)
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, r, res)
+	}))
+	mux.HandleFunc("GET /admin/backup", handle(formatRegistry, func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		n, err := ops.Backup(r.Context(), w)
+		if err != nil {
+			log.Error("backup of the index", "err", err, "bytes", n)
+			panic(http.ErrAbortHandler) // the client sees a cut body, never a short file as whole
+		}
+		log.Info("index backed up", "bytes", n)
+		return nil
+	}))
+	mux.HandleFunc("GET /admin/ls", handle(formatRegistry, func(w http.ResponseWriter, r *http.Request) error {
+		list, err := ops.List(r.Context(), r.URL.Query().Get("filter"))
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, r, list)
+	}))
+}
+
+// parseGCRequest reads ?grace= (a duration; absent: the configured one,
+// sent by berth gc) and ?dry_run=.
+func parseGCRequest(q url.Values) (GCRequest, error) {
+	req := GCRequest{Grace: -1, DryRun: q.Get("dry_run") != ""}
+	if g := q.Get("grace"); g != "" {
+		d, err := time.ParseDuration(g)
+		if err != nil || d < 0 {
+			return req, errf(codeRequestInvalid, "grace %q: want a duration such as 0s or 30m", truncate(g, 40))
+		}
+		req.Grace = d
+	}
+	return req, nil
 }

@@ -258,35 +258,20 @@ func (s *Server) prefetchBlobs(ctx context.Context, rp *repo, img imageRef, imag
 	return nil
 }
 
-// adminPrefetch: POST /admin/prefetch (admin listener) with
-// {"images":[...],"platforms":[...],"all_platforms":bool}; streams one
-// JSON event per line.
+// adminPrefetch: POST /admin/prefetch (admin listener) with a
+// PrefetchRequest; streams one JSON PrefetchEvent per line.
 func (s *Server) adminPrefetch(listener string) func(w http.ResponseWriter, r *http.Request) error {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		var req struct {
-			Images       []string `json:"images"`
-			Platforms    []string `json:"platforms"`
-			AllPlatforms bool     `json:"all_platforms"`
-			AllTags      bool     `json:"all_tags"`
-		}
+		var req PrefetchRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || len(req.Images) == 0 {
 			return errf(codeRequestInvalid, `want {"images":[...]}`)
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
-		var mu sync.Mutex
-		enc := json.NewEncoder(w)
-		send := func(ev PrefetchEvent) {
-			mu.Lock()
-			defer mu.Unlock()
-			enc.Encode(ev)
-			if f, ok := w.(http.Flusher); ok {
-				f.Flush()
-			}
-		}
+		events := &prefetchEvents{enc: json.NewEncoder(w), w: w}
+		opts := PrefetchOptions{Platforms: req.Platforms, AllPlatforms: req.AllPlatforms, AllTags: req.AllTags}
 		for _, img := range req.Images {
-			err := s.Prefetch(r.Context(), listener, img, PrefetchOptions{Platforms: req.Platforms, AllPlatforms: req.AllPlatforms, AllTags: req.AllTags}, send)
-			if err != nil {
-				send(PrefetchEvent{Image: img, Kind: "error", Error: err.Error()})
+			if err := s.Prefetch(r.Context(), listener, img, opts, events.send); err != nil {
+				events.send(PrefetchEvent{Image: img, Kind: "error", Error: err.Error()})
 			}
 		}
 		return nil

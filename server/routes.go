@@ -59,10 +59,8 @@ func (s *Server) handler(l listenerScope) http.Handler {
 // behind a reverse proxy on the same box every client is "loopback".
 func (s *Server) AdminHandler(listenerRepo string) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /admin/gc", s.handle(formatRegistry, s.adminGC))
+	serveOps(mux, runningOps{s}, s.log, s.handle)
 	mux.HandleFunc("POST /admin/prefetch", s.handle(formatRegistry, s.adminPrefetch(listenerRepo)))
-	mux.HandleFunc("GET /admin/ls", s.handle(formatRegistry, s.adminList))
-	mux.HandleFunc("GET /admin/backup", s.handle(formatRegistry, s.adminBackup))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{}))
 	trusted := s.v2Handler(listenerScope{repo: listenerRepo, trusted: true})
 	mux.Handle("/v2/", trusted)
@@ -220,7 +218,7 @@ func (s *Server) serveCatalog(w http.ResponseWriter, r *http.Request, listener l
 		return errf(codeUnsupported, "method %s not allowed on /v2/_catalog", r.Method)
 	}
 	p := info.principal
-	if !s.allowed(p, rp, "", actionPull) && rp.asGroup() == nil {
+	if !allowed(p, rp, "", actionPull) && rp.asGroup() == nil {
 		if p.user == nil {
 			return s.challenge(r, "", "", "")
 		}
@@ -245,7 +243,7 @@ func (s *Server) authorizeRoute(r *http.Request, rp *repo, image string, rt rout
 			return errf(codeUnsupported, "repository %q is a proxy repository (read-only); push to a hosted repository", rp.Name)
 		case g != nil && g.pushTo == nil:
 			return errf(codeUnsupported, "group %q has no push_to repository; push to a hosted repository", rp.Name)
-		case g != nil && !s.allowed(p, rp, image, actionPush):
+		case g != nil && !allowed(p, rp, image, actionPush):
 			target = g.pushTo
 		}
 	}

@@ -213,7 +213,7 @@ func (s *Server) grantScope(r *http.Request, p principal, listener listenerScope
 	switch sc.typ {
 	case "registry":
 		rp := s.repos[listener.repo]
-		if sc.name == "catalog" && rp != nil && s.allowed(p, rp, "", actionPull) {
+		if sc.name == "catalog" && rp != nil && allowed(p, rp, "", actionPull) {
 			return tokenAccess{Type: "registry", Name: "catalog", Actions: []string{"*"}}, true
 		}
 		return tokenAccess{}, false
@@ -235,7 +235,7 @@ func (s *Server) grantScope(r *http.Request, p principal, listener listenerScope
 		if a == actionDelete || a == "*" {
 			need = actionPush
 		}
-		if s.allowed(p, rp, image, need) {
+		if allowed(p, rp, image, need) {
 			if a == "*" {
 				acc.Actions = append(acc.Actions, actionPull, actionPush, actionDelete)
 			} else {

@@ -73,20 +73,20 @@ func (u *statusPages) uiPage(f uiPageFunc) http.HandlerFunc {
 }
 
 // visible reports whether p may see repository rp on the page.
-func (s *Server) visible(p principal, rp *repo) bool {
+func visible(p principal, rp *repo) bool {
 	if rp.asGroup() != nil {
 		for _, m := range rp.members() {
-			if s.memberReadable(p, rp, m, "") {
+			if memberReadable(p, rp, m, "") {
 				return true
 			}
 		}
 		return false
 	}
-	return s.allowed(p, rp, "", actionPull) || (p.user != nil && s.anyImageGrant(p, rp))
+	return allowed(p, rp, "", actionPull) || (p.user != nil && anyImageGrant(p, rp))
 }
 
 // anyImageGrant reports a grant on some image of rp ("internal/team-a/*").
-func (s *Server) anyImageGrant(p principal, rp *repo) bool {
+func anyImageGrant(p principal, rp *repo) bool {
 	for _, g := range append(append([]string{}, p.user.Pull...), p.user.Push...) {
 		if strings.HasPrefix(g, rp.Name+"/") {
 			return true
@@ -179,7 +179,7 @@ func (u *statusPages) uiOverview(r *http.Request, p principal) (string, map[stri
 	var rows []row
 	var totHit, totAll, totCache, totUp float64
 	for _, rp := range s.hosts.withHosts() {
-		if !s.visible(p, rp) {
+		if !visible(p, rp) {
 			continue
 		}
 		h, a, c, u := hits[rp.Name], lookups[rp.Name], fromCache[rp.Name], fromUp[rp.Name]
@@ -245,7 +245,7 @@ func (u *statusPages) uiRepo(r *http.Request, p principal) (*repo, error) {
 	if rp == nil {
 		rp = s.repos[r.URL.Query().Get("name")]
 	}
-	if rp == nil || !s.visible(p, rp) {
+	if rp == nil || !visible(p, rp) {
 		return nil, errf(codeNameUnknown, "no such repository")
 	}
 	return rp, nil
@@ -265,7 +265,7 @@ func (u *statusPages) uiRepository(r *http.Request, p principal) (string, map[st
 	paths, _ := s.index.Repositories(r.Context(), rp.Name+"/")
 	for _, path := range paths {
 		image := strings.TrimPrefix(path, rp.Name+"/")
-		if !s.allowed(p, rp, image, actionPull) {
+		if !allowed(p, rp, image, actionPull) {
 			continue
 		}
 		tags, _ := s.index.Tags(r.Context(), path)
@@ -275,7 +275,7 @@ func (u *statusPages) uiRepository(r *http.Request, p principal) (string, map[st
 	if rp.asGroup() != nil {
 		var members []string
 		for _, m := range rp.Members {
-			if mr := s.repos[m]; mr != nil && s.visible(p, mr) {
+			if mr := s.repos[m]; mr != nil && visible(p, mr) {
 				members = append(members, m)
 			}
 		}
@@ -291,7 +291,7 @@ func (u *statusPages) uiImageAllowed(r *http.Request, p principal) (*repo, strin
 		return nil, "", err
 	}
 	image := r.URL.Query().Get("name")
-	if validateName(image) != nil || rp.asGroup() != nil || !s.allowed(p, rp, image, actionPull) {
+	if validateName(image) != nil || rp.asGroup() != nil || !allowed(p, rp, image, actionPull) {
 		return nil, "", errf(codeNameUnknown, "no such image")
 	}
 	return rp, image, nil

@@ -115,7 +115,7 @@ func (s *Server) mountable(r *http.Request, from string, d store.Digest) bool {
 		for _, m := range g.readable(r.Context(), src.image(image)) {
 			holders = append(holders, memberImage(m, image))
 		}
-	} else if !s.allowed(p, src, image, actionPull) {
+	} else if !allowed(p, src, image, actionPull) {
 		return false // the client may not read the source: no mount
 	}
 	for _, h := range holders {
