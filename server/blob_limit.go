@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/berth-registry/berth/internal/fetch"
+	"github.com/berth-registry/berth/internal/lru"
 	"github.com/berth-registry/berth/store"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
@@ -27,15 +28,26 @@ const (
 	declaredBytes   = 16 << 20
 )
 
-// declareSizes records the sizes an image manifest served from path
-// gives its config and layers.
-func (s *Server) declareSizes(path string, pm *parsedManifest) {
+// declaredSizes are the sizes manifests gave blobs: "<path>@<digest>" →
+// bytes; max is the limit of a blob none declared.
+type declaredSizes struct {
+	sizes *lru.Cache[string, int64]
+	max   int64
+}
+
+func newDeclaredSizes(max int64) *declaredSizes {
+	return &declaredSizes{sizes: lru.New[string, int64](declaredEntries, 0).WithCost(declaredBytes, lru.StringBytes[int64]), max: max}
+}
+
+// declare records the sizes an image manifest served from path gives its
+// config and layers.
+func (s *declaredSizes) declare(path string, pm *parsedManifest) {
 	if pm == nil || pm.image == nil {
 		return
 	}
 	add := func(d string, size int64) {
 		if size > 0 {
-			s.declared.Add(path+"@"+d, size)
+			s.sizes.Add(path+"@"+d, size)
 		}
 	}
 	add(pm.image.Config.Digest.String(), pm.image.Config.Size)
@@ -46,12 +58,12 @@ func (s *Server) declareSizes(path string, pm *parsedManifest) {
 	}
 }
 
-// blobLimit is the most bytes blob d of path may have.
-func (s *Server) blobLimit(path string, d store.Digest) int64 {
-	if n, ok := s.declared.Get(path + "@" + d.String()); ok {
+// limit is the most bytes blob d of path may have.
+func (s *declaredSizes) limit(path string, d store.Digest) int64 {
+	if n, ok := s.sizes.Get(path + "@" + d.String()); ok {
 		return n
 	}
-	return s.opts.MaxBlobSize
+	return s.max
 }
 
 // errBlobTooLarge is a download's error when the upstream sends, or

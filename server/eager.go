@@ -99,7 +99,7 @@ func (p *proxy) eagerLayers(img imageRef, m store.Manifest) {
 		}
 		// The sizes its blobs may have, whether or not they are fetched
 		// now (blob_limit.go).
-		s.declareSizes(img.path(), pm)
+		s.declared.declare(img.path(), pm)
 		if !rp.EagerLayers {
 			return
 		}

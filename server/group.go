@@ -14,13 +14,13 @@ import (
 // flatten lists the proxy and hosted repositories of group g in pull
 // order, nested groups expanded, each once. The groups were validated
 // (ValidateRepositories): members exist and form no cycle.
-func (s *Server) flatten(g *repo) []*repo {
+func flatten(repos map[string]*repo, g *repo) []*repo {
 	var out []*repo
 	for _, name := range g.Members {
-		m := s.repos[name]
+		m := repos[name]
 		add := []*repo{m}
 		if len(m.Members) > 0 {
-			add = s.flatten(m)
+			add = flatten(repos, m)
 		}
 		for _, a := range add {
 			if !slices.Contains(out, a) {

@@ -283,7 +283,7 @@ func TestDeclaredSizeBounds(t *testing.T) {
 	readAll(t, b.get("GET", "/v2/app/manifests/v1"))
 	path := "hub/app@" + layer.String()
 	for i := 0; i < 100; i++ { // the sizes are recorded in the background
-		if _, ok := b.srv.declared.Get(path); ok {
+		if _, ok := b.srv.declared.sizes.Get(path); ok {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -292,7 +292,7 @@ func TestDeclaredSizeBounds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := b.srv.blobLimit("hub/app", ld); got > 8192 {
+	if got := b.srv.declared.limit("hub/app", ld); got > 8192 {
 		t.Fatalf("limit of a declared layer: %d", got)
 	}
 	resp := b.get("GET", "/v2/app/blobs/"+layer.String())

@@ -93,7 +93,7 @@ func (s *Server) newKind(rp *repo) repository {
 func (s *Server) linkGroups() {
 	for _, rp := range s.order {
 		if g := rp.asGroup(); g != nil {
-			g.members = s.flatten(rp)
+			g.members = flatten(s.repos, rp)
 			g.served = lru.New[string, *repo](100_000, 0).WithCost(cacheBytes, lru.StringBytes[*repo])
 			g.pushTo = s.repos[rp.PushTo]
 		}

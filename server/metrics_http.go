@@ -24,7 +24,7 @@ func (s *Server) metricsHandler() http.Handler {
 		}
 		g := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
 			mfs, err := s.opts.Registry.Gather()
-			return s.visibleMetrics(p, mfs), err
+			return visibleMetrics(s.repos, p, mfs), err
 		})
 		promhttp.HandlerFor(g, promhttp.HandlerOpts{}).ServeHTTP(w, r)
 		return nil
@@ -33,12 +33,12 @@ func (s *Server) metricsHandler() http.Handler {
 
 // visibleMetrics keeps the series p may see: those without a repository
 // label, and those of repositories p may pull from.
-func (s *Server) visibleMetrics(p principal, mfs []*dto.MetricFamily) []*dto.MetricFamily {
+func visibleMetrics(repos map[string]*repo, p principal, mfs []*dto.MetricFamily) []*dto.MetricFamily {
 	seen := map[string]bool{}
 	visible := func(name string) bool {
 		v, ok := seen[name]
 		if !ok {
-			v = s.metricsVisible(p, name)
+			v = metricsVisible(repos, p, name)
 			seen[name] = v
 		}
 		return v
@@ -68,12 +68,12 @@ func (s *Server) visibleMetrics(p principal, mfs []*dto.MetricFamily) []*dto.Met
 
 // metricsVisible reports whether p may see the series of repository
 // label name ("hub", or "any/ghcr.io" for a host proxy of "any").
-func (s *Server) metricsVisible(p principal, name string) bool {
-	rp := s.repos[name]
+func metricsVisible(repos map[string]*repo, p principal, name string) bool {
+	rp := repos[name]
 	image := ""
 	if rp == nil {
 		first, rest, _ := strings.Cut(name, "/")
-		if rp = s.repos[first]; rp == nil {
+		if rp = repos[first]; rp == nil {
 			return false
 		}
 		image = rest + "/"

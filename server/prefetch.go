@@ -69,8 +69,9 @@ func (s *Server) Prefetch(ctx context.Context, listener, image string, opts Pref
 		progress = func(PrefetchEvent) {}
 	}
 	ctx = context.WithValue(ctx, infoKey{}, &reqInfo{principal: principal{internal: true}})
+	run := prefetchRun{s: s, listener: listener, opts: opts, progress: progress}
 	if !opts.AllTags {
-		return s.prefetchOne(ctx, listener, image, opts, progress)
+		return run.one(ctx, image)
 	}
 	if strings.ContainsAny(image[strings.LastIndex(image, "/")+1:], ":@") {
 		return fmt.Errorf("prefetch %s: all tags means an image name without a tag or digest", image)
@@ -78,13 +79,13 @@ func (s *Server) Prefetch(ctx context.Context, listener, image string, opts Pref
 	if err := validateName(image); err != nil {
 		return fmt.Errorf("image %q: %v", image, err)
 	}
-	tags, err := s.allTags(ctx, listener, image)
+	tags, err := run.allTags(ctx, image)
 	if err != nil {
 		return fmt.Errorf("prefetch %s: tag list: %w", image, err)
 	}
 	var failed []string
 	for _, tag := range tags {
-		if err := s.prefetchOne(ctx, listener, image+":"+tag, opts, progress); err != nil {
+		if err := run.one(ctx, image+":"+tag); err != nil {
 			if ctx.Err() != nil {
 				return err
 			}
@@ -98,10 +99,18 @@ func (s *Server) Prefetch(ctx context.Context, listener, image string, opts Pref
 	return nil
 }
 
-// resolveFor resolves name as a client of listener (a repository) names
+// prefetchRun is one Prefetch: for a client of listener, with opts.
+type prefetchRun struct {
+	s        *Server
+	listener string
+	opts     PrefetchOptions
+	progress func(PrefetchEvent)
+}
+
+// resolve resolves name as a client of the listener (a repository) names
 // it, without a ?ns=.
-func (s *Server) resolveFor(ctx context.Context, listener, name string) (*repo, imageRef, error) {
-	rp, image, err := s.resolve(ctx, "", listenerScope{repo: listener}, name)
+func (pr prefetchRun) resolve(ctx context.Context, name string) (*repo, imageRef, error) {
+	rp, image, err := pr.s.resolve(ctx, "", listenerScope{repo: pr.listener}, name)
 	if err != nil {
 		return nil, imageRef{}, err
 	}
@@ -110,12 +119,12 @@ func (s *Server) resolveFor(ctx context.Context, listener, name string) (*repo, 
 
 // allTags reads image's whole tag list, page by page (at most 1000
 // pages of 1000).
-func (s *Server) allTags(ctx context.Context, listener, image string) ([]string, error) {
-	rp, img, err := s.resolveFor(ctx, listener, image)
+func (pr prefetchRun) allTags(ctx context.Context, image string) ([]string, error) {
+	rp, img, err := pr.resolve(ctx, image)
 	if err != nil {
 		return nil, err
 	}
-	defer s.hosts.forgetSilentHost(rp)
+	defer pr.s.hosts.forgetSilentHost(rp)
 	var all []string
 	q := url.Values{"n": {"1000"}}
 	for page := 0; page < 1000; page++ {
@@ -132,17 +141,17 @@ func (s *Server) allTags(ctx context.Context, listener, image string) ([]string,
 	return all, nil
 }
 
-// prefetchOne is Prefetch of one image reference.
-func (s *Server) prefetchOne(ctx context.Context, listener, image string, opts PrefetchOptions, progress func(PrefetchEvent)) error {
+// one prefetches one image reference.
+func (pr prefetchRun) one(ctx context.Context, image string) error {
 	name, ref, err := ParseImageRef(image)
 	if err != nil {
 		return err
 	}
-	rp, img, err := s.resolveFor(ctx, listener, name)
+	rp, img, err := pr.resolve(ctx, name)
 	if err != nil {
 		return err
 	}
-	defer s.hosts.forgetSilentHost(rp)
+	defer pr.s.hosts.forgetSilentHost(rp)
 	manifest := func(reference string) (*parsedManifest, error) {
 		rt := route{kind: routeManifest, name: name, ref: reference}
 		if d, err := store.ParseDigest(reference); err == nil {
@@ -158,18 +167,18 @@ func (s *Server) prefetchOne(ctx context.Context, listener, image string, opts P
 		if err != nil {
 			return nil, fmt.Errorf("prefetch %s: %s: %w", image, reference, err)
 		}
-		progress(PrefetchEvent{Image: image, Digest: reference, Kind: "manifest", Bytes: int64(len(a.m.Body))})
+		pr.progress(PrefetchEvent{Image: image, Digest: reference, Kind: "manifest", Bytes: int64(len(a.m.Body))})
 		return pm, nil
 	}
 	top, err := manifest(ref)
 	if err != nil {
 		return err
 	}
-	images, err := choosePlatforms(image, top, opts, manifest)
+	images, err := choosePlatforms(image, top, pr.opts, manifest)
 	if err != nil {
 		return err
 	}
-	return s.prefetchBlobs(ctx, rp, img, image, prefetchBlobList(images), progress)
+	return pr.blobs(ctx, rp, img, image, prefetchBlobList(images))
 }
 
 // choosePlatforms returns the image manifests of top to fetch: top itself,
@@ -222,8 +231,9 @@ func prefetchBlobList(images []*parsedManifest) []v1.Descriptor {
 	return blobs
 }
 
-// prefetchBlobs caches blobs through rp, four at a time.
-func (s *Server) prefetchBlobs(ctx context.Context, rp *repo, img imageRef, image string, blobs []v1.Descriptor, progress func(PrefetchEvent)) error {
+// blobs caches blobs through rp, four at a time.
+func (pr prefetchRun) blobs(ctx context.Context, rp *repo, img imageRef, image string, blobs []v1.Descriptor) error {
+	s, progress := pr.s, pr.progress
 	var done, total atomic.Int64
 	for _, b := range blobs {
 		total.Add(b.Size)

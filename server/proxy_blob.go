@@ -28,7 +28,7 @@ func (p *proxy) blob(w http.ResponseWriter, r *http.Request, img imageRef, d sto
 	if err != nil {
 		return err
 	}
-	linked = linked || s.committingRef(img.path(), d)
+	linked = linked || s.commits.names(img.path(), d)
 	f, err := s.blobs.OpenBlob(ctx, d)
 	switch {
 	case err == nil:
@@ -52,7 +52,7 @@ func (p *proxy) cacheBlob(ctx context.Context, img imageRef, d store.Digest) err
 		return err
 	}
 	if _, err := s.blobs.StatBlob(ctx, d); err == nil {
-		if linked || s.committingRef(img.path(), d) {
+		if linked || s.commits.names(img.path(), d) {
 			return nil
 		}
 		return p.confirmBlob(ctx, img, d)
@@ -103,7 +103,7 @@ func (p *proxy) blobHead(w http.ResponseWriter, r *http.Request, img imageRef, d
 	s, rp := p.s, p.repo
 	resp, err := rp.Upstream.Blob(r.Context(), http.MethodHead, img.name, d.String())
 	if err != nil {
-		return s.blobUpstreamFailed(rp, err)
+		return p.blobUpstreamFailed(err)
 	}
 	resp.Body.Close()
 	s.cacheResult(r.Context(), rp, "blob", resultMiss, "upstream")
@@ -283,7 +283,7 @@ func singleRange(v string, size int64) (first, last int64, ok bool) {
 // to the image when stored, counted and logged when it ends.
 func (p *proxy) blobJob(img imageRef, d store.Digest) fetch.Job {
 	s, rp := p.s, p.repo
-	limit := s.blobLimit(img.path(), d)
+	limit := s.declared.limit(img.path(), d)
 	return p.rangeJob(fetch.Job{
 		Want:  d,
 		Fetch: limitFetch(p.blobFetcher(img, d), limit),
@@ -297,10 +297,10 @@ func (p *proxy) blobJob(img imageRef, d store.Digest) fetch.Job {
 			case err == nil:
 			case errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch):
 				s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
-				s.upstreamError(rp, err)
+				p.upstreamError(err)
 				s.log.Error("upstream blob corrupt, not cached", "repository", rp.Name, "name", img.name, "digest", d, "err", err)
 			case !errors.Is(err, upstream.ErrNotFound):
-				s.upstreamError(rp, err)
+				p.upstreamError(err)
 				s.log.Debug("upstream blob download failed", "repository", rp.Name, "name", img.name, "digest", d, "err", err)
 			}
 		},
@@ -316,7 +316,7 @@ func (p *proxy) rangeJob(job fetch.Job, img imageRef, d store.Digest) fetch.Job 
 		return job
 	}
 	job.Ranges = fetch.RangePlan{Min: rf.Min, Chunk: rf.Chunk, Parallel: rf.Parallel, Ramp: rf.Ramp, SlowRate: rf.SlowRate}
-	job.FetchRange = limitRanges(p.blobRanges(img, d), s.blobLimit(img.path(), d))
+	job.FetchRange = limitRanges(p.blobRanges(img, d), s.declared.limit(img.path(), d))
 	job.NoRanges = func() {
 		if !rp.noRanges.Swap(true) {
 			s.log.Info("upstream does not answer byte ranges as asked; blobs come as one stream from now on",
@@ -482,7 +482,7 @@ func (p *proxy) confirmBlob(ctx context.Context, img imageRef, d store.Digest) e
 	s, rp := p.s, p.repo
 	resp, err := rp.Upstream.Blob(ctx, http.MethodHead, img.name, d.String())
 	if err != nil {
-		return s.blobUpstreamFailed(rp, err)
+		return p.blobUpstreamFailed(err)
 	}
 	resp.Body.Close()
 	return s.blobs.Link(ctx, img.path(), d, store.LinkConfirmed)
@@ -490,9 +490,9 @@ func (p *proxy) confirmBlob(ctx context.Context, img imageRef, d store.Digest) e
 
 // blobUpstreamFailed counts the failure of a request's own upstream call
 // (HEAD, pass-through) and returns err.
-func (s *Server) blobUpstreamFailed(rp *repo, err error) error {
+func (p *proxy) blobUpstreamFailed(err error) error {
 	if !errors.Is(err, upstream.ErrNotFound) && !errors.Is(err, context.Canceled) {
-		s.upstreamError(rp, err)
+		p.upstreamError(err)
 	}
 	return err
 }
@@ -512,7 +512,7 @@ func (p *proxy) passThrough(w http.ResponseWriter, r *http.Request, img imageRef
 		if started {
 			return err
 		}
-		return s.blobUpstreamFailed(rp, err)
+		return p.blobUpstreamFailed(err)
 	}
 	defer resp.Body.Close()
 	if sent > 0 && resp.StatusCode != http.StatusPartialContent {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/berth-registry/berth/internal/shared"
@@ -136,12 +137,12 @@ func (p *proxy) revalidateTag(ctx context.Context, img imageRef, tag string, m s
 			s.cacheResult(ctx, rp, "manifest", resultMiss, "")
 			return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream", img.name, tag)
 		case rp.ServeStale && errors.Is(err, upstream.ErrUnavailable):
-			s.upstreamError(rp, err)
+			p.upstreamError(err)
 			s.log.Debug("upstream unavailable, serving stale tag", "repository", rp.Name, "name", img.name, "tag", tag, "err", err)
 			s.cacheResult(ctx, rp, "manifest", resultStale, "cache")
 			return manifestAnswer{m: m}, nil
 		}
-		s.upstreamError(rp, err)
+		p.upstreamError(err)
 		return manifestAnswer{}, err
 	}
 	if dg := v.(string); dg == m.Digest.String() {
@@ -163,7 +164,7 @@ func (p *proxy) manifestMiss(ctx context.Context, img imageRef, ref, tag string,
 		s.cacheResult(ctx, rp, "manifest", resultNegative, "")
 		return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered)", img.name, ref)
 	}
-	if m, ok := s.committingManifest(img.path(), ref); ok {
+	if m, ok := s.commits.manifest(img.path(), ref); ok {
 		s.cacheResult(ctx, rp, "manifest", resultHit, "cache")
 		return manifestAnswer{m: m}, nil
 	}
@@ -212,23 +213,23 @@ func (p *proxy) manifestMiss(ctx context.Context, img imageRef, ref, tag string,
 func (p *proxy) manifestMissFailed(ctx context.Context, img imageRef, ref string, err error) error {
 	s, rp := p.s, p.repo
 	if rp.ServeStale && errors.Is(err, upstream.ErrUnavailable) && rp.staleNotFound(img.at(ref)) {
-		s.upstreamError(rp, err)
+		p.upstreamError(err)
 		s.cacheResult(ctx, rp, "manifest", resultNegative, "")
 		return errf(codeManifestUnknown, "manifest %s:%s not found upstream (remembered; the upstream is unavailable now)", img.name, ref)
 	}
-	return s.manifestUpstreamFailed(rp, err, img.at(ref))
+	return p.manifestUpstreamFailed(err, img.at(ref))
 }
 
 // manifestUpstreamFailed remembers an upstream 404 or counts another
 // failure, and returns err.
-func (s *Server) manifestUpstreamFailed(rp *repo, err error, negKey string) error {
+func (p *proxy) manifestUpstreamFailed(err error, negKey string) error {
 	var re *regError
 	switch {
 	case errors.As(err, &re):
 	case errors.Is(err, upstream.ErrNotFound):
-		rp.rememberNotFound(negKey)
+		p.rememberNotFound(negKey)
 	default:
-		s.upstreamError(rp, err)
+		p.upstreamError(err)
 	}
 	return err
 }
@@ -285,6 +286,13 @@ func (p *proxy) fetchManifest(ctx context.Context, img imageRef, ref, tag string
 	return m, nil
 }
 
+// pendingCommits are the manifest commits under way: "<path>@<ref>" →
+// *pendingManifest, and a WaitGroup Close waits on.
+type pendingCommits struct {
+	m  sync.Map
+	wg sync.WaitGroup
+}
+
 // pendingManifest is a verified manifest from upstream whose commit to
 // the store is under way.
 type pendingManifest struct {
@@ -309,14 +317,14 @@ func (p *proxy) commitManifest(img imageRef, ref, tag string, m store.Manifest, 
 		keys = append(keys, img.at(ref))
 	}
 	for _, k := range keys {
-		s.committing.Store(k, pm)
+		s.commits.m.Store(k, pm)
 	}
-	s.commits.Add(1)
+	s.commits.wg.Add(1)
 	s.goSafe("manifest commit", func() {
-		defer s.commits.Done()
+		defer s.commits.wg.Done()
 		defer func() {
 			for _, k := range keys {
-				s.committing.CompareAndDelete(k, pm)
+				s.commits.m.CompareAndDelete(k, pm)
 			}
 		}()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -330,20 +338,20 @@ func (p *proxy) commitManifest(img imageRef, ref, tag string, m store.Manifest, 
 	})
 }
 
-// committingManifest returns the manifest path@ref whose commit is under
+// manifest returns the manifest path@ref whose commit is under
 // way, if any.
-func (s *Server) committingManifest(path, ref string) (store.Manifest, bool) {
-	if v, ok := s.committing.Load(path + "@" + ref); ok {
+func (c *pendingCommits) manifest(path, ref string) (store.Manifest, bool) {
+	if v, ok := c.m.Load(path + "@" + ref); ok {
 		return v.(*pendingManifest).m, true
 	}
 	return store.Manifest{}, false
 }
 
-// committingRef reports whether a manifest of path being committed names
+// names reports whether a manifest of path being committed names
 // blob d.
-func (s *Server) committingRef(path string, d store.Digest) bool {
+func (c *pendingCommits) names(path string, d store.Digest) bool {
 	found := false
-	s.committing.Range(func(k, v any) bool {
+	c.m.Range(func(k, v any) bool {
 		if strings.HasPrefix(k.(string), path+"@") && slices.Contains(v.(*pendingManifest).refs, d) {
 			found = true
 		}
@@ -354,7 +362,7 @@ func (s *Server) committingRef(path string, d store.Digest) bool {
 
 // Close waits for the manifest commits under way; call it before closing
 // the store.
-func (s *Server) Close() { s.commits.Wait() }
+func (s *Server) Close() { s.commits.wg.Wait() }
 
 // manifestAnswer is a manifest to send: a stored one, or only the headers
 // an upstream HEAD gave for one not cached.
@@ -376,7 +384,8 @@ func (a manifestAnswer) write(w http.ResponseWriter, r *http.Request) error {
 
 // upstreamError counts an upstream failure by reason and logs it at WARN,
 // once per repository and reason a minute (the count says how many).
-func (s *Server) upstreamError(rp *repo, err error) {
+func (p *proxy) upstreamError(err error) {
+	s, rp := p.s, p.repo
 	reason := "other"
 	switch {
 	case errors.Is(err, upstream.ErrBudgetSpent):

@@ -63,7 +63,7 @@ func (p *proxy) referrers(ctx context.Context, img imageRef, d store.Digest, at 
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
 	case ok && rp.ServeStale && errors.Is(err, upstream.ErrUnavailable):
-		s.upstreamError(rp, err)
+		p.upstreamError(err)
 		s.cacheResult(ctx, rp, "referrers", resultStale, "cache")
 		return answer()
 	case errors.Is(err, upstream.ErrNotFound):
@@ -71,7 +71,7 @@ func (p *proxy) referrers(ctx context.Context, img imageRef, d store.Digest, at 
 		s.cacheResult(ctx, rp, "referrers", resultMiss, "upstream")
 		return nil, err
 	}
-	s.upstreamError(rp, err)
+	p.upstreamError(err)
 	return nil, err
 }
 

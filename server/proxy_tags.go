@@ -18,7 +18,7 @@ func (p *proxy) tags(ctx context.Context, img imageRef, q url.Values) ([]string,
 	resp, err := rp.Upstream.Tags(ctx, img.name, q)
 	if err != nil {
 		if rp.ServeStale && errors.Is(err, upstream.ErrUnavailable) {
-			s.upstreamError(rp, err)
+			p.upstreamError(err)
 			tags, serr := s.manifests.Tags(ctx, img.path())
 			if serr != nil {
 				return nil, false, serr
@@ -29,7 +29,7 @@ func (p *proxy) tags(ctx context.Context, img imageRef, q url.Values) ([]string,
 			}
 		}
 		if !errors.Is(err, upstream.ErrNotFound) {
-			s.upstreamError(rp, err)
+			p.upstreamError(err)
 		}
 		return nil, false, err
 	}

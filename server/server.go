@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -161,8 +160,7 @@ type Server struct {
 	m           *metrics
 	fetches     *fetch.Group
 	flight      singleflight.Group
-	committing  sync.Map       // "<path>@<ref>" → *pendingManifest (proxy_manifest.go)
-	commits     sync.WaitGroup // manifest commits under way
+	commits     pendingCommits // manifest commits under way (proxy_manifest.go)
 	auth        *auth
 	uploadLimit *uploadLimiter
 
@@ -174,7 +172,7 @@ type Server struct {
 	}
 
 	bodyGrace    time.Duration                // a request body's first read deadline (conns.go)
-	declared     *lru.Cache[string, int64]    // "<path>@<digest>" → the size a manifest gave the blob (blob_limit.go)
+	declared     *declaredSizes               // the sizes manifests gave blobs (blob_limit.go)
 	diskFullAt   atomic.Int64                 // unix nanos of the last request refused for a full disk
 	loggedCauses *lru.Cache[string, struct{}] // upstream failures logged in the last minute
 }
@@ -214,7 +212,7 @@ func New(opts Options) (*Server, error) {
 	s.status = statusPages{s: s}
 	s.hosts = newHostProxies(s)
 	s.bodyGrace = bodyGrace
-	s.declared = lru.New[string, int64](declaredEntries, 0).WithCost(declaredBytes, lru.StringBytes[int64])
+	s.declared = newDeclaredSizes(opts.MaxBlobSize)
 	s.blobs, s.manifests, s.pushes, s.index, s.ops, s.pulls = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
 	if err := ValidateRepositories(opts.Repositories, opts.DefaultRepository); err != nil {
 		return nil, fmt.Errorf("server: %w", err)

@@ -47,30 +47,33 @@ func uploadOwner(r *http.Request) string {
 // errUploadQuota is a push past a cap.
 var errUploadQuota = errors.New("upload quota")
 
-func (s *Server) quotaError(bound, msg string) error {
+func (h *hosted) quotaError(bound, msg string) error {
+	s := h.s
 	s.m.refused.WithLabelValues(bound).Inc()
 	return &regError{Code: codeTooManyRequests, Message: msg, Header: http.Header{"Retry-After": {"30"}}}
 }
 
 // uploadSessionRoom refuses a new session past the session caps.
-func (s *Server) uploadSessionRoom(ctx context.Context, owner string) error {
+func (h *hosted) uploadSessionRoom(ctx context.Context, owner string) error {
+	s := h.s
 	use, err := s.pushes.UploadUsage(ctx)
 	if err != nil {
 		return err
 	}
 	l := s.opts.Uploads
 	if use.Sessions >= l.Sessions || use.Owner[owner].Sessions >= l.SessionsPerOwner {
-		return s.quotaError("uploads", fmt.Sprintf("too many unfinished uploads (%d of yours, %d in all): finish or cancel some", use.Owner[owner].Sessions, use.Sessions))
+		return h.quotaError("uploads", fmt.Sprintf("too many unfinished uploads (%d of yours, %d in all): finish or cancel some", use.Owner[owner].Sessions, use.Sessions))
 	}
 	if use.Bytes >= l.Bytes || use.Owner[owner].Bytes >= l.BytesPerOwner {
-		return s.quotaError("upload_bytes", "unfinished uploads hold too many bytes: finish or cancel some")
+		return h.quotaError("upload_bytes", "unfinished uploads hold too many bytes: finish or cancel some")
 	}
 	return nil
 }
 
 // uploadBody bounds a chunk of owner's at the bytes the caps leave; the
 // returned check tells whether the chunk was cut (then it is 429).
-func (s *Server) uploadBody(ctx context.Context, owner string, body io.Reader) (io.Reader, func(error) error, error) {
+func (h *hosted) uploadBody(ctx context.Context, owner string, body io.Reader) (io.Reader, func(error) error, error) {
+	s := h.s
 	use, err := s.pushes.UploadUsage(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -78,12 +81,12 @@ func (s *Server) uploadBody(ctx context.Context, owner string, body io.Reader) (
 	l := s.opts.Uploads
 	room := min(l.Bytes-use.Bytes, l.BytesPerOwner-use.Owner[owner].Bytes, s.opts.MaxBlobSize)
 	if room <= 0 {
-		return nil, nil, s.quotaError("upload_bytes", "unfinished uploads hold too many bytes: finish or cancel some")
+		return nil, nil, h.quotaError("upload_bytes", "unfinished uploads hold too many bytes: finish or cancel some")
 	}
 	cb := &boundedReader{r: body, left: room, errOver: errUploadQuota}
 	return cb, func(err error) error {
 		if cb.over {
-			return s.quotaError("upload_bytes", fmt.Sprintf("the chunk passes the bytes unfinished uploads may hold (%d left)", room))
+			return h.quotaError("upload_bytes", fmt.Sprintf("the chunk passes the bytes unfinished uploads may hold (%d left)", room))
 		}
 		return err
 	}, nil

@@ -50,7 +50,7 @@ func (h *hosted) startUpload(w http.ResponseWriter, r *http.Request, img imageRe
 		if err != nil {
 			return errf(codeDigestInvalid, "mount: %v", err)
 		}
-		if from := q.Get("from"); from != "" && s.mountable(r, from, d) {
+		if from := q.Get("from"); from != "" && h.mountable(r, from, d) {
 			if err := s.blobs.Link(ctx, path, d, store.LinkMounted); err != nil {
 				return err
 			}
@@ -86,7 +86,7 @@ func (h *hosted) startUpload(w http.ResponseWriter, r *http.Request, img imageRe
 		return nil
 	}
 	owner := uploadOwner(r)
-	if err := s.uploadSessionRoom(ctx, owner); err != nil {
+	if err := h.uploadSessionRoom(ctx, owner); err != nil {
 		return err
 	}
 	u, err := s.pushes.CreateUpload(ctx, path, owner)
@@ -99,7 +99,8 @@ func (h *hosted) startUpload(w http.ResponseWriter, r *http.Request, img imageRe
 }
 
 // mountable reports whether the repository the client calls from holds d.
-func (s *Server) mountable(r *http.Request, from string, d store.Digest) bool {
+func (h *hosted) mountable(r *http.Request, from string, d store.Digest) bool {
+	s := h.s
 	if validateName(from) != nil {
 		return false
 	}
@@ -162,26 +163,26 @@ func (h *hosted) patchUpload(w http.ResponseWriter, r *http.Request, img imageRe
 	s, ctx, path := h.s, r.Context(), img.path()
 	start, end, ok, err := parseContentRange(r.Header.Get("Content-Range"))
 	if err != nil {
-		return s.rangeError(ctx, w, path, rt, err)
+		return h.rangeError(ctx, w, path, rt, err)
 	}
 	size := int64(-1)
 	startAt := int64(-1)
 	if ok {
 		startAt, size = start, end-start+1
 		if r.ContentLength >= 0 && r.ContentLength != size {
-			return s.rangeError(ctx, w, path, rt, errf(codeRangeInvalid, "Content-Range covers %d bytes, body has %d", size, r.ContentLength))
+			return h.rangeError(ctx, w, path, rt, errf(codeRangeInvalid, "Content-Range covers %d bytes, body has %d", size, r.ContentLength))
 		}
 	} else if r.ContentLength >= 0 {
 		size = r.ContentLength
 	}
-	body, capped, err := s.uploadBody(ctx, uploadOwner(r), r.Body)
+	body, capped, err := h.uploadBody(ctx, uploadOwner(r), r.Body)
 	if err != nil {
 		return err
 	}
 	u, err := s.pushes.AppendUpload(ctx, path, rt.uploadID, startAt, body, size)
 	if err = capped(err); err != nil {
 		if errors.Is(err, store.ErrRangeInvalid) {
-			return s.rangeError(ctx, w, path, rt, err)
+			return h.rangeError(ctx, w, path, rt, err)
 		}
 		return err
 	}
@@ -192,7 +193,8 @@ func (h *hosted) patchUpload(w http.ResponseWriter, r *http.Request, img imageRe
 
 // rangeError answers 416 with the upload's current Range and Location so
 // the client can resume.
-func (s *Server) rangeError(ctx context.Context, w http.ResponseWriter, path string, rt route, err error) error {
+func (h *hosted) rangeError(ctx context.Context, w http.ResponseWriter, path string, rt route, err error) error {
+	s := h.s
 	if u, gerr := s.pushes.GetUpload(ctx, path, rt.uploadID); gerr == nil {
 		uploadHeaders(w, rt.name, u)
 		w.Header().Del("Content-Length")
@@ -218,7 +220,7 @@ func (h *hosted) finishUpload(w http.ResponseWriter, r *http.Request, img imageR
 	size := int64(-1)
 	capped := func(err error) error { return err }
 	if r.ContentLength != 0 {
-		if body, capped, err = s.uploadBody(ctx, uploadOwner(r), r.Body); err != nil {
+		if body, capped, err = h.uploadBody(ctx, uploadOwner(r), r.Body); err != nil {
 			return err
 		}
 		size = r.ContentLength
@@ -228,7 +230,7 @@ func (h *hosted) finishUpload(w http.ResponseWriter, r *http.Request, img imageR
 			if u, err := s.pushes.GetUpload(ctx, path, rt.uploadID); err != nil {
 				return err
 			} else if start != u.Offset {
-				return s.rangeError(ctx, w, path, rt, errf(codeRangeInvalid, "chunk starts at %d, upload has %d bytes", start, u.Offset))
+				return h.rangeError(ctx, w, path, rt, errf(codeRangeInvalid, "chunk starts at %d, upload has %d bytes", start, u.Offset))
 			}
 			size = end - start + 1
 		}

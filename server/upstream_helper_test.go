@@ -184,7 +184,7 @@ func newTestBerth(t *testing.T, up *fakeUpstream, opts ...berthOpt) *testBerth {
 }
 
 func waitNoDownloads(t *testing.T, s *Server) {
-	s.commits.Wait() // manifest commits too
+	s.commits.wg.Wait() // manifest commits too
 	for i := 0; i < 500; i++ {
 		n := s.fetches.Active()
 		if n == 0 {
