@@ -4,17 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/url"
 	"os"
-	"path"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
-	"github.com/berth-registry/berth/server"
-	"golang.org/x/crypto/bcrypt"
 )
 
 // Config is berth's TOML configuration. Zero values mean the defaults
@@ -150,38 +145,6 @@ type RepositoryConfig struct {
 	PushTo        string   `toml:"push_to"`
 }
 
-// checkHosts validates the allowlist keys of a proxy.
-func (r *RepositoryConfig) checkHosts(where string) error {
-	if len(r.Hosts) == 0 && (len(r.HTTPHosts) > 0 || len(r.Credentials) > 0 || r.AllowPrivateNetworks) {
-		return fmt.Errorf("config: %s: http_hosts, credentials and allow_private_networks go with hosts", where)
-	}
-	for _, g := range append(append([]string{}, r.Hosts...), r.HTTPHosts...) {
-		if _, err := path.Match(g, ""); err != nil || g == "" || strings.Contains(g, "/") {
-			return fmt.Errorf("config: %s: host pattern %q: want a host[:port] glob such as \"*.gcr.io\"", where, g)
-		}
-	}
-	for i, c := range r.Credentials {
-		switch {
-		case c.Host == "":
-			return fmt.Errorf("config: %s: credentials[%d]: host is required", where, i)
-		case !matchAny(r.Hosts, c.Host):
-			return fmt.Errorf("config: %s: credentials[%d]: host %q matches none of hosts", where, i, c.Host)
-		case c.Password != "" && c.PasswordFile != "":
-			return fmt.Errorf("config: %s: credentials[%d]: password and password_file are exclusive", where, i)
-		}
-	}
-	return nil
-}
-
-func matchAny(globs []string, host string) bool {
-	for _, g := range globs {
-		if ok, _ := path.Match(g, host); ok {
-			return true
-		}
-	}
-	return false
-}
-
 // CredentialConfig is an allowlist proxy's login for one registry host.
 type CredentialConfig struct {
 	Host         string `toml:"host"`
@@ -245,16 +208,6 @@ func loadConfigFile(path string) (*Config, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
-}
-
-// serverRepositories is what server.ValidateRepositories checks of the
-// [[repository]] tables (no upstream clients are made for it).
-func (c *Config) serverRepositories() []server.Repository {
-	out := make([]server.Repository, len(c.Repositories))
-	for i, r := range c.Repositories {
-		out[i] = server.Repository{Name: r.Name, Kind: r.Kind, Members: r.Members, PushTo: r.PushTo, AnonymousPush: r.AnonymousPush}
-	}
-	return out
 }
 
 // setDefaults fills in defaults and validates, section by section;
@@ -321,159 +274,6 @@ func (st *StorageConfig) setDefaults() error {
 	return nil
 }
 
-// setRepositoryDefaults: the [[repository]] tables. The keys of each kind
-// are checked here; the rules between repositories are the server's
-// (server.ValidateRepositories).
-func (c *Config) setRepositoryDefaults() error {
-	if len(c.Repositories) == 0 {
-		return errors.New("config: no [[repository]]")
-	}
-	for i := range c.Repositories {
-		r := &c.Repositories[i]
-		where := fmt.Sprintf("repository[%d]", i)
-		if r.Name != "" {
-			where = fmt.Sprintf("repository %q", r.Name)
-		}
-		if r.TagTTL == 0 {
-			r.TagTTL = Duration(time.Hour)
-		}
-		if r.NotFoundTTL == 0 {
-			r.NotFoundTTL = Duration(time.Minute)
-		}
-		if r.ServeStale == nil {
-			r.ServeStale = ptr(true)
-		}
-		switch r.Kind {
-		case "proxy":
-			if r.AnonymousPull == nil {
-				r.AnonymousPull = ptr(true)
-			}
-			if r.EagerLayers == nil {
-				r.EagerLayers = ptr(true)
-			}
-			if err := r.rangeDefaults(where); err != nil {
-				return err
-			}
-			if err := r.checkHosts(where); err != nil {
-				return err
-			}
-			switch {
-			case len(r.Hosts) > 0 && r.ForwardNS:
-				return fmt.Errorf("config: %s: forward_ns is for a proxy with url (its upstream picks the registry by ns)", where)
-			case len(r.Hosts) > 0 && (r.URL != "" || len(r.URLs) > 0):
-				return fmt.Errorf("config: %s: hosts and url are exclusive (hosts serves any registry it matches)", where)
-			case len(r.Hosts) > 0:
-			case r.URL == "" && len(r.URLs) == 0:
-				return fmt.Errorf("config: %s: url is required for a proxy (or urls, the list form)", where)
-			case r.URL != "" && len(r.URLs) > 0:
-				return fmt.Errorf("config: %s: url and urls are exclusive (urls is the list form)", where)
-			}
-			for _, raw := range r.upstreamURLs() {
-				u, err := url.Parse(raw)
-				if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
-					return fmt.Errorf("config: %s: url %q: want http(s)://host[:port]", where, raw)
-				}
-			}
-			if r.MaxUpstreamConnections < 0 || r.MaxUpstreamBandwidth < 0 {
-				return fmt.Errorf("config: %s: max_upstream_connections and max_upstream_bandwidth must not be negative", where)
-			}
-			if r.Password != "" && r.PasswordFile != "" {
-				return fmt.Errorf("config: %s: password and password_file are exclusive", where)
-			}
-		case "hosted":
-			if r.AnonymousPull == nil {
-				r.AnonymousPull = ptr(false)
-			}
-			if r.URL != "" || len(r.URLs) > 0 || len(r.Hosts) > 0 || len(r.Credentials) > 0 || r.ForwardNS || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
-				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
-			}
-		case "group":
-			if r.AnonymousPull == nil {
-				r.AnonymousPull = ptr(true)
-			}
-			if r.URL != "" || len(r.URLs) > 0 || len(r.Hosts) > 0 || len(r.Credentials) > 0 || r.ForwardNS || r.Username != "" || r.Password != "" || r.PasswordFile != "" || len(r.NSAliases) > 0 || r.LibraryPrefix != nil {
-				return fmt.Errorf("config: %s: url, credentials, ns_aliases and library_prefix are for proxies", where)
-			}
-		}
-	}
-	if c.DefaultRepository == "" {
-		c.DefaultRepository = c.Repositories[0].Name
-	}
-	// The rules between repositories are the server's (one source).
-	if err := server.ValidateRepositories(c.serverRepositories(), c.DefaultRepository); err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	return nil
-}
-
-// checkPrefetch: the [[prefetch]] tables.
-func (c *Config) checkPrefetch() error {
-	for i, p := range c.Prefetch {
-		if len(p.Images) == 0 {
-			return fmt.Errorf("config: prefetch[%d]: images is required", i)
-		}
-		for _, img := range p.Images {
-			if _, _, err := server.ParseImageRef(img); err != nil {
-				return fmt.Errorf("config: prefetch[%d]: %w", i, err)
-			}
-			if p.AllTags && strings.ContainsAny(img[strings.LastIndex(img, "/")+1:], ":@") {
-				return fmt.Errorf("config: prefetch[%d]: all_tags takes image names without a tag (%q)", i, img)
-			}
-		}
-		if p.Every != 0 && p.Every < Duration(time.Minute) {
-			return fmt.Errorf("config: prefetch[%d]: every must be at least 1m", i)
-		}
-	}
-	return nil
-}
-
-// checkListeners: [[listener]] addresses and repositories.
-func (c *Config) checkListeners() error {
-	addrs := map[string]string{c.Listen: "listen"}
-	for i, l := range c.Listeners {
-		where := fmt.Sprintf("config: listener[%d]", i)
-		switch {
-		case l.Listen == "":
-			return fmt.Errorf("%s: listen is required", where)
-		case l.Repository == "":
-			return fmt.Errorf("%s (%s): repository is required", where, l.Listen)
-		case !c.hasRepository(l.Repository):
-			return fmt.Errorf("%s (%s): repository %q is not configured", where, l.Listen, l.Repository)
-		case addrs[l.Listen] != "" && !strings.HasSuffix(l.Listen, ":0"): // :0 picks a free port each time
-			return fmt.Errorf("%s: listen %q is already used by %s", where, l.Listen, addrs[l.Listen])
-		}
-		addrs[l.Listen] = fmt.Sprintf("listener[%d]", i)
-	}
-	return nil
-}
-
-// checkFiles: the files the config names exist.
-func (c *Config) checkFiles() error {
-	for _, f := range []struct{ key, path string }{{"tls_cert", c.TLSCert}, {"tls_key", c.TLSKey}, {"auth.htpasswd", c.Auth.Htpasswd}} {
-		if f.path == "" {
-			continue
-		}
-		if _, err := os.Stat(f.path); err != nil {
-			return fmt.Errorf("config: %s: %w", f.key, err)
-		}
-	}
-	return nil
-}
-
-// checkGrants: every grant names a configured repository (or a glob).
-func (c *Config) checkGrants() error {
-	for _, u := range c.Users {
-		for _, g := range append(append([]string{}, u.Pull...), u.Push...) {
-			// A grant names a repository (or a glob over them) first.
-			repo, _, _ := strings.Cut(g, "/")
-			if !strings.ContainsAny(repo, "*?[") && !c.hasRepository(repo) {
-				return fmt.Errorf("config: user %q: grant %q names repository %q, which is not configured", u.Name, g, repo)
-			}
-		}
-	}
-	return nil
-}
-
 // hasRepository reports a [[repository]] named name.
 func (c *Config) hasRepository(name string) bool {
 	return slices.ContainsFunc(c.Repositories, func(r RepositoryConfig) bool { return r.Name == name })
@@ -516,98 +316,5 @@ func readPassword(what, password, file string) (string, error) {
 
 func ptr[T any](v T) *T { return &v }
 
-func (c *Config) checkAuth() error {
-	if c.Auth.TokenTTL == 0 {
-		c.Auth.TokenTTL = Duration(5 * time.Minute)
-	}
-	if c.Auth.TokenTTL < Duration(10*time.Second) || c.Auth.TokenTTL > Duration(24*time.Hour) {
-		return errors.New("config: auth.token_ttl must be between 10s and 24h")
-	}
-	if c.Auth.ExternalURL != "" {
-		u, err := url.Parse(c.Auth.ExternalURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("config: auth.external_url %q: want http(s)://host[:port][/path]", c.Auth.ExternalURL)
-		}
-	}
-	for _, p := range c.Auth.TrustedProxies {
-		if _, _, err := net.ParseCIDR(p); err != nil && net.ParseIP(p) == nil {
-			return fmt.Errorf("config: auth.trusted_proxies: %q is not an IP or CIDR", p)
-		}
-	}
-	if c.Auth.MaxUploadsPerClient < 0 {
-		return errors.New("config: auth.max_uploads_per_client must not be negative")
-	}
-	seen := map[string]bool{}
-	for i, u := range c.Users {
-		if u.Name == "" || strings.ContainsAny(u.Name, ":\x00") {
-			return fmt.Errorf("config: user[%d]: name is required and may not contain ':'", i)
-		}
-		if seen[u.Name] {
-			return fmt.Errorf("config: user %q: duplicate name", u.Name)
-		}
-		seen[u.Name] = true
-		for _, g := range append(append([]string{}, u.Pull...), u.Push...) {
-			if _, err := path.Match(g, ""); err != nil || g == "" {
-				return fmt.Errorf("config: user %q: bad glob %q", u.Name, g)
-			}
-		}
-		if u.PasswordHash == "" && c.Auth.Htpasswd == "" {
-			return fmt.Errorf("config: user %q: password_hash is required (or auth.htpasswd)", u.Name)
-		}
-		if u.PasswordHash != "" {
-			if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
-				return fmt.Errorf("config: user %q: password_hash is not a bcrypt hash (make one with berth passwd)", u.Name)
-			}
-		}
-	}
-	return nil
-}
-
-// loadHtpasswd reads user:bcrypt-hash lines.
-func loadHtpasswd(file string) (map[string]string, error) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("auth.htpasswd: %w", err)
-	}
-	out := map[string]string{}
-	for i, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		name, hash, ok := strings.Cut(line, ":")
-		if !ok {
-			return nil, fmt.Errorf("auth.htpasswd line %d: want user:hash", i+1)
-		}
-		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
-			return nil, fmt.Errorf("auth.htpasswd line %d (%s): only bcrypt hashes are accepted (htpasswd -B)", i+1, name)
-		}
-		out[name] = hash
-	}
-	return out, nil
-}
-
 // findCycle returns a path of group memberships that comes back to a group
 // already on it, or nil.
-
-// rangeDefaults fills in and checks a proxy's range_fetch_* settings.
-func (r *RepositoryConfig) rangeDefaults(where string) error {
-	if r.RangeFetchMin == 0 {
-		r.RangeFetchMin = 32 << 20
-	}
-	if r.RangeFetchChunk == 0 {
-		r.RangeFetchChunk = 16 << 20
-	}
-	if r.RangeFetchParallel == 0 {
-		r.RangeFetchParallel = 4
-	}
-	switch {
-	case r.RangeFetchMin < 0 || r.RangeFetchChunk < 0:
-		return fmt.Errorf("config: %s: range_fetch_min and range_fetch_chunk must be positive sizes", where)
-	case r.RangeFetchChunk < 1<<20:
-		return fmt.Errorf("config: %s: range_fetch_chunk %s is below 1MiB (each range is a request)", where, r.RangeFetchChunk)
-	case r.RangeFetchParallel < 1 || r.RangeFetchParallel > 32:
-		return fmt.Errorf("config: %s: range_fetch_parallel %d is not between 1 (one stream per blob) and 32", where, r.RangeFetchParallel)
-	}
-	return nil
-}

@@ -3,9 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"syscall"
-
-	"github.com/berth-registry/berth/server"
 )
 
 // LimitsConfig is the [limits] table: what clients together and one
@@ -52,27 +49,4 @@ func (l *LimitsConfig) check() error {
 		return errors.New("config: limits.max_connections_per_client is above max_connections")
 	}
 	return nil
-}
-
-// connLimits is what the listeners take: max_connections defaults to
-// three quarters of the soft open-file limit (at most 8192), and is cut
-// to that when set above it.
-func (l *LimitsConfig) connLimits() server.ConnLimits {
-	room := server.DefaultMaxConnections
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur > 0 && rl.Cur < 1<<31 {
-		room = int(rl.Cur) * 3 / 4
-	}
-	max := l.MaxConnections
-	if max <= 0 {
-		max = min(room, server.DefaultMaxConnections)
-	}
-	max = min(max, room)
-	return server.ConnLimits{Max: max, PerClient: min(max, l.MaxConnectionsPerClient)}
-}
-
-// uploadLimits is what the server takes.
-func (l *LimitsConfig) uploadLimits() server.UploadLimits {
-	return server.UploadLimits{Sessions: l.MaxUploadSessions, SessionsPerOwner: l.MaxUploadSessionsPerUser,
-		Bytes: int64(l.MaxUploadBytes), BytesPerOwner: int64(l.MaxUploadBytesPerUser)}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 )
 
 // needsRestart names what differs between the running config and the one
@@ -64,4 +65,47 @@ func needsRestart(running, next *Config) []string {
 		}
 	}
 	return out
+}
+
+// reload reads the config file again and applies what can change while
+// serving: the log level, the users (and htpasswd), the TLS certificate.
+// It logs what it did; a broken config or certificate changes nothing.
+func (m *Main) reload() {
+	cfg := m.cfg
+	if m.cfgPath != "" {
+		c, err := loadConfigFile(m.cfgPath)
+		if err == nil {
+			c.Listen, c.DataDir = m.cfg.Listen, m.cfg.DataDir // as the flags set them
+			err = c.setDefaults()
+		}
+		if err != nil {
+			m.log.Error("SIGHUP: config not reloaded; the running one stays", "file", m.cfgPath, "err", err)
+			return
+		}
+		cfg = c
+	}
+	opts, err := authOptions(cfg)
+	if err == nil {
+		err = m.srv.SetUsers(opts.Users)
+	}
+	if err != nil {
+		m.log.Error("SIGHUP: users not reloaded; nothing changed", "err", err)
+		return
+	}
+	done := []string{fmt.Sprintf("%d users", len(opts.Users))}
+	if m.level != nil {
+		m.level.Set(logLevel(cfg))
+		done = append(done, "log level "+m.level.Level().String())
+	}
+	if m.cfg.TLSCert != "" {
+		if err := m.loadCert(); err != nil {
+			m.log.Error("SIGHUP: keeping the old certificate", "err", err)
+		} else {
+			done = append(done, "TLS certificate")
+		}
+	}
+	m.log.Info("SIGHUP: reloaded", "what", strings.Join(done, ", "), "config", m.cfgPath)
+	if later := needsRestart(m.cfg, cfg); len(later) > 0 {
+		m.log.Warn("SIGHUP: these changes need a restart to take effect (systemctl restart berth)", "not_applied", strings.Join(later, "; "))
+	}
 }
