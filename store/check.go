@@ -45,7 +45,8 @@ type CheckOptions struct {
 // manifest of its repository; every manifest has a blob record; every
 // link names a stored blob, or one that a manifest of its repository
 // references (a layer not pulled yet).
-func (s *Store) Check(ctx context.Context, opts CheckOptions) ([]Problem, error) {
+func (vf *verifier) Check(ctx context.Context, opts CheckOptions) ([]Problem, error) {
+	s := vf.s
 	var probs []Problem
 	var key string
 	add := func(kind, format string, args ...any) {
@@ -187,7 +188,8 @@ func fileHasDigest(path string, d Digest) (bool, error) {
 // entries and their files are dropped (with the manifests and tags that
 // named them), dangling tags and manifest entries removed, orphan and
 // leftover files deleted. Intents are left to the next start.
-func (s *Store) Repair(ctx context.Context, probs []Problem) error {
+func (vf *verifier) Repair(ctx context.Context, probs []Problem) error {
+	s := vf.s
 	for _, p := range probs {
 		var err error
 		switch p.Kind {
@@ -230,7 +232,8 @@ func (s *Store) Repair(ctx context.Context, probs []Problem) error {
 // repository that are that blob, so the next pull refetches it. A hosted
 // blob has nothing to refetch from: its file goes to quarantine/, its
 // entry goes, and the images naming it stay, reported as damaged.
-func (s *Store) dropBlob(d string) error {
+func (vf *verifier) dropBlob(d string) error {
+	s := vf.s
 	var repos []string
 	var hosted bool
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -257,7 +260,8 @@ func (s *Store) dropBlob(d string) error {
 // quarantine moves hosted blob d's damaged file to quarantine/ (for the
 // operator to inspect) and drops its index entry, keeping the manifests
 // and links that name it: Check reports those images as damaged.
-func (s *Store) quarantine(d string) error {
+func (vf *verifier) quarantine(d string) error {
+	s := vf.s
 	dg, err := ParseDigest(d)
 	if err != nil {
 		return err
@@ -315,7 +319,8 @@ func damagedImages(tx *bolt.Tx) []Problem {
 
 // DamagedImages lists the pushed images that name content the store does
 // not hold ("<repository>@<digest>"), for ls, the status page and metrics.
-func (s *Store) DamagedImages(ctx context.Context) ([]string, error) {
+func (vf *verifier) DamagedImages(ctx context.Context) ([]string, error) {
+	s := vf.s
 	var out []string
 	err := s.db.View(func(tx *bolt.Tx) error {
 		for _, p := range damagedImages(tx) {

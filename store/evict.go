@@ -28,7 +28,8 @@ type Counters struct {
 }
 
 // Counters returns the eviction and GC totals since start.
-func (s *Store) Counters() Counters {
+func (ev *evictor) Counters() Counters {
+	s := ev.s
 	return Counters{
 		Evictions: s.counters.evictions.Load(), EvictedBytes: s.counters.evictedBytes.Load(),
 		GCRuns: s.counters.gcRuns.Load(), GCBlobs: s.counters.gcBlobs.Load(), GCFreedBytes: s.counters.gcBytes.Load(),
@@ -38,14 +39,15 @@ func (s *Store) Counters() Counters {
 
 // used is what counts toward max_size: the stored bytes and the bytes of
 // downloads and pushes in progress in tmp/.
-func (s *Store) used() int64 { return s.bytes.Load() + s.tmpBytes.Load() }
+func (ev *evictor) used() int64 { return ev.s.bytes.Load() + ev.s.tmpBytes.Load() }
 
 // TempBytes is the bytes of blobs being written in tmp/.
-func (s *Store) TempBytes() int64 { return s.tmpBytes.Load() }
+func (ev *evictor) TempBytes() int64 { return ev.s.tmpBytes.Load() }
 
 // maybeEvict wakes the evictor when the store is above its high-water
 // mark. It never blocks.
-func (s *Store) maybeEvict() {
+func (ev *evictor) maybeEvict() {
+	s := ev.s
 	if s.opts.MaxSize <= 0 || s.opts.ManualEviction || float64(s.used()) <= s.opts.HighWater*float64(s.opts.MaxSize) {
 		return
 	}
@@ -55,7 +57,8 @@ func (s *Store) maybeEvict() {
 	}
 }
 
-func (s *Store) evictLoop() {
+func (ev *evictor) evictLoop() {
+	s := ev.s
 	defer s.wg.Done()
 	for {
 		select {
@@ -85,7 +88,8 @@ type candidate struct {
 // never a pinned blob (being read), and never a blob that a manifest
 // still in the store references (evicting the manifest first makes its
 // blobs candidates). It runs alongside reads and writes.
-func (s *Store) Evict() (n int, freed int64, err error) {
+func (ev *evictor) Evict() (n int, freed int64, err error) {
+	s := ev.s
 	s.evictMu.Lock()
 	defer s.evictMu.Unlock()
 	if s.opts.MaxSize <= 0 || float64(s.used()) <= s.opts.HighWater*float64(s.opts.MaxSize) {
@@ -184,7 +188,8 @@ type GCResult struct {
 // GC deletes blobs that no manifest references and that are not manifests
 // themselves (after manifest deletes, evictions, pushes that never got a
 // manifest), once they are older than the grace period. It runs online.
-func (s *Store) GC(opts GCOptions) (GCResult, error) {
+func (ev *evictor) GC(opts GCOptions) (GCResult, error) {
+	s := ev.s
 	var res GCResult
 	cutoff := time.Now().Add(-opts.Grace).UnixNano()
 	garbage := map[string]int64{}

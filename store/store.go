@@ -107,7 +107,24 @@ type Store struct {
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	closed atomic.Bool
+
+	// The store's work by area, each a part of Store (its methods are
+	// Store's): upload sessions (uploads.go), eviction and collection
+	// (evict.go), the check and repair of berth verify (check.go), and
+	// the access times and pulls of blobs (below).
+	uploadArea
+	evictor
+	verifier
+	accessLog
 }
+
+// The parts of a Store: each reaches the store it is part of.
+type (
+	uploadArea struct{ s *Store }
+	evictor    struct{ s *Store }
+	verifier   struct{ s *Store }
+	accessLog  struct{ s *Store }
+)
 
 // Open opens (creating if needed) the store in dir. It empties dir/tmp,
 // which holds only work in progress, and starts the access-time flusher.
@@ -154,6 +171,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s := &Store{dir: dir, db: db, log: log, access: map[string]accessEntry{}, stop: make(chan struct{}), opts: opts,
 		pins: map[string]int{}, evicting: map[string]bool{}, evictc: make(chan struct{}, 1), cache: newMemCache()}
+	s.uploadArea, s.evictor, s.verifier, s.accessLog = uploadArea{s}, evictor{s}, verifier{s}, accessLog{s}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -248,7 +266,8 @@ type accessEntry struct {
 }
 
 // touch records a read of d: its last access, which eviction orders by.
-func (s *Store) touch(d Digest) {
+func (al *accessLog) touch(d Digest) {
+	s := al.s
 	now := time.Now().UnixNano()
 	s.accessMu.Lock()
 	e := s.access[d.String()]
@@ -261,7 +280,8 @@ func (s *Store) touch(d Digest) {
 // berth's own prefetch): berth ls and the status page show the count
 // and when the last pull was. Nothing is written to the index until the
 // next flush.
-func (s *Store) Pulled(ctx context.Context, d Digest) {
+func (al *accessLog) Pulled(ctx context.Context, d Digest) {
+	s := al.s
 	now := time.Now().UnixNano()
 	s.accessMu.Lock()
 	e := s.access[d.String()]
@@ -270,7 +290,8 @@ func (s *Store) Pulled(ctx context.Context, d Digest) {
 	s.accessMu.Unlock()
 }
 
-func (s *Store) flushLoop(every time.Duration) {
+func (al *accessLog) flushLoop(every time.Duration) {
+	s := al.s
 	defer s.wg.Done()
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -286,7 +307,8 @@ func (s *Store) flushLoop(every time.Duration) {
 
 // flushAccess writes the access times gathered since the last flush in one
 // transaction.
-func (s *Store) flushAccess() {
+func (al *accessLog) flushAccess() {
+	s := al.s
 	s.accessMu.Lock()
 	pending := s.access
 	s.access = map[string]accessEntry{}
@@ -347,7 +369,8 @@ func (s *Store) flushAccess() {
 
 // Pulls returns how often clients pulled manifest d (flushed and not
 // yet flushed) and when they last did (zero: never).
-func (s *Store) Pulls(ctx context.Context, d Digest) (n int64, last time.Time) {
+func (al *accessLog) Pulls(ctx context.Context, d Digest) (n int64, last time.Time) {
+	s := al.s
 	s.accessMu.Lock()
 	e := s.access[d.String()]
 	s.accessMu.Unlock()
@@ -374,7 +397,8 @@ func (s *Store) Pulls(ctx context.Context, d Digest) (n int64, last time.Time) {
 
 // LastAccess returns when d was last read, or its creation time when it
 // was never read. It includes access times not yet flushed.
-func (s *Store) LastAccess(ctx context.Context, d Digest) (time.Time, error) {
+func (al *accessLog) LastAccess(ctx context.Context, d Digest) (time.Time, error) {
+	s := al.s
 	s.accessMu.Lock()
 	e, ok := s.access[d.String()]
 	s.accessMu.Unlock()
@@ -438,14 +462,16 @@ func decodeInt(b []byte) int64 {
 var metaVerify = []byte("verify")
 
 // RecordVerify keeps the result of a verify run for the metrics.
-func (s *Store) RecordVerify(problems int) error {
+func (vf *verifier) RecordVerify(problems int) error {
+	s := vf.s
 	v := append(encodeInt(time.Now().Unix()), encodeInt(int64(problems))...)
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(metaVerify, v) })
 }
 
 // LastVerify returns when verify last ran and what it found; ok is false
 // when it never ran.
-func (s *Store) LastVerify() (at time.Time, problems int, ok bool) {
+func (vf *verifier) LastVerify() (at time.Time, problems int, ok bool) {
+	s := vf.s
 	_ = s.db.View(func(tx *bolt.Tx) error { // only fails once closed: then "never"
 		if v := tx.Bucket(bucketMeta).Get(metaVerify); len(v) == 16 {
 			at, problems, ok = time.Unix(decodeInt(v[:8]), 0), int(decodeInt(v[8:])), true

@@ -88,7 +88,7 @@ func (l *keyedLocks) len() int {
 	return len(l.m)
 }
 
-func (s *Store) uploadPath(id string) string { return filepath.Join(s.dir, "uploads", id) }
+func (area *uploadArea) uploadPath(id string) string { return filepath.Join(area.s.dir, "uploads", id) }
 
 // ValidUploadID reports whether id has the form of the upload ids the
 // store hands out (32 hex digits): the one grammar of an upload id, also
@@ -103,7 +103,8 @@ func ValidUploadID(id string) bool {
 
 // CreateUpload starts an upload session for repo, started by owner (""
 // for none).
-func (s *Store) CreateUpload(ctx context.Context, repo, owner string) (Upload, error) {
+func (area *uploadArea) CreateUpload(ctx context.Context, repo, owner string) (Upload, error) {
+	s := area.s
 	var rnd [16]byte
 	rand.Read(rnd[:])
 	now := time.Now()
@@ -120,13 +121,15 @@ func (s *Store) CreateUpload(ctx context.Context, repo, owner string) (Upload, e
 	return u, nil
 }
 
-func (s *Store) putUpload(u Upload) error {
+func (area *uploadArea) putUpload(u Upload) error {
+	s := area.s
 	v, _ := json.Marshal(u)
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketUploads).Put([]byte(u.ID), v) })
 }
 
 // GetUpload returns the session id of repo, or ErrUploadUnknown.
-func (s *Store) GetUpload(ctx context.Context, repo, id string) (Upload, error) {
+func (area *uploadArea) GetUpload(ctx context.Context, repo, id string) (Upload, error) {
+	s := area.s
 	var u Upload
 	if !ValidUploadID(id) {
 		return u, ErrUploadUnknown
@@ -149,7 +152,8 @@ func (s *Store) GetUpload(ctx context.Context, repo, id string) (Upload, error) 
 // offset; -1 means "wherever it ends"). When size >= 0 the chunk must be
 // exactly that long. The chunk is durable before the new offset is
 // recorded; a failed chunk leaves the upload as it was.
-func (s *Store) AppendUpload(ctx context.Context, repo, id string, start int64, r io.Reader, size int64) (Upload, error) {
+func (area *uploadArea) AppendUpload(ctx context.Context, repo, id string, start int64, r io.Reader, size int64) (Upload, error) {
+	s := area.s
 	defer s.uploads.lock(id)()
 	u, err := s.GetUpload(ctx, repo, id)
 	if err != nil {
@@ -204,7 +208,8 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, start int64, 
 // FinishUpload appends a last chunk (r may be empty), checks the whole
 // upload against want, stores it as a blob linked to repo, and ends the
 // session. On a digest mismatch the session is ended and nothing stored.
-func (s *Store) FinishUpload(ctx context.Context, repo, id string, r io.Reader, size int64, want Digest) (BlobInfo, error) {
+func (area *uploadArea) FinishUpload(ctx context.Context, repo, id string, r io.Reader, size int64, want Digest) (BlobInfo, error) {
+	s := area.s
 	if r != nil {
 		if _, err := s.AppendUpload(ctx, repo, id, -1, r, size); err != nil {
 			return BlobInfo{}, err
@@ -239,7 +244,8 @@ func (s *Store) FinishUpload(ctx context.Context, repo, id string, r io.Reader, 
 }
 
 // DeleteUpload cancels a session and removes its bytes.
-func (s *Store) DeleteUpload(ctx context.Context, repo, id string) error {
+func (area *uploadArea) DeleteUpload(ctx context.Context, repo, id string) error {
+	s := area.s
 	defer s.uploads.lock(id)()
 	if _, err := s.GetUpload(ctx, repo, id); err != nil {
 		return err
@@ -250,7 +256,8 @@ func (s *Store) DeleteUpload(ctx context.Context, repo, id string) error {
 
 // ExpireUploads removes sessions not touched for longer than ttl, and
 // upload files without a session. It returns how many it removed.
-func (s *Store) ExpireUploads(ctx context.Context, ttl time.Duration) (int, error) {
+func (area *uploadArea) ExpireUploads(ctx context.Context, ttl time.Duration) (int, error) {
+	s := area.s
 	var expired []string
 	live := map[string]bool{}
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -310,7 +317,8 @@ type OwnerUsage struct {
 }
 
 // UploadUsage sums the sessions that have not expired.
-func (s *Store) UploadUsage(ctx context.Context) (UploadUsage, error) {
+func (area *uploadArea) UploadUsage(ctx context.Context) (UploadUsage, error) {
+	s := area.s
 	use := UploadUsage{Owner: map[string]OwnerUsage{}}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketUploads).ForEach(func(k, v []byte) error {

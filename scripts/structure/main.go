@@ -88,7 +88,7 @@ func main() {
 			}
 		}
 		fmt.Printf("%s (over %d: %d)\n", title, over, n)
-		for _, f := range fs[:min(k, len(fs))] {
+		for _, f := range fs[:max(min(k, len(fs)), min(n, len(fs)))] {
 			fmt.Printf("  %5d  %s\n", f.n, f.name)
 		}
 	}
