@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -46,129 +47,161 @@ type CheckOptions struct {
 // link names a stored blob, or one that a manifest of its repository
 // references (a layer not pulled yet).
 func (vf *verifier) Check(ctx context.Context, opts CheckOptions) ([]Problem, error) {
-	s := vf.s
-	var probs []Problem
-	var key string
-	add := func(kind, format string, args ...any) {
-		probs = append(probs, Problem{Kind: kind, Detail: fmt.Sprintf(format, args...), Key: key})
-	}
-	indexed := map[string]bool{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			key = string(k)
-			d, err := ParseDigest(string(k))
-			var rec blobRecord
-			if err != nil || json.Unmarshal(v, &rec) != nil {
-				add("bad_record", "blob key %q", k)
-				return nil
-			}
-			path := filepath.Join(s.dir, d.relPath())
-			indexed[path] = true
-			st, err := os.Stat(path)
-			switch {
-			case err != nil:
-				add("missing_file", "%s", d)
-			case st.Size() != rec.Size:
-				add("wrong_size", "%s: file %d bytes, index %d", d, st.Size(), rec.Size)
-			case opts.Rehash:
-				if ok, err := fileHasDigest(path, d); err != nil || !ok {
-					add("wrong_digest", "%s", d)
-				}
-			}
-			return nil
-		})
-		if err != nil {
+	c := &checkRun{s: vf.s, opts: opts, indexed: map[string]bool{}}
+	err := c.s.db.View(func(tx *bolt.Tx) error {
+		if err := c.blobs(ctx, tx); err != nil {
 			return err
 		}
-		blobs, manifests := tx.Bucket(bucketBlobs), tx.Bucket(bucketManifests)
-		err = manifests.ForEach(func(k, v []byte) error {
-			_, dg, _ := strings.Cut(string(k), "\x00")
-			key = string(k)
-			if blobs.Get([]byte(dg)) == nil && !pushed(tx, k) { // a pushed one is reported as damaged below
-				add("dangling_manifest", "%s", strings.Replace(string(k), "\x00", "@", 1))
-			}
-			return nil
-		})
-		if err != nil {
+		if err := c.manifests(tx); err != nil {
 			return err
 		}
-		probs = append(probs, damagedImages(tx)...)
+		c.probs = append(c.probs, damagedImages(tx)...)
 		for _, k := range danglingLinks(tx) {
 			i := lastNUL(k)
-			key = string(k)
-			add("dangling_link", "%s@%s names no stored blob", k[:i], k[i+1:])
+			c.add("dangling_link", string(k), "%s@%s names no stored blob", k[:i], k[i+1:])
 		}
 		for _, b := range [][]byte{bucketPending, bucketDeleting} {
 			tx.Bucket(b).ForEach(func(k, v []byte) error {
-				key = string(b) + "\x00" + string(k)
-				add("unfinished_intent", "%s %s (completed at the next start)", b, k)
+				c.add("unfinished_intent", string(b)+"\x00"+string(k), "%s %s (completed at the next start)", b, k)
 				return nil
 			})
 		}
-		uploads := map[string]bool{}
-		tx.Bucket(bucketUploads).ForEach(func(k, v []byte) error {
-			uploads[string(k)] = true
-			if _, err := os.Stat(s.uploadPath(string(k))); err != nil {
-				key = string(k)
-				add("missing_upload", "upload %s has no file", k)
-			}
-			return nil
-		})
-		if entries, err := os.ReadDir(filepath.Join(s.dir, "uploads")); err == nil {
-			for _, e := range entries {
-				if !uploads[e.Name()] {
-					key = e.Name()
-					add("orphan_upload", "uploads/%s has no session", e.Name())
-				}
-			}
-		}
-		return tx.Bucket(bucketTags).ForEach(func(k, v []byte) error {
-			repo, tag, _ := strings.Cut(string(k), "\x00")
-			key = string(k)
-			var rec tagRecord
-			if json.Unmarshal(v, &rec) != nil {
-				add("bad_record", "tag %s:%s", repo, tag)
-				return nil
-			}
-			if manifests.Get(repoKey(repo, rec.Digest)) == nil {
-				add("dangling_tag", "%s:%s → %s", repo, tag, rec.Digest)
-			}
-			return nil
-		})
+		c.uploads(tx)
+		return c.tags(tx)
 	})
 	if err != nil {
-		return probs, err
+		return c.probs, err
 	}
 	if opts.Tmp {
-		entries, err := os.ReadDir(filepath.Join(s.dir, "tmp"))
-		if err != nil {
-			return probs, err
-		}
-		for _, e := range entries {
-			key = filepath.Join("tmp", e.Name())
-			add("tmp_leftover", "tmp/%s", e.Name())
+		if err := c.tmp(); err != nil {
+			return c.probs, err
 		}
 	}
 	if opts.Orphans {
-		err := filepath.WalkDir(filepath.Join(s.dir, "blobs"), func(path string, d os.DirEntry, err error) error {
-			if err != nil || d.IsDir() {
-				return err
-			}
-			if !indexed[path] {
-				rel, _ := filepath.Rel(s.dir, path)
-				key = rel
-				add("orphan_file", "%s", rel)
-			}
-			return nil
-		})
-		if err != nil {
-			return probs, err
+		if err := c.orphans(); err != nil {
+			return c.probs, err
 		}
 	}
-	return probs, nil
+	return c.probs, nil
+}
+
+// checkRun is one Check: the problems found so far, and the blob files
+// the index names (for the orphan walk).
+type checkRun struct {
+	s       *Store
+	opts    CheckOptions
+	probs   []Problem
+	indexed map[string]bool
+}
+
+// add records a problem of kind about key (what Repair acts on).
+func (c *checkRun) add(kind, key, format string, args ...any) {
+	c.probs = append(c.probs, Problem{Kind: kind, Detail: fmt.Sprintf(format, args...), Key: key})
+}
+
+// blobs checks every blob record against its file.
+func (c *checkRun) blobs(ctx context.Context, tx *bolt.Tx) error {
+	return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		key := string(k)
+		d, err := ParseDigest(key)
+		var rec blobRecord
+		if err != nil || json.Unmarshal(v, &rec) != nil {
+			c.add("bad_record", key, "blob key %q", k)
+			return nil
+		}
+		path := filepath.Join(c.s.dir, d.relPath())
+		c.indexed[path] = true
+		st, err := os.Stat(path)
+		switch {
+		case err != nil:
+			c.add("missing_file", key, "%s", d)
+		case st.Size() != rec.Size:
+			c.add("wrong_size", key, "%s: file %d bytes, index %d", d, st.Size(), rec.Size)
+		case c.opts.Rehash:
+			if ok, err := fileHasDigest(path, d); err != nil || !ok {
+				c.add("wrong_digest", key, "%s", d)
+			}
+		}
+		return nil
+	})
+}
+
+// manifests finds manifest entries without a blob record (a pushed one
+// is reported as damaged instead).
+func (c *checkRun) manifests(tx *bolt.Tx) error {
+	blobs := tx.Bucket(bucketBlobs)
+	return tx.Bucket(bucketManifests).ForEach(func(k, v []byte) error {
+		_, dg, _ := strings.Cut(string(k), "\x00")
+		if blobs.Get([]byte(dg)) == nil && !pushed(tx, k) {
+			c.add("dangling_manifest", string(k), "%s", strings.Replace(string(k), "\x00", "@", 1))
+		}
+		return nil
+	})
+}
+
+// uploads matches upload sessions with their files, both ways.
+func (c *checkRun) uploads(tx *bolt.Tx) {
+	sessions := map[string]bool{}
+	tx.Bucket(bucketUploads).ForEach(func(k, v []byte) error {
+		sessions[string(k)] = true
+		if _, err := os.Stat(c.s.uploadPath(string(k))); err != nil {
+			c.add("missing_upload", string(k), "upload %s has no file", k)
+		}
+		return nil
+	})
+	if entries, err := os.ReadDir(filepath.Join(c.s.dir, "uploads")); err == nil {
+		for _, e := range entries {
+			if !sessions[e.Name()] {
+				c.add("orphan_upload", e.Name(), "uploads/%s has no session", e.Name())
+			}
+		}
+	}
+}
+
+// tags finds tags that name no manifest of their repository.
+func (c *checkRun) tags(tx *bolt.Tx) error {
+	manifests := tx.Bucket(bucketManifests)
+	return tx.Bucket(bucketTags).ForEach(func(k, v []byte) error {
+		repo, tag, _ := strings.Cut(string(k), "\x00")
+		var rec tagRecord
+		if json.Unmarshal(v, &rec) != nil {
+			c.add("bad_record", string(k), "tag %s:%s", repo, tag)
+			return nil
+		}
+		if manifests.Get(repoKey(repo, rec.Digest)) == nil {
+			c.add("dangling_tag", string(k), "%s:%s → %s", repo, tag, rec.Digest)
+		}
+		return nil
+	})
+}
+
+// tmp reports files left in tmp/.
+func (c *checkRun) tmp() error {
+	entries, err := os.ReadDir(filepath.Join(c.s.dir, "tmp"))
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		c.add("tmp_leftover", filepath.Join("tmp", e.Name()), "tmp/%s", e.Name())
+	}
+	return nil
+}
+
+// orphans reports blob files the index does not name.
+func (c *checkRun) orphans() error {
+	return filepath.WalkDir(filepath.Join(c.s.dir, "blobs"), func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if !c.indexed[path] {
+			rel, _ := filepath.Rel(c.s.dir, path)
+			c.add("orphan_file", rel, "%s", rel)
+		}
+		return nil
+	})
 }
 
 func fileHasDigest(path string, d Digest) (bool, error) {
@@ -355,4 +388,26 @@ func danglingLinks(tx *bolt.Tx) [][]byte {
 		return nil
 	})
 	return out
+}
+
+var metaVerify = []byte("verify")
+
+// RecordVerify keeps the result of a verify run for the metrics.
+func (vf *verifier) RecordVerify(problems int) error {
+	s := vf.s
+	v := append(encodeInt(time.Now().Unix()), encodeInt(int64(problems))...)
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(metaVerify, v) })
+}
+
+// LastVerify returns when verify last ran and what it found; ok is false
+// when it never ran.
+func (vf *verifier) LastVerify() (at time.Time, problems int, ok bool) {
+	s := vf.s
+	_ = s.db.View(func(tx *bolt.Tx) error { // only fails once closed: then "never"
+		if v := tx.Bucket(bucketMeta).Get(metaVerify); len(v) == 16 {
+			at, problems, ok = time.Unix(decodeInt(v[:8]), 0), int(decodeInt(v[8:])), true
+		}
+		return nil
+	})
+	return at, problems, ok
 }

@@ -143,20 +143,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{Timeout: timeout})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("store: %s: %w", dir, ErrLocked)
-	}
+	db, err := openIndex(dir, timeout, opts.KeepTmp)
 	if err != nil {
-		return nil, fmt.Errorf("store: open index: %w", err)
-	}
-	// tmp/ is emptied only once the index lock is held: never under a
-	// running berth.
-	if !opts.KeepTmp {
-		if err := emptyDir(filepath.Join(dir, "tmp")); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("store: empty tmp: %w", err)
-		}
+		return nil, err
 	}
 	if opts.HighWater <= 0 {
 		opts.HighWater = 0.9
@@ -172,40 +161,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	s := &Store{dir: dir, db: db, log: log, access: map[string]accessEntry{}, stop: make(chan struct{}), opts: opts,
 		pins: map[string]int{}, evicting: map[string]bool{}, evictc: make(chan struct{}, 1), cache: newMemCache()}
 	s.uploadArea, s.evictor, s.verifier, s.accessLog = uploadArea{s}, evictor{s}, verifier{s}, accessLog{s}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		if meta.Get(metaCount) == nil {
-			// First open (or an index from before the totals were kept):
-			// count once; afterwards start-up reads two keys.
-			var n, total int64
-			err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
-				var rec blobRecord
-				if err := json.Unmarshal(v, &rec); err != nil {
-					return fmt.Errorf("blob record %s: %w", k, err)
-				}
-				n++
-				total += rec.Size
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			if err := meta.Put(metaCount, encodeInt(n)); err != nil {
-				return err
-			}
-			if err := meta.Put(metaBytes, encodeInt(total)); err != nil {
-				return err
-			}
-		}
-		s.count.Store(decodeInt(meta.Get(metaCount)))
-		s.bytes.Store(decodeInt(meta.Get(metaBytes)))
-		return s.migrate(tx, schema)
-	})
+	err = db.Update(func(tx *bolt.Tx) error { return s.prepare(tx, schema) })
 	if err == nil {
 		err = s.recover()
 	}
@@ -222,6 +178,62 @@ func Open(dir string, opts Options) (*Store, error) {
 	go s.evictLoop()
 	s.maybeEvict()
 	return s, nil
+}
+
+// openIndex opens (takes the lock of) dir's index, then empties dir/tmp
+// unless keepTmp: only once the lock is held, never under a running
+// berth.
+func openIndex(dir string, timeout time.Duration, keepTmp bool) (*bolt.DB, error) {
+	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{Timeout: timeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("store: %s: %w", dir, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open index: %w", err)
+	}
+	if !keepTmp {
+		if err := emptyDir(filepath.Join(dir, "tmp")); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("store: empty tmp: %w", err)
+		}
+	}
+	return db, nil
+}
+
+// prepare makes the buckets, reads the blob totals (counting them once on
+// a first open, or an index from before the totals were kept: afterwards
+// start-up reads two keys) and migrates the index from schema.
+func (s *Store) prepare(tx *bolt.Tx, schema int64) error {
+	for _, b := range allBuckets {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return err
+		}
+	}
+	meta := tx.Bucket(bucketMeta)
+	if meta.Get(metaCount) == nil {
+		var n, total int64
+		err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+			var rec blobRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("blob record %s: %w", k, err)
+			}
+			n++
+			total += rec.Size
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if err := meta.Put(metaCount, encodeInt(n)); err != nil {
+			return err
+		}
+		if err := meta.Put(metaBytes, encodeInt(total)); err != nil {
+			return err
+		}
+	}
+	s.count.Store(decodeInt(meta.Get(metaCount)))
+	s.bytes.Store(decodeInt(meta.Get(metaBytes)))
+	return s.migrate(tx, schema)
 }
 
 // Close flushes access times and closes the index. Blob files already
@@ -255,169 +267,6 @@ func (s *Store) Ping(ctx context.Context) error {
 func (s *Store) guarded(where string, f func()) {
 	defer guard.Recover(s.log, "store "+where, func() { s.counters.panics.Add(1) })
 	f()
-}
-
-// accessEntry is a blob's last access (for eviction) and, for a
-// manifest, the pulls counted since the last flush and when the last was.
-type accessEntry struct {
-	last     int64 // unix nanos
-	pulls    int64
-	lastPull int64 // unix nanos; 0: none since the last flush
-}
-
-// touch records a read of d: its last access, which eviction orders by.
-func (al *accessLog) touch(d Digest) {
-	s := al.s
-	now := time.Now().UnixNano()
-	s.accessMu.Lock()
-	e := s.access[d.String()]
-	e.last = now
-	s.access[d.String()] = e
-	s.accessMu.Unlock()
-}
-
-// Pulled counts a client's pull of manifest d (a GET, not a HEAD, not
-// berth's own prefetch): berth ls and the status page show the count
-// and when the last pull was. Nothing is written to the index until the
-// next flush.
-func (al *accessLog) Pulled(ctx context.Context, d Digest) {
-	s := al.s
-	now := time.Now().UnixNano()
-	s.accessMu.Lock()
-	e := s.access[d.String()]
-	e.last, e.pulls, e.lastPull = now, e.pulls+1, now
-	s.access[d.String()] = e
-	s.accessMu.Unlock()
-}
-
-func (al *accessLog) flushLoop(every time.Duration) {
-	s := al.s
-	defer s.wg.Done()
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-			s.guarded("access-time flush", s.flushAccess)
-		}
-	}
-}
-
-// flushAccess writes the access times gathered since the last flush in one
-// transaction.
-func (al *accessLog) flushAccess() {
-	s := al.s
-	s.accessMu.Lock()
-	pending := s.access
-	s.access = map[string]accessEntry{}
-	s.accessMu.Unlock()
-	if len(pending) == 0 {
-		return
-	}
-	retry := map[string]accessEntry{}
-	defer func() {
-		s.accessMu.Lock()
-		for k, e := range retry {
-			n := s.access[k]
-			n.pulls += e.pulls
-			n.last, n.lastPull = max(n.last, e.last), max(n.lastPull, e.lastPull)
-			s.access[k] = n
-		}
-		s.accessMu.Unlock()
-	}()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		blobs, acc := tx.Bucket(bucketBlobs), tx.Bucket(bucketAccess)
-		for k, e := range pending {
-			if blobs.Get([]byte(k)) == nil {
-				// Evicted or deleted since, or a manifest whose commit is
-				// still under way (a cold pull answers before it): kept
-				// for the next flush while it is young.
-				if time.Since(time.Unix(0, e.last)) < time.Minute {
-					retry[k] = e
-				}
-				continue
-			}
-			// last access, pulls, last pull: 8 bytes each (older stores
-			// have the first two).
-			old := acc.Get([]byte(k))
-			var pulls, lastPull int64
-			if len(old) >= 16 {
-				pulls = decodeInt(old[8:16])
-			}
-			if len(old) >= 24 {
-				lastPull = decodeInt(old[16:24])
-			}
-			if e.lastPull != 0 {
-				lastPull = e.lastPull
-			}
-			if e.last == 0 && len(old) >= 8 {
-				e.last = decodeInt(old[:8])
-			}
-			v := append(append(encodeInt(e.last), encodeInt(pulls+e.pulls)...), encodeInt(lastPull)...)
-			if err := acc.Put([]byte(k), v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		s.log.Error("flush access times", "err", err)
-	}
-}
-
-// Pulls returns how often clients pulled manifest d (flushed and not
-// yet flushed) and when they last did (zero: never).
-func (al *accessLog) Pulls(ctx context.Context, d Digest) (n int64, last time.Time) {
-	s := al.s
-	s.accessMu.Lock()
-	e := s.access[d.String()]
-	s.accessMu.Unlock()
-	n = e.pulls
-	lastPull := e.lastPull
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketAccess).Get([]byte(d.String()))
-		if len(v) >= 16 {
-			n += decodeInt(v[8:16])
-		}
-		if len(v) >= 24 && lastPull == 0 {
-			lastPull = decodeInt(v[16:24])
-		}
-		return nil
-	})
-	if err != nil {
-		s.log.Warn("read pull count", "digest", d, "err", err)
-	}
-	if lastPull != 0 {
-		last = time.Unix(0, lastPull)
-	}
-	return n, last
-}
-
-// LastAccess returns when d was last read, or its creation time when it
-// was never read. It includes access times not yet flushed.
-func (al *accessLog) LastAccess(ctx context.Context, d Digest) (time.Time, error) {
-	s := al.s
-	s.accessMu.Lock()
-	e, ok := s.access[d.String()]
-	s.accessMu.Unlock()
-	if ok && e.last != 0 {
-		return time.Unix(0, e.last), nil
-	}
-	var out time.Time
-	err := s.db.View(func(tx *bolt.Tx) error {
-		rec, err := getBlob(tx, d)
-		if err != nil {
-			return err
-		}
-		out = time.Unix(0, rec.Created)
-		if v := tx.Bucket(bucketAccess).Get([]byte(d.String())); len(v) >= 8 {
-			out = time.Unix(0, decodeInt(v[:8]))
-		}
-		return nil
-	})
-	return out, err
 }
 
 func emptyDir(dir string) error {
@@ -457,28 +306,6 @@ func decodeInt(b []byte) int64 {
 		v = v<<8 | int64(c)
 	}
 	return v
-}
-
-var metaVerify = []byte("verify")
-
-// RecordVerify keeps the result of a verify run for the metrics.
-func (vf *verifier) RecordVerify(problems int) error {
-	s := vf.s
-	v := append(encodeInt(time.Now().Unix()), encodeInt(int64(problems))...)
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(metaVerify, v) })
-}
-
-// LastVerify returns when verify last ran and what it found; ok is false
-// when it never ran.
-func (vf *verifier) LastVerify() (at time.Time, problems int, ok bool) {
-	s := vf.s
-	_ = s.db.View(func(tx *bolt.Tx) error { // only fails once closed: then "never"
-		if v := tx.Bucket(bucketMeta).Get(metaVerify); len(v) == 16 {
-			at, problems, ok = time.Unix(decodeInt(v[:8]), 0), int(decodeInt(v[8:])), true
-		}
-		return nil
-	})
-	return at, problems, ok
 }
 
 // SchemaVersion is the layout of index.db this berth reads and writes.
