@@ -59,103 +59,89 @@ const (
 	resultNegative    = "negative"    // remembered upstream 404
 )
 
+// counterVec and friends make collectors of a name, help text and labels.
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+}
+
+func gaugeFunc(name, help string, f func() float64) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+}
+
 func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 	m := &metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "berth_http_requests_total", Help: "Registry API requests by repository, endpoint kind, method and status code.",
-		}, []string{"repository", "kind", "method", "code"}),
+		requests: counterVec("berth_http_requests_total", "Registry API requests by repository, endpoint kind, method and status code.",
+			"repository", "kind", "method", "code"),
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "berth_http_request_duration_seconds", Help: "Time to answer registry API requests.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, []string{"kind", "method"}),
-		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "berth_cache_results_total", Help: "Cache lookups by repository, kind (manifest, blob) and result (hit, miss, stale, revalidated, coalesced, negative).",
-		}, []string{"repository", "kind", "result"}),
-		servedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "berth_served_bytes_total", Help: "Bytes of manifests and blobs sent to clients, by where they came from (cache, upstream).",
-		}, []string{"repository", "source"}),
-		eager: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "berth_eager_downloads_total", Help: "Blob downloads started when their image manifest was served, before a client asked (eager_layers).",
-		}, []string{"repository"}),
-		resumed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "berth_upstream_resumed_total", Help: "Upstream blob downloads that broke and continued from the last byte on disk.",
-		}, []string{"repository"}),
-		upstreamBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "berth_upstream_bytes_total", Help: "Bytes of manifests and blobs read from upstream registries.",
-		}, []string{"repository"}),
-		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "berth_upstream_errors_total", Help: "Failed upstream operations by reason (unavailable, denied, digest, size, timeout, budget, other).",
-		}, []string{"repository", "reason"}),
-		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "berth_inflight_downloads", Help: "Upstream blob downloads under way.",
-		}),
-		digestMismatch: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "berth_digest_mismatches_total", Help: "Upstream content that did not match its digest or size; never cached.",
-		}, []string{"repository"}),
-		passThrough: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "berth_pass_through_total", Help: "Responses served from upstream without caching, by reason (store_error).",
-		}, []string{"repository", "reason"}),
+		cache: counterVec("berth_cache_results_total", "Cache lookups by repository, kind (manifest, blob) and result (hit, miss, stale, revalidated, coalesced, negative).",
+			"repository", "kind", "result"),
+		servedBytes: counterVec("berth_served_bytes_total", "Bytes of manifests and blobs sent to clients, by where they came from (cache, upstream).",
+			"repository", "source"),
+		eager: counterVec("berth_eager_downloads_total", "Blob downloads started when their image manifest was served, before a client asked (eager_layers).",
+			"repository"),
+		resumed:        counterVec("berth_upstream_resumed_total", "Upstream blob downloads that broke and continued from the last byte on disk.", "repository"),
+		upstreamBytes:  counterVec("berth_upstream_bytes_total", "Bytes of manifests and blobs read from upstream registries.", "repository"),
+		upstreamErrors: counterVec("berth_upstream_errors_total", "Failed upstream operations by reason (unavailable, denied, digest, size, timeout, budget, other).", "repository", "reason"),
+		inflight:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_inflight_downloads", Help: "Upstream blob downloads under way."}),
+		digestMismatch: counterVec("berth_digest_mismatches_total", "Upstream content that did not match its digest or size; never cached.", "repository"),
+		passThrough:    counterVec("berth_pass_through_total", "Responses served from upstream without caching, by reason (store_error).", "repository", "reason"),
+		diskFull:       prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_disk_full_total", Help: "Requests refused (507) because the data directory's disk was full."}),
+		authFailures:   counterVec("berth_auth_failures_total", "Failed sign-ins by reason (unknown_user, bad_password, malformed, bad_token, throttled, busy).", "reason"),
+		refused: counterVec("berth_budget_refusals_total", "Requests answered 429 because a bound on what clients may hold was reached, by bound (connections, downloads, uploads, upload_bytes).",
+			"bound"),
+		groupResults: counterVec("berth_group_cache_results_total", "Requests through a group by the member that answered, kind and result (as berth_cache_results_total, which counts them under the member).",
+			"group", "member", "kind", "result"),
+		groupBytes: counterVec("berth_group_served_bytes_total", "Bytes sent to clients through a group, by the member that answered and source (as berth_served_bytes_total, which counts them under the member).",
+			"group", "member", "source"),
 	}
 	var storePanics func() int64
 	if st != nil {
 		storePanics = func() int64 { return st.Counters().Panics }
 	}
 	m.panics = newPanicCounter(storePanics)
-	m.diskFull = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "berth_disk_full_total", Help: "Requests refused (507) because the data directory's disk was full.",
-	})
-	m.authFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "berth_auth_failures_total", Help: "Failed sign-ins by reason (unknown_user, bad_password, malformed, bad_token, throttled, busy).",
-	}, []string{"reason"})
 	for _, r := range []string{failUnknownUser, failBadPassword, failMalformed, failBadToken, failThrottled, failBusy} {
 		m.authFailures.WithLabelValues(r)
 	}
-	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "berth_budget_refusals_total", Help: "Requests answered 429 because a bound on what clients may hold was reached, by bound (connections, downloads, uploads, upload_bytes).",
-	}, []string{"bound"})
-	m.groupResults = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "berth_group_cache_results_total", Help: "Requests through a group by the member that answered, kind and result (as berth_cache_results_total, which counts them under the member).",
-	}, []string{"group", "member", "kind", "result"})
-	m.groupBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "berth_group_served_bytes_total", Help: "Bytes sent to clients through a group, by the member that answered and source (as berth_served_bytes_total, which counts them under the member).",
-	}, []string{"group", "member", "source"})
 	reg.MustRegister(m.authFailures, m.refused, m.groupResults, m.groupBytes)
 	reg.MustRegister(m.panics, m.diskFull, m.requests, m.requestDuration, m.cache, m.servedBytes,
 		m.upstreamBytes, m.upstreamErrors, m.resumed, m.eager, m.inflight, m.digestMismatch, m.passThrough)
 	if st != nil {
-		counter := func(name, help string, f func(store.Counters) int64) prometheus.Collector {
-			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f(st.Counters())) })
-		}
-		reg.MustRegister(
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_store_bytes", Help: "Bytes of blobs and manifests in the store."},
-				func() float64 { b, _ := st.Stats(); return float64(b) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_store_blobs", Help: "Blobs and manifests in the store."},
-				func() float64 { _, n := st.Stats(); return float64(n) }),
-			counter("berth_evictions_total", "Cached blobs and manifests evicted to stay under max_size.", func(c store.Counters) int64 { return c.Evictions }),
-			counter("berth_evicted_bytes_total", "Bytes evicted to stay under max_size.", func(c store.Counters) int64 { return c.EvictedBytes }),
-			counter("berth_gc_runs_total", "Garbage collections run.", func(c store.Counters) int64 { return c.GCRuns }),
-			counter("berth_gc_freed_bytes_total", "Bytes freed by garbage collection.", func(c store.Counters) int64 { return c.GCFreedBytes }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_damaged_images", Help: "Pushed images naming content the store no longer holds (see berth verify); checked at most once a minute."},
-				func() float64 { return float64(m.damaged(st)) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_disk_free_bytes", Help: "Free bytes on the data directory's filesystem."},
-				func() float64 { return float64(diskFree(st.Dir())) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_verify_last_problems", Help: "Problems found by the last berth verify (-1: never run)."},
-				func() float64 {
-					if _, n, ok := st.LastVerify(); ok {
-						return float64(n)
-					}
-					return -1
-				}),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_verify_last_timestamp_seconds", Help: "When berth verify last ran (0: never)."},
-				func() float64 {
-					if at, _, ok := st.LastVerify(); ok {
-						return float64(at.Unix())
-					}
-					return 0
-				}),
-		)
+		reg.MustRegister(m.storeCollectors(st)...)
 	}
 	return m
+}
+
+// storeCollectors read the store's figures when scraped.
+func (m *metrics) storeCollectors(st opsStore) []prometheus.Collector {
+	counter := func(name, help string, f func(store.Counters) int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f(st.Counters())) })
+	}
+	return []prometheus.Collector{
+		gaugeFunc("berth_store_bytes", "Bytes of blobs and manifests in the store.", func() float64 { b, _ := st.Stats(); return float64(b) }),
+		gaugeFunc("berth_store_blobs", "Blobs and manifests in the store.", func() float64 { _, n := st.Stats(); return float64(n) }),
+		counter("berth_evictions_total", "Cached blobs and manifests evicted to stay under max_size.", func(c store.Counters) int64 { return c.Evictions }),
+		counter("berth_evicted_bytes_total", "Bytes evicted to stay under max_size.", func(c store.Counters) int64 { return c.EvictedBytes }),
+		counter("berth_gc_runs_total", "Garbage collections run.", func(c store.Counters) int64 { return c.GCRuns }),
+		counter("berth_gc_freed_bytes_total", "Bytes freed by garbage collection.", func(c store.Counters) int64 { return c.GCFreedBytes }),
+		gaugeFunc("berth_damaged_images", "Pushed images naming content the store no longer holds (see berth verify); checked at most once a minute.",
+			func() float64 { return float64(m.damaged(st)) }),
+		gaugeFunc("berth_disk_free_bytes", "Free bytes on the data directory's filesystem.", func() float64 { return float64(diskFree(st.Dir())) }),
+		gaugeFunc("berth_verify_last_problems", "Problems found by the last berth verify (-1: never run).", func() float64 {
+			if _, n, ok := st.LastVerify(); ok {
+				return float64(n)
+			}
+			return -1
+		}),
+		gaugeFunc("berth_verify_last_timestamp_seconds", "When berth verify last ran (0: never).", func() float64 {
+			if at, _, ok := st.LastVerify(); ok {
+				return float64(at.Unix())
+			}
+			return 0
+		}),
+	}
 }
 
 // initRepository creates the series of a repository at zero, so that

@@ -117,8 +117,7 @@ func (p *proxy) blobHead(w http.ResponseWriter, r *http.Request, img imageRef, d
 // blobMiss serves a GET of a blob not on disk from the download of
 // it (internal/fetch): the one under way, or one this request starts.
 func (p *proxy) blobMiss(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest, linked bool) error {
-	s, rp := p.s, p.repo
-	ctx := r.Context()
+	s, ctx := p.s, r.Context()
 	job := p.blobJob(img, d)
 	job.Client = clientAddr(r)
 	dl, leader, err := s.fetches.Join(ctx, job)
@@ -134,38 +133,27 @@ func (p *proxy) blobMiss(w http.ResponseWriter, r *http.Request, img imageRef, d
 	defer dl.Release()
 	// Either way the bytes cross the upstream link for this request (or
 	// for the pull in progress, when an eager download started it).
-	result, source := resultMiss, "upstream"
+	result := resultMiss
 	if !leader && !s.eager.tookEager(img, d) {
 		result = resultCoalesced
 	}
-	if !leader {
-		// A download for this same repository proves (or fails) the
-		// blob for it; one for another repository does not.
-		if !linked && dl.Repo() != img.path() {
-			if err := p.confirmBlob(ctx, img, d); err != nil {
-				return err
-			}
+	// A download for this same repository proves (or fails) the blob for
+	// it; one for another repository does not.
+	if !leader && !linked && dl.Repo() != img.path() {
+		if err := p.confirmBlob(ctx, img, d); err != nil {
+			return err
 		}
-	}
-	// storeFailed: the download failed because the store could not write;
-	// the client is served from upstream instead.
-	storeFailed := func(err error) error {
-		if errors.Is(err, fetch.ErrStoreWrite) {
-			return p.passThrough(w, r, img, d, 0, nil, false, err)
-		}
-		return err
 	}
 	size, err := dl.Wait(ctx)
 	if err != nil {
-		return storeFailed(err)
+		return p.storeFailed(w, r, img, d, err)
 	}
-	s.cacheResult(ctx, rp, "blob", result, source)
-	ranged := r.Header.Get("Range") != ""
+	s.cacheResult(ctx, p.repo, "blob", result, "upstream")
 	switch {
 	case size < 0:
 		// No Content-Length upstream: serve once complete and verified.
 		if err := dl.WaitDone(ctx); err != nil {
-			return storeFailed(err)
+			return p.storeFailed(w, r, img, d, err)
 		}
 		f, err := s.blobs.OpenBlob(ctx, d)
 		if err != nil {
@@ -174,37 +162,51 @@ func (p *proxy) blobMiss(w http.ResponseWriter, r *http.Request, img imageRef, d
 		defer f.Close()
 		serveBlobFile(w, r, d, f.File)
 		return nil
-	case ranged:
+	case r.Header.Get("Range") != "":
 		if first, last, ok := singleRange(r.Header.Get("Range"), size); ok {
 			return p.streamRange(w, r, img, dl, size, first, last)
 		}
 		// Several ranges, or none that fits: answered once the whole blob
 		// is verified, by ServeContent.
 		if err := dl.WaitVerified(ctx); err != nil {
-			return storeFailed(err)
+			return p.storeFailed(w, r, img, d, err)
 		}
 		serveBlobFile(w, r, d, dl.Reader(ctx, size))
 		return nil
 	}
-	rd := dl.Reader(ctx, size)
+	return p.followDownload(w, r, img, dl.Reader(ctx, size))
+}
+
+// storeFailed answers a download's failure: when the store could not
+// write, the client is served from upstream instead; else err.
+func (p *proxy) storeFailed(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest, err error) error {
+	if errors.Is(err, fetch.ErrStoreWrite) {
+		return p.passThrough(w, r, img, d, 0, nil, false, err)
+	}
+	return err
+}
+
+// followDownload sends the whole blob as it downloads. When the store
+// fails mid-blob, the response is finished from upstream, still checked
+// against the digest of the whole; a body cut short otherwise aborts the
+// connection, so the client sees an error rather than a clean short
+// response.
+func (p *proxy) followDownload(w http.ResponseWriter, r *http.Request, img imageRef, rd *fetch.Reader) error {
+	s, d := p.s, rd.Digest()
 	streamTo(rd, w, s.log)
-	if errors.Is(rd.Err(), fetch.ErrStoreWrite) && rd.Offset() < size {
-		// The store failed mid-blob: finish this response from upstream,
-		// still checking the digest of the whole.
+	if errors.Is(rd.Err(), fetch.ErrStoreWrite) && rd.Offset() < rd.Size() {
 		h, err := rd.PrefixHash()
 		if err == nil {
 			err = p.passThrough(w, r, img, d, rd.Offset(), h, true, rd.Err())
 		}
 		if err != nil {
-			s.log.Warn("pass-through ended early", "repository", rp.Name, "name", img.name, "digest", d, "err", err)
+			s.log.Warn("pass-through ended early", "repository", p.Name, "name", img.name, "digest", d, "err", err)
 			panic(http.ErrAbortHandler)
 		}
 		return nil
 	}
 	if rd.Err() != nil && !errors.Is(rd.Err(), context.Canceled) {
-		// The body is cut short: abort the connection so the client sees
-		// an error rather than a clean short response.
-		s.log.Warn("blob stream ended early", "repository", rp.Name, "name", img.name, "digest", d, "err", rd.Err())
+		s.log.Warn("blob stream ended early", "repository", p.Name, "name", img.name, "digest", d, "err", rd.Err())
 		panic(http.ErrAbortHandler)
 	}
 	return nil
