@@ -54,47 +54,7 @@ func printConfig(w io.Writer, cfg *Config) {
 		}
 		tw.Flush()
 	}
-	fmt.Fprintln(w, "\nROUTING")
-	fmt.Fprintf(w, "  listener %s → %s\n", cfg.Listen, cfg.DefaultRepository)
-	for _, l := range cfg.Listeners {
-		fmt.Fprintf(w, "  listener %s → %s only (and its members, for a group)\n", l.Listen, l.Repository)
-	}
-	for _, r := range cfg.Repositories {
-		prefixes := []string{"/v2/" + r.Name + "/…"}
-		var ns []string
-		if r.Kind == "proxy" && len(r.Hosts) > 0 {
-			fmt.Fprintf(w, "  ?ns=<host> or path /v2/<host>/… → %s, for hosts matching %s (a proxy of https://<host> each", r.Name, strings.Join(r.Hosts, ", "))
-			if len(r.HTTPHosts) > 0 {
-				fmt.Fprintf(w, "; plain HTTP for %s", strings.Join(r.HTTPHosts, ", "))
-			}
-			if r.AllowPrivateNetworks {
-				fmt.Fprint(w, "; private addresses ALLOWED")
-			} else {
-				fmt.Fprint(w, "; hosts resolving to private, loopback, link-local or other special-purpose addresses refused")
-			}
-			fmt.Fprintln(w, ")")
-			continue
-		}
-		if r.Kind == "proxy" {
-			urls := r.upstreamURLs()
-			host := upstreamHost(urls[len(urls)-1]) // the origin: mirrors come first
-			prefixes = append(prefixes, "/v2/"+host+"/…")
-			ns = append(ns, host)
-			if upstream.IsDockerHub(host) {
-				ns = append(ns, upstream.DockerHubHosts()...)
-			}
-			ns = append(ns, r.NSAliases...)
-			slices.Sort(ns)
-			ns = slices.Compact(ns)
-		}
-		fmt.Fprintf(w, "  path prefix %s → %s\n", strings.Join(prefixes, ", "), r.Name)
-		if len(ns) > 0 {
-			fmt.Fprintf(w, "  ?ns=%s → %s\n", strings.Join(ns, ", ?ns="), r.Name)
-		}
-		if r.ForwardNS {
-			fmt.Fprintf(w, "  ?ns=<any other registry> → %s, passed on to its upstream (forward_ns)\n", r.Name)
-		}
-	}
+	printRouting(w, cfg)
 }
 
 func upstreamHost(u string) string {
@@ -141,5 +101,51 @@ func checkConfigCommand(stdout, stderr io.Writer) *cli.Command {
 			}
 			return nil
 		},
+	}
+}
+
+// printRouting says which repository answers which listener, path prefix
+// and ?ns=.
+func printRouting(w io.Writer, cfg *Config) {
+	fmt.Fprintln(w, "\nROUTING")
+	fmt.Fprintf(w, "  listener %s → %s\n", cfg.Listen, cfg.DefaultRepository)
+	for _, l := range cfg.Listeners {
+		fmt.Fprintf(w, "  listener %s → %s only (and its members, for a group)\n", l.Listen, l.Repository)
+	}
+	for _, r := range cfg.Repositories {
+		prefixes := []string{"/v2/" + r.Name + "/…"}
+		var ns []string
+		if r.Kind == "proxy" && len(r.Hosts) > 0 {
+			fmt.Fprintf(w, "  ?ns=<host> or path /v2/<host>/… → %s, for hosts matching %s (a proxy of https://<host> each", r.Name, strings.Join(r.Hosts, ", "))
+			if len(r.HTTPHosts) > 0 {
+				fmt.Fprintf(w, "; plain HTTP for %s", strings.Join(r.HTTPHosts, ", "))
+			}
+			if r.AllowPrivateNetworks {
+				fmt.Fprint(w, "; private addresses ALLOWED")
+			} else {
+				fmt.Fprint(w, "; hosts resolving to private, loopback, link-local or other special-purpose addresses refused")
+			}
+			fmt.Fprintln(w, ")")
+			continue
+		}
+		if r.Kind == "proxy" {
+			urls := r.upstreamURLs()
+			host := upstreamHost(urls[len(urls)-1]) // the origin: mirrors come first
+			prefixes = append(prefixes, "/v2/"+host+"/…")
+			ns = append(ns, host)
+			if upstream.IsDockerHub(host) {
+				ns = append(ns, upstream.DockerHubHosts()...)
+			}
+			ns = append(ns, r.NSAliases...)
+			slices.Sort(ns)
+			ns = slices.Compact(ns)
+		}
+		fmt.Fprintf(w, "  path prefix %s → %s\n", strings.Join(prefixes, ", "), r.Name)
+		if len(ns) > 0 {
+			fmt.Fprintf(w, "  ?ns=%s → %s\n", strings.Join(ns, ", ?ns="), r.Name)
+		}
+		if r.ForwardNS {
+			fmt.Fprintf(w, "  ?ns=<any other registry> → %s, passed on to its upstream (forward_ns)\n", r.Name)
+		}
 	}
 }

@@ -41,40 +41,8 @@ func (c *Config) setRepositoryDefaults() error {
 		}
 		switch r.Kind {
 		case "proxy":
-			if r.AnonymousPull == nil {
-				r.AnonymousPull = ptr(true)
-			}
-			if r.EagerLayers == nil {
-				r.EagerLayers = ptr(true)
-			}
-			if err := r.rangeDefaults(where); err != nil {
+			if err := r.proxyDefaults(where); err != nil {
 				return err
-			}
-			if err := r.checkHosts(where); err != nil {
-				return err
-			}
-			switch {
-			case len(r.Hosts) > 0 && r.ForwardNS:
-				return fmt.Errorf("config: %s: forward_ns is for a proxy with url (its upstream picks the registry by ns)", where)
-			case len(r.Hosts) > 0 && (r.URL != "" || len(r.URLs) > 0):
-				return fmt.Errorf("config: %s: hosts and url are exclusive (hosts serves any registry it matches)", where)
-			case len(r.Hosts) > 0:
-			case r.URL == "" && len(r.URLs) == 0:
-				return fmt.Errorf("config: %s: url is required for a proxy (or urls, the list form)", where)
-			case r.URL != "" && len(r.URLs) > 0:
-				return fmt.Errorf("config: %s: url and urls are exclusive (urls is the list form)", where)
-			}
-			for _, raw := range r.upstreamURLs() {
-				u, err := url.Parse(raw)
-				if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
-					return fmt.Errorf("config: %s: url %q: want http(s)://host[:port]", where, raw)
-				}
-			}
-			if r.MaxUpstreamConnections < 0 || r.MaxUpstreamBandwidth < 0 {
-				return fmt.Errorf("config: %s: max_upstream_connections and max_upstream_bandwidth must not be negative", where)
-			}
-			if r.Password != "" && r.PasswordFile != "" {
-				return fmt.Errorf("config: %s: password and password_file are exclusive", where)
 			}
 		case "hosted":
 			if r.AnonymousPull == nil {
@@ -297,4 +265,44 @@ func matchAny(globs []string, host string) bool {
 		}
 	}
 	return false
+}
+
+// proxyDefaults: the keys of a proxy repository.
+func (r *RepositoryConfig) proxyDefaults(where string) error {
+	if r.AnonymousPull == nil {
+		r.AnonymousPull = ptr(true)
+	}
+	if r.EagerLayers == nil {
+		r.EagerLayers = ptr(true)
+	}
+	if err := r.rangeDefaults(where); err != nil {
+		return err
+	}
+	if err := r.checkHosts(where); err != nil {
+		return err
+	}
+	switch {
+	case len(r.Hosts) > 0 && r.ForwardNS:
+		return fmt.Errorf("config: %s: forward_ns is for a proxy with url (its upstream picks the registry by ns)", where)
+	case len(r.Hosts) > 0 && (r.URL != "" || len(r.URLs) > 0):
+		return fmt.Errorf("config: %s: hosts and url are exclusive (hosts serves any registry it matches)", where)
+	case len(r.Hosts) > 0:
+	case r.URL == "" && len(r.URLs) == 0:
+		return fmt.Errorf("config: %s: url is required for a proxy (or urls, the list form)", where)
+	case r.URL != "" && len(r.URLs) > 0:
+		return fmt.Errorf("config: %s: url and urls are exclusive (urls is the list form)", where)
+	}
+	for _, raw := range r.upstreamURLs() {
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return fmt.Errorf("config: %s: url %q: want http(s)://host[:port]", where, raw)
+		}
+	}
+	if r.MaxUpstreamConnections < 0 || r.MaxUpstreamBandwidth < 0 {
+		return fmt.Errorf("config: %s: max_upstream_connections and max_upstream_bandwidth must not be negative", where)
+	}
+	if r.Password != "" && r.PasswordFile != "" {
+		return fmt.Errorf("config: %s: password and password_file are exclusive", where)
+	}
+	return nil
 }

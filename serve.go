@@ -100,11 +100,36 @@ func (m *Main) Run(ctx context.Context) error {
 	})
 	errc := make(chan error, len(binds)+1)
 	m.mu.Lock()
+	err := m.listen(binds, tlsCfg, errc)
+	if err == nil {
+		err = m.listenAdmin(errc)
+	}
+	m.mu.Unlock()
+	if err != nil {
+		m.shutdown()
+		return err
+	}
+	close(m.ready)
+	m.srv.Go("housekeeping", func() { m.housekeeping(ctx) })
+	for _, p := range m.cfg.Prefetch {
+		m.srv.Go("scheduled prefetch", func() { m.prefetchLoop(ctx, p) })
+	}
+	select {
+	case <-ctx.Done():
+		m.log.Info("shutting down: draining requests")
+		return m.shutdown()
+	case err := <-errc:
+		m.shutdown()
+		return err
+	}
+}
+
+// listen serves each bind (the main listener first) on its address; a
+// server's end goes to errc. Called with m.mu held.
+func (m *Main) listen(binds []ListenerConfig, tlsCfg *tls.Config, errc chan<- error) error {
 	for i, b := range binds {
 		ln, err := net.Listen("tcp", b.Listen)
 		if err != nil {
-			m.mu.Unlock()
-			m.shutdown()
 			return err
 		}
 		ln = m.srv.LimitListener(ln, m.cfg.Limits.connLimits(), tlsCfg == nil)
@@ -132,25 +157,7 @@ func (m *Main) Run(ctx context.Context) error {
 			go func() { errc <- hs.Serve(ln) }()
 		}
 	}
-	if err := m.listenAdmin(errc); err != nil {
-		m.mu.Unlock()
-		m.shutdown()
-		return err
-	}
-	m.mu.Unlock()
-	close(m.ready)
-	m.srv.Go("housekeeping", func() { m.housekeeping(ctx) })
-	for _, p := range m.cfg.Prefetch {
-		m.srv.Go("scheduled prefetch", func() { m.prefetchLoop(ctx, p) })
-	}
-	select {
-	case <-ctx.Done():
-		m.log.Info("shutting down: draining requests")
-		return m.shutdown()
-	case err := <-errc:
-		m.shutdown()
-		return err
-	}
+	return nil
 }
 
 // listenAdmin serves the admin handler on admin_listen (a mode-0600 Unix

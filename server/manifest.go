@@ -64,32 +64,11 @@ func (p *parsedManifest) schema1() bool {
 // MANIFEST_INVALID regErrors.
 func parseManifest(body []byte, contentType string) (*parsedManifest, error) {
 	// The fields that say what the document is, before parsing it as one.
-	var head struct {
-		SchemaVersion int             `json:"schemaVersion"`
-		MediaType     string          `json:"mediaType"`
-		Config        json.RawMessage `json:"config"`
-		Manifests     json.RawMessage `json:"manifests"`
-	}
+	var head manifestHead
 	if err := json.Unmarshal(body, &head); err != nil {
 		return nil, errf(codeManifestInvalid, "manifest is not valid JSON: %v", err)
 	}
-	mt := ""
-	if contentType != "" {
-		if parsed, _, err := mime.ParseMediaType(contentType); err == nil {
-			mt = parsed
-		}
-	}
-	if mt == "" || mt == "application/json" || mt == "application/octet-stream" || mt == "text/plain" {
-		mt = head.MediaType
-	}
-	if mt == "" {
-		switch {
-		case head.Manifests != nil:
-			mt = mtOCIIndex
-		case head.Config != nil:
-			mt = mtOCIManifest
-		}
-	}
+	mt := head.mediaType(contentType)
 	if !manifestTypes[mt] {
 		return nil, errf(codeManifestInvalid, "unsupported manifest media type %q", mt)
 	}
@@ -104,48 +83,97 @@ func parseManifest(body []byte, contentType string) (*parsedManifest, error) {
 		return nil, errf(codeManifestInvalid, "schemaVersion must be 2")
 	}
 	var subject *v1.Descriptor
+	var err error
 	switch mt {
 	case mtOCIIndex, mtDockerList:
-		idx, err := v1.ParseIndexManifest(bytes.NewReader(body))
-		if err != nil {
-			return nil, errf(codeManifestInvalid, "%v", err)
-		}
-		p.index, subject, p.artifactType, p.annotations = idx, idx.Subject, idx.ArtifactType, idx.Annotations
-		for i, d := range idx.Manifests {
-			if err := p.add(&p.children, d, fmt.Sprintf("manifests[%d]", i)); err != nil {
-				return nil, err
-			}
-		}
+		subject, err = p.parseIndex(body)
 	default:
 		if head.Config == nil {
 			return nil, errf(codeManifestInvalid, "image manifest without config")
 		}
-		img, err := v1.ParseManifest(bytes.NewReader(body))
-		if err != nil {
-			return nil, errf(codeManifestInvalid, "%v", err)
-		}
-		p.image, subject, p.artifactType, p.annotations = img, img.Subject, img.ArtifactType, img.Annotations
-		if err := p.add(&p.blobs, img.Config, "config"); err != nil {
-			return nil, err
-		}
-		for i, l := range img.Layers {
-			if nonDistributable(l.MediaType) {
-				continue // foreign layers live elsewhere; the digest was parsed
-			}
-			if err := p.add(&p.blobs, l, fmt.Sprintf("layers[%d]", i)); err != nil {
-				return nil, err
-			}
-		}
-		// end-12: an image manifest's artifactType defaults to its config
-		// media type.
-		if mt == mtOCIManifest && p.artifactType == "" {
-			p.artifactType = string(img.Config.MediaType)
-		}
+		subject, err = p.parseImage(body)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if subject != nil {
 		p.subject = subject.Digest.String()
 	}
 	return p, nil
+}
+
+// manifestHead is what a manifest says it is.
+type manifestHead struct {
+	SchemaVersion int             `json:"schemaVersion"`
+	MediaType     string          `json:"mediaType"`
+	Config        json.RawMessage `json:"config"`
+	Manifests     json.RawMessage `json:"manifests"`
+}
+
+// mediaType is the manifest's type: the Content-Type, unless that is
+// absent or generic; then its mediaType field; then what its fields
+// show (manifests: an index; config: an image).
+func (h manifestHead) mediaType(contentType string) string {
+	mt := ""
+	if contentType != "" {
+		if parsed, _, err := mime.ParseMediaType(contentType); err == nil {
+			mt = parsed
+		}
+	}
+	if mt == "" || mt == "application/json" || mt == "application/octet-stream" || mt == "text/plain" {
+		mt = h.MediaType
+	}
+	if mt == "" {
+		switch {
+		case h.Manifests != nil:
+			mt = mtOCIIndex
+		case h.Config != nil:
+			mt = mtOCIManifest
+		}
+	}
+	return mt
+}
+
+// parseIndex reads an index: its children and subject.
+func (p *parsedManifest) parseIndex(body []byte) (*v1.Descriptor, error) {
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(body))
+	if err != nil {
+		return nil, errf(codeManifestInvalid, "%v", err)
+	}
+	p.index, p.artifactType, p.annotations = idx, idx.ArtifactType, idx.Annotations
+	for i, d := range idx.Manifests {
+		if err := p.add(&p.children, d, fmt.Sprintf("manifests[%d]", i)); err != nil {
+			return nil, err
+		}
+	}
+	return idx.Subject, nil
+}
+
+// parseImage reads an image manifest: its config and distributable layers,
+// and subject.
+func (p *parsedManifest) parseImage(body []byte) (*v1.Descriptor, error) {
+	img, err := v1.ParseManifest(bytes.NewReader(body))
+	if err != nil {
+		return nil, errf(codeManifestInvalid, "%v", err)
+	}
+	p.image, p.artifactType, p.annotations = img, img.ArtifactType, img.Annotations
+	if err := p.add(&p.blobs, img.Config, "config"); err != nil {
+		return nil, err
+	}
+	for i, l := range img.Layers {
+		if nonDistributable(l.MediaType) {
+			continue // foreign layers live elsewhere; the digest was parsed
+		}
+		if err := p.add(&p.blobs, l, fmt.Sprintf("layers[%d]", i)); err != nil {
+			return nil, err
+		}
+	}
+	// end-12: an image manifest's artifactType defaults to its config
+	// media type.
+	if p.mediaType == mtOCIManifest && p.artifactType == "" {
+		p.artifactType = string(img.Config.MediaType)
+	}
+	return img.Subject, nil
 }
 
 // add appends the digest of descriptor d (named what in errors) to list.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -131,21 +130,7 @@ func New(opts Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream url %q: %w", opts.URL, err)
 	}
-	if opts.HeaderTimeout <= 0 {
-		opts.HeaderTimeout = 30 * time.Second
-	}
-	if opts.ConnectTimeout <= 0 {
-		opts.ConnectTimeout = 10 * time.Second
-	}
-	if opts.IdleTimeout <= 0 {
-		opts.IdleTimeout = 60 * time.Second
-	}
-	if opts.Attempts <= 0 {
-		opts.Attempts = 3
-	}
-	if opts.UserAgent == "" {
-		opts.UserAgent = "berth"
-	}
+	opts.setDefaults()
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -153,22 +138,7 @@ func New(opts Options) (*Client, error) {
 	base := opts.Transport
 	var idle interface{ CloseIdleConnections() }
 	if base == nil {
-		dialer := &net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: 30 * time.Second}
-		if opts.RefuseSpecialAddresses {
-			dialer.Control = reghost.DialControl(opts.AllowPrivateNetworks)
-		}
-		tr := &http.Transport{
-			Proxy:                  http.ProxyFromEnvironment,
-			DialContext:            dialer.DialContext,
-			ForceAttemptHTTP2:      true,
-			MaxIdleConns:           256,
-			MaxIdleConnsPerHost:    64,
-			IdleConnTimeout:        90 * time.Second,
-			TLSHandshakeTimeout:    opts.ConnectTimeout,
-			ResponseHeaderTimeout:  opts.HeaderTimeout,
-			ExpectContinueTimeout:  time.Second,
-			MaxResponseHeaderBytes: 1 << 20,
-		}
+		tr := newTransport(opts)
 		base, idle = tr, tr
 	}
 	if opts.Observe != nil {

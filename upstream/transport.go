@@ -2,9 +2,12 @@ package upstream
 
 import (
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/berth-registry/berth/internal/reghost"
 )
 
 // retryableStatus is the explicit list of answers worth another try.
@@ -98,4 +101,44 @@ func (t *observeTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	t.observe(req.Method, status, time.Since(start), err)
 	return resp, err
+}
+
+// setDefaults fills in what opts leave zero.
+func (opts *Options) setDefaults() {
+	if opts.HeaderTimeout <= 0 {
+		opts.HeaderTimeout = 30 * time.Second
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = 10 * time.Second
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = 60 * time.Second
+	}
+	if opts.Attempts <= 0 {
+		opts.Attempts = 3
+	}
+	if opts.UserAgent == "" {
+		opts.UserAgent = "berth"
+	}
+}
+
+// newTransport is the HTTP transport of a client: its dialer refuses
+// special-purpose addresses when opts ask.
+func newTransport(opts Options) *http.Transport {
+	dialer := &net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: 30 * time.Second}
+	if opts.RefuseSpecialAddresses {
+		dialer.Control = reghost.DialControl(opts.AllowPrivateNetworks)
+	}
+	return &http.Transport{
+		Proxy:                  http.ProxyFromEnvironment,
+		DialContext:            dialer.DialContext,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           256,
+		MaxIdleConnsPerHost:    64,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    opts.ConnectTimeout,
+		ResponseHeaderTimeout:  opts.HeaderTimeout,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 1 << 20,
+	}
 }
