@@ -14,28 +14,14 @@ import (
 
 func (b *bench) run() error {
 	t0 := time.Now()
-	upData, _ := os.MkdirTemp(*outDir, "upstream")
-	port := freePort()
-	cfg := filepath.Join(upData, "config.yml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%d\n", filepath.Join(upData, "data"), port)), 0o644)
-	up, err := b.start(filepath.Join(*toolsDir, "registry"), "serve", cfg)
+	upAddr, err := b.startUpstream()
 	if err != nil {
-		return err
-	}
-	b.upProc = up
-	b.procs = b.procs[:len(b.procs)-1]
-	upAddr := fmt.Sprintf("127.0.0.1:%d", port)
-	if _, err := waitUp("http://" + upAddr + "/v2/"); err != nil {
-		return err
-	}
-	if b.up, err = newCountingProxy(upAddr); err != nil {
 		return err
 	}
 	log.Printf("seeding the upstream: a %d MiB layer, an 8×16 MiB image, 200 small repositories", *bigMiB)
 	if err := b.seed(upAddr); err != nil {
 		return err
 	}
-	var lastBerthData string
 	for r := 1; r <= *repeats; r++ {
 		switch *only {
 		case "wan", "wan-pull":
@@ -49,49 +35,8 @@ func (b *bench) run() error {
 			}
 			continue
 		}
-		// direct: the same cold pull straight from the upstream.
-		log.Printf("run %d/%d: direct", r, *repeats)
-		if err := b.coldSingle(&system{name: "direct", addr: b.up.addr}); err != nil {
-			return fmt.Errorf("direct: %w", err)
-		}
-		for _, name := range []string{"berth", "distribution"} {
-			data, _ := os.MkdirTemp(*outDir, name)
-			var s *system
-			if name == "berth" {
-				s, err = b.startBerth(data)
-				lastBerthData = data
-			} else {
-				s, err = b.startDistribution(data)
-			}
-			if err != nil {
-				return err
-			}
-			log.Printf("run %d/%d: %s", r, *repeats, name)
-			for _, phase := range []func(*system) error{b.coldSingle, b.cold20, b.warm, b.tags} {
-				if err := phase(s); err != nil {
-					return fmt.Errorf("%s: %w", name, err)
-				}
-			}
-			b.record("peak RSS MiB", name, peakRSSMiB(s.pid))
-			b.record("server CPU s, whole run", name, cpuSeconds(s.pid))
-			s.stop()
-			if name != "berth" {
-				os.RemoveAll(data)
-			}
-		}
-		// nginx serves the blob files berth cached (warm only).
-		{
-			s, err := b.startNginx(lastBerthData)
-			if err != nil {
-				return err
-			}
-			log.Printf("run %d/%d: nginx (warm reference)", r, *repeats)
-			if err := b.warm(s); err != nil {
-				return err
-			}
-			b.record("peak RSS MiB", "nginx", peakRSSMiB(s.pid))
-			s.stop()
-			os.RemoveAll(lastBerthData)
+		if err := b.loopbackRun(r); err != nil {
+			return err
 		}
 		if !*wanSkip {
 			if err := b.wanRun(upAddr, r); err != nil {
@@ -105,6 +50,78 @@ func (b *bench) run() error {
 		}
 	}
 	b.report(time.Since(t0))
+	return nil
+}
+
+// startUpstream starts the upstream registry (distribution) and the
+// counting proxy in front of it, and returns the registry's address.
+func (b *bench) startUpstream() (string, error) {
+	upData, _ := os.MkdirTemp(*outDir, "upstream")
+	port := freePort()
+	cfg := filepath.Join(upData, "config.yml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%d\n", filepath.Join(upData, "data"), port)), 0o644)
+	up, err := b.start(filepath.Join(*toolsDir, "registry"), "serve", cfg)
+	if err != nil {
+		return "", err
+	}
+	b.upProc = up
+	b.procs = b.procs[:len(b.procs)-1]
+	upAddr := fmt.Sprintf("127.0.0.1:%d", port)
+	if _, err := waitUp("http://" + upAddr + "/v2/"); err != nil {
+		return "", err
+	}
+	if b.up, err = newCountingProxy(upAddr); err != nil {
+		return "", err
+	}
+	return upAddr, nil
+}
+
+// loopbackRun is run r on loopback: the cold pull direct, then berth and
+// distribution through each phase, then nginx serving the blob files
+// berth cached (warm only).
+func (b *bench) loopbackRun(r int) error {
+	log.Printf("run %d/%d: direct", r, *repeats)
+	if err := b.coldSingle(&system{name: "direct", addr: b.up.addr}); err != nil {
+		return fmt.Errorf("direct: %w", err)
+	}
+	var berthData string
+	for _, name := range []string{"berth", "distribution"} {
+		data, _ := os.MkdirTemp(*outDir, name)
+		var s *system
+		var err error
+		if name == "berth" {
+			s, err = b.startBerth(data)
+			berthData = data
+		} else {
+			s, err = b.startDistribution(data)
+		}
+		if err != nil {
+			return err
+		}
+		log.Printf("run %d/%d: %s", r, *repeats, name)
+		for _, phase := range []func(*system) error{b.coldSingle, b.cold20, b.warm, b.tags} {
+			if err := phase(s); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+		}
+		b.record("peak RSS MiB", name, peakRSSMiB(s.pid))
+		b.record("server CPU s, whole run", name, cpuSeconds(s.pid))
+		s.stop()
+		if name != "berth" {
+			os.RemoveAll(data)
+		}
+	}
+	s, err := b.startNginx(berthData)
+	if err != nil {
+		return err
+	}
+	log.Printf("run %d/%d: nginx (warm reference)", r, *repeats)
+	if err := b.warm(s); err != nil {
+		return err
+	}
+	b.record("peak RSS MiB", "nginx", peakRSSMiB(s.pid))
+	s.stop()
+	os.RemoveAll(berthData)
 	return nil
 }
 

@@ -155,33 +155,10 @@ func (b *bench) wanRun(upAddr string, r int) error {
 		return err
 	}
 	defer wan.close()
-	blobMiB := float64(*bigMiB) * 1.048576
-	size := int64(*bigMiB) << 20
 	for _, name := range []string{"direct", "berth", "distribution"} {
-		// fresh starts a system on an empty cache in front of the long
-		// path (direct: the path itself).
-		fresh := func() (*system, error) {
-			if name == "direct" {
-				return &system{name: "direct", addr: wan.addr, stop: func() {}}, nil
-			}
-			data, _ := os.MkdirTemp(*outDir, name+"-wan")
-			var s *system
-			var err error
-			if name == "berth" {
-				s, err = b.startBerthAt(data, wan.addr)
-			} else {
-				s, err = b.startDistributionAt(data, wan.addr)
-			}
-			if err != nil {
-				return nil, err
-			}
-			stop := s.stop
-			s.stop = func() { stop(); os.RemoveAll(data) }
-			return s, nil
-		}
 		log.Printf("run %d/%d: long path (%s, %.0f MB/s a stream, %.0f MB/s link): %s", r, *repeats, *wanLatency, *wanStream, *wanLink, name)
 		// (a) the 8×16 MiB image, three layers at a time.
-		s, err := fresh()
+		s, err := b.freshOnWAN(name, wan)
 		if err != nil {
 			return err
 		}
@@ -196,53 +173,92 @@ func (b *bench) wanRun(upAddr string, r int) error {
 		}
 		// (b) the big blob by one client, then by 20.
 		for _, n := range []int{1, 20} {
-			s, err := fresh()
-			if err != nil {
+			if err := b.wanBigBlob(name, wan, n); err != nil {
 				return err
 			}
-			before := wan.bytes(b.images.big)
-			// Twenty clients reading and hashing 5 GB would measure this
-			// machine's second CPU (where they run with the upstream), not
-			// the path: they drop the bytes in the kernel and count them;
-			// the one client checks the digest.
-			var wall time.Duration
-			if n == 1 {
-				wall, _, err = b.concurrentBlob(s, n, true)
-			} else {
-				var got int64
-				wall, got, err = discardOnce(n, s.blobURL("bench/big", b.images.big))
-				if err == nil && got != int64(n)*size {
-					err = fmt.Errorf("%d clients received %d bytes, want %d", n, got, int64(n)*size)
-				}
-			}
-			s.stop()
-			if err != nil {
-				return fmt.Errorf("long path %s, %d clients: %w", name, n, err)
-			}
-			b.record(fmt.Sprintf("long path: cold %d MiB blob, %d client(s): wall s", *bigMiB, n), name, wall.Seconds())
-			b.record(fmt.Sprintf("long path: %d client(s): upstream bytes ÷ blob size", n), name, float64(wan.bytes(b.images.big)-before)/float64(size))
-			if n == 1 {
-				b.record("long path: 1 client: MB/s", name, blobMiB/wall.Seconds())
-			}
 		}
-		// (c) the upstream stream cut once at half the blob. A client
-		// retries a failed pull once, from the start (as docker does).
-		s, err = fresh()
-		if err != nil {
+		if err := b.wanCut(name, wan); err != nil {
 			return err
 		}
-		before := wan.bytes(b.images.big)
-		wan.cutNext(b.images.big, size/2)
-		ok := 1.0
-		if _, _, err := b.concurrentBlob(s, 1, true); err != nil {
-			if _, _, err := b.concurrentBlob(s, 1, true); err != nil {
-				ok = 0
-			}
-		}
-		s.stop()
-		b.record("long path: stream cut at half: pull completed (1 yes)", name, ok)
-		b.record("long path: stream cut at half: MiB fetched twice", name, float64(wan.bytes(b.images.big)-before-size)/(1<<20))
 	}
+	return nil
+}
+
+// freshOnWAN starts system name on an empty cache in front of the long
+// path (direct: the path itself).
+func (b *bench) freshOnWAN(name string, wan *wanProxy) (*system, error) {
+	if name == "direct" {
+		return &system{name: "direct", addr: wan.addr, stop: func() {}}, nil
+	}
+	data, _ := os.MkdirTemp(*outDir, name+"-wan")
+	var s *system
+	var err error
+	if name == "berth" {
+		s, err = b.startBerthAt(data, wan.addr)
+	} else {
+		s, err = b.startDistributionAt(data, wan.addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	stop := s.stop
+	s.stop = func() { stop(); os.RemoveAll(data) }
+	return s, nil
+}
+
+// wanBigBlob: the big blob by n clients at once, on a cold cache.
+func (b *bench) wanBigBlob(name string, wan *wanProxy, n int) error {
+	size := int64(*bigMiB) << 20
+	s, err := b.freshOnWAN(name, wan)
+	if err != nil {
+		return err
+	}
+	before := wan.bytes(b.images.big)
+	// Twenty clients reading and hashing 5 GB would measure this
+	// machine's second CPU (where they run with the upstream), not the
+	// path: they drop the bytes in the kernel and count them; the one
+	// client checks the digest.
+	var wall time.Duration
+	if n == 1 {
+		wall, _, err = b.concurrentBlob(s, n, true)
+	} else {
+		var got int64
+		wall, got, err = discardOnce(n, s.blobURL("bench/big", b.images.big))
+		if err == nil && got != int64(n)*size {
+			err = fmt.Errorf("%d clients received %d bytes, want %d", n, got, int64(n)*size)
+		}
+	}
+	s.stop()
+	if err != nil {
+		return fmt.Errorf("long path %s, %d clients: %w", name, n, err)
+	}
+	b.record(fmt.Sprintf("long path: cold %d MiB blob, %d client(s): wall s", *bigMiB, n), name, wall.Seconds())
+	b.record(fmt.Sprintf("long path: %d client(s): upstream bytes ÷ blob size", n), name, float64(wan.bytes(b.images.big)-before)/float64(size))
+	if n == 1 {
+		b.record("long path: 1 client: MB/s", name, float64(*bigMiB)*1.048576/wall.Seconds())
+	}
+	return nil
+}
+
+// wanCut: the upstream stream cut once at half the blob. A client
+// retries a failed pull once, from the start (as docker does).
+func (b *bench) wanCut(name string, wan *wanProxy) error {
+	size := int64(*bigMiB) << 20
+	s, err := b.freshOnWAN(name, wan)
+	if err != nil {
+		return err
+	}
+	before := wan.bytes(b.images.big)
+	wan.cutNext(b.images.big, size/2)
+	ok := 1.0
+	if _, _, err := b.concurrentBlob(s, 1, true); err != nil {
+		if _, _, err := b.concurrentBlob(s, 1, true); err != nil {
+			ok = 0
+		}
+	}
+	s.stop()
+	b.record("long path: stream cut at half: pull completed (1 yes)", name, ok)
+	b.record("long path: stream cut at half: MiB fetched twice", name, float64(wan.bytes(b.images.big)-before-size)/(1<<20))
 	return nil
 }
 
