@@ -100,11 +100,10 @@ func (s *Server) linkGroups() {
 	}
 }
 
-// asProxy, asHosted and asGroup return rp as its kind, or nil when it is
+// asProxy and asGroup return rp as its kind, or nil when it is
 // another.
-func (rp *repo) asProxy() *proxy   { p, _ := rp.impl.(*proxy); return p }
-func (rp *repo) asHosted() *hosted { h, _ := rp.impl.(*hosted); return h }
-func (rp *repo) asGroup() *group   { g, _ := rp.impl.(*group); return g }
+func (rp *repo) asProxy() *proxy { p, _ := rp.impl.(*proxy); return p }
+func (rp *repo) asGroup() *group { g, _ := rp.impl.(*group); return g }
 
 // members are a group's proxy and hosted members in pull order (nil for
 // another kind).

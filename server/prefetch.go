@@ -33,7 +33,7 @@ type PrefetchOptions struct {
 	Platforms    []string // "os/arch[/variant]"; empty means linux/amd64
 	AllPlatforms bool
 	// AllTags fetches every tag the image has (its tag list, through the
-	// same handler): a read replica of a hosted repository keeps them warm.
+	// repository it resolves to): a read replica of a hosted repository keeps them warm.
 	AllTags bool
 }
 

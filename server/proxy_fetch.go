@@ -29,14 +29,14 @@ func (p *proxy) blobJob(img imageRef, d store.Digest) fetch.Job {
 		Fetch: limitFetch(p.blobFetcher(img, d), limit),
 		Link:  store.Link{Repo: img.path(), Kind: store.LinkFetched},
 		Resumed: func() {
-			s.m.resumed.WithLabelValues(rp.Name).Inc()
+			s.m.resumed.WithLabelValues(img.label()).Inc()
 			s.log.Info("upstream blob stream broke; resumed from the last byte on disk", "repository", rp.Name, "name", img.name, "digest", d)
 		},
 		Ended: func(err error) {
 			switch {
 			case err == nil:
 			case errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch):
-				s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
+				s.m.digestMismatch.WithLabelValues(img.label()).Inc()
 				p.upstreamError(err)
 				s.log.Error("upstream blob corrupt, not cached", "repository", rp.Name, "name", img.name, "digest", d, "err", err)
 			case !errors.Is(err, upstream.ErrNotFound):
@@ -124,7 +124,7 @@ func (p *proxy) blobRanges(img imageRef, d store.Digest) fetch.RangeFunc {
 		if err != nil {
 			return nil, -1, false, err
 		}
-		body := io.ReadCloser(&countingBody{ReadCloser: resp.Body, add: s.m.upstreamBytes.WithLabelValues(rp.Name).Add})
+		body := io.ReadCloser(&countingBody{ReadCloser: resp.Body, add: s.m.upstreamBytes.WithLabelValues(img.label()).Add})
 		cr := resp.Header.Get("Content-Range")
 		first, last, total, ok := parseResponseRange(cr)
 		want := total - 1 // the last byte asked for, as the upstream must cut it
@@ -155,7 +155,7 @@ func (p *proxy) blobFetcher(img imageRef, d store.Digest) fetch.Func {
 		if err != nil {
 			return nil, -1, err
 		}
-		body := io.ReadCloser(&countingBody{ReadCloser: resp.Body, add: s.m.upstreamBytes.WithLabelValues(rp.Name).Add})
+		body := io.ReadCloser(&countingBody{ReadCloser: resp.Body, add: s.m.upstreamBytes.WithLabelValues(img.label()).Add})
 		if offset == 0 {
 			return body, resp.ContentLength, nil
 		}

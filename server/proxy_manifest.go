@@ -182,7 +182,7 @@ func (p *proxy) manifestMiss(ctx context.Context, img imageRef, ref, tag string,
 		resp.Body.Close()
 		dg := resp.Header.Get("Docker-Content-Digest")
 		if strings.Contains(ref, ":") && dg != "" && dg != ref {
-			s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
+			s.m.digestMismatch.WithLabelValues(img.label()).Inc()
 			return manifestAnswer{}, fmt.Errorf("upstream HEAD %s@%s answered digest %s", img.name, ref, dg)
 		}
 		s.cacheResult(ctx, rp, "manifest", resultMiss, "upstream")
@@ -249,7 +249,7 @@ func (p *proxy) fetchManifest(ctx context.Context, img imageRef, ref, tag string
 		return store.Manifest{}, errf(codeManifestTooLarge, "upstream manifest is %d bytes, over the %d byte limit", resp.ContentLength, maxManifestSize)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
-	s.m.upstreamBytes.WithLabelValues(rp.Name).Add(float64(len(body)))
+	s.m.upstreamBytes.WithLabelValues(img.label()).Add(float64(len(body)))
 	if err != nil {
 		return store.Manifest{}, fmt.Errorf("%w: reading the manifest: %w", errUpstreamBroken, err)
 	}
@@ -268,12 +268,12 @@ func (p *proxy) fetchManifest(ctx context.Context, img imageRef, ref, tag string
 		}
 	}
 	if !dg.Verify(body) {
-		s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
+		s.m.digestMismatch.WithLabelValues(img.label()).Inc()
 		s.m.upstreamErrors.WithLabelValues(rp.Name, "digest").Inc()
 		return store.Manifest{}, fmt.Errorf("%w: manifest %s@%s does not match digest %s", errUpstreamBroken, img.name, ref, dg)
 	}
 	if h := resp.Header.Get("Docker-Content-Digest"); h != "" && h != dg.String() {
-		s.m.digestMismatch.WithLabelValues(rp.Name).Inc()
+		s.m.digestMismatch.WithLabelValues(img.label()).Inc()
 		s.m.upstreamErrors.WithLabelValues(rp.Name, "digest").Inc()
 		return store.Manifest{}, fmt.Errorf("%w: manifest %s:%s: header digest %s, content %s", errUpstreamBroken, img.name, ref, h, dg)
 	}
