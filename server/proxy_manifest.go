@@ -305,9 +305,9 @@ type pendingManifest struct {
 // once instead of after the fsyncs of the blob file and the index (a few
 // milliseconds per manifest, most of a cold manifest's time on a fast
 // link). Until the commit ends, requests for it are answered from memory
-// (committingManifest) and its blobs count as linked (committingRef). A
-// crash before the commit leaves what a crash before the upstream
-// answered leaves: nothing.
+// (pendingCommits.manifest) and its blobs count as linked
+// (pendingCommits.names). A crash before the commit leaves what a crash
+// before the upstream answered leaves: nothing.
 func (p *proxy) commitManifest(img imageRef, ref, tag string, m store.Manifest, refs []store.Digest) {
 	s, rp := p.s, p.repo
 	path := img.path()
