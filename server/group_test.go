@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/json"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -192,5 +193,62 @@ func TestRoutingRules(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("%s: %d digest %q, want %q", tc.path, resp.StatusCode, got, tc.want)
 		}
+	}
+}
+
+// TestGroupTagsFollowMemberStaleRule: a group lists a proxy member's tags
+// with the proxy's own rule. While its upstream is down, a proxy that
+// serves stale lends the tags it cached; one that does not is skipped
+// like any member that cannot answer (the group used to fall back to the
+// cache whatever serve_stale said).
+func TestGroupTagsFollowMemberStaleRule(t *testing.T) {
+	for _, stale := range []bool{true, false} {
+		t.Run(map[bool]string{true: "serve_stale", false: "no_serve_stale"}[stale], func(t *testing.T) {
+			up := newFakeUpstream(t)
+			up.push("team/app", "v1", randomImage(t, 512, 1))
+			st := storetest.Open(t)
+			c, err := upstream.New(upstream.Options{URL: up.srv.URL, Attempts: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := New(Options{
+				Repositories: []Repository{
+					{Name: "local", Kind: KindHosted, AnonymousPull: true, AnonymousPush: true},
+					{Name: "p", Kind: KindProxy, Upstream: c, UpstreamHost: strings.TrimPrefix(up.srv.URL, "http://"),
+						TagTTL: time.Hour, NotFoundTTL: time.Minute, ServeStale: stale, AnonymousPull: true},
+					{Name: "g", Kind: KindGroup, Members: []string{"local", "p"}, PushTo: "local", AnonymousPull: true},
+				},
+				DefaultRepository: "g", Store: st, Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			hs := httptest.NewServer(s.Handler("g"))
+			t.Cleanup(func() { hs.Close(); waitNoDownloads(t, s) })
+			b := &testBerth{t: t, srv: s, http: hs, store: st, host: strings.TrimPrefix(hs.URL, "http://")}
+			if _, err := remote.Image(b.ref("team/app:v1")); err != nil { // cached in p
+				t.Fatal(err)
+			}
+			if err := remote.Write(b.ref("team/app:v9"), randomImage(t, 256, 1)); err != nil { // pushed to local
+				t.Fatal(err)
+			}
+			up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return true
+			})
+			resp := b.do("GET", "/v2/team/app/tags/list", nil)
+			var list struct{ Tags []string }
+			if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("tags: %d %v", resp.StatusCode, err)
+			}
+			resp.Body.Close()
+			want := []string{"v9"}
+			if stale {
+				want = []string{"v1", "v9"}
+			}
+			if strings.Join(list.Tags, ",") != strings.Join(want, ",") {
+				t.Fatalf("tags %v, want %v", list.Tags, want)
+			}
+		})
 	}
 }
