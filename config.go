@@ -34,6 +34,19 @@ type Config struct {
 	Auth         AuthConfig         `toml:"auth"`
 	Users        []UserConfig       `toml:"user"`
 	Prefetch     []PrefetchConfig   `toml:"prefetch"`
+	Policies     []PolicyConfig     `toml:"policy"`
+}
+
+// PolicyConfig is one [[policy]]: what a repository that names it may
+// serve, decided on manifest digests (internal/policy).
+type PolicyConfig struct {
+	Name         string   `toml:"name"`
+	Default      string   `toml:"default"` // allow (default) or deny
+	Allow        []string `toml:"allow"`
+	Deny         []string `toml:"deny"`
+	DenyTags     []string `toml:"deny_tags"`
+	AllowDigests []string `toml:"allow_digests"`
+	DenyDigests  []string `toml:"deny_digests"`
 }
 
 // PrefetchConfig is one [[prefetch]]: images pulled into the cache at
@@ -143,6 +156,9 @@ type RepositoryConfig struct {
 	LibraryPrefix *bool    `toml:"library_prefix"`
 	Members       []string `toml:"members"`
 	PushTo        string   `toml:"push_to"`
+	// Policy names the [[policy]] that decides what this repository
+	// serves ("": everything).
+	Policy string `toml:"policy"`
 }
 
 // CredentialConfig is an allowlist proxy's login for one registry host.
@@ -215,7 +231,7 @@ func loadConfigFile(path string) (*Config, error) {
 func (c *Config) setDefaults() error {
 	for _, check := range []func() error{
 		c.setTopDefaults, c.Storage.setDefaults, c.Limits.check, c.setRepositoryDefaults, c.checkAuth,
-		c.checkPrefetch, c.checkListeners, c.checkFiles, c.checkGrants,
+		c.checkPrefetch, c.checkListeners, c.checkFiles, c.checkGrants, c.checkPolicies,
 	} {
 		if err := check(); err != nil {
 			return err

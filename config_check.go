@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-registry/berth/internal/policy"
 	"github.com/berth-registry/berth/server"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -305,4 +306,34 @@ func (r *RepositoryConfig) proxyDefaults(where string) error {
 		return fmt.Errorf("config: %s: password and password_file are exclusive", where)
 	}
 	return nil
+}
+
+// checkPolicies: the [[policy]] tables, and each repository's policy.
+func (c *Config) checkPolicies() error {
+	seen := map[string]bool{}
+	for i := range c.Policies {
+		p := c.Policies[i].policy()
+		if p.Name == "" {
+			return fmt.Errorf("config: policy[%d]: name is required", i)
+		}
+		if seen[p.Name] {
+			return fmt.Errorf("config: policy %q is defined twice", p.Name)
+		}
+		seen[p.Name] = true
+		if err := p.Check(); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+	}
+	for _, r := range c.Repositories {
+		if r.Policy != "" && !seen[r.Policy] {
+			return fmt.Errorf("config: repository %q: policy %q: no [[policy]] has that name", r.Name, r.Policy)
+		}
+	}
+	return nil
+}
+
+// policy is what internal/policy decides with.
+func (pc PolicyConfig) policy() *policy.Policy {
+	return &policy.Policy{Name: pc.Name, Default: policy.Decision(pc.Default), Allow: pc.Allow, Deny: pc.Deny,
+		DenyTags: pc.DenyTags, AllowDigests: pc.AllowDigests, DenyDigests: pc.DenyDigests}
 }

@@ -53,11 +53,7 @@ func (g *group) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt r
 	}
 	switch rt.kind {
 	case routeManifest:
-		a, err := g.manifest(r.Context(), img, rt, r.Method == http.MethodHead)
-		if err != nil {
-			return g.miss(r, img, rt, err)
-		}
-		return a.write(w, r)
+		return g.miss(r, img, rt, answerManifest(w, r, g, img, rt))
 	case routeBlob:
 		return g.miss(r, img, rt, g.blob(w, r, img, rt.digest))
 	case routeTags:
@@ -133,18 +129,25 @@ func (g *group) manifest(ctx context.Context, img imageRef, rt route, head bool)
 			tried = append(tried, memberTry{m.Name, tryResult(err, rt)})
 			continue
 		}
-		g.served.Add(img.name, m)
+		g.answered.Add(img.name, m)
 		infoOf(ctx).repo = g.Name
 		return a, nil
 	}
 	return manifestAnswer{}, errf(codeManifestUnknown, "manifest %s:%s not found in group %q", img.name, rt.ref, g.Name).withDetail(map[string]any{"tried": tried})
 }
 
+// served tells the member that found the image's manifest.
+func (g *group) served(img imageRef, a manifestAnswer) {
+	if m, _ := g.answered.Get(img.name); m != nil {
+		m.impl.served(memberImage(m, img.name), a)
+	}
+}
+
 // blobOrder is the order a group asks its members for the image's blobs:
 // the member that served its manifest first, then the others.
 func (g *group) blobOrder(ctx context.Context, img imageRef) []*repo {
 	order := g.readable(ctx, img)
-	if first, _ := g.served.Get(img.name); first != nil && slices.Contains(order, first) {
+	if first, _ := g.answered.Get(img.name); first != nil && slices.Contains(order, first) {
 		order = append([]*repo{first}, slices.DeleteFunc(slices.Clone(order), func(m *repo) bool { return m == first })...)
 	}
 	return order

@@ -18,11 +18,7 @@ func (h *hosted) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt 
 	read := m == http.MethodGet || m == http.MethodHead
 	switch {
 	case rt.kind == routeManifest && read:
-		a, err := h.manifest(r.Context(), img, rt, r.Method == http.MethodHead)
-		if err != nil {
-			return err
-		}
-		return a.write(w, r)
+		return answerManifest(w, r, h, img, rt)
 	case rt.kind == routeManifest && m == http.MethodPut:
 		return h.putManifest(w, r, img, rt)
 	case rt.kind == routeManifest && m == http.MethodDelete:
@@ -240,6 +236,20 @@ func (h *hosted) cacheBlob(ctx context.Context, img imageRef, d store.Digest) er
 		err = errf(codeBlobUnknown, "blob %s unknown to repository", d)
 	}
 	return err
+}
+
+// served: nothing follows a hosted manifest going out.
+func (h *hosted) served(imageRef, manifestAnswer) {}
+
+// answerManifest answers a manifest GET or HEAD from rp: found, then
+// served.
+func answerManifest(w http.ResponseWriter, r *http.Request, rp repository, img imageRef, rt route) error {
+	a, err := rp.manifest(r.Context(), img, rt, r.Method == http.MethodHead)
+	if err != nil {
+		return err
+	}
+	rp.served(img, a)
+	return a.write(w, r)
 }
 
 // serveTags answers a tag list of rp's image under the client's name,

@@ -16,10 +16,13 @@ type repository interface {
 	// serve answers one /v2 request routed to the repository, after
 	// routing and authorization.
 	serve(w http.ResponseWriter, r *http.Request, img imageRef, rt route) error
-	// manifest finds the manifest rt names (a tag or a digest), with what
-	// serving it sets off (a proxy's eager layers, the cache result). head:
-	// the client asked with HEAD (a proxy relays a HEAD by digest).
+	// manifest finds the manifest rt names (a tag or a digest), counting
+	// the cache result. head: the client asked with HEAD (a proxy relays a
+	// HEAD by digest).
 	manifest(ctx context.Context, img imageRef, rt route, head bool) (manifestAnswer, error)
+	// served is told that a manifest it found goes out (a proxy starts
+	// its eager layers): only once any policy has let it.
+	served(img imageRef, a manifestAnswer)
 	// blob sends blob d (GET or HEAD, ranges included).
 	blob(w http.ResponseWriter, r *http.Request, img imageRef, d store.Digest) error
 	// tags lists the image's tags: a page of them after q's last, at most
@@ -69,10 +72,10 @@ type hosted struct {
 // to its push_to member.
 type group struct {
 	*repo
-	s       *Server
-	members []*repo                   // proxy and hosted members, nested groups flattened, in order
-	served  *lru.Cache[string, *repo] // image name → the member that served its manifest
-	pushTo  *repo                     // the hosted member pushes go to, or nil
+	s        *Server
+	members  []*repo                   // proxy and hosted members, nested groups flattened, in order
+	answered *lru.Cache[string, *repo] // image name → the member that answered its manifest
+	pushTo   *repo                     // the hosted member pushes go to, or nil
 }
 
 // newKind makes what rp does, by its kind: the one place a kind is told
@@ -94,7 +97,7 @@ func (s *Server) linkGroups() {
 	for _, rp := range s.order {
 		if g := rp.asGroup(); g != nil {
 			g.members = flatten(s.repos, rp)
-			g.served = lru.New[string, *repo](100_000, 0).WithCost(cacheBytes, lru.StringBytes[*repo])
+			g.answered = lru.New[string, *repo](100_000, 0).WithCost(cacheBytes, lru.StringBytes[*repo])
 			g.pushTo = s.repos[rp.PushTo]
 		}
 	}

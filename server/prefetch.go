@@ -163,6 +163,7 @@ func (pr prefetchRun) one(ctx context.Context, image string) error {
 		if err != nil {
 			return nil, fmt.Errorf("prefetch %s: %s: %w", image, reference, err)
 		}
+		rp.impl.served(img, a)
 		pm, err := parseManifest(a.m.Body, a.m.MediaType)
 		if err != nil {
 			return nil, fmt.Errorf("prefetch %s: %s: %w", image, reference, err)

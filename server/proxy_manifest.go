@@ -24,11 +24,7 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt r
 	}
 	switch rt.kind {
 	case routeManifest:
-		a, err := p.manifest(r.Context(), img, rt, r.Method == http.MethodHead)
-		if err != nil {
-			return err
-		}
-		return a.write(w, r)
+		return answerManifest(w, r, p, img, rt)
 	case routeBlob:
 		return p.blob(w, r, img, rt.digest)
 	case routeTags:
@@ -64,20 +60,14 @@ func (s *Server) countResult(ctx context.Context, repoName, kind, result, source
 	}
 }
 
+// served starts the eager layers of an image manifest going out.
+func (p *proxy) served(img imageRef, a manifestAnswer) { p.eagerLayers(img, a.m) }
+
 // manifest: GET/HEAD /v2/<name>/manifests/<ref> (end-3) through the
 // cache: digests are immutable; tags are fresh for tag_ttl, then
 // revalidated with HEAD; stale copies are served when the upstream fails;
-// 404s are remembered for not_found_ttl. An image manifest served starts
-// its eager layers.
+// 404s are remembered for not_found_ttl.
 func (p *proxy) manifest(ctx context.Context, img imageRef, rt route, head bool) (manifestAnswer, error) {
-	a, err := p.cachedManifest(ctx, img, rt, head)
-	if err == nil {
-		p.eagerLayers(img, a.m)
-	}
-	return a, err
-}
-
-func (p *proxy) cachedManifest(ctx context.Context, img imageRef, rt route, head bool) (manifestAnswer, error) {
 	s, rp := p.s, p.repo
 	path := img.path()
 	if !rt.digest.IsZero() {
