@@ -53,7 +53,7 @@ func (g *group) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt r
 	}
 	switch rt.kind {
 	case routeManifest:
-		return g.miss(r, img, rt, answerManifest(w, r, g, img, rt))
+		return g.miss(r, img, rt, answerManifest(w, r, g.impl, img, rt))
 	case routeBlob:
 		return g.miss(r, img, rt, g.blob(w, r, img, rt.digest))
 	case routeTags:

@@ -18,7 +18,7 @@ func (h *hosted) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt 
 	read := m == http.MethodGet || m == http.MethodHead
 	switch {
 	case rt.kind == routeManifest && read:
-		return answerManifest(w, r, h, img, rt)
+		return answerManifest(w, r, h.impl, img, rt)
 	case rt.kind == routeManifest && m == http.MethodPut:
 		return h.putManifest(w, r, img, rt)
 	case rt.kind == routeManifest && m == http.MethodDelete:

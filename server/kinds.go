@@ -105,8 +105,8 @@ func (s *Server) linkGroups() {
 
 // asProxy and asGroup return rp as its kind, or nil when it is
 // another.
-func (rp *repo) asProxy() *proxy { p, _ := rp.impl.(*proxy); return p }
-func (rp *repo) asGroup() *group { g, _ := rp.impl.(*group); return g }
+func (rp *repo) asProxy() *proxy { p, _ := rp.kind.(*proxy); return p }
+func (rp *repo) asGroup() *group { g, _ := rp.kind.(*group); return g }
 
 // members are a group's proxy and hosted members in pull order (nil for
 // another kind).

@@ -30,6 +30,7 @@ type metrics struct {
 	groupResults    *prometheus.CounterVec // group, member, kind, result
 	groupBytes      *prometheus.CounterVec // group, member, source
 	refused         *prometheus.CounterVec // what: a budget that answered 429 (logins aside)
+	policyDecisions *prometheus.CounterVec // repository, policy, decision, reason
 
 	damagedMu sync.Mutex
 	damagedN  int
@@ -94,6 +95,8 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 			"bound"),
 		groupResults: counterVec("berth_group_cache_results_total", "Requests through a group by the member that answered, kind and result (as berth_cache_results_total, which counts them under the member).",
 			"group", "member", "kind", "result"),
+		policyDecisions: counterVec("berth_policy_decisions_total", "Manifests decided by a repository's policy, by decision (allow, deny, hold) and the rule that decided (digest, tag, image, default, index, min_age, approved).",
+			"repository", "policy", "decision", "reason"),
 		groupBytes: counterVec("berth_group_served_bytes_total", "Bytes sent to clients through a group, by the member that answered and source (as berth_served_bytes_total, which counts them under the member).",
 			"group", "member", "source"),
 	}
@@ -105,7 +108,7 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 	for _, r := range []string{failUnknownUser, failBadPassword, failMalformed, failBadToken, failThrottled, failBusy} {
 		m.authFailures.WithLabelValues(r)
 	}
-	reg.MustRegister(m.authFailures, m.refused, m.groupResults, m.groupBytes)
+	reg.MustRegister(m.authFailures, m.refused, m.groupResults, m.groupBytes, m.policyDecisions)
 	reg.MustRegister(m.panics, m.diskFull, m.requests, m.requestDuration, m.cache, m.servedBytes,
 		m.upstreamBytes, m.upstreamErrors, m.resumed, m.eager, m.inflight, m.digestMismatch, m.passThrough)
 	if st != nil {

@@ -24,7 +24,7 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, img imageRef, rt r
 	}
 	switch rt.kind {
 	case routeManifest:
-		return answerManifest(w, r, p, img, rt)
+		return answerManifest(w, r, p.impl, img, rt)
 	case routeBlob:
 		return p.blob(w, r, img, rt.digest)
 	case routeTags:
@@ -359,6 +359,28 @@ func (s *Server) Close() { s.commits.wg.Wait() }
 type manifestAnswer struct {
 	m    store.Manifest
 	head http.Header
+}
+
+// digest is the answer's manifest digest ("" when an upstream HEAD did
+// not say).
+func (a manifestAnswer) digest() string {
+	if a.head != nil {
+		return a.head.Get("Docker-Content-Digest")
+	}
+	return a.m.Digest.String()
+}
+
+// index is the answer's index, parsed (nil for another manifest, or a
+// HEAD's answer).
+func (a manifestAnswer) index() *parsedManifest {
+	if a.head != nil || (a.m.MediaType != mtOCIIndex && a.m.MediaType != mtDockerList) {
+		return nil
+	}
+	pm, err := parseManifest(a.m.Body, a.m.MediaType)
+	if err != nil {
+		return nil
+	}
+	return pm
 }
 
 func (a manifestAnswer) write(w http.ResponseWriter, r *http.Request) error {

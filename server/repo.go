@@ -14,7 +14,8 @@ type repo struct {
 	health    *upstreamHealth                    // proxy: what real requests said of the upstream
 	neg       *lru.Cache[string, time.Time]      // upstream 404s → fresh until (kept negKeep, for stale answers)
 	referrers *lru.Cache[string, referrersEntry] // proxy: "<path>@<digest>?<artifactType>" → the upstream's referrers
-	impl      repository                         // what it does: a *proxy, *hosted or *group
+	kind      repository                         // what it does: a *proxy, *hosted or *group
+	impl      repository                         // the kind as served: behind its policy's gate, if it has one
 	// Whose access rules and grants decide requests here: the repository
 	// itself, or for a per-host proxy its allowlist repository, whose
 	// grants name "<host>/<image>" (grantPrefix). hostKey: a per-host

@@ -14,6 +14,7 @@ import (
 
 	"github.com/berth-registry/berth/internal/fetch"
 	"github.com/berth-registry/berth/internal/lru"
+	"github.com/berth-registry/berth/internal/policy"
 	"github.com/berth-registry/berth/internal/reghost"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
@@ -84,6 +85,10 @@ type Repository struct {
 	// member that receives pushes ("" refuses pushes).
 	Members []string
 	PushTo  string
+
+	// Policy decides what the repository serves, by manifest digest (nil:
+	// everything).
+	Policy *policy.Policy
 }
 
 // RangeFetch is how a proxy fetches a blob longer than Min: in ranges of
@@ -155,6 +160,7 @@ type Server struct {
 	pushes      uploadStore
 	index       ListStore // reads for the status page and berth ls
 	pulls       pullCounter
+	verdicts    verdictStore // what policies learned of digests (policy.go)
 	ops         opsStore
 	log         *slog.Logger
 	m           *metrics
@@ -213,7 +219,7 @@ func New(opts Options) (*Server, error) {
 	s.hosts = newHostProxies(s)
 	s.bodyGrace = bodyGrace
 	s.declared = newDeclaredSizes(opts.MaxBlobSize)
-	s.blobs, s.manifests, s.pushes, s.index, s.ops, s.pulls = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
+	s.blobs, s.manifests, s.pushes, s.index, s.ops, s.pulls, s.verdicts = opts.Store, opts.Store, opts.Store, opts.Store, opts.Store, opts.Store, opts.Store
 	if err := ValidateRepositories(opts.Repositories, opts.DefaultRepository); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
@@ -257,7 +263,11 @@ func (s *Server) newRepo(r Repository) *repo {
 	rp := &repo{Repository: r, health: &upstreamHealth{},
 		neg:       lru.New[string, time.Time](100_000, 0).WithCost(cacheBytes, lru.StringBytes[time.Time]),
 		referrers: lru.New[string, referrersEntry](10_000, referrersKeep).WithCost(referrersBytes, referrersEntryBytes)}
-	rp.impl, rp.access = s.newKind(rp), rp
+	rp.kind, rp.access = s.newKind(rp), rp
+	rp.impl = rp.kind
+	if r.Policy != nil {
+		rp.impl = s.newGate(rp, rp.kind, r.Policy)
+	}
 	if rp.asProxy() != nil && r.Upstream != nil {
 		rp.Upstream = observedUpstream{Upstream: r.Upstream, h: rp.health}
 	}

@@ -89,6 +89,13 @@ type Store interface {
 	ListStore
 	opsStore
 	pullCounter
+	verdictStore
+}
+
+// verdictStore remembers what policies learned of digests (policy.go).
+type verdictStore interface {
+	PutVerdict(ctx context.Context, key string, v store.Verdict) error
+	GetVerdict(ctx context.Context, key string) (store.Verdict, bool, error)
 }
 
 var _ Store = (*store.Store)(nil)

@@ -190,7 +190,7 @@ func (u *statusPages) uiOverview(r *http.Request, p principal) (string, map[stri
 		}
 		images, _ := s.index.Repositories(r.Context(), rp.Name+"/")
 		rw := row{Name: rp.Name, Kind: rp.Kind, HitRatio: ratio(h, a), CacheBytes: humanBytes(c), UpstreamBytes: humanBytes(u), Images: len(images)}
-		switch rp.impl.(type) {
+		switch rp.kind.(type) {
 		case *proxy:
 			rw.Target = rp.UpstreamHost
 			if len(rp.Hosts) > 0 {

@@ -49,7 +49,7 @@ var (
 	bucketPending   = []byte("pending")
 	bucketDeleting  = []byte("deleting")
 	allBuckets      = [][]byte{bucketBlobs, bucketLinks, bucketManifests, bucketTags, bucketAccess, bucketUploads,
-		bucketReferrers, bucketRefs, bucketMeta, bucketPending, bucketDeleting}
+		bucketReferrers, bucketRefs, bucketMeta, bucketPending, bucketDeleting, bucketVerdicts}
 
 	metaBytes = []byte("bytes")
 	metaCount = []byte("count")

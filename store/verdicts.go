@@ -1,0 +1,46 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// bucketVerdicts: what a policy learned about a manifest digest beyond
+// the digest itself (a denied tag named it; an index it belongs to was
+// decided), "<policy fingerprint>@<digest>" → JSON. A new bucket in an
+// older index is made at open; an older berth ignores it.
+var bucketVerdicts = []byte("verdicts")
+
+// Verdict is a remembered policy decision on a digest.
+type Verdict struct {
+	Decision string    `json:"decision"`
+	Rule     string    `json:"rule"`
+	Reason   string    `json:"reason"`
+	At       time.Time `json:"at"`
+}
+
+// PutVerdict remembers v under key ("<policy fingerprint>@<digest>").
+func (s *Store) PutVerdict(ctx context.Context, key string, v Verdict) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketVerdicts).Put([]byte(key), b) })
+}
+
+// GetVerdict returns the verdict remembered under key; ok is false when
+// none is.
+func (s *Store) GetVerdict(ctx context.Context, key string) (v Verdict, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVerdicts).Get([]byte(key))
+		if b == nil {
+			return nil
+		}
+		ok = true
+		return json.Unmarshal(b, &v)
+	})
+	return v, ok, err
+}
