@@ -332,8 +332,11 @@ func (c *Config) checkPolicies() error {
 	return nil
 }
 
-// policy is what internal/policy decides with.
+// policy is what internal/policy decides with (its defaults set; what
+// is wrong with it is Check's, which checkPolicies calls).
 func (pc PolicyConfig) policy() *policy.Policy {
-	return &policy.Policy{Name: pc.Name, Default: policy.Decision(pc.Default), Allow: pc.Allow, Deny: pc.Deny,
+	p := &policy.Policy{Name: pc.Name, Default: policy.Decision(pc.Default), Allow: pc.Allow, Deny: pc.Deny,
 		DenyTags: pc.DenyTags, AllowDigests: pc.AllowDigests, DenyDigests: pc.DenyDigests}
+	p.Check()
+	return p
 }

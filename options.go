@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berth-registry/berth/internal/policy"
 	"github.com/berth-registry/berth/internal/reghost"
 	"github.com/berth-registry/berth/server"
 	"github.com/berth-registry/berth/store"
@@ -52,6 +53,10 @@ func serverOptions(cfg *Config, st *store.Store, log *slog.Logger) (server.Optio
 // proxy its upstream client; nil makes none (what
 // server.ValidateRepositories checks needs none).
 func (c *Config) repositories(connect func(*server.Repository, RepositoryConfig) error) ([]server.Repository, error) {
+	policies := map[string]*policy.Policy{}
+	for _, pc := range c.Policies {
+		policies[pc.Name] = pc.policy()
+	}
 	out := make([]server.Repository, 0, len(c.Repositories))
 	for _, rc := range c.Repositories {
 		r := server.Repository{
@@ -59,6 +64,7 @@ func (c *Config) repositories(connect func(*server.Repository, RepositoryConfig)
 			ServeStale: rc.ServeStale != nil && *rc.ServeStale, AnonymousPull: rc.AnonymousPull != nil && *rc.AnonymousPull,
 			AnonymousPush: rc.AnonymousPush, NSAliases: rc.NSAliases, Members: rc.Members, PushTo: rc.PushTo,
 			EagerLayers: rc.EagerLayers != nil && *rc.EagerLayers,
+			Policy:      policies[rc.Policy],
 			RangeFetch: server.RangeFetch{Min: int64(rc.RangeFetchMin), Chunk: int64(rc.RangeFetchChunk), Parallel: rc.RangeFetchParallel,
 				Ramp: server.DefaultRangeRamp, SlowRate: server.DefaultRangeSlowRate},
 		}
