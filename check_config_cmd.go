@@ -54,6 +54,7 @@ func printConfig(w io.Writer, cfg *Config) {
 		}
 		tw.Flush()
 	}
+	printPolicies(w, cfg)
 	printRouting(w, cfg)
 }
 
@@ -147,5 +148,34 @@ func printRouting(w io.Writer, cfg *Config) {
 		if r.ForwardNS {
 			fmt.Fprintf(w, "  ?ns=<any other registry> → %s, passed on to its upstream (forward_ns)\n", r.Name)
 		}
+	}
+}
+
+// printPolicies says what each [[policy]] decides and which repositories
+// it guards.
+func printPolicies(w io.Writer, cfg *Config) {
+	for _, pc := range cfg.Policies {
+		p := pc.policy()
+		var guards []string
+		for _, r := range cfg.Repositories {
+			if r.Policy == p.Name {
+				guards = append(guards, r.Name)
+			}
+		}
+		if len(guards) == 0 {
+			guards = []string{"no repository"}
+		}
+		fmt.Fprintf(w, "\nPOLICY %s (guards %s; fingerprint %s)\n", p.Name, strings.Join(guards, ", "), p.Fingerprint())
+		rule := func(what string, v []string) {
+			if len(v) > 0 {
+				fmt.Fprintf(w, "  %-14s %s\n", what, strings.Join(v, " "))
+			}
+		}
+		rule("deny digests", p.DenyDigests)
+		rule("allow digests", p.AllowDigests)
+		rule("deny tags", p.DenyTags)
+		rule("deny images", p.Deny)
+		rule("allow images", p.Allow)
+		fmt.Fprintf(w, "  %-14s %s\n", "otherwise", p.Default)
 	}
 }

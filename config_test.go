@@ -65,6 +65,13 @@ url = "https://registry-1.docker.io"
 		{"listener names its repository", base + "[[listener]]\nlisten = \":1\"\nrepository = \"nope\"\n", `listener[0] (:1): repository "nope" is not configured`},
 		{"duplicate listen", "listen = \":5000\"\n" + base + "[[listener]]\nlisten = \":5000\"\nrepository = \"hub\"\n", `listen ":5000" is already used by listen`},
 		{"missing tls file", "tls_cert = \"/nonexistent/tls.crt\"\ntls_key = \"/nonexistent/tls.key\"\n" + base, "tls_cert: stat /nonexistent/tls.crt"},
+		{"policy without a name", base + "[[policy]]\ndefault = \"deny\"\n", "policy[0]: name is required"},
+		{"policy twice", base + "[[policy]]\nname = \"p\"\n[[policy]]\nname = \"p\"\n", `policy "p" is defined twice`},
+		{"policy default", base + "[[policy]]\nname = \"p\"\ndefault = \"maybe\"\n", `policy "p": default "maybe": want allow or deny`},
+		{"policy bad glob", base + "[[policy]]\nname = \"p\"\ndeny_tags = [\"[\"]\n", `policy "p": pattern "["`},
+		{"policy bad digest", base + "[[policy]]\nname = \"p\"\ndeny_digests = [\"sha256:abc\"]\n", `digest "sha256:abc"`},
+		{"policy unknown key", base + "[[policy]]\nname = \"p\"\ndeny_tag = [\"x\"]\n", "did you mean deny_tags?"},
+		{"repository names no policy", strings.Replace(base, "kind = \"proxy\"", "kind = \"proxy\"\npolicy = \"prdo\"", 1), `repository "hub": policy "prdo": no [[policy]] has that name`},
 		{"grant on no repository", base + "[[user]]\nname = \"a\"\npassword_hash = \"$2a$10$DUbwPxEDrDMqEL7WoOUgre9SbJeGuXtT4Ot/eo7OmaL82JHivnzi2\"\npull = [\"intrenal/*\"]\n", `grant "intrenal/*" names repository "intrenal", which is not configured`},
 	}
 	for _, tt := range tests {
@@ -145,6 +152,31 @@ password = "hunter2"
 	}
 	if !strings.Contains(out.String(), "?ns=registry.example") {
 		t.Errorf("no routing table:\n%s", out.String())
+	}
+}
+
+func TestCheckConfigPrintsPolicies(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "berth.toml")
+	os.WriteFile(f, []byte(`[[repository]]
+name = "hub"
+kind = "proxy"
+url = "https://registry-1.docker.io"
+policy = "prod"
+
+[[policy]]
+name = "prod"
+default = "deny"
+allow = ["library/*"]
+deny_tags = ["latest"]
+`), 0o600)
+	var out, errOut bytes.Buffer
+	if err := newApp(&out, &errOut).Run([]string{"berth", "check-config", f}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"POLICY prod (guards hub;", "deny tags      latest", "allow images   library/*", "otherwise      deny"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("check-config output lacks %q:\n%s", want, out.String())
+		}
 	}
 }
 
