@@ -53,10 +53,7 @@ func serverOptions(cfg *Config, st *store.Store, log *slog.Logger) (server.Optio
 // proxy its upstream client; nil makes none (what
 // server.ValidateRepositories checks needs none).
 func (c *Config) repositories(connect func(*server.Repository, RepositoryConfig) error) ([]server.Repository, error) {
-	policies := map[string]*policy.Policy{}
-	for _, pc := range c.Policies {
-		policies[pc.Name] = pc.policy()
-	}
+	policies := c.repositoryPolicies()
 	out := make([]server.Repository, 0, len(c.Repositories))
 	for _, rc := range c.Repositories {
 		r := server.Repository{
@@ -64,7 +61,7 @@ func (c *Config) repositories(connect func(*server.Repository, RepositoryConfig)
 			ServeStale: rc.ServeStale != nil && *rc.ServeStale, AnonymousPull: rc.AnonymousPull != nil && *rc.AnonymousPull,
 			AnonymousPush: rc.AnonymousPush, NSAliases: rc.NSAliases, Members: rc.Members, PushTo: rc.PushTo,
 			EagerLayers: rc.EagerLayers != nil && *rc.EagerLayers,
-			Policy:      policies[rc.Policy],
+			Policy:      policies[rc.Name],
 			RangeFetch: server.RangeFetch{Min: int64(rc.RangeFetchMin), Chunk: int64(rc.RangeFetchChunk), Parallel: rc.RangeFetchParallel,
 				Ramp: server.DefaultRangeRamp, SlowRate: server.DefaultRangeSlowRate},
 		}
@@ -76,6 +73,21 @@ func (c *Config) repositories(connect func(*server.Repository, RepositoryConfig)
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// repositoryPolicies is the policy of each repository that names one.
+func (c *Config) repositoryPolicies() map[string]*policy.Policy {
+	byName := map[string]*policy.Policy{}
+	for _, pc := range c.Policies {
+		byName[pc.Name] = pc.policy()
+	}
+	out := map[string]*policy.Policy{}
+	for _, r := range c.Repositories {
+		if p := byName[r.Policy]; p != nil {
+			out[r.Name] = p
+		}
+	}
+	return out
 }
 
 // upstreamMetrics are what every upstream client reports its exchanges

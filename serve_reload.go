@@ -40,7 +40,7 @@ func needsRestart(running, next *Config) []string {
 			out = append(out, fmt.Sprintf("repository %q added", n))
 		case !inNew:
 			out = append(out, fmt.Sprintf("repository %q removed", n))
-		case !reflect.DeepEqual(o, x):
+		case !reflect.DeepEqual(withoutPolicy(o), withoutPolicy(x)):
 			out = append(out, fmt.Sprintf("repository %q changed", n))
 		}
 	}
@@ -92,7 +92,16 @@ func (m *Main) reload() {
 		m.log.Error("SIGHUP: users not reloaded; nothing changed", "err", err)
 		return
 	}
-	done := []string{fmt.Sprintf("%d users", len(opts.Users))}
+	byRepo := cfg.repositoryPolicies()
+	for name := range byRepo {
+		if !m.cfg.hasRepository(name) {
+			delete(byRepo, name) // a new repository waits for the restart
+		}
+	}
+	if err := m.srv.SetPolicies(byRepo); err != nil {
+		m.log.Error("SIGHUP: policies not reloaded", "err", err)
+	}
+	done := []string{fmt.Sprintf("%d users", len(opts.Users)), fmt.Sprintf("%d policies", len(cfg.Policies))}
 	if m.level != nil {
 		m.level.Set(logLevel(cfg))
 		done = append(done, "log level "+m.level.Level().String())
@@ -108,4 +117,10 @@ func (m *Main) reload() {
 	if later := needsRestart(m.cfg, cfg); len(later) > 0 {
 		m.log.Warn("SIGHUP: these changes need a restart to take effect (systemctl restart berth)", "not_applied", strings.Join(later, "; "))
 	}
+}
+
+// withoutPolicy is r but its policy, which a reload applies.
+func withoutPolicy(r RepositoryConfig) RepositoryConfig {
+	r.Policy = ""
+	return r
 }

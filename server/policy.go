@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/berth-registry/berth/internal/policy"
@@ -22,35 +23,72 @@ import (
 // denied when pulled by digest, and the platform manifests of an index
 // get the index's verdict. A changed policy has another fingerprint: its
 // decisions are made afresh.
+//
+// Every repository is served through its gate; one without a policy lets
+// everything through. SetPolicies changes them while serving (SIGHUP).
 type gate struct {
 	repository // the kind behind the policy
 	rp         *repo
 	s          *Server
-	pol        *policy.Policy
-	fp         string
+	cur        atomic.Pointer[gatePolicy] // nil: no policy
+}
+
+// gatePolicy is a gate's policy and its fingerprint, swapped whole.
+type gatePolicy struct {
+	*policy.Policy
+	fp string
 }
 
 func (s *Server) newGate(rp *repo, kind repository, p *policy.Policy) *gate {
-	return &gate{repository: kind, rp: rp, s: s, pol: p, fp: p.Fingerprint()}
+	g := &gate{repository: kind, rp: rp, s: s}
+	g.set(p)
+	return g
+}
+
+func (g *gate) set(p *policy.Policy) {
+	if p == nil {
+		g.cur.Store(nil)
+		return
+	}
+	g.cur.Store(&gatePolicy{Policy: p, fp: p.Fingerprint()})
+}
+
+// SetPolicies puts new policies on the repositories (by name; a missing
+// one has none from now on), per-host proxies included. Verdicts
+// remembered under an old policy are not used by a changed one.
+func (s *Server) SetPolicies(byRepo map[string]*policy.Policy) error {
+	for name := range byRepo {
+		if s.repos[name] == nil {
+			return fmt.Errorf("policies: no repository %q", name)
+		}
+	}
+	for _, rp := range s.order {
+		rp.gate().set(byRepo[rp.Name])
+	}
+	for _, rp := range s.hosts.repos.Values() {
+		rp.gate().set(byRepo[rp.access.Name])
+	}
+	return nil
 }
 
 // manifest finds the manifest through the kind, then decides it.
 func (g *gate) manifest(ctx context.Context, img imageRef, rt route, head bool) (manifestAnswer, error) {
 	a, err := g.repository.manifest(ctx, img, rt, head)
-	if err != nil {
+	p := g.cur.Load()
+	if err != nil || p == nil {
 		return a, err
 	}
 	d := a.digest()
 	if d == "" {
 		d = rt.digest.String()
 	}
-	v := g.decide(ctx, img, rt, d)
-	g.s.m.policyDecisions.WithLabelValues(g.rp.Name, g.pol.Name, string(v.Decision), v.Rule).Inc()
+	v := g.decide(ctx, p, img, rt, d)
+	g.s.m.policyDecisions.WithLabelValues(g.rp.Name, p.Name, string(v.Decision), v.Rule).Inc()
 	if index := a.index(); index != nil {
-		g.inherit(ctx, index, v)
+		g.inherit(ctx, p, index, v)
 	}
 	if v.Decision != policy.Allow {
-		g.s.log.Info("policy refused a manifest", "repository", g.rp.Name, "name", img.name, "digest", d, "policy", g.pol.Name, "rule", v.Rule, "reason", v.Reason)
+		g.s.log.Info("policy refused a manifest", "repository", g.rp.Name, "name", img.name, "digest", d, "policy", p.Name, "rule", v.Rule, "reason", v.Reason)
 		return manifestAnswer{}, errf(codeDenied, "%s@%s: %s", img.name, d, v.Reason)
 	}
 	return a, nil
@@ -58,26 +96,26 @@ func (g *gate) manifest(ctx context.Context, img imageRef, rt route, head bool) 
 
 // decide applies the policy to digest d of the image, asked as rt, with
 // what was remembered of d.
-func (g *gate) decide(ctx context.Context, img imageRef, rt route, d string) policy.Verdict {
+func (g *gate) decide(ctx context.Context, p *gatePolicy, img imageRef, rt route, d string) policy.Verdict {
 	if d == "" {
-		return policy.Verdict{Decision: policy.Deny, Rule: "digest", Reason: fmt.Sprintf("the manifest's digest is not known: policy %q decides on digests", g.pol.Name)}
+		return policy.Verdict{Decision: policy.Deny, Rule: "digest", Reason: fmt.Sprintf("the manifest's digest is not known: policy %q decides on digests", p.Name)}
 	}
 	subject := policy.Subject{Image: g.rp.grantPrefix + img.name, Digest: d}
 	if rt.digest.IsZero() {
 		subject.Tags = []string{rt.ref}
 	}
-	v := g.pol.Decide(subject, time.Now())
+	v := p.Decide(subject, time.Now())
 	if v.Rule == "digest" {
 		return v // named outright: nothing remembered overrides it
 	}
-	known, ok, err := g.s.verdicts.GetVerdict(ctx, g.key(d))
+	known, ok, err := g.s.verdicts.GetVerdict(ctx, p.key(d))
 	switch {
 	case err == nil && ok && known.Decision == string(policy.Deny):
 		return policy.Verdict{Decision: policy.Deny, Rule: known.Rule, Reason: known.Reason} // a denied tag or index named it
 	case err == nil && ok && v.Decision == policy.Hold:
 		return policy.Verdict{Decision: policy.Decision(known.Decision), Rule: known.Rule, Reason: known.Reason} // its index passed
 	case v.Decision == policy.Deny && v.Rule == "tag":
-		g.remember(ctx, d, v)
+		g.remember(ctx, p, d, v)
 	}
 	return v
 }
@@ -85,30 +123,33 @@ func (g *gate) decide(ctx context.Context, img imageRef, rt route, d string) pol
 // inherit gives the platform manifests of an index the index's verdict
 // when it was learned beyond their digests (a denied tag; an index
 // allowed).
-func (g *gate) inherit(ctx context.Context, index *parsedManifest, v policy.Verdict) {
+func (g *gate) inherit(ctx context.Context, p *gatePolicy, index *parsedManifest, v policy.Verdict) {
 	if v.Decision == policy.Allow && v.Rule != "tag" && v.Rule != "min_age" && v.Rule != "approved" {
 		return // decided on the image alone: a child gets the same answer by itself
 	}
 	for _, c := range index.children {
 		child := v
 		if v.Decision == policy.Allow {
-			child.Rule, child.Reason = "index", fmt.Sprintf("listed by an index policy %q let through", g.pol.Name)
-			if known, ok, err := g.s.verdicts.GetVerdict(ctx, g.key(c.String())); err != nil || (ok && known.Decision == string(policy.Deny)) {
+			child.Rule, child.Reason = "index", fmt.Sprintf("listed by an index policy %q let through", p.Name)
+			if known, ok, err := g.s.verdicts.GetVerdict(ctx, p.key(c.String())); err != nil || (ok && known.Decision == string(policy.Deny)) {
 				continue // a deny learned elsewhere stands
 			}
 		}
-		g.remember(ctx, c.String(), child)
+		g.remember(ctx, p, c.String(), child)
 	}
 }
 
-func (g *gate) remember(ctx context.Context, d string, v policy.Verdict) {
-	if err := g.s.verdicts.PutVerdict(ctx, g.key(d), store.Verdict{Decision: string(v.Decision), Rule: v.Rule, Reason: v.Reason, At: time.Now()}); err != nil {
+func (g *gate) remember(ctx context.Context, p *gatePolicy, d string, v policy.Verdict) {
+	if err := g.s.verdicts.PutVerdict(ctx, p.key(d), store.Verdict{Decision: string(v.Decision), Rule: v.Rule, Reason: v.Reason, At: time.Now()}); err != nil {
 		g.s.log.Warn("cannot remember a policy verdict", "repository", g.rp.Name, "digest", d, "err", err)
 	}
 }
 
 // key is where a verdict on d under this policy is remembered.
-func (g *gate) key(d string) string { return g.fp + "@" + d }
+func (p *gatePolicy) key(d string) string { return p.fp + "@" + d }
+
+// gate is the gate rp is served through.
+func (rp *repo) gate() *gate { return rp.impl.(*gate) }
 
 // served lets what follows a manifest start: only for one the gate let
 // through (manifest returned it).

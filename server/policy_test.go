@@ -88,7 +88,9 @@ func TestPolicyDeniedTagHoldsForTheDigest(t *testing.T) {
 	// policy's.
 	p := policy.Policy{Name: "pinned", DenyTags: []string{"nightly"}}
 	p.Check()
-	b.srv.repos["hub"].impl.(*gate).pol, b.srv.repos["hub"].impl.(*gate).fp = &p, p.Fingerprint()
+	if err := b.srv.SetPolicies(map[string]*policy.Policy{"hub": &p}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := remote.Image(b.ref("library/app@" + d.String())); err != nil {
 		t.Fatalf("after the policy changed: %v", err)
 	}
@@ -133,5 +135,30 @@ func TestPolicyRefusedLayersNotFetched(t *testing.T) {
 	waitNoDownloads(t, b.srv)
 	if n := up.count("GET blob"); n != 0 {
 		t.Fatalf("%d blobs of a refused image fetched", n)
+	}
+}
+
+func TestSetPolicies(t *testing.T) {
+	up := newFakeUpstream(t)
+	up.push("library/app", "v1", randomImage(t, 256, 1))
+	b := newTestBerth(t, up)
+	if _, err := remote.Image(b.ref("library/app:v1")); err != nil {
+		t.Fatalf("no policy: %v", err)
+	}
+	p := policy.Policy{Name: "closed", Default: policy.Deny}
+	p.Check()
+	if err := b.srv.SetPolicies(map[string]*policy.Policy{"hub": &p}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := remote.Image(b.ref("library/app:v1"))
+	denied(t, err, `policy "closed"`)
+	if err := b.srv.SetPolicies(nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := remote.Image(b.ref("library/app:v1")); err != nil {
+		t.Fatalf("policy removed: %v", err)
+	}
+	if err := b.srv.SetPolicies(map[string]*policy.Policy{"nosuch": &p}); err == nil {
+		t.Fatal("a policy for no repository: no error")
 	}
 }

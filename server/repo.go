@@ -15,7 +15,7 @@ type repo struct {
 	neg       *lru.Cache[string, time.Time]      // upstream 404s → fresh until (kept negKeep, for stale answers)
 	referrers *lru.Cache[string, referrersEntry] // proxy: "<path>@<digest>?<artifactType>" → the upstream's referrers
 	kind      repository                         // what it does: a *proxy, *hosted or *group
-	impl      repository                         // the kind as served: behind its policy's gate, if it has one
+	impl      repository                         // the kind as served: behind its gate (policy.go)
 	// Whose access rules and grants decide requests here: the repository
 	// itself, or for a per-host proxy its allowlist repository, whose
 	// grants name "<host>/<image>" (grantPrefix). hostKey: a per-host
