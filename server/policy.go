@@ -39,7 +39,7 @@ type gatePolicy struct {
 	fp string
 }
 
-func (s *Server) newGate(rp *repo, kind repository, p *policy.Policy) *gate {
+func newGate(s *Server, rp *repo, kind repository, p *policy.Policy) *gate {
 	g := &gate{repository: kind, rp: rp, s: s}
 	g.set(p)
 	return g

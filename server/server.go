@@ -264,7 +264,7 @@ func (s *Server) newRepo(r Repository) *repo {
 		neg:       lru.New[string, time.Time](100_000, 0).WithCost(cacheBytes, lru.StringBytes[time.Time]),
 		referrers: lru.New[string, referrersEntry](10_000, referrersKeep).WithCost(referrersBytes, referrersEntryBytes)}
 	rp.kind, rp.access = s.newKind(rp), rp
-	rp.impl = s.newGate(rp, rp.kind, r.Policy)
+	rp.impl = newGate(s, rp, rp.kind, r.Policy)
 	if rp.asProxy() != nil && r.Upstream != nil {
 		rp.Upstream = observedUpstream{Upstream: r.Upstream, h: rp.health}
 	}
