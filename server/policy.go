@@ -139,7 +139,12 @@ func (g *gate) inherit(ctx context.Context, p *gatePolicy, index *parsedManifest
 	}
 }
 
+// remember keeps v for d under p, unless it is kept already: a client
+// asking again for a refused index or tag costs a read, not a write.
 func (g *gate) remember(ctx context.Context, p *gatePolicy, d string, v policy.Verdict) {
+	if known, ok, err := g.s.verdicts.GetVerdict(ctx, p.key(d)); err == nil && ok && known.Decision == string(v.Decision) && known.Rule == v.Rule {
+		return
+	}
 	if err := g.s.verdicts.PutVerdict(ctx, p.key(d), store.Verdict{Decision: string(v.Decision), Rule: v.Rule, Reason: v.Reason, At: time.Now()}); err != nil {
 		g.s.log.Warn("cannot remember a policy verdict", "repository", g.rp.Name, "digest", d, "err", err)
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"testing"
@@ -113,6 +114,18 @@ func TestPolicyIndexVerdictForItsChildren(t *testing.T) {
 	denied(t, err, `tag "rc"`)
 	_, err = remote.Image(b.ref("library/multi@" + child.String()))
 	denied(t, err, `tag "rc"`)
+	// Asking for the refused index again reads its children's verdicts;
+	// they are not written again (a client hammering it costs no writes).
+	key := b.srv.repos["hub"].gate().cur.Load().key(child.String())
+	first, ok, err := b.store.GetVerdict(context.Background(), key)
+	if err != nil || !ok {
+		t.Fatalf("no verdict remembered for the child: %v", err)
+	}
+	_, err = remote.Index(b.ref("library/multi:rc"))
+	denied(t, err, `tag "rc"`)
+	if again, _, _ := b.store.GetVerdict(context.Background(), key); !again.At.Equal(first.At) {
+		t.Fatalf("the child's verdict was written again (%v, then %v)", first.At, again.At)
+	}
 
 	up2 := newFakeUpstream(t)
 	bad := up2.push("library/app", "v1", randomImage(t, 256, 1))
