@@ -110,9 +110,14 @@ func (g *gate) decide(ctx context.Context, p *gatePolicy, img imageRef, rt route
 	}
 	known, ok, err := g.s.verdicts.GetVerdict(ctx, p.key(d))
 	switch {
-	case err == nil && ok && known.Decision == string(policy.Deny):
+	case err != nil:
+		// What was learned of d cannot be read: refuse rather than
+		// forget a deny (fail closed).
+		g.s.log.Error("cannot read a remembered policy verdict", "repository", g.rp.Name, "digest", d, "err", err)
+		return policy.Verdict{Decision: policy.Deny, Rule: "unknown", Reason: fmt.Sprintf("what policy %q learned of this digest cannot be read now; try again", p.Name)}
+	case ok && known.Decision == string(policy.Deny):
 		return policy.Verdict{Decision: policy.Deny, Rule: known.Rule, Reason: known.Reason} // a denied tag or index named it
-	case err == nil && ok && v.Decision == policy.Hold:
+	case ok && v.Decision == policy.Hold:
 		return policy.Verdict{Decision: policy.Decision(known.Decision), Rule: known.Rule, Reason: known.Reason} // its index passed
 	case v.Decision == policy.Deny && v.Rule == "tag":
 		g.remember(ctx, p, d, v)

@@ -2,11 +2,13 @@ package server
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/berth-registry/berth/internal/policy"
+	"github.com/berth-registry/berth/store"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -174,4 +176,22 @@ func TestSetPolicies(t *testing.T) {
 	if err := b.srv.SetPolicies(map[string]*policy.Policy{"nosuch": &p}); err == nil {
 		t.Fatal("a policy for no repository: no error")
 	}
+}
+
+// brokenVerdicts is a verdict store that cannot be read.
+type brokenVerdicts struct{ verdictStore }
+
+func (brokenVerdicts) GetVerdict(context.Context, string) (store.Verdict, bool, error) {
+	return store.Verdict{}, false, errors.New("index unreadable")
+}
+
+// TestPolicyFailsClosed: when what a policy learned cannot be read, a
+// manifest its rules alone would allow is refused, not served.
+func TestPolicyFailsClosed(t *testing.T) {
+	up := newFakeUpstream(t)
+	up.push("library/app", "v1", randomImage(t, 256, 1))
+	b := newTestBerth(t, up, withPolicy(policy.Policy{Name: "pinned", DenyTags: []string{"latest"}}))
+	b.srv.verdicts = brokenVerdicts{b.srv.verdicts}
+	_, err := remote.Image(b.ref("library/app:v1"))
+	denied(t, err, "cannot be read now")
 }
