@@ -59,6 +59,8 @@ func (al *accessLog) flushLoop(every time.Duration) {
 // transaction.
 func (al *accessLog) flushAccess() {
 	s := al.s
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	s.accessMu.Lock()
 	pending := s.access
 	s.access = map[string]accessEntry{}
@@ -121,6 +123,8 @@ func (al *accessLog) flushAccess() {
 // yet flushed) and when they last did (zero: never).
 func (al *accessLog) Pulls(ctx context.Context, d Digest) (n int64, last time.Time) {
 	s := al.s
+	s.flushMu.RLock()
+	defer s.flushMu.RUnlock()
 	s.accessMu.Lock()
 	e := s.access[d.String()]
 	s.accessMu.Unlock()
@@ -149,6 +153,8 @@ func (al *accessLog) Pulls(ctx context.Context, d Digest) (n int64, last time.Ti
 // was never read. It includes access times not yet flushed.
 func (al *accessLog) LastAccess(ctx context.Context, d Digest) (time.Time, error) {
 	s := al.s
+	s.flushMu.RLock()
+	defer s.flushMu.RUnlock()
 	s.accessMu.Lock()
 	e, ok := s.access[d.String()]
 	s.accessMu.Unlock()

@@ -106,6 +106,7 @@ func (ev *evictor) Evict() (n int, freed int64, err error) {
 		var cands []candidate
 		var repos map[string][]string
 		var refs map[string]int
+		s.flushMu.RLock() // an access being flushed is in the map or the index
 		err := s.db.View(func(tx *bolt.Tx) error {
 			repos, refs = manifestRepos(tx), refCounts(tx)
 			acc := tx.Bucket(bucketAccess)
@@ -122,16 +123,19 @@ func (ev *evictor) Evict() (n int, freed int64, err error) {
 				return nil
 			})
 		})
+		if err == nil {
+			s.accessMu.Lock()
+			for i := range cands {
+				if e, ok := s.access[cands[i].digest]; ok {
+					cands[i].access = e.last
+				}
+			}
+			s.accessMu.Unlock()
+		}
+		s.flushMu.RUnlock()
 		if err != nil {
 			return n, freed, err
 		}
-		s.accessMu.Lock()
-		for i := range cands {
-			if e, ok := s.access[cands[i].digest]; ok {
-				cands[i].access = e.last
-			}
-		}
-		s.accessMu.Unlock()
 		sort.Slice(cands, func(i, j int) bool { return cands[i].access < cands[j].access })
 		progress := false
 		for _, c := range cands {

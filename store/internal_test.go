@@ -324,3 +324,56 @@ func TestBackupWhileServing(t *testing.T) {
 		t.Errorf("restored %d blobs, want at least the 50 before the backup", n)
 	}
 }
+
+// TestCountsHoldThroughAFlush: a reader that adds pending to flushed
+// counts never sees a pull vanish while a flush moves it from one to the
+// other (the status page once showed 0 pulls, then 1, then 0).
+func TestCountsHoldThroughAFlush(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{FlushInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	body := []byte(`{"schemaVersion":2}`)
+	m := Manifest{Digest: DigestOf(body), MediaType: "application/json", Body: body}
+	if err := s.PutManifest(ctx, "r/a", m, "t", nil); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				s.flushAccess()
+			}
+		}
+	}()
+	var want int64
+	var lastSeen time.Time
+	for i := 0; i < 300; i++ {
+		s.Pulled(ctx, m.Digest)
+		want++
+		for j := 0; j < 5; j++ {
+			if n, _ := s.Pulls(ctx, m.Digest); n != want {
+				close(stop)
+				wg.Wait()
+				t.Fatalf("pull %d: counted %d", want, n)
+			}
+			at, err := s.LastAccess(ctx, m.Digest)
+			if err != nil || at.Before(lastSeen) {
+				close(stop)
+				wg.Wait()
+				t.Fatalf("last access went back from %v to %v (%v)", lastSeen, at, err)
+			}
+			lastSeen = at
+		}
+	}
+	close(stop)
+	wg.Wait()
+}

@@ -91,6 +91,10 @@ type Store struct {
 
 	accessMu sync.Mutex
 	access   map[string]accessEntry // digest → last access and hits, not yet flushed
+	// flushMu is held by a flush from taking the pending entries until
+	// they are committed (or put back); readers that add pending to
+	// flushed hold it shared, so they never see an entry in neither.
+	flushMu sync.RWMutex
 
 	uploads keyedLocks // serializes the requests of one upload
 	digests keyedLocks // serializes commit and delete of one digest
