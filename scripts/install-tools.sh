@@ -16,6 +16,7 @@ STATICCHECK_VERSION=v0.8.2
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 CONTAINERD2_VERSION=v2.4.2
 CRICTL_VERSION=v1.37.0
+COSIGN_VERSION=v2.6.5
 
 go_tool() { # name module version
   local name=$1 mod=$2 ver=$3 stamp="$TOOLS/bin/.$1.version"
@@ -30,6 +31,7 @@ go_tool crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
 go_tool regctl github.com/regclient/regclient/cmd/regctl "$REGCTL_VERSION"
 go_tool oras oras.land/oras/cmd/oras "$ORAS_VERSION"
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
+go_tool cosign github.com/sigstore/cosign/v2/cmd/cosign "$COSIGN_VERSION"
 
 # containerd 2.x with its CRI plugin, and crictl, as a Kubernetes node runs
 # them; in their own directory, so that Debian's containerd 1.6 keeps its
