@@ -155,7 +155,11 @@ func printRouting(w io.Writer, cfg *Config) {
 // it guards.
 func printPolicies(w io.Writer, cfg *Config) {
 	for _, pc := range cfg.Policies {
-		p := pc.policy()
+		p, err := pc.policy()
+		if err != nil {
+			fmt.Fprintf(w, "\nPOLICY %s: %v\n", pc.Name, err)
+			continue
+		}
 		var guards []string
 		for _, r := range cfg.Repositories {
 			if r.Policy == p.Name {
@@ -177,5 +181,13 @@ func printPolicies(w io.Writer, cfg *Config) {
 		rule("deny images", p.Deny)
 		rule("allow images", p.Allow)
 		fmt.Fprintf(w, "  %-14s %s\n", "otherwise", p.Default)
+		if p.RequireSignature {
+			for _, v := range p.Verifiers {
+				fmt.Fprintf(w, "  %-14s %s\n", "signed by", v)
+			}
+		}
+		if p.MinAge > 0 {
+			fmt.Fprintf(w, "  %-14s %s (berth approve NAME@DIGEST releases one earlier)\n", "held for", p.MinAge)
+		}
 	}
 }

@@ -47,6 +47,24 @@ type PolicyConfig struct {
 	DenyTags     []string `toml:"deny_tags"`
 	AllowDigests []string `toml:"allow_digests"`
 	DenyDigests  []string `toml:"deny_digests"`
+	// MinAge holds a digest berth has known for less than this (until
+	// berth approve releases it).
+	MinAge Duration `toml:"min_age"`
+	// RequireSignature: only images with a valid cosign signature by one
+	// of Keys or Keyless are served.
+	RequireSignature bool            `toml:"require_signature"`
+	Keys             []string        `toml:"keys"` // public key files (PEM: ECDSA, Ed25519, RSA)
+	Keyless          []KeylessConfig `toml:"keyless"`
+}
+
+// KeylessConfig is one [[policy.keyless]]: a signer identity whose
+// short-lived certificates the trusted root's authorities issued.
+type KeylessConfig struct {
+	TrustedRoot    string `toml:"trusted_root"` // a trusted_root.json file (Sigstore's format)
+	Identity       string `toml:"identity"`     // the certificate's subject: an e-mail or URI
+	IdentityRegexp string `toml:"identity_regexp"`
+	Issuer         string `toml:"issuer"` // the OIDC issuer
+	IssuerRegexp   string `toml:"issuer_regexp"`
 }
 
 // PrefetchConfig is one [[prefetch]]: images pulled into the cache at

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/berth-registry/berth/internal/policy"
+	"github.com/berth-registry/berth/internal/sigverify"
 	"github.com/berth-registry/berth/server"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -312,7 +314,10 @@ func (r *RepositoryConfig) proxyDefaults(where string) error {
 func (c *Config) checkPolicies() error {
 	seen := map[string]bool{}
 	for i := range c.Policies {
-		p := c.Policies[i].policy()
+		p, err := c.Policies[i].policy()
+		if err != nil {
+			return fmt.Errorf("config: policy %q: %w", c.Policies[i].Name, err)
+		}
 		if p.Name == "" {
 			return fmt.Errorf("config: policy[%d]: name is required", i)
 		}
@@ -332,11 +337,56 @@ func (c *Config) checkPolicies() error {
 	return nil
 }
 
-// policy is what internal/policy decides with (its defaults set; what
-// is wrong with it is Check's, which checkPolicies calls).
-func (pc PolicyConfig) policy() *policy.Policy {
+// policy is what internal/policy decides with: its defaults set, its
+// keys and trusted roots read (an error names the file); what else is
+// wrong with it is Check's, which checkPolicies calls.
+func (pc PolicyConfig) policy() (*policy.Policy, error) {
 	p := &policy.Policy{Name: pc.Name, Default: policy.Decision(pc.Default), Allow: pc.Allow, Deny: pc.Deny,
-		DenyTags: pc.DenyTags, AllowDigests: pc.AllowDigests, DenyDigests: pc.DenyDigests}
+		DenyTags: pc.DenyTags, AllowDigests: pc.AllowDigests, DenyDigests: pc.DenyDigests,
+		MinAge: time.Duration(pc.MinAge), RequireSignature: pc.RequireSignature}
+	for _, f := range pc.Keys {
+		b, err := readSmallFile(f)
+		if err == nil {
+			var v *sigverify.Verifier
+			if v, err = sigverify.NewKey(f, b); err == nil {
+				p.Verifiers = append(p.Verifiers, v)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("keys: %w", err)
+		}
+	}
+	for i, k := range pc.Keyless {
+		if k.TrustedRoot == "" {
+			return nil, fmt.Errorf("keyless[%d]: trusted_root is required (berth never fetches one)", i)
+		}
+		b, err := readSmallFile(k.TrustedRoot)
+		if err == nil {
+			var v *sigverify.Verifier
+			name := fmt.Sprintf("%s (identity %s%s, issuer %s%s)", k.TrustedRoot, k.Identity, k.IdentityRegexp, k.Issuer, k.IssuerRegexp)
+			id := sigverify.Identity{Subject: k.Identity, SubjectRegexp: k.IdentityRegexp, Issuer: k.Issuer, IssuerRegexp: k.IssuerRegexp}
+			if v, err = sigverify.NewKeyless(name, b, id); err == nil {
+				p.Verifiers = append(p.Verifiers, v)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("keyless[%d]: %w", i, err)
+		}
+	}
 	p.Check()
-	return p
+	return p, nil
+}
+
+// readSmallFile reads a key or trusted root: at most 4 MiB.
+func readSmallFile(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 4<<20+1))
+	if err == nil && len(b) > 4<<20 {
+		err = fmt.Errorf("%s: larger than 4 MiB", name)
+	}
+	return b, err
 }

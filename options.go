@@ -53,7 +53,10 @@ func serverOptions(cfg *Config, st *store.Store, log *slog.Logger) (server.Optio
 // proxy its upstream client; nil makes none (what
 // server.ValidateRepositories checks needs none).
 func (c *Config) repositories(connect func(*server.Repository, RepositoryConfig) error) ([]server.Repository, error) {
-	policies := c.repositoryPolicies()
+	policies, err := c.repositoryPolicies()
+	if err != nil {
+		return nil, err
+	}
 	out := make([]server.Repository, 0, len(c.Repositories))
 	for _, rc := range c.Repositories {
 		r := server.Repository{
@@ -75,11 +78,16 @@ func (c *Config) repositories(connect func(*server.Repository, RepositoryConfig)
 	return out, nil
 }
 
-// repositoryPolicies is the policy of each repository that names one.
-func (c *Config) repositoryPolicies() map[string]*policy.Policy {
+// repositoryPolicies is the policy of each repository that names one
+// (an error: a key or trusted root that cannot be read).
+func (c *Config) repositoryPolicies() (map[string]*policy.Policy, error) {
 	byName := map[string]*policy.Policy{}
 	for _, pc := range c.Policies {
-		byName[pc.Name] = pc.policy()
+		p, err := pc.policy()
+		if err != nil {
+			return nil, fmt.Errorf("policy %q: %w", pc.Name, err)
+		}
+		byName[pc.Name] = p
 	}
 	out := map[string]*policy.Policy{}
 	for _, r := range c.Repositories {
@@ -87,7 +95,7 @@ func (c *Config) repositoryPolicies() map[string]*policy.Policy {
 			out[r.Name] = p
 		}
 	}
-	return out
+	return out, nil
 }
 
 // upstreamMetrics are what every upstream client reports its exchanges

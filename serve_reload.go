@@ -92,14 +92,17 @@ func (m *Main) reload() {
 		m.log.Error("SIGHUP: users not reloaded; nothing changed", "err", err)
 		return
 	}
-	byRepo := cfg.repositoryPolicies()
+	byRepo, err := cfg.repositoryPolicies()
 	for name := range byRepo {
 		if !m.cfg.hasRepository(name) {
 			delete(byRepo, name) // a new repository waits for the restart
 		}
 	}
-	if err := m.srv.SetPolicies(byRepo); err != nil {
-		m.log.Error("SIGHUP: policies not reloaded", "err", err)
+	if err == nil {
+		err = m.srv.SetPolicies(byRepo)
+	}
+	if err != nil {
+		m.log.Error("SIGHUP: policies not reloaded; the old ones stay", "err", err)
 	}
 	done := []string{fmt.Sprintf("%d users", len(opts.Users)), fmt.Sprintf("%d policies", len(cfg.Policies))}
 	if m.level != nil {

@@ -82,7 +82,7 @@ func (g *gate) manifest(ctx context.Context, img imageRef, rt route, head bool) 
 	if d == "" {
 		d = rt.digest.String()
 	}
-	v := g.decide(ctx, p, img, rt, d)
+	v := g.decide(ctx, p, img, rt, d, a)
 	g.s.m.policyDecisions.WithLabelValues(g.rp.Name, p.Name, string(v.Decision), v.Rule).Inc()
 	if index := a.index(); index != nil {
 		g.inherit(ctx, p, index, v)
@@ -96,7 +96,7 @@ func (g *gate) manifest(ctx context.Context, img imageRef, rt route, head bool) 
 
 // decide applies the policy to digest d of the image, asked as rt, with
 // what was remembered of d.
-func (g *gate) decide(ctx context.Context, p *gatePolicy, img imageRef, rt route, d string) policy.Verdict {
+func (g *gate) decide(ctx context.Context, p *gatePolicy, img imageRef, rt route, d string, a manifestAnswer) policy.Verdict {
 	if d == "" {
 		return policy.Verdict{Decision: policy.Deny, Rule: "digest", Reason: fmt.Sprintf("the manifest's digest is not known: policy %q decides on digests", p.Name)}
 	}
@@ -117,10 +117,15 @@ func (g *gate) decide(ctx context.Context, p *gatePolicy, img imageRef, rt route
 		return policy.Verdict{Decision: policy.Deny, Rule: "unknown", Reason: fmt.Sprintf("what policy %q learned of this digest cannot be read now; try again", p.Name)}
 	case ok && known.Decision == string(policy.Deny):
 		return policy.Verdict{Decision: policy.Deny, Rule: known.Rule, Reason: known.Reason} // a denied tag or index named it
-	case ok && v.Decision == policy.Hold:
-		return policy.Verdict{Decision: policy.Decision(known.Decision), Rule: known.Rule, Reason: known.Reason} // its index passed
+	case ok && (v.Decision == policy.Hold || v.Decision == policy.Allow && p.RequireSignature):
+		// It passed the whole policy before (by itself: its signature
+		// verified; or its index did): a warm pull checks nothing again.
+		return policy.Verdict{Decision: policy.Decision(known.Decision), Rule: known.Rule, Reason: known.Reason}
 	case v.Decision == policy.Deny && v.Rule == "tag":
 		g.remember(ctx, p, d, v)
+	}
+	if v.Decision == policy.Allow && p.RequireSignature && !signatureArtifact(a) {
+		v = g.checkSignature(ctx, p, img, d)
 	}
 	return v
 }
@@ -129,7 +134,7 @@ func (g *gate) decide(ctx context.Context, p *gatePolicy, img imageRef, rt route
 // when it was learned beyond their digests (a denied tag; an index
 // allowed).
 func (g *gate) inherit(ctx context.Context, p *gatePolicy, index *parsedManifest, v policy.Verdict) {
-	if v.Decision == policy.Allow && v.Rule != "tag" && v.Rule != "min_age" && v.Rule != "approved" {
+	if v.Decision == policy.Allow && (v.Rule == "image" || v.Rule == "default" || v.Rule == "digest") {
 		return // decided on the image alone: a child gets the same answer by itself
 	}
 	for _, c := range index.children {

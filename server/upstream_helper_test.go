@@ -37,6 +37,7 @@ type fakeUpstream struct {
 
 	mu      sync.Mutex
 	counts  map[string]int // "METHOD kind", kind = manifest|blob|tags|ping|token
+	paths   map[string]int // "METHOD path"
 	fault   func(w http.ResponseWriter, r *http.Request) bool
 	latency time.Duration
 	token   string // when set, /v2 requests need "Bearer <token>"
@@ -46,7 +47,7 @@ type fakeUpstream struct {
 }
 
 func newFakeUpstream(t *testing.T) *fakeUpstream {
-	f := &fakeUpstream{t: t, reg: registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(true)), counts: map[string]int{}}
+	f := &fakeUpstream{t: t, reg: registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(true)), counts: map[string]int{}, paths: map[string]int{}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	f.seed = httptest.NewServer(f.reg)
 	t.Cleanup(func() { f.srv.Close(); f.seed.Close() })
@@ -72,6 +73,7 @@ func kindOf(path string) string {
 func (f *fakeUpstream) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.counts[r.Method+" "+kindOf(r.URL.Path)]++
+	f.paths[r.Method+" "+r.URL.Path]++
 	if kindOf(r.URL.Path) == "blob" {
 		f.authHdr = append(f.authHdr, r.Header.Get("Authorization"))
 	}
@@ -97,6 +99,19 @@ func (f *fakeUpstream) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.reg.ServeHTTP(w, r)
+}
+
+// countPath counts the requests of method whose path ends in suffix.
+func (f *fakeUpstream) countPath(method, suffix string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for k, c := range f.paths {
+		if strings.HasPrefix(k, method+" ") && strings.HasSuffix(k, suffix) {
+			n += c
+		}
+	}
+	return n
 }
 
 func (f *fakeUpstream) count(methodKind string) int {

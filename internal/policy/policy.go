@@ -19,6 +19,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/berth-registry/berth/internal/sigverify"
 )
 
 // Decision is a policy's answer.
@@ -49,8 +51,11 @@ type Policy struct {
 	// none), unless approved.
 	MinAge time.Duration
 	// RequireSignature: the image must carry a valid signature from one
-	// of the policy's verifiers (checked by the caller).
+	// of Verifiers (checked by the caller).
 	RequireSignature bool
+	// Verifiers are the keys and keyless identities a signature may be
+	// by; their IDs are part of the fingerprint.
+	Verifiers []*sigverify.Verifier `json:"-"`
 }
 
 // Subject is what a decision is about.
@@ -97,6 +102,9 @@ func (p *Policy) Check() error {
 	if p.MinAge < 0 {
 		return fmt.Errorf("policy %q: min_age must not be negative", p.Name)
 	}
+	if p.RequireSignature && len(p.Verifiers) == 0 {
+		return fmt.Errorf("policy %q: require_signature needs a key or a keyless identity to check signatures with", p.Name)
+	}
 	return nil
 }
 
@@ -104,6 +112,9 @@ func (p *Policy) Check() error {
 // another fingerprint is decided again.
 func (p *Policy) Fingerprint() string {
 	b, _ := json.Marshal(p)
+	for _, v := range p.Verifiers {
+		b = append(append(b, 0), v.ID()...)
+	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
 }
