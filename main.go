@@ -34,6 +34,8 @@ func newApp(stdout, stderr io.Writer) *berthApp {
 			checkConfigCommand(stdout, stderr),
 			prefetchCommand(stdout, stderr),
 			lsCommand(stdout, stderr),
+			approveCommand(stdout, stderr),
+			policyCommand(stdout, stderr),
 			exportCommand(stdout, stderr),
 			importCommand(stdout, stderr),
 			passwdCommand(stdout, stderr),

@@ -67,6 +67,9 @@ type Ops interface {
 	// List returns the tags of the images under filter
 	// ("REPOSITORY[/IMAGE]", "" for all).
 	List(ctx context.Context, filter string) ([]ListEntry, error)
+	// Approve releases ref ("NAME@DIGEST") from every policy's min_age;
+	// by says who, for the record.
+	Approve(ctx context.Context, ref, by string) (ApproveReply, error)
 }
 
 // GCRequest asks for a collection: unreferenced blobs younger than Grace
@@ -179,6 +182,17 @@ func serveOps(mux *http.ServeMux, ops Ops, log *slog.Logger, handle func(errorFo
 		}
 		log.Info("index backed up", "bytes", n)
 		return nil
+	}))
+	mux.HandleFunc("POST /admin/approve", handle(formatRegistry, func(w http.ResponseWriter, r *http.Request) error {
+		by := r.URL.Query().Get("by")
+		if by == "" || len(by) > 100 {
+			by = "an operator"
+		}
+		res, err := ops.Approve(r.Context(), r.URL.Query().Get("ref"), by)
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, r, res)
 	}))
 	mux.HandleFunc("GET /admin/ls", handle(formatRegistry, func(w http.ResponseWriter, r *http.Request) error {
 		list, err := ops.List(r.Context(), r.URL.Query().Get("filter"))

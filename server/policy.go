@@ -82,60 +82,91 @@ func (g *gate) manifest(ctx context.Context, img imageRef, rt route, head bool) 
 	if d == "" {
 		d = rt.digest.String()
 	}
-	v := g.decide(ctx, p, img, rt, d, a)
+	v, first := g.decide(ctx, p, img, rt, d, a)
 	g.s.m.policyDecisions.WithLabelValues(g.rp.Name, p.Name, string(v.Decision), v.Rule).Inc()
 	if index := a.index(); index != nil {
-		g.inherit(ctx, p, index, v)
+		g.inherit(ctx, p, index, v, first)
 	}
-	if v.Decision != policy.Allow {
-		g.s.log.Info("policy refused a manifest", "repository", g.rp.Name, "name", img.name, "digest", d, "policy", p.Name, "rule", v.Rule, "reason", v.Reason)
-		return manifestAnswer{}, errf(codeDenied, "%s@%s: %s", img.name, d, v.Reason)
+	byTag := rt.digest.IsZero() && p.MinAge > 0
+	switch {
+	case v.Decision == policy.Allow:
+		if byTag {
+			g.notePassed(ctx, p, img, rt.ref, d)
+		}
+		return a, nil
+	case v.Decision == policy.Hold && byTag:
+		if prev, ok := g.previous(ctx, p, img, rt.ref, d, head); ok {
+			return prev, nil
+		}
 	}
-	return a, nil
+	if v.Decision == policy.Hold {
+		v.Reason += fmt.Sprintf("; berth approve %s@%s releases it now", img.path(), d)
+	}
+	g.s.log.Info("policy refused a manifest", "repository", g.rp.Name, "name", img.name, "digest", d, "policy", p.Name, "rule", v.Rule, "reason", v.Reason)
+	return manifestAnswer{}, errf(codeDenied, "%s@%s: %s", img.name, d, v.Reason)
 }
 
 // decide applies the policy to digest d of the image, asked as rt, with
-// what was remembered of d.
-func (g *gate) decide(ctx context.Context, p *gatePolicy, img imageRef, rt route, d string, a manifestAnswer) policy.Verdict {
+// what was remembered of d; first is when d was first known (min_age).
+func (g *gate) decide(ctx context.Context, p *gatePolicy, img imageRef, rt route, d string, a manifestAnswer) (v policy.Verdict, first time.Time) {
 	if d == "" {
-		return policy.Verdict{Decision: policy.Deny, Rule: "digest", Reason: fmt.Sprintf("the manifest's digest is not known: policy %q decides on digests", p.Name)}
+		return policy.Verdict{Decision: policy.Deny, Rule: "digest", Reason: fmt.Sprintf("the manifest's digest is not known: policy %q decides on digests", p.Name)}, first
+	}
+	unreadable := func(err error) policy.Verdict {
+		// What was learned of d cannot be read: refuse rather than
+		// forget a deny (fail closed).
+		g.s.log.Error("cannot read a remembered policy verdict", "repository", g.rp.Name, "digest", d, "err", err)
+		return policy.Verdict{Decision: policy.Deny, Rule: "unknown", Reason: fmt.Sprintf("what policy %q learned of this digest cannot be read now; try again", p.Name)}
 	}
 	subject := policy.Subject{Image: g.rp.grantPrefix + img.name, Digest: d}
 	if rt.digest.IsZero() {
 		subject.Tags = []string{rt.ref}
 	}
-	v := p.Decide(subject, time.Now())
+	// A signature holds nothing to run: it is not held, nor signed itself.
+	sigArtifact := signatureArtifact(a)
+	if p.MinAge > 0 && !sigArtifact {
+		var err error
+		if subject.FirstSeen, subject.Approved, err = g.aging(ctx, d); err != nil {
+			return unreadable(err), first
+		}
+		first = subject.FirstSeen
+	}
+	v = p.Decide(subject, time.Now())
 	if v.Rule == "digest" {
-		return v // named outright: nothing remembered overrides it
+		return v, first // named outright: nothing remembered overrides it
 	}
 	known, ok, err := g.s.verdicts.GetVerdict(ctx, p.key(d))
 	switch {
 	case err != nil:
-		// What was learned of d cannot be read: refuse rather than
-		// forget a deny (fail closed).
-		g.s.log.Error("cannot read a remembered policy verdict", "repository", g.rp.Name, "digest", d, "err", err)
-		return policy.Verdict{Decision: policy.Deny, Rule: "unknown", Reason: fmt.Sprintf("what policy %q learned of this digest cannot be read now; try again", p.Name)}
+		return unreadable(err), first
 	case ok && known.Decision == string(policy.Deny):
-		return policy.Verdict{Decision: policy.Deny, Rule: known.Rule, Reason: known.Reason} // a denied tag or index named it
-	case ok && (v.Decision == policy.Hold || v.Decision == policy.Allow && p.RequireSignature):
+		return policy.Verdict{Decision: policy.Deny, Rule: known.Rule, Reason: known.Reason}, first // a denied tag or index named it
+	case ok && known.Decision == string(policy.Allow) && (v.Decision == policy.Hold || v.Decision == policy.Allow && p.RequireSignature):
 		// It passed the whole policy before (by itself: its signature
 		// verified; or its index did): a warm pull checks nothing again.
-		return policy.Verdict{Decision: policy.Decision(known.Decision), Rule: known.Rule, Reason: known.Reason}
+		return policy.Verdict{Decision: policy.Allow, Rule: known.Rule, Reason: known.Reason}, first
 	case v.Decision == policy.Deny && v.Rule == "tag":
 		g.remember(ctx, p, d, v)
 	}
-	if v.Decision == policy.Allow && p.RequireSignature && !signatureArtifact(a) {
+	if v.Decision == policy.Allow && p.RequireSignature && !sigArtifact {
 		v = g.checkSignature(ctx, p, img, d)
 	}
-	return v
+	return v, first
 }
 
 // inherit gives the platform manifests of an index the index's verdict
 // when it was learned beyond their digests (a denied tag; an index
-// allowed).
-func (g *gate) inherit(ctx context.Context, p *gatePolicy, index *parsedManifest, v policy.Verdict) {
-	if v.Decision == policy.Allow && (v.Rule == "image" || v.Rule == "default" || v.Rule == "digest") {
-		return // decided on the image alone: a child gets the same answer by itself
+// allowed), and the time the index was first known (first) as theirs.
+func (g *gate) inherit(ctx context.Context, p *gatePolicy, index *parsedManifest, v policy.Verdict, first time.Time) {
+	if !first.IsZero() {
+		for _, c := range index.children {
+			if _, err := g.seenAt(ctx, c.String(), first); err != nil {
+				g.s.log.Warn("cannot remember when a platform manifest was first known", "repository", g.rp.Name, "digest", c, "err", err)
+			}
+		}
+	}
+	if v.Decision == policy.Hold || v.Decision == policy.Allow && (v.Rule == "image" || v.Rule == "default" || v.Rule == "digest") {
+		return // decided on the image alone (or its age): a child gets the same answer by itself
 	}
 	for _, c := range index.children {
 		child := v

@@ -53,7 +53,7 @@ func (s *Server) handler(l listenerScope) http.Handler {
 }
 
 // AdminHandler serves the operator endpoints (/admin/gc, /admin/prefetch,
-// /admin/ls) and the registry API with full rights, for the berth
+// /admin/ls, /admin/approve, /admin/policy-test) and the registry API with full rights, for the berth
 // commands. It belongs on its own listener that only the operator can
 // reach (a mode-0600 Unix socket by default), never on a public one:
 // behind a reverse proxy on the same box every client is "loopback".
@@ -61,6 +61,7 @@ func (s *Server) AdminHandler(listenerRepo string) http.Handler {
 	mux := http.NewServeMux()
 	serveOps(mux, runningOps{s}, s.log, s.handle)
 	mux.HandleFunc("POST /admin/prefetch", s.handle(formatRegistry, s.adminPrefetch(listenerRepo)))
+	mux.HandleFunc("POST /admin/policy-test", s.handle(formatRegistry, adminPolicyTest(s, listenerRepo)))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{}))
 	trusted := s.v2Handler(listenerScope{repo: listenerRepo, trusted: true})
 	mux.Handle("/v2/", trusted)

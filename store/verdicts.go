@@ -10,8 +10,12 @@ import (
 
 // bucketVerdicts: what a policy learned about a manifest digest beyond
 // the digest itself (a denied tag named it; an index it belongs to was
-// decided), "<policy fingerprint>@<digest>" → JSON. A new bucket in an
-// older index is made at open; an older berth ignores it.
+// decided), "<policy fingerprint>@<digest>" → JSON; and what holds for a
+// digest under any policy: "seen@<digest>" (when berth first knew it),
+// "approved@<digest>" (an operator released it), and
+// "passed@<fingerprint>@<repo>/<name>:<tag>" (the tag's last digest the
+// policy let through). A new bucket in an older index is made at open;
+// an older berth ignores it.
 var bucketVerdicts = []byte("verdicts")
 
 // Verdict is a remembered policy decision on a digest.
@@ -20,6 +24,7 @@ type Verdict struct {
 	Rule     string    `json:"rule"`
 	Reason   string    `json:"reason"`
 	At       time.Time `json:"at"`
+	Digest   string    `json:"digest,omitempty"` // passed@: the tag's digest
 }
 
 // PutVerdict remembers v under key ("<policy fingerprint>@<digest>").

@@ -137,7 +137,7 @@ func (p *Policy) Decide(s Subject, now time.Time) Verdict {
 	}
 	if until := first.Add(p.MinAge); now.Before(until) {
 		return Verdict{Decision: Hold, Rule: "min_age", Until: until,
-			Reason: fmt.Sprintf("quarantined until %s (min_age %s of policy %q); berth approve releases it earlier", until.UTC().Format(time.RFC3339), p.MinAge, p.Name)}
+			Reason: fmt.Sprintf("quarantined until %s (min_age %s of policy %q)", until.UTC().Format(time.RFC3339), p.MinAge, p.Name)}
 	}
 	return v
 }
