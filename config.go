@@ -96,6 +96,7 @@ type UserConfig struct {
 	PasswordHash string   `toml:"password_hash"`
 	Pull         []string `toml:"pull"`
 	Push         []string `toml:"push"`
+	Admin        bool     `toml:"admin"` // may approve held images from the status page
 }
 
 // StorageConfig limits the store.

@@ -258,7 +258,7 @@ func authOptions(cfg *Config) (server.AuthOptions, error) {
 				return o, fmt.Errorf("user %q has no password_hash and is not in %s", u.Name, cfg.Auth.Htpasswd)
 			}
 		}
-		o.Users = append(o.Users, server.User{Name: u.Name, PasswordHash: []byte(hash), Pull: u.Pull, Push: u.Push})
+		o.Users = append(o.Users, server.User{Name: u.Name, PasswordHash: []byte(hash), Pull: u.Pull, Push: u.Push, Admin: u.Admin})
 	}
 	keyFile := cfg.Auth.TokenKeyFile
 	if keyFile == "" {

@@ -28,6 +28,7 @@ type User struct {
 	Name         string
 	PasswordHash []byte // bcrypt
 	Pull, Push   []string
+	Admin        bool // may approve held images from the status page
 }
 
 // AuthOptions configure access control.

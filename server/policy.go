@@ -93,6 +93,7 @@ func (g *gate) manifest(ctx context.Context, img imageRef, rt route, head bool) 
 		if byTag {
 			g.notePassed(ctx, p, img, rt.ref, d)
 		}
+		g.s.refused.served(g.rp, img.name, d)
 		return a, nil
 	case v.Decision == policy.Hold && byTag:
 		if prev, ok := g.previous(ctx, p, img, rt.ref, d, head); ok {
@@ -102,6 +103,7 @@ func (g *gate) manifest(ctx context.Context, img imageRef, rt route, head bool) 
 	if v.Decision == policy.Hold {
 		v.Reason += fmt.Sprintf("; berth approve %s@%s releases it now", img.path(), d)
 	}
+	g.s.refused.note(g.rp, img.name, d, v)
 	g.s.log.Info("policy refused a manifest", "repository", g.rp.Name, "name", img.name, "digest", d, "policy", p.Name, "rule", v.Rule, "reason", v.Reason)
 	return manifestAnswer{}, errf(codeDenied, "%s@%s: %s", img.name, d, v.Reason)
 }

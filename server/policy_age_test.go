@@ -2,6 +2,9 @@ package server
 
 import (
 	"context"
+	"net/http"
+	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -134,5 +137,78 @@ func TestPolicyTestExplains(t *testing.T) {
 		if _, err := policyTest(context.Background(), b.srv, "hub", bad); err == nil {
 			t.Errorf("policy test %q: no error", bad)
 		}
+	}
+}
+
+// TestStatusPageHeldImages: the status page lists a held image with its
+// reason; an admin user approves it there, nobody else can, and no
+// other site can make an admin's browser do it.
+func TestStatusPageHeldImages(t *testing.T) {
+	up := newFakeUpstream(t)
+	d := up.push("app", "v1", randomImage(t, 512, 1))
+	b := newTestBerth(t, up, withMinAge(24*time.Hour), func(r *Repository, o *Options) {
+		o.Auth.Users = []User{
+			{Name: "root", PasswordHash: mustHash("root-pw"), Pull: []string{"*"}, Admin: true},
+			{Name: "bob", PasswordHash: mustHash("bob-pw"), Pull: []string{"hub"}},
+		}
+	})
+	_, err := remote.Get(b.ref("app:v1"))
+	denied(t, err, "quarantined")
+	page := func(hdr ...string) string {
+		resp := b.get("GET", "/ui/policy", hdr...)
+		body := string(readAll(t, resp))
+		if resp.StatusCode != 200 {
+			t.Fatalf("/ui/policy: %d %s", resp.StatusCode, body)
+		}
+		return body
+	}
+	anon := page()
+	if !strings.Contains(anon, d.String()) || !strings.Contains(anon, "quarantined until") || strings.Contains(anon, "<form") {
+		t.Fatalf("anonymous view:\n%s", anon)
+	}
+	if strings.Contains(page("Authorization", basic("bob", "bob-pw")), "<form") {
+		t.Fatal("a user who is not an admin gets the approve button")
+	}
+	root := page("Authorization", basic("root", "root-pw"))
+	m := regexp.MustCompile(`name="token" value="([0-9a-f]+)"`).FindStringSubmatch(root)
+	if m == nil {
+		t.Fatalf("no approve form for the admin:\n%s", root)
+	}
+	post := func(token, origin string, authz string) int {
+		form := url.Values{"ref": {"hub/app@" + d.String()}, "token": {token}}
+		req, _ := http.NewRequest("POST", b.http.URL+"/ui/approve", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Authorization", authz)
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for name, code := range map[string]int{
+		"bob with the admin's token": post(m[1], "", basic("bob", "bob-pw")),
+		"no token":                   post("", "", basic("root", "root-pw")),
+		"another site":               post(m[1], "https://evil.example", basic("root", "root-pw")),
+	} {
+		if code != http.StatusForbidden {
+			t.Errorf("%s: %d, want 403", name, code)
+		}
+	}
+	if _, err := remote.Get(b.ref("app:v1")); err == nil {
+		t.Fatal("served before the approval")
+	}
+	if code := post(m[1], b.http.URL, basic("root", "root-pw")); code != http.StatusSeeOther {
+		t.Fatalf("the admin's approval: %d", code)
+	}
+	if _, err := remote.Get(b.ref("app:v1")); err != nil {
+		t.Fatalf("after the approval from the page: %v", err)
+	}
+	if got := page("Authorization", basic("root", "root-pw")); strings.Contains(got, d.String()) {
+		t.Fatalf("the served image is still listed:\n%s", got)
 	}
 }

@@ -171,6 +171,7 @@ type Server struct {
 	uploadLimit *uploadLimiter
 
 	status   statusPages  // the status page (ui.go)
+	refused  refusalLog   // what policies held or refused lately (ui_policy.go)
 	hosts    *hostProxies // per-host proxies of allowlist repositories (hosts.go)
 	eager    *eager       // eager layer downloads (eager.go)
 	resolver interface {
