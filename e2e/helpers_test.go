@@ -521,6 +521,16 @@ var noNet = []string{"HTTP_PROXY=http://127.0.0.1:9", "HTTPS_PROXY=http://127.0.
 // temp dir and no CRI, and returns a ctr runner in namespace e2e.
 func startContainerd(t *testing.T) func(args ...string) string {
 	t.Helper()
+	sock := containerdSocket(t)
+	return func(args ...string) string {
+		return run(t, 3*time.Minute, noNet, "ctr", append([]string{"-a", sock, "-n", "e2e"}, args...)...)
+	}
+}
+
+// containerdSocket starts containerd as startContainerd does and returns
+// its socket.
+func containerdSocket(t *testing.T) string {
+	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "cd") // short: the socket path has a length limit
 	if err != nil {
 		t.Fatal(err)
@@ -538,15 +548,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := runErr(5*time.Second, nil, "ctr", "-a", sock, "version"); err == nil {
-			break
+			return sock
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("containerd did not start")
 		}
 		time.Sleep(200 * time.Millisecond)
-	}
-	return func(args ...string) string {
-		return run(t, 3*time.Minute, noNet, "ctr", append([]string{"-a", sock, "-n", "e2e"}, args...)...)
 	}
 }
 

@@ -78,8 +78,10 @@ func (g *gate) bundleSignatures(ctx context.Context, img imageRef, d store.Diges
 		if ferr != nil || pm == nil || pm.index == nil {
 			return nil, ferr
 		}
+		// cosign lists its bundles there under the empty config's
+		// type: each manifest says what it is.
 		for _, m := range pm.index.Manifests {
-			if strings.HasPrefix(m.ArtifactType, sigverify.BundleArtifactPrefix) {
+			if referrerEntry(m.ArtifactType) {
 				digests = append(digests, m.Digest.String())
 			}
 		}
@@ -238,12 +240,20 @@ func signatureArtifact(a manifestAnswer) bool {
 		}
 		return true
 	case pm.index != nil && len(pm.index.Manifests) > 0:
+		// The fallback tag's index of referrers; each manifest it
+		// lists is judged by itself when fetched.
 		for _, m := range pm.index.Manifests {
-			if !strings.HasPrefix(m.ArtifactType, sigverify.BundleArtifactPrefix) {
+			if !referrerEntry(m.ArtifactType) {
 				return false
 			}
 		}
 		return true
 	}
 	return false
+}
+
+// referrerEntry: an index entry of this artifact type may be a bundle (a
+// bundle's own type, or the empty config's type cosign writes there).
+func referrerEntry(artifactType string) bool {
+	return strings.HasPrefix(artifactType, sigverify.BundleArtifactPrefix) || artifactType == "application/vnd.oci.empty.v1+json"
 }
