@@ -45,21 +45,28 @@ func (g *gate) tagSignatures(ctx context.Context, img imageRef, d store.Digest) 
 	if err != nil || pm == nil || pm.image == nil {
 		return nil, err
 	}
+	// A layer that cannot be read is skipped, not the end: a bad one
+	// first must not hide a good one after it. At most maxSignatures
+	// are tried.
 	var out []sigverify.Signature
+	var errs []error
+	tried := 0
 	for _, l := range pm.image.Layers {
-		if len(out) == maxSignatures {
+		if tried == maxSignatures {
 			break
 		}
 		if string(l.MediaType) != sigverify.MediaTypeSimpleSigning {
 			continue
 		}
+		tried++
 		payload, err := g.smallBlob(ctx, img, l.Digest.String(), l.Size, sigverify.MaxPayload)
 		if err != nil {
-			return out, err
+			errs = append(errs, err)
+			continue
 		}
 		out = append(out, sigverify.Signature{Payload: payload, Annotations: l.Annotations})
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 // bundleSignatures reads the bundles among d's referrers.
@@ -87,8 +94,9 @@ func (g *gate) bundleSignatures(ctx context.Context, img imageRef, d store.Diges
 		}
 	}
 	var out []sigverify.Signature
-	for _, ds := range digests {
-		if len(out) == maxSignatures {
+	var errs []error
+	for i, ds := range digests {
+		if i == maxSignatures {
 			break
 		}
 		md, err := store.ParseDigest(ds)
@@ -97,7 +105,8 @@ func (g *gate) bundleSignatures(ctx context.Context, img imageRef, d store.Diges
 		}
 		pm, err := g.signatureManifest(ctx, img, route{kind: routeManifest, name: img.name, ref: ds, digest: md})
 		if err != nil {
-			return out, err
+			errs = append(errs, err)
+			continue
 		}
 		if pm == nil || pm.image == nil || len(pm.image.Layers) != 1 || !strings.HasPrefix(string(pm.image.Layers[0].MediaType), sigverify.BundleArtifactPrefix) {
 			continue
@@ -105,11 +114,12 @@ func (g *gate) bundleSignatures(ctx context.Context, img imageRef, d store.Diges
 		l := pm.image.Layers[0]
 		b, err := g.smallBlob(ctx, img, l.Digest.String(), l.Size, sigverify.MaxBundle)
 		if err != nil {
-			return out, err
+			errs = append(errs, err)
+			continue
 		}
 		out = append(out, sigverify.Signature{Bundle: b})
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 // signatureManifest finds a manifest of a signature through the kind:

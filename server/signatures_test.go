@@ -219,3 +219,97 @@ func TestPolicyBundleReferrer(t *testing.T) {
 		t.Fatalf("an image signed by a bundle referrer: %v", err)
 	}
 }
+
+// TestPolicyHostileSignatures: signature material that is malformed,
+// oversized or points at the image itself is a clear refusal, never a
+// crash, never a pass.
+func TestPolicyHostileSignatures(t *testing.T) {
+	up := newFakeUpstream(t)
+	key := newSigner(t)
+	b := newTestBerth(t, up, withSignatures(key.verifier(t)))
+	sigTag := func(d v1.Hash) string { return d.Algorithm + "-" + d.Hex + ".sig" }
+	layer := func(payload []byte, mt types.MediaType, ann map[string]string) v1.Image {
+		img := mutate.MediaType(mutate.ConfigMediaType(empty.Image, types.OCIConfigJSON), types.OCIManifestSchema1)
+		img, err := mutate.Append(img, mutate.Addendum{Layer: static.NewLayer(payload, mt), Annotations: ann})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img
+	}
+	cases := map[string]func(d v1.Hash) v1.Image{
+		"the signature tag is the image itself": func(d v1.Hash) v1.Image { return nil },
+		"an oversized payload": func(d v1.Hash) v1.Image {
+			return layer(make([]byte, sigverify.MaxPayload+1), sigverify.MediaTypeSimpleSigning, map[string]string{sigverify.AnnotationSignature: "AAAA"})
+		},
+		"a signature that is not base64": func(d v1.Hash) v1.Image {
+			return layer([]byte(`{}`), sigverify.MediaTypeSimpleSigning, map[string]string{sigverify.AnnotationSignature: "%%%"})
+		},
+		"no signature annotation": func(d v1.Hash) v1.Image {
+			return layer([]byte(`{}`), sigverify.MediaTypeSimpleSigning, nil)
+		},
+		"a garbage bundle as a layer": func(d v1.Hash) v1.Image {
+			return layer([]byte(`{"mediaType":`), "application/vnd.dev.sigstore.bundle.v0.3+json", nil)
+		},
+	}
+	for name, mk := range cases {
+		t.Run(name, func(t *testing.T) {
+			img := randomImage(t, 256, 1)
+			repo := "hostile/" + strings.ReplaceAll(name, " ", "-")
+			d := up.push(repo, "v1", img)
+			sig := mk(d)
+			if sig == nil {
+				sig = img // the ".sig" tag names the image's own manifest
+			}
+			up.push(repo, sigTag(d), sig)
+			_, err := remote.Image(b.ref(repo + ":v1"))
+			denied(t, err, `not signed by a key of policy "prod"`)
+		})
+	}
+	// Many signature layers: at most maxSignatures are read.
+	d := up.push("hostile/many", "v1", randomImage(t, 256, 1))
+	img := mutate.MediaType(mutate.ConfigMediaType(empty.Image, types.OCIConfigJSON), types.OCIManifestSchema1)
+	for i := range maxSignatures * 3 {
+		var err error
+		img, err = mutate.Append(img, mutate.Addendum{Layer: static.NewLayer([]byte(fmt.Sprintf(`{"n":%d}`, i)), sigverify.MediaTypeSimpleSigning),
+			Annotations: map[string]string{sigverify.AnnotationSignature: "AAAA"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	up.push("hostile/many", sigTag(d), img)
+	before := up.count("GET blob")
+	_, err := remote.Image(b.ref("hostile/many:v1"))
+	denied(t, err, fmt.Sprintf("%d signature(s) found, none verifies", maxSignatures))
+	if n := up.count("GET blob") - before; n > maxSignatures {
+		t.Errorf("read %d signature blobs, the bound is %d", n, maxSignatures)
+	}
+}
+
+// TestPolicyBadSignatureFirst: an unreadable signature layer before a
+// good one does not hide it.
+func TestPolicyBadSignatureFirst(t *testing.T) {
+	up := newFakeUpstream(t)
+	key := newSigner(t)
+	d := up.push("app", "v1", randomImage(t, 256, 1))
+	key.sign(t, up, "app", d, d)
+	sigRef := "app:" + d.Algorithm + "-" + d.Hex + ".sig"
+	ref, _ := name.ParseReference(strings.TrimPrefix(up.seed.URL, "http://")+"/"+sigRef, name.Insecure)
+	good, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := mutate.MediaType(mutate.ConfigMediaType(empty.Image, types.OCIConfigJSON), types.OCIManifestSchema1)
+	bad, _ = mutate.Append(bad, mutate.Addendum{Layer: static.NewLayer(make([]byte, sigverify.MaxPayload+1), sigverify.MediaTypeSimpleSigning),
+		Annotations: map[string]string{sigverify.AnnotationSignature: "AAAA"}})
+	gl, _ := good.Manifest()
+	goodLayers, _ := good.Layers()
+	both, err := mutate.Append(bad, mutate.Addendum{Layer: goodLayers[0], Annotations: gl.Layers[0].Annotations})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.push("app", d.Algorithm+"-"+d.Hex+".sig", both)
+	b := newTestBerth(t, up, withSignatures(key.verifier(t)))
+	if _, err := remote.Image(b.ref("app:v1")); err != nil {
+		t.Fatalf("a good signature after a bad one: %v", err)
+	}
+}
