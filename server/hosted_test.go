@@ -30,7 +30,7 @@ func (b *testBerth) do(method, path string, body []byte, hdr ...string) *http.Re
 	return doReq(b.t, b.http.URL, method, path, body, hdr...)
 }
 
-func doReq(t *testing.T, base, method, path string, body []byte, hdr ...string) *http.Response {
+func doReq(t testing.TB, base, method, path string, body []byte, hdr ...string) *http.Response {
 	t.Helper()
 	req, _ := http.NewRequest(method, base+path, bytes.NewReader(body))
 	if body == nil {

@@ -24,18 +24,11 @@ import (
 // berth's own: not counted as a client's cache results.
 const maxSignatures = 8
 
-// signatures returns the signatures the repository holds for digest d of
-// img; an error only when none could be read for a reason other than
-// their absence (the upstream is down).
-func (g *gate) signatures(ctx context.Context, img imageRef, d store.Digest) ([]sigverify.Signature, error) {
-	ctx = context.WithValue(ctx, infoKey{}, &reqInfo{principal: principal{internal: true}})
-	sigs, err := g.tagSignatures(ctx, img, d)
-	bundles, berr := g.bundleSignatures(ctx, img, d)
-	sigs = append(sigs, bundles...)
-	if len(sigs) > 0 {
-		return sigs, nil
-	}
-	return nil, errors.Join(err, berr)
+// signatureSources are cosign's layouts, looked at in this order: the
+// tag scheme first, which most signed images use, so that a verified
+// one costs no referrers look-up.
+func (g *gate) signatureSources() []func(context.Context, imageRef, store.Digest) ([]sigverify.Signature, error) {
+	return []func(context.Context, imageRef, store.Digest) ([]sigverify.Signature, error){g.tagSignatures, g.bundleSignatures}
 }
 
 // tagSignatures reads the tag scheme's payloads.
@@ -204,28 +197,38 @@ func (g *gate) verifySignatures(ctx context.Context, p *gatePolicy, img imageRef
 	if err != nil {
 		return notSigned(err.Error())
 	}
-	sigs, err := g.signatures(ctx, img, md)
-	if len(sigs) == 0 {
-		if err != nil {
-			return notSigned(fmt.Sprintf("no signature could be read (%v)", err))
-		}
-		return notSigned(fmt.Sprintf("no signature of %s found (cosign sign names it %s-%s.sig)", d, md.Algorithm(), md.Hex()))
-	}
+	// Berth's own look-ups: not a client's cache results.
+	ctx = context.WithValue(ctx, infoKey{}, &reqInfo{principal: principal{internal: true}})
 	var why []string
-	for _, sig := range sigs {
-		for _, ver := range p.Verifiers {
-			err := ver.Verify(sig, d)
-			if err == nil {
-				ok := policy.Verdict{Decision: policy.Allow, Rule: "signature", Reason: fmt.Sprintf("signed by %s (policy %q)", ver, p.Name)}
-				g.remember(ctx, p, d, ok)
-				return ok
-			}
-			if len(why) < 3 {
-				why = append(why, err.Error())
+	var errs []error
+	found := 0
+	for _, source := range g.signatureSources() {
+		sigs, err := source(ctx, img, md)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		found += len(sigs)
+		for _, sig := range sigs {
+			for _, ver := range p.Verifiers {
+				err := ver.Verify(sig, d)
+				if err == nil {
+					ok := policy.Verdict{Decision: policy.Allow, Rule: "signature", Reason: fmt.Sprintf("signed by %s (policy %q)", ver, p.Name)}
+					g.remember(ctx, p, d, ok)
+					return ok
+				}
+				if len(why) < 3 {
+					why = append(why, err.Error())
+				}
 			}
 		}
 	}
-	return notSigned(fmt.Sprintf("%d signature(s) found, none verifies: %s", len(sigs), strings.Join(why, "; ")))
+	switch {
+	case found > 0:
+		return notSigned(fmt.Sprintf("%d signature(s) found, none verifies: %s", found, strings.Join(why, "; ")))
+	case len(errs) > 0:
+		return notSigned(fmt.Sprintf("no signature could be read (%v)", errors.Join(errs...)))
+	}
+	return notSigned(fmt.Sprintf("no signature of %s found (cosign sign names it %s-%s.sig)", d, md.Algorithm(), md.Hex()))
 }
 
 // signatureArtifact: the manifest is a signature (the tag scheme's

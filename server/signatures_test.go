@@ -30,7 +30,7 @@ import (
 // signer signs images as cosign does with a key.
 type signer struct{ priv *ecdsa.PrivateKey }
 
-func newSigner(t *testing.T) signer {
+func newSigner(t testing.TB) signer {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +38,7 @@ func newSigner(t *testing.T) signer {
 	return signer{k}
 }
 
-func (s signer) verifier(t *testing.T) *sigverify.Verifier {
+func (s signer) verifier(t testing.TB) *sigverify.Verifier {
 	pemKey, err := cryptoutils.MarshalPublicKeyToPEM(s.priv.Public())
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +52,7 @@ func (s signer) verifier(t *testing.T) *sigverify.Verifier {
 
 // sign pushes to the upstream the tag scheme's signature of digest
 // names (which cosign would make of the image with digest at).
-func (s signer) sign(t *testing.T, up *fakeUpstream, repo string, at, names v1.Hash) {
+func (s signer) sign(t testing.TB, up *fakeUpstream, repo string, at, names v1.Hash) {
 	t.Helper()
 	payload := fmt.Sprintf(`{"critical":{"identity":{"docker-reference":"x/%s"},"image":{"docker-manifest-digest":%q},"type":"cosign container image signature"},"optional":null}`, repo, names.String())
 	sv, err := signature.LoadSigner(s.priv, crypto.SHA256)

@@ -30,7 +30,7 @@ import (
 // httptest, wrapped to count requests, add latency, inject faults and
 // demand a bearer token.
 type fakeUpstream struct {
-	t    *testing.T
+	t    testing.TB
 	reg  http.Handler
 	srv  *httptest.Server
 	seed *httptest.Server // the same registry without faults or auth
@@ -40,13 +40,14 @@ type fakeUpstream struct {
 	paths   map[string]int // "METHOD path"
 	fault   func(w http.ResponseWriter, r *http.Request) bool
 	latency time.Duration
+	rate    int64  // bytes a second each response is sent at (0: as fast as it goes)
 	token   string // when set, /v2 requests need "Bearer <token>"
 	user    string // when set, /token needs these Basic credentials
 	pass    string
 	authHdr []string // Authorization headers seen on blob requests
 }
 
-func newFakeUpstream(t *testing.T) *fakeUpstream {
+func newFakeUpstream(t testing.TB) *fakeUpstream {
 	f := &fakeUpstream{t: t, reg: registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(true)), counts: map[string]int{}, paths: map[string]int{}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	f.seed = httptest.NewServer(f.reg)
@@ -77,10 +78,13 @@ func (f *fakeUpstream) serve(w http.ResponseWriter, r *http.Request) {
 	if kindOf(r.URL.Path) == "blob" {
 		f.authHdr = append(f.authHdr, r.Header.Get("Authorization"))
 	}
-	fault, latency, token, user, pass := f.fault, f.latency, f.token, f.user, f.pass
+	fault, latency, token, user, pass, rate := f.fault, f.latency, f.token, f.user, f.pass, f.rate
 	f.mu.Unlock()
 	if latency > 0 {
 		time.Sleep(latency)
+	}
+	if rate > 0 {
+		w = slowWriter{w, rate}
 	}
 	if r.URL.Path == "/token" {
 		if u, p, _ := r.BasicAuth(); user != "" && (u != user || p != pass) {
@@ -150,7 +154,7 @@ func (f *fakeUpstream) pushIndex(repo, tag string, idx v1.ImageIndex) v1.Hash {
 	return d
 }
 
-func randomImage(t *testing.T, size int64, layers int) v1.Image {
+func randomImage(t testing.TB, size int64, layers int) v1.Image {
 	t.Helper()
 	img, err := random.Image(size, int64(layers))
 	if err != nil {
@@ -162,7 +166,7 @@ func randomImage(t *testing.T, size int64, layers int) v1.Image {
 // testBerth is a Server over a fresh store, proxying one fake upstream as
 // repository "hub" (the default), served by httptest.
 type testBerth struct {
-	t     *testing.T
+	t     testing.TB
 	srv   *Server
 	http  *httptest.Server
 	store *store.Store
@@ -172,7 +176,7 @@ type testBerth struct {
 
 type berthOpt func(*Repository, *Options)
 
-func newTestBerth(t *testing.T, up *fakeUpstream, opts ...berthOpt) *testBerth {
+func newTestBerth(t testing.TB, up *fakeUpstream, opts ...berthOpt) *testBerth {
 	t.Helper()
 	st := storetest.Open(t)
 	uc, err := upstream.New(upstream.Options{URL: up.srv.URL, Username: up.user, Password: up.pass, HeaderTimeout: 5 * time.Second})
@@ -198,7 +202,7 @@ func newTestBerth(t *testing.T, up *fakeUpstream, opts ...berthOpt) *testBerth {
 	return &testBerth{t: t, srv: s, http: hs, store: st, reg: o.Registry, host: strings.TrimPrefix(hs.URL, "http://")}
 }
 
-func waitNoDownloads(t *testing.T, s *Server) {
+func waitNoDownloads(t testing.TB, s *Server) {
 	s.commits.wg.Wait() // manifest commits too
 	for i := 0; i < 500; i++ {
 		n := s.fetches.Active()
@@ -297,4 +301,25 @@ func readWithin(t *testing.T, r io.Reader, p []byte, msg string) {
 	case <-time.After(10 * time.Second):
 		t.Fatal(msg)
 	}
+}
+
+// slowWriter sends at most rate bytes a second: a long link's bandwidth.
+type slowWriter struct {
+	http.ResponseWriter
+	rate int64
+}
+
+func (s slowWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		chunk := p[:min(len(p), 32<<10)]
+		time.Sleep(time.Duration(int64(len(chunk)) * int64(time.Second) / s.rate))
+		m, err := s.ResponseWriter.Write(chunk)
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[len(chunk):]
+	}
+	return n, nil
 }
