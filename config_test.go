@@ -2,6 +2,11 @@ package main
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -162,7 +167,12 @@ password = "hunter2"
 }
 
 func TestCheckConfigPrintsPolicies(t *testing.T) {
-	f := filepath.Join(t.TempDir(), "berth.toml")
+	dir := t.TempDir()
+	f := filepath.Join(dir, "berth.toml")
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalPKIXPublicKey(k.Public())
+	pub := filepath.Join(dir, "cosign.pub")
+	os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
 	os.WriteFile(f, []byte(`[[repository]]
 name = "hub"
 kind = "proxy"
@@ -174,12 +184,16 @@ name = "prod"
 default = "deny"
 allow = ["library/*"]
 deny_tags = ["latest"]
+min_age = "72h"
+require_signature = true
+keys = ["`+pub+`"]
 `), 0o600)
 	var out, errOut bytes.Buffer
 	if err := newApp(&out, &errOut).Run([]string{"berth", "check-config", f}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"POLICY prod (guards hub;", "deny tags      latest", "allow images   library/*", "otherwise      deny"} {
+	for _, want := range []string{"POLICY prod (guards hub;", "deny tags      latest", "allow images   library/*", "otherwise      deny",
+		"signed by      " + pub, "held for       72h0m0s"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("check-config output lacks %q:\n%s", want, out.String())
 		}

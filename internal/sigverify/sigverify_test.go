@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/sigstore/sigstore-go/pkg/sign"
 	"github.com/sigstore/sigstore-go/pkg/testing/ca"
 	"github.com/sigstore/sigstore-go/pkg/tlog"
@@ -257,5 +258,48 @@ func TestBundles(t *testing.T) {
 	other, _ := sign.NewEphemeralKeypair(nil)
 	if err := v.Verify(Signature{Bundle: bundleOf(t, other, PredicateSign, digestA)}, digestA); err == nil {
 		t.Fatal("a bundle by another key passed")
+	}
+}
+
+// TestKeylessFromTrustedRootFile: the path an operator takes, a
+// trusted_root.json file (here the virtual Sigstore's, written as
+// Sigstore's JSON format), then a keyless signature under it.
+func TestKeylessFromTrustedRootFile(t *testing.T) {
+	vs, err := ca.NewVirtualSigstore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The virtual log's ID is its hex string; a trusted root file holds
+	// the raw bytes (as Sigstore's does).
+	logs := vs.RekorLogs()
+	for _, l := range logs {
+		raw, err := hex.DecodeString(string(l.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.ID = raw
+	}
+	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, vs.FulcioCertificateAuthorities(), vs.CTLogs(), vs.TimestampingAuthorities(), logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootJSON, err := tr.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const who, issuer = "release@acme.example", "https://issuer.acme.example"
+	v, err := NewKeyless("trusted_root.json", rootJSON, Identity{SubjectRegexp: `^release@acme\.example$`, Issuer: issuer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Verify(keyless(t, vs, who, issuer, payload(digestA)), digestA); err != nil {
+		t.Fatalf("a keyless signature under the file's root: %v", err)
+	}
+	if err := v.Verify(keyless(t, vs, "release@acme.example.evil", issuer, payload(digestA)), digestA); err == nil {
+		t.Fatal("an identity the regexp does not match passed")
+	}
+	w, _ := NewKeyless("trusted_root.json", rootJSON, Identity{Subject: who, Issuer: issuer})
+	if v.ID() == w.ID() {
+		t.Fatal("two identities, one ID: a policy's fingerprint would not change with its identity")
 	}
 }
