@@ -68,8 +68,9 @@ func TestREADMECommands(t *testing.T) {
 		"/var/lib/berth", root+"/var/lib/berth", "/var/backups", root+"/var/backups", "edge.internal:5000", addr,
 		"build/berth", berthBin)
 	cfgPath := filepath.Join(root, "etc/berth/berth.toml")
-	env := []string{"HOME=" + filepath.Join(root, "home"), "BERTH_CONFIG=" + cfgPath,
+	env := []string{"HOME=" + filepath.Join(root, "home"), "BERTH_CONFIG=" + cfgPath, "COSIGN_PASSWORD=",
 		"PATH=" + filepath.Join(root, "usr/local/bin") + ":" + toolsBin + ":" + os.Getenv("PATH")}
+	env = append(env, noNet...) // cosign, crane: loopback only
 	var srv *proc
 	var logOffset int
 	startUnit := func() {
@@ -178,6 +179,33 @@ push = ["internal"]
 		t.Fatalf("pushed image digest %q, want %s", got, want)
 	}
 
+	// Policies: sign the pushed image with cosign, require signatures on
+	// the hosted repository, reload, pull, ask why.
+	pol := readmeBlocks(t, "Policies: what a repository may serve")
+	for _, line := range pol[0] {
+		sh(work, line)
+	}
+	config = strings.Replace(config, "kind = \"hosted\"\n", "kind = \"hosted\"\npolicy = \"signed\"\n", 1) + fmt.Sprintf(`
+[[policy]]
+name = "signed"
+require_signature = true
+keys = [%q]
+`, filepath.Join(root, "etc/berth/cosign.pub"))
+	os.WriteFile(cfgPath, []byte(config), 0o644)
+	var why string
+	for _, line := range pol[1] {
+		why = sh(work, line)
+	}
+	if !strings.Contains(why, "decision   allow (rule signature)") || !strings.Contains(why, want.String()) {
+		t.Fatalf("berth policy test of the signed image:\n%s", why)
+	}
+	other := writeImageTar(t, testImage(t, "amd64", 1, 4<<10))
+	sh(work, "crane push --insecure "+other+" edge.internal:5000/internal/team/unsigned:1.0")
+	out, err := runErr(time.Minute, env, tool("crane"), "manifest", "--insecure", addr+"/internal/team/unsigned:1.0")
+	if err == nil || !strings.Contains(out, `not signed by a key of policy \"signed\"`) && !strings.Contains(out, `not signed by a key of policy "signed"`) {
+		t.Fatalf("an unsigned image under the README's policy: %v\n%s", err, out)
+	}
+
 	// Upgrading and backup: back up while serving, then restore.
 	blocks := readmeBlocks(t, "Upgrading and backup")
 	os.MkdirAll(filepath.Join(root, "var/backups"), 0o755)
@@ -197,7 +225,7 @@ push = ["internal"]
 		return tx.Bucket([]byte("meta")).Put([]byte("schema"), v)
 	})
 	db.Close()
-	out, err := runErr(time.Minute, env, filepath.Join(root, "usr/local/bin/berth"), "serve", "--config", cfgPath, "--data-dir", filepath.Join(root, "var/lib/berth"))
+	out, err = runErr(time.Minute, env, filepath.Join(root, "usr/local/bin/berth"), "serve", "--config", cfgPath, "--data-dir", filepath.Join(root, "var/lib/berth"))
 	if err == nil || !strings.Contains(out, "written by a newer berth") {
 		t.Fatalf("an older berth on a newer index: %v\n%s", err, out)
 	}
