@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -68,7 +69,24 @@ func (s *Server) SetPolicies(byRepo map[string]*policy.Policy) error {
 	for _, rp := range s.hosts.repos.Values() {
 		rp.gate().set(byRepo[rp.access.Name])
 	}
+	s.goSafe("prune policy verdicts", func() { pruneVerdicts(s) })
 	return nil
+}
+
+// pruneVerdicts forgets what policies no repository has now learned.
+func pruneVerdicts(s *Server) {
+	live := map[string]bool{}
+	for _, rp := range append(slices.Clone(s.order), s.hosts.repos.Values()...) {
+		if p := rp.gate().cur.Load(); p != nil {
+			live[p.fp] = true
+		}
+	}
+	n, err := s.verdicts.PruneVerdicts(context.Background(), func(fp string) bool { return live[fp] })
+	if err != nil {
+		s.log.Warn("cannot prune the verdicts of old policies", "err", err)
+	} else if n > 0 {
+		s.log.Info("pruned the verdicts of policies no longer in use", "verdicts", n)
+	}
 }
 
 // manifest finds the manifest through the kind, then decides it.

@@ -212,3 +212,30 @@ func TestStatusPageHeldImages(t *testing.T) {
 		t.Fatalf("the served image is still listed:\n%s", got)
 	}
 }
+
+// TestSetPoliciesPrunes: a changed policy's old verdicts are deleted.
+func TestSetPoliciesPrunes(t *testing.T) {
+	up := newFakeUpstream(t)
+	d := up.push("app", "latest", randomImage(t, 256, 1))
+	old := policy.Policy{Name: "p", DenyTags: []string{"latest"}}
+	b := newTestBerth(t, up, withPolicy(old))
+	if _, err := remote.Get(b.ref("app:latest")); err == nil {
+		t.Fatal("served")
+	}
+	oldKey := b.srv.repos["hub"].gate().cur.Load().key(d.String())
+	if _, ok, _ := b.store.GetVerdict(context.Background(), oldKey); !ok {
+		t.Fatal("the tag's deny was not remembered")
+	}
+	next := policy.Policy{Name: "p", DenyTags: []string{"nightly"}}
+	next.Check()
+	if err := b.srv.SetPolicies(map[string]*policy.Policy{"hub": &next}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(func() bool { _, ok, _ := b.store.GetVerdict(context.Background(), oldKey); return ok }, false)
+	if _, ok, _ := b.store.GetVerdict(context.Background(), oldKey); ok {
+		t.Fatal("the old policy's verdict is still kept")
+	}
+	if _, err := remote.Get(b.ref("app@" + d.String())); err != nil {
+		t.Fatalf("after the change: %v", err)
+	}
+}

@@ -255,6 +255,7 @@ func New(opts Options) (*Server, error) {
 		NewTemp: func(ctx context.Context, alg string) (fetch.TempBlob, error) { return s.blobs.NewBlobWriter(ctx, alg) },
 		OnStart: s.m.inflight.Inc, OnEnd: s.m.inflight.Dec,
 		MaxActive: opts.MaxDownloads, PerClient: opts.MaxDownloadsPerClient, Grace: opts.AbandonGrace})
+	pruneVerdicts(s) // policies changed while berth was stopped
 	return s, nil
 }
 

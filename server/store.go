@@ -96,6 +96,7 @@ type Store interface {
 type verdictStore interface {
 	PutVerdict(ctx context.Context, key string, v store.Verdict) error
 	GetVerdict(ctx context.Context, key string) (store.Verdict, bool, error)
+	PruneVerdicts(ctx context.Context, live func(fp string) bool) (int, error)
 }
 
 var _ Store = (*store.Store)(nil)

@@ -377,3 +377,33 @@ func TestCountsHoldThroughAFlush(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// TestPruneVerdicts: the verdicts of fingerprints no longer live go;
+// first-seen times and approvals stay; nothing to prune writes nothing.
+func TestPruneVerdicts(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{FlushInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	d := "sha256:" + strings.Repeat("a", 64)
+	for _, k := range []string{"old@" + d, "new@" + d, "passed@old@hub/app:v1", "passed@new@hub/app:v1", "seen@" + d, "approved@" + d} {
+		if err := s.PutVerdict(ctx, k, Verdict{Decision: "allow"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live := func(fp string) bool { return fp == "new" }
+	if n, err := s.PruneVerdicts(ctx, live); err != nil || n != 2 {
+		t.Fatalf("pruned %d (%v), want 2", n, err)
+	}
+	for k, want := range map[string]bool{"old@" + d: false, "passed@old@hub/app:v1": false, "new@" + d: true, "passed@new@hub/app:v1": true, "seen@" + d: true, "approved@" + d: true} {
+		if _, ok, _ := s.GetVerdict(ctx, k); ok != want {
+			t.Errorf("%s kept: %v, want %v", k, ok, want)
+		}
+	}
+	before := txID(t, s)
+	if n, err := s.PruneVerdicts(ctx, live); err != nil || n != 0 || txID(t, s) != before {
+		t.Fatalf("a second prune: %d %v, wrote %v", n, err, txID(t, s) != before)
+	}
+}

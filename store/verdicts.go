@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -48,4 +49,41 @@ func (s *Store) GetVerdict(ctx context.Context, key string) (v Verdict, ok bool,
 		return json.Unmarshal(b, &v)
 	})
 	return v, ok, err
+}
+
+// PruneVerdicts deletes what policies learned under a fingerprint live
+// does not name ("<fp>@<digest>", "passed@<fp>@…"): a changed policy's
+// old verdicts are never read again. When digests were first seen and
+// approvals hold under any policy and are kept. It returns how many went.
+func (s *Store) PruneVerdicts(ctx context.Context, live func(fp string) bool) (int, error) {
+	var dead [][]byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketVerdicts).ForEach(func(k, _ []byte) error {
+			key := string(k)
+			if strings.HasPrefix(key, "seen@") || strings.HasPrefix(key, "approved@") {
+				return nil
+			}
+			key = strings.TrimPrefix(key, "passed@")
+			if fp, _, ok := strings.Cut(key, "@"); ok && !live(fp) {
+				dead = append(dead, append([]byte(nil), k...))
+			}
+			return nil
+		})
+	})
+	if err != nil || len(dead) == 0 {
+		return 0, err // nothing to delete: no write
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVerdicts)
+		for _, k := range dead {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(dead), nil
 }
