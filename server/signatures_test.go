@@ -2,6 +2,7 @@ package server
 
 import (
 	"crypto"
+	"io"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -144,6 +145,22 @@ func TestPolicySignatureCost(t *testing.T) {
 	if n := up.countPath("GET", sigTag); n != 1 {
 		t.Errorf("8 cold pulls fetched the signature %d times, want 1", n)
 	}
+	// One whole pull, so that every blob is cached and any eager
+	// download the cold pulls started finds its blob on disk.
+	img, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, _ := img.Layers()
+	for _, l := range ls {
+		rc, err := l.Compressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, rc)
+		rc.Close()
+	}
+	waitNoDownloads(t, b.srv)
 	before := up.count("GET manifest") + up.count("HEAD manifest") + up.count("GET blob") + up.count("GET other")
 	for range 3 {
 		if _, err := remote.Get(ref); err != nil {
