@@ -2,12 +2,12 @@ package server
 
 import (
 	"crypto"
-	"io"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
