@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/berth-registry/berth/internal/fetch"
@@ -199,7 +200,7 @@ func (e *eagerRun) start(d store.Digest) bool {
 	dl, leader, err := s.fetches.Join(ctx, job)
 	if err != nil {
 		<-s.eager.slots
-		return false
+		return errors.Is(err, fetch.ErrStored) // a client's download just stored it: go on
 	}
 	dl.Release() // no reader here: clients join it
 	if !leader {

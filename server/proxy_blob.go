@@ -59,6 +59,14 @@ func (p *proxy) cacheBlob(ctx context.Context, img imageRef, d store.Digest) err
 		return err
 	}
 	dl, leader, err := s.fetches.Join(ctx, p.blobJob(img, d))
+	if errors.Is(err, fetch.ErrStored) {
+		// Stored since the look above, by a download of this
+		// repository or another's.
+		if linked || s.commits.names(img.path(), d) {
+			return nil
+		}
+		return p.confirmBlob(ctx, img, d)
+	}
 	if err != nil {
 		return err
 	}
@@ -121,6 +129,16 @@ func (p *proxy) blobMiss(w http.ResponseWriter, r *http.Request, img imageRef, d
 	job := p.blobJob(img, d)
 	job.Client = clientAddr(r)
 	dl, leader, err := s.fetches.Join(ctx, job)
+	if errors.Is(err, fetch.ErrStored) {
+		// A download ended and stored it since the look in blob: served
+		// from disk, not fetched twice.
+		f, err := s.blobs.OpenBlob(ctx, d)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return p.blobHit(w, r, img, f, linked || s.commits.names(img.path(), d))
+	}
 	if errors.Is(err, fetch.ErrDownloadsFull) {
 		s.m.refused.WithLabelValues("downloads").Inc()
 		return &regError{Code: codeTooManyRequests, Message: "too many blob downloads under way; try again shortly",

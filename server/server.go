@@ -16,6 +16,7 @@ import (
 	"github.com/berth-registry/berth/internal/lru"
 	"github.com/berth-registry/berth/internal/policy"
 	"github.com/berth-registry/berth/internal/reghost"
+	"github.com/berth-registry/berth/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 )
@@ -254,7 +255,8 @@ func New(opts Options) (*Server, error) {
 	s.fetches = fetch.NewGroup(fetch.Config{Timeout: opts.FetchTimeout, Spawn: s.goSafe,
 		NewTemp: func(ctx context.Context, alg string) (fetch.TempBlob, error) { return s.blobs.NewBlobWriter(ctx, alg) },
 		OnStart: s.m.inflight.Inc, OnEnd: s.m.inflight.Dec,
-		MaxActive: opts.MaxDownloads, PerClient: opts.MaxDownloadsPerClient, Grace: opts.AbandonGrace})
+		MaxActive: opts.MaxDownloads, PerClient: opts.MaxDownloadsPerClient, Grace: opts.AbandonGrace,
+		Stored: func(ctx context.Context, d store.Digest) bool { _, err := s.blobs.StatBlob(ctx, d); return err == nil }})
 	pruneVerdicts(s) // policies changed while berth was stopped
 	return s, nil
 }

@@ -330,3 +330,49 @@ func TestPolicyBadSignatureFirst(t *testing.T) {
 		t.Fatalf("a good signature after a bad one: %v", err)
 	}
 }
+
+// TestPolicySignaturesThroughGroup: a group requiring signatures finds
+// them in whichever member holds the image: pushed to its hosted member,
+// or on a proxy member's upstream.
+func TestPolicySignaturesThroughGroup(t *testing.T) {
+	f := newGroupBerth(t, "local")
+	key := newSigner(t)
+	p := policy.Policy{Name: "prod", RequireSignature: true, Verifiers: []*sigverify.Verifier{key.verifier(t)}}
+	if err := p.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.srv.SetPolicies(map[string]*policy.Policy{"all": &p}); err != nil {
+		t.Fatal(err)
+	}
+	// Pushed through the group into its hosted member, then signed there.
+	local := randomImage(t, 256, 1)
+	if err := remote.Write(f.ref("team/app:v1"), local); err != nil {
+		t.Fatal(err)
+	}
+	ld, _ := local.Digest()
+	pushed := newFakeUpstream(t) // where the signature manifest is made, then copied in
+	key.sign(t, pushed, "team/app", ld, ld)
+	sigRef, _ := name.ParseReference(strings.TrimPrefix(pushed.seed.URL, "http://")+"/team/app:sha256-"+ld.Hex+".sig", name.Insecure)
+	sig, err := remote.Image(sigRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(f.ref("team/app:sha256-"+ld.Hex+".sig"), sig); err != nil {
+		t.Fatal(err)
+	}
+	unsigned := randomImage(t, 256, 1)
+	if err := remote.Write(f.ref("team/other:v1"), unsigned); err != nil {
+		t.Fatal(err)
+	}
+	// On the proxy member's upstream.
+	hd := f.pub.push("library/tool", "v1", randomImage(t, 256, 1))
+	key.sign(t, f.pub, "library/tool", hd, hd)
+
+	for _, ref := range []string{"team/app:v1", "library/tool:v1"} {
+		if _, err := remote.Image(f.ref(ref)); err != nil {
+			t.Errorf("%s through the group: %v", ref, err)
+		}
+	}
+	_, err = remote.Image(f.ref("team/other:v1"))
+	denied(t, err, `not signed by a key of policy "prod"`)
+}

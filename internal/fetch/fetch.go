@@ -28,6 +28,7 @@ type Group struct {
 	onStart func()
 	onEnd   func()
 	spawn   func(where string, f func()) // starts the download goroutine
+	stored  func(ctx context.Context, d store.Digest) bool
 
 	// Bounds: downloads under way in all (maxActive), started by one
 	// client (perClient), and how long one that nobody needs any more
@@ -43,6 +44,12 @@ type Group struct {
 // ErrDownloadsFull is join's answer when a bound on downloads under way
 // is reached: the client gets 429 and others are still served.
 var ErrDownloadsFull = errors.New("too many blob downloads under way")
+
+// ErrStored is join's answer when no download is under way because the
+// blob is in the store already: one that ended between the caller's look
+// at the store and its join. The caller reads the store instead of
+// fetching the blob a second time.
+var ErrStored = errors.New("blob stored meanwhile")
 
 // Config is what a Group is made of.
 type Config struct {
@@ -61,11 +68,14 @@ type Config struct {
 	// more goes on. Zero: the defaults below.
 	MaxActive, PerClient int
 	Grace                time.Duration
+	// Stored reports whether the store holds a blob (nil: never asked).
+	// Join asks it, under the group's lock, before it starts a download.
+	Stored func(ctx context.Context, d store.Digest) bool
 }
 
 // NewGroup returns a Group made of c.
 func NewGroup(c Config) *Group {
-	g := &Group{timeout: c.Timeout, newTemp: c.NewTemp, onStart: c.OnStart, onEnd: c.OnEnd, spawn: c.Spawn,
+	g := &Group{timeout: c.Timeout, newTemp: c.NewTemp, onStart: c.OnStart, onEnd: c.OnEnd, spawn: c.Spawn, stored: c.Stored,
 		maxActive: c.MaxActive, perClient: c.PerClient, grace: c.Grace,
 		active: map[string]*Download{}, byClient: map[string]int{}}
 	if g.timeout <= 0 {
@@ -214,6 +224,11 @@ func (g *Group) Join(ctx context.Context, job Job) (d *Download, leader bool, er
 			d.idle = nil
 		}
 		return d, false, nil
+	}
+	// A download commits its blob before it leaves active: asked under
+	// the lock, the store either holds the blob or a download is above.
+	if g.stored != nil && g.stored(ctx, want) {
+		return nil, false, ErrStored
 	}
 	if len(g.active) >= g.maxActive || (job.Client != "" && g.byClient[job.Client] >= g.perClient) {
 		return nil, false, ErrDownloadsFull

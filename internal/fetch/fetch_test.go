@@ -197,3 +197,41 @@ func TestDownloadOnFailingDisk(t *testing.T) {
 		}
 	})
 }
+
+// TestJoinAfterTheBlobIsStored: a join that comes after a download ended
+// (its caller looked at the store just before the blob landed) starts no
+// second download: ErrStored sends it to the store.
+func TestJoinAfterTheBlobIsStored(t *testing.T) {
+	st := storetest.Open(t)
+	blob := []byte("a config blob")
+	d := store.DigestOf(blob)
+	fetches := 0
+	g := NewGroup(Config{Timeout: time.Minute, NewTemp: storeTemps(st),
+		Stored: func(ctx context.Context, d store.Digest) bool { _, err := st.StatBlob(ctx, d); return err == nil }})
+	job := func(ended chan error) Job {
+		return Job{Want: d, Link: store.Link{Repo: "r/a", Kind: store.LinkFetched},
+			Fetch: func(ctx context.Context, _, _ int64) (io.ReadCloser, int64, error) {
+				fetches++
+				return io.NopCloser(bytes.NewReader(blob)), int64(len(blob)), nil
+			},
+			Ended: func(err error) { ended <- err }}
+	}
+	ended := make(chan error, 1)
+	dl, leader, err := g.Join(context.Background(), job(ended))
+	if err != nil || !leader {
+		t.Fatalf("first join: %v %v", leader, err)
+	}
+	dl.Release()
+	if err := <-ended; err != nil {
+		t.Fatal(err)
+	}
+	for g.Active() > 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if _, _, err := g.Join(context.Background(), job(make(chan error, 1))); !errors.Is(err, ErrStored) {
+		t.Fatalf("a join after the blob was stored: %v, want ErrStored", err)
+	}
+	if fetches != 1 {
+		t.Fatalf("fetched %d times", fetches)
+	}
+}
