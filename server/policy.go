@@ -143,7 +143,9 @@ func (g *gate) decide(ctx context.Context, p *gatePolicy, img imageRef, rt route
 		subject.Tags = []string{rt.ref}
 	}
 	// A signature holds nothing to run: it is not held, nor signed itself.
-	sigArtifact := signatureArtifact(a)
+	// (Parsed only for a policy that holds or requires signatures: the
+	// others' warm pulls read nothing more.)
+	sigArtifact := (p.MinAge > 0 || p.RequireSignature) && signatureArtifact(a)
 	if p.MinAge > 0 && !sigArtifact {
 		var err error
 		if subject.FirstSeen, subject.Approved, err = g.aging(ctx, d); err != nil {
