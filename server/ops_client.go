@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+
+	"github.com/berth-registry/berth/internal/replicate"
 )
 
 // AdminClient does the Ops (and prefetch) on a running berth over its
@@ -123,18 +125,30 @@ type PrefetchRequest struct {
 // Prefetch asks the running berth to prefetch req's images; each event
 // it streams goes to progress (called from this goroutine).
 func (a AdminClient) Prefetch(ctx context.Context, req PrefetchRequest, progress func(PrefetchEvent)) error {
+	return streamEvents(ctx, a, "/admin/prefetch", req, progress)
+}
+
+// Replicate asks the running berth to run a replication; each event it
+// streams goes to progress (called from this goroutine).
+func (a AdminClient) Replicate(ctx context.Context, req ReplicateRequest, progress func(replicate.Event)) error {
+	return streamEvents(ctx, a, "/admin/replicate", req, progress)
+}
+
+// streamEvents posts req to path and hands each JSON line of the answer
+// to progress.
+func streamEvents[E any](ctx context.Context, a AdminClient, path string, req any, progress func(E)) error {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return err
 	}
-	resp, err := a.do(ctx, http.MethodPost, "/admin/prefetch", strings.NewReader(string(body)))
+	resp, err := a.do(ctx, http.MethodPost, path, strings.NewReader(string(body)))
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	dec := json.NewDecoder(resp.Body)
 	for {
-		var ev PrefetchEvent
+		var ev E
 		if err := dec.Decode(&ev); err == io.EOF {
 			return nil
 		} else if err != nil {
@@ -144,15 +158,14 @@ func (a AdminClient) Prefetch(ctx context.Context, req PrefetchRequest, progress
 	}
 }
 
-// prefetchEvents sends PrefetchEvents as JSON lines, flushed, from any
-// goroutine.
-type prefetchEvents struct {
+// lineEvents sends events as JSON lines, flushed, from any goroutine.
+type lineEvents struct {
 	mu  sync.Mutex
 	enc *json.Encoder
 	w   http.ResponseWriter
 }
 
-func (p *prefetchEvents) send(ev PrefetchEvent) {
+func (p *lineEvents) send(ev any) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.enc.Encode(ev)

@@ -278,10 +278,10 @@ func (s *Server) adminPrefetch(listener string) func(w http.ResponseWriter, r *h
 			return errf(codeRequestInvalid, `want {"images":[...]}`)
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
-		events := &prefetchEvents{enc: json.NewEncoder(w), w: w}
+		events := &lineEvents{enc: json.NewEncoder(w), w: w}
 		opts := PrefetchOptions{Platforms: req.Platforms, AllPlatforms: req.AllPlatforms, AllTags: req.AllTags}
 		for _, img := range req.Images {
-			if err := s.Prefetch(r.Context(), listener, img, opts, events.send); err != nil {
+			if err := s.Prefetch(r.Context(), listener, img, opts, func(ev PrefetchEvent) { events.send(ev) }); err != nil {
 				events.send(PrefetchEvent{Image: img, Kind: "error", Error: err.Error()})
 			}
 		}

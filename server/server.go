@@ -144,6 +144,9 @@ type Options struct {
 	// (and no eager pull wants) goes on before it is cancelled (zero:
 	// 10s).
 	AbandonGrace time.Duration
+	// Replication runs the [[replicate]] rules asked for on the admin
+	// listener and shows them on the status page (nil: none).
+	Replication *Replication
 	// Resolver looks up the hosts of allowlist proxies before they are
 	// served (nil: net.DefaultResolver).
 	Resolver interface {

@@ -243,8 +243,11 @@ func (c *Client) transportFor(ctx context.Context, image string) (http.RoundTrip
 		}
 		var rt http.RoundTripper
 		if strings.EqualFold(ch.Scheme, "bearer") {
-			repo := c.reg.Repo(image)
-			tok, err := transport.Exchange(ctx, c.reg, c.auth, c.base, []string{repo.Scope(transport.PullScope)}, ch)
+			scope := c.reg.Repo(image).Scope(transport.PullScope)
+			if image == catalogImage {
+				scope = c.reg.Scope(transport.PullScope) // registry:catalog:*
+			}
+			tok, err := transport.Exchange(ctx, c.reg, c.auth, c.base, []string{scope}, ch)
 			if err != nil {
 				// A stale challenge (the upstream moved its realm) is
 				// refreshed on the next call.
@@ -450,6 +453,20 @@ func (c *Client) Tags(ctx context.Context, image string, query url.Values) (*htt
 		p += "?" + query.Encode()
 	}
 	return c.do(ctx, image, http.MethodGet, p, nil)
+}
+
+// catalogImage keys the transport of catalog requests: no image name
+// can be empty.
+const catalogImage = ""
+
+// Catalog asks for the registry's repository list (GET /v2/_catalog);
+// query carries n and last.
+func (c *Client) Catalog(ctx context.Context, query url.Values) (*http.Response, error) {
+	p := "/v2/_catalog"
+	if len(query) > 0 {
+		p += "?" + query.Encode()
+	}
+	return c.do(ctx, catalogImage, http.MethodGet, p, nil)
 }
 
 // dockerHubHosts are the names Docker Hub's registry goes by.
