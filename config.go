@@ -35,6 +35,7 @@ type Config struct {
 	Users        []UserConfig       `toml:"user"`
 	Prefetch     []PrefetchConfig   `toml:"prefetch"`
 	Policies     []PolicyConfig     `toml:"policy"`
+	Replicate    []ReplicateConfig  `toml:"replicate"`
 }
 
 // PolicyConfig is one [[policy]]: what a repository that names it may

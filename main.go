@@ -33,6 +33,7 @@ func newApp(stdout, stderr io.Writer) *berthApp {
 			serveCommand(stdout, stderr),
 			checkConfigCommand(stdout, stderr),
 			prefetchCommand(stdout, stderr),
+			replicateCommand(stdout, stderr),
 			lsCommand(stdout, stderr),
 			approveCommand(stdout, stderr),
 			policyCommand(stdout, stderr),

@@ -14,6 +14,7 @@ import (
 
 	"github.com/berth-registry/berth/internal/policy"
 	"github.com/berth-registry/berth/internal/reghost"
+	"github.com/berth-registry/berth/internal/replicate"
 	"github.com/berth-registry/berth/server"
 	"github.com/berth-registry/berth/store"
 	"github.com/berth-registry/berth/upstream"
@@ -41,7 +42,16 @@ func serverOptions(cfg *Config, st *store.Store, log *slog.Logger) (server.Optio
 	if err != nil {
 		return server.Options{}, err
 	}
+	repl, err := replication(cfg, repos, log, um)
+	if err != nil {
+		return server.Options{}, err
+	}
+	repl.Runner = replicate.NewRunner(reg)
+	for _, r := range repl.Rules {
+		repl.Runner.Known(r.Rule.Name)
+	}
 	return server.Options{
+		Replication: repl,
 		Repositories: repos, DefaultRepository: cfg.DefaultRepository, Store: st, Logger: log, Registry: reg,
 		GCGrace: time.Duration(cfg.Storage.GCGrace), Auth: auth, MaxSize: int64(cfg.Storage.MaxSize),
 		MaxBlobSize: int64(cfg.Limits.MaxBlobSize), MaxDownloads: cfg.Limits.MaxDownloads,

@@ -27,6 +27,7 @@ type Main struct {
 	log   *slog.Logger
 	store *store.Store
 	srv   *server.Server
+	repl  *server.Replication // the [[replicate]] rules (replicate_config.go)
 
 	cert atomic.Pointer[tls.Certificate]
 
@@ -66,7 +67,7 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 		st.Close()
 		return nil, err
 	}
-	return &Main{cfg: cfg, log: log, store: st, srv: srv, ready: make(chan struct{})}, nil
+	return &Main{cfg: cfg, log: log, store: st, srv: srv, repl: opts.Replication, ready: make(chan struct{})}, nil
 }
 
 // Run listens on every configured address and serves until ctx ends, then
@@ -113,6 +114,11 @@ func (m *Main) Run(ctx context.Context) error {
 	m.srv.Go("housekeeping", func() { m.housekeeping(ctx) })
 	for _, p := range m.cfg.Prefetch {
 		m.srv.Go("scheduled prefetch", func() { m.prefetchLoop(ctx, p) })
+	}
+	if m.repl != nil {
+		for _, r := range m.repl.Rules {
+			m.srv.Go("scheduled replication", func() { m.replicateLoop(ctx, r) })
+		}
 	}
 	select {
 	case <-ctx.Done():
@@ -276,6 +282,39 @@ func (m *Main) prefetchLoop(ctx context.Context, p PrefetchConfig) {
 			return
 		}
 		wait = time.Duration(p.Every)
+	}
+}
+
+// replicateLoop runs a [[replicate]] rule at start and then every
+// r.Every (zero: at start only). A run still going when the next is due
+// delays it; a run asked for on the admin listener meanwhile is refused
+// as already running.
+func (m *Main) replicateLoop(ctx context.Context, r server.ReplicationRule) {
+	wait := 2 * time.Second
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		dst, err := server.ReplicaTarget(m.srv, r.Rule.To)
+		if err != nil {
+			m.log.Error("replication", "rule", r.Rule.Name, "err", err)
+			return
+		}
+		rep, err := m.repl.Runner.Run(ctx, r.Rule, r.Source, dst, nil)
+		level := slog.LevelInfo
+		if err != nil || rep.Errors > 0 {
+			level = slog.LevelWarn
+		}
+		if rep.Tags > 0 || rep.Deleted > 0 || err != nil || rep.Errors > 0 {
+			m.log.Log(ctx, level, "replicated", "rule", r.Rule.Name, "tags", rep.Tags, "unchanged", rep.Unchanged, "blobs", rep.Blobs,
+				"bytes", rep.Bytes, "linked", rep.Linked, "deleted", rep.Deleted, "errors", rep.Errors, "first_errors", rep.FirstErrors, "took", rep.Took, "err", err)
+		}
+		if r.Every == 0 {
+			return
+		}
+		wait = r.Every
 	}
 }
 

@@ -135,6 +135,14 @@ func (t replicaTarget) HasBlob(ctx context.Context, image string, d store.Digest
 	return err == nil, err
 }
 
+func (t replicaTarget) Holds(ctx context.Context, d store.Digest) (bool, error) {
+	_, err := t.s.blobs.StatBlob(ctx, d)
+	if store.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 func (t replicaTarget) LinkBlob(ctx context.Context, image string, d store.Digest) (bool, error) {
 	p, err := t.path(image)
 	if err != nil {
@@ -269,6 +277,9 @@ func replicationFor(repl *Replication, req ReplicateRequest) (replicate.Rule, re
 	if req.Rule == nil || req.Source == nil || req.Source.URL == "" {
 		return replicate.Rule{}, nil, errf(codeRequestInvalid, "want a rule name, or a rule and a source url")
 	}
+	if err := req.Rule.Check(); err != nil {
+		return replicate.Rule{}, nil, errf(codeRequestInvalid, "%v", err)
+	}
 	if repl.NewSource == nil {
 		return replicate.Rule{}, nil, errf(codeUnsupported, "this berth replicates only its configured rules")
 	}
@@ -277,4 +288,52 @@ func replicationFor(repl *Replication, req ReplicateRequest) (replicate.Rule, re
 		return replicate.Rule{}, nil, errf(codeRequestInvalid, "source %s: %v", truncate(req.Source.URL, 200), err)
 	}
 	return *req.Rule, src, nil
+}
+
+// replicationRow is a rule on the status page.
+type replicationRow struct {
+	Rule, To, LastRun, Outcome, Bytes, LastSuccess string
+	Tags, Unchanged                                int
+	OK                                             bool
+}
+
+// replicationRows are the rules whose target p may read, with their last
+// run.
+func replicationRows(s *Server, p principal) []replicationRow {
+	repl := s.opts.Replication
+	if repl == nil || repl.Runner == nil {
+		return nil
+	}
+	targets := map[string]string{}
+	for _, r := range repl.Rules {
+		targets[r.Rule.Name] = r.Rule.To
+	}
+	var rows []replicationRow
+	for _, st := range repl.Runner.Status() {
+		to, ok := targets[st.Rule]
+		name, _, _ := strings.Cut(to, "/")
+		if !ok || s.repos[name] == nil || !visible(p, s.repos[name]) {
+			continue // a one-off run from the command line, or not the reader's
+		}
+		row := replicationRow{Rule: st.Rule, To: to, LastRun: "not yet", Outcome: "waiting", OK: true, LastSuccess: "never"}
+		if !st.LastSuccess.IsZero() {
+			row.LastSuccess = ago(time.Since(st.LastSuccess)) + " ago"
+		}
+		switch {
+		case st.Running:
+			row.Outcome = "running"
+		case st.LastError != "":
+			row.Outcome, row.OK = st.LastError, false
+		case st.Last != nil && st.Last.Errors > 0:
+			row.Outcome, row.OK = fmt.Sprintf("%d errors, first: %s", st.Last.Errors, st.Last.FirstErrors[0]), false
+		case st.Last != nil:
+			row.Outcome = "ok"
+		}
+		if st.Last != nil {
+			row.LastRun = ago(time.Since(st.Last.Started)) + " ago, took " + st.Last.Took
+			row.Tags, row.Unchanged, row.Bytes = st.Last.Tags, st.Last.Unchanged, humanBytes(float64(st.Last.Bytes))
+		}
+		rows = append(rows, row)
+	}
+	return rows
 }

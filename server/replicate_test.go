@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // replicaSetup is a source registry with images in two repositories (one
@@ -305,4 +307,117 @@ func TestReplicateResumes(t *testing.T) {
 	if got := rs.up.count("GET blob"); got != all.Linked || all.Blobs != 0 {
 		t.Errorf("%d blob GETs (%d before the cut, %d after) for %d blobs", got, first, rep.Blobs, all.Linked)
 	}
+}
+
+// The admin listener runs configured rules and one-off sources; the
+// status page and /metrics show the rules' last runs; a rule runs once
+// at a time.
+func TestReplicateAdminStatusAndMetrics(t *testing.T) {
+	up := newFakeUpstream(t)
+	want := up.push("team/app", "v1", randomImage(t, 2000, 2))
+	src, _ := upstream.New(upstream.Options{URL: up.srv.URL, HeaderTimeout: 5 * time.Second})
+	var sourcesMade int
+	b := newTestBerth(t, up, withHosted, func(_ *Repository, o *Options) {
+		runner := replicate.NewRunner(o.Registry)
+		runner.Known("nightly")
+		o.Replication = &Replication{Runner: runner,
+			Rules: []ReplicationRule{{Rule: replicate.Rule{Name: "nightly", To: "local/mirror"}, Source: src}},
+			NewSource: func(spec SourceSpec) (replicate.Source, error) {
+				sourcesMade++
+				return upstream.New(upstream.Options{URL: spec.URL})
+			}}
+	})
+	admin := httptest.NewServer(b.srv.AdminHandler("local"))
+	t.Cleanup(admin.Close)
+	ac := AdminClient{Base: admin.URL, HTTP: admin.Client()}
+	ctx := context.Background()
+
+	if page := string(readAll(t, b.get("GET", "/"))); !strings.Contains(page, "nightly") || !strings.Contains(page, "not yet") {
+		t.Errorf("status page before a run does not show the rule waiting")
+	}
+	var done *replicate.Report
+	var kinds []string
+	err := ac.Replicate(ctx, ReplicateRequest{Name: "nightly"}, func(ev replicate.Event) {
+		kinds = append(kinds, ev.Kind)
+		if ev.Kind == "done" {
+			done = ev.Report
+		}
+	})
+	if err != nil || done == nil || done.Tags != 1 || done.Blobs != 3 {
+		t.Fatalf("admin run: %v %+v (events %v)", err, done, kinds)
+	}
+	if d, err := remote.Head(b.ref("local/mirror/team/app:v1")); err != nil || d.Digest != want {
+		t.Fatalf("replicated image: %v %v", d, err)
+	}
+	page := string(readAll(t, b.get("GET", "/")))
+	for _, s := range []string{"Replication", "nightly", "local/mirror", ">ok<", "ago"} {
+		if !strings.Contains(page, s) {
+			t.Errorf("status page does not show %q", s)
+		}
+	}
+	if v := ruleMetric(t, b.reg, "berth_replicate_images_total", "nightly"); v != 1 {
+		t.Errorf("berth_replicate_images_total = %v", v)
+	}
+	if v := ruleMetric(t, b.reg, "berth_replicate_last_success_timestamp_seconds", "nightly"); v < float64(time.Now().Add(-time.Minute).Unix()) {
+		t.Errorf("last success %v", v)
+	}
+
+	// A one-off source, and the errors an operator can make.
+	err = ac.Replicate(ctx, ReplicateRequest{Rule: &replicate.Rule{Name: "cli", To: "local/once"}, Source: &SourceSpec{URL: up.srv.URL}}, func(replicate.Event) {})
+	if err != nil || sourcesMade != 1 {
+		t.Fatalf("one-off: %v (sources made %d)", err, sourcesMade)
+	}
+	for req, msg := range map[*ReplicateRequest]string{
+		{Name: "nope"}: `no replication rule "nope" (this berth has nightly)`,
+		{Rule: &replicate.Rule{Name: "x", To: "hub"}, Source: &SourceSpec{URL: up.srv.URL}}:         `no hosted repository "hub"`,
+		{Rule: &replicate.Rule{Name: "x", To: "local", Semver: "!"}, Source: &SourceSpec{URL: "x"}}: "semver",
+		{}: "want a rule name",
+	} {
+		if err := ac.Replicate(ctx, *req, func(replicate.Event) {}); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("%+v: %v, want %q", req, err, msg)
+		}
+	}
+
+	// One run of a rule at a time.
+	release := make(chan struct{})
+	up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasSuffix(r.URL.Path, "/tags/list") {
+			<-release
+		}
+		return false
+	})
+	first := make(chan error, 1)
+	go func() { first <- ac.Replicate(ctx, ReplicateRequest{Name: "nightly"}, func(replicate.Event) {}) }()
+	if eventually(func() float64 { return ruleMetric(t, b.reg, "berth_replicate_running", "nightly") }, 1) != 1 {
+		t.Fatal("the first run did not start")
+	}
+	var second []string
+	ac.Replicate(ctx, ReplicateRequest{Name: "nightly"}, func(ev replicate.Event) { second = append(second, ev.Error) })
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if len(second) != 1 || !strings.Contains(second[0], "already running") {
+		t.Errorf("second run while the first ran: %v", second)
+	}
+}
+
+// ruleMetric is the value of a berth_replicate_* series of rule.
+func ruleMetric(t *testing.T, reg *prometheus.Registry, name, rule string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.Metric {
+			if mf.GetName() == name && labelMap(m)["rule"] == rule {
+				if m.Counter != nil {
+					return m.Counter.GetValue()
+				}
+				return m.Gauge.GetValue()
+			}
+		}
+	}
+	return -1
 }

@@ -224,6 +224,7 @@ func (u *statusPages) uiOverview(r *http.Request, p principal) (string, map[stri
 	if n := s.m.damaged(s.ops); n > 0 {
 		data["Damaged"] = n
 	}
+	data["Replication"] = replicationRows(s, p)
 	if at := s.diskFullAt.Load(); at != 0 {
 		data["DiskFull"] = ago(time.Since(time.Unix(0, at)))
 	}

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -70,6 +71,9 @@ type Options struct {
 	// Caps limits the connections and bandwidth toward the upstream; the
 	// Clients of one proxy's URLs share it. Nil means no caps.
 	Caps *Caps
+	// TLS configures the connection to an https registry (a private CA,
+	// or skipping verification); nil means the system's roots.
+	TLS *tls.Config
 }
 
 // Client talks to one upstream registry. It is safe for concurrent use.

@@ -168,6 +168,12 @@ func (f *Failover) Referrers(ctx context.Context, image, dgst, artifactType stri
 	return resp, err
 }
 
+// Catalog asks the URLs in order.
+func (f *Failover) Catalog(ctx context.Context, query url.Values) (*http.Response, error) {
+	resp, _, err := f.try(ctx, -1, func(c *Client) (*http.Response, error) { return c.Catalog(ctx, query) })
+	return resp, err
+}
+
 // Tags asks the URLs in order.
 func (f *Failover) Tags(ctx context.Context, image string, query url.Values) (*http.Response, error) {
 	resp, _, err := f.try(ctx, -1, func(c *Client) (*http.Response, error) { return c.Tags(ctx, image, query) })

@@ -140,5 +140,6 @@ func newTransport(opts Options) *http.Transport {
 		ResponseHeaderTimeout:  opts.HeaderTimeout,
 		ExpectContinueTimeout:  time.Second,
 		MaxResponseHeaderBytes: 1 << 20,
+		TLSClientConfig:        opts.TLS,
 	}
 }

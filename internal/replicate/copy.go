@@ -108,21 +108,35 @@ func (r *run) blobs(ctx context.Context, repo string, m *manifest) error {
 			continue
 		}
 		need = append(need, b)
-		r.mu.Lock()
-		if !r.planned[d] {
-			r.planned[d] = true
-			r.total.Add(b.Size)
-		}
-		r.mu.Unlock()
+		r.total.Add(b.Size)
 	}
 	if r.rule.DryRun {
-		for _, b := range need {
-			r.count(func(rep *Report) { rep.Blobs++; rep.Bytes += b.Size })
-			r.emit(Event{Rule: r.rule.Name, Image: repo, Digest: b.Digest, Kind: "would", Bytes: b.Size, TotalBytes: r.total.Load()})
-		}
-		return nil
+		return r.would(ctx, repo, need)
 	}
 	return parallel(ctx, r.rule.Concurrency, need, func(b descriptor) error { return r.blob(ctx, repo, b) })
+}
+
+// would reports the blobs of need a run would fetch: each digest once,
+// none that berth holds already (it would be linked).
+func (r *run) would(ctx context.Context, repo string, need []descriptor) error {
+	for _, b := range need {
+		d, _ := store.ParseDigest(b.Digest)
+		r.mu.Lock()
+		seen := r.planned[d]
+		r.planned[d] = true
+		r.mu.Unlock()
+		held, err := r.dst.Holds(ctx, d)
+		if err != nil {
+			return err
+		}
+		if seen || held {
+			r.count(func(rep *Report) { rep.Linked++ })
+			continue
+		}
+		r.count(func(rep *Report) { rep.Blobs++; rep.Bytes += b.Size })
+		r.emit(Event{Rule: r.rule.Name, Image: repo, Digest: b.Digest, Kind: "would", Bytes: b.Size})
+	}
+	return nil
 }
 
 // blob brings one blob: linked when berth holds it, else fetched (a

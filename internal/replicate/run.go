@@ -24,6 +24,8 @@ type Target interface {
 	Images(ctx context.Context) ([]string, error)
 	// HasBlob reports whether image holds blob d.
 	HasBlob(ctx context.Context, image string, d store.Digest) (bool, error)
+	// Holds reports whether berth holds blob d for any repository.
+	Holds(ctx context.Context, d store.Digest) (bool, error)
 	// LinkBlob gives image blob d when berth holds it for any repository
 	// (false: it must be fetched).
 	LinkBlob(ctx context.Context, image string, d store.Digest) (bool, error)
@@ -46,7 +48,8 @@ type Event struct {
 	Digest string `json:"digest,omitempty"`
 	// Kind: repository (its tag list was read), blob (copied), linked
 	// (held for another repository), manifest, tag (moved or made),
-	// unchanged, deleted, error, would (dry run: would be copied), done.
+	// unchanged, deleted, error, would (dry run: a blob that would be
+	// fetched, or with Tag a tag that would be made or moved), done.
 	Kind       string  `json:"kind"`
 	Bytes      int64   `json:"bytes,omitempty"`
 	DoneBytes  int64   `json:"done_bytes"`
@@ -65,9 +68,9 @@ type Report struct {
 	Tags         int       `json:"tags"`      // tags made or moved (images copied)
 	Unchanged    int       `json:"unchanged"` // tags already at the source's digest
 	Manifests    int       `json:"manifests"`
-	Blobs        int       `json:"blobs"`  // fetched from the source
+	Blobs        int       `json:"blobs"`  // fetched from the source (dry run: each digest once)
 	Bytes        int64     `json:"bytes"`  // of those blobs
-	Linked       int       `json:"linked"` // held for another repository, linked
+	Linked       int       `json:"linked"` // held for another repository (or image), linked
 	Present      int       `json:"present"`
 	Deleted      int       `json:"deleted"`
 	Errors       int       `json:"errors"`
@@ -87,7 +90,7 @@ type run struct {
 
 	mu      sync.Mutex
 	report  Report
-	planned map[store.Digest]bool // blobs counted in total (dry run and progress)
+	planned map[store.Digest]bool // blobs a dry run counted
 	done    atomic.Int64
 	total   atomic.Int64
 }
@@ -267,7 +270,11 @@ func (r *run) tag(ctx context.Context, repo, tag string) (store.Digest, bool) {
 		}
 	}
 	r.count(func(rep *Report) { rep.Tags++ })
-	r.emit(Event{Rule: r.rule.Name, Image: repo, Tag: tag, Digest: d.String(), Kind: "tag"})
+	kind := "tag"
+	if r.rule.DryRun {
+		kind = "would"
+	}
+	r.emit(Event{Rule: r.rule.Name, Image: repo, Tag: tag, Digest: d.String(), Kind: kind})
 	r.referrers(ctx, repo, d, 0)
 	return d, true
 }
