@@ -251,7 +251,7 @@ func loadConfigFile(path string) (*Config, error) {
 func (c *Config) setDefaults() error {
 	for _, check := range []func() error{
 		c.setTopDefaults, c.Storage.setDefaults, c.Limits.check, c.setRepositoryDefaults, c.checkAuth,
-		c.checkPrefetch, c.checkListeners, c.checkFiles, c.checkGrants, c.checkPolicies,
+		c.checkPrefetch, c.checkReplicate, c.checkListeners, c.checkFiles, c.checkGrants, c.checkPolicies,
 	} {
 		if err := check(); err != nil {
 			return err

@@ -20,6 +20,7 @@ name = "hub"
 kind = "proxy"
 url = "https://registry-1.docker.io"
 `
+	hosted := "[[repository]]\nname = \"h\"\nkind = \"hosted\"\n"
 	tests := []struct {
 		name, toml, want string
 	}{
@@ -83,6 +84,13 @@ url = "https://registry-1.docker.io"
 		{"min_age negative", base + "[[policy]]\nname = \"p\"\nmin_age = \"-1h\"\n", `min_age`},
 		{"policy unknown key", base + "[[policy]]\nname = \"p\"\ndeny_tag = [\"x\"]\n", "did you mean deny_tags?"},
 		{"repository names no policy", strings.Replace(base, "kind = \"proxy\"", "kind = \"proxy\"\npolicy = \"prdo\"", 1), `repository "hub": policy "prdo": no [[policy]] has that name`},
+		{"replicate into a proxy", base + "[[replicate]]\nname = \"r\"\nfrom = \"https://x\"\nto = \"hub\"\n", `to = "hub": no hosted repository "hub"`},
+		{"replicate from nowhere", base + hosted + "[[replicate]]\nname = \"r\"\nfrom = \"nexus\"\nto = \"h\"\n", `from = "nexus": want a registry URL`},
+		{"replicate from a proxy with credentials", base + hosted + "[[replicate]]\nname = \"r\"\nfrom = \"hub\"\nusername = \"u\"\nto = \"h\"\n", "its credentials and TLS settings are used"},
+		{"replicate twice", base + hosted + "[[replicate]]\nname = \"r\"\nfrom = \"hub\"\nto = \"h\"\n[[replicate]]\nname = \"r\"\nfrom = \"hub\"\nto = \"h\"\n", "a second rule of that name"},
+		{"replicate bad semver", base + hosted + "[[replicate]]\nname = \"r\"\nfrom = \"hub\"\nto = \"h\"\nsemver = \">=x\"\n", `semver ">=x"`},
+		{"replicate too often", base + hosted + "[[replicate]]\nname = \"r\"\nfrom = \"hub\"\nto = \"h\"\nevery = \"1s\"\n", "every must be at least 5s"},
+		{"replicate unknown key", base + hosted + "[[replicate]]\nname = \"r\"\nfrom = \"hub\"\nto = \"h\"\ntag = [\"v*\"]\n", "did you mean tags?"},
 		{"grant on no repository", base + "[[user]]\nname = \"a\"\npassword_hash = \"$2a$10$DUbwPxEDrDMqEL7WoOUgre9SbJeGuXtT4Ot/eo7OmaL82JHivnzi2\"\npull = [\"intrenal/*\"]\n", `grant "intrenal/*" names repository "intrenal", which is not configured`},
 	}
 	for _, tt := range tests {

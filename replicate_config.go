@@ -82,6 +82,9 @@ func (c *Config) checkReplicate() error {
 		} else if u, err := url.Parse(rc.From); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return fmt.Errorf("%s: from = %q: want a registry URL (https://host[:port]) or a proxy repository's name", where, rc.From)
 		}
+		if rc.Password != "" && rc.PasswordFile != "" {
+			return fmt.Errorf("%s: password and password_file are exclusive", where)
+		}
 		if rc.Every != 0 && rc.Every < Duration(5*time.Second) {
 			return fmt.Errorf("%s: every must be at least 5s", where)
 		}

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -420,4 +421,60 @@ func ruleMetric(t *testing.T, reg *prometheus.Registry, name, rule string) float
 		}
 	}
 	return -1
+}
+
+// A source that answers 429 for one repository and cuts a blob short
+// once: the run names the repository and tag it failed on and copies the
+// rest; the cut blob is fetched again within the run; the next run
+// brings what the 429 held back.
+func TestReplicateThroughSourceFaults(t *testing.T) {
+	rs := newReplicaSetup(t)
+	img, err := remote.Image(rs.up.seedRef(t, "team/app@"+rs.digests["team/app:v1"].String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer := firstLayer(t, img)
+	var cut atomic.Bool
+	rs.up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/v2/team/tool/manifests/"):
+			w.Header().Set("Retry-After", "0")
+			http.Error(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`, http.StatusTooManyRequests)
+			return true
+		case r.URL.Path == "/v2/team/app/blobs/"+layer.String() && cut.CompareAndSwap(false, true):
+			w.Header().Set("Content-Length", "5000")
+			w.WriteHeader(http.StatusOK)
+			w.Write(make([]byte, 100))
+			panic(http.ErrAbortHandler) // the connection drops mid-body
+		}
+		return false
+	})
+	rep := rs.run(t, replicate.Rule{Repositories: []string{"team/app", "team/tool"}})
+	if rep.Errors == 0 || !strings.Contains(strings.Join(rep.FirstErrors, "\n"), "team/tool:1.0.0: ") || !strings.Contains(strings.Join(rep.FirstErrors, "\n"), "429") {
+		t.Errorf("errors %v, want team/tool:1.0.0 named with its 429", rep.FirstErrors)
+	}
+	if !cut.Load() || rs.up.countPath("GET", "/blobs/"+layer.String()) != 2 {
+		t.Errorf("the cut blob was fetched %d times, want 2", rs.up.countPath("GET", "/blobs/"+layer.String()))
+	}
+	if got := rs.digestAt(t, "local/mirror/team/app:v1"); got != rs.digests["team/app:v1"].String() {
+		t.Errorf("team/app:v1 after a cut blob: %s", got)
+	}
+	rs.up.setFault(nil)
+	again := rs.run(t, replicate.Rule{Repositories: []string{"team/app", "team/tool"}})
+	if again.Errors != 0 || again.Tags != 2 { // 1.0.0 and its .sig
+		t.Errorf("next run: %+v", again)
+	}
+	if got := rs.digestAt(t, "local/mirror/team/tool:1.0.0"); got != rs.digests["team/tool:1.0.0"].String() {
+		t.Errorf("team/tool:1.0.0 after the 429 ended: %s", got)
+	}
+}
+
+// seedRef names s in the fake registry itself (no faults, no counts).
+func (f *fakeUpstream) seedRef(t *testing.T, s string) name.Reference {
+	t.Helper()
+	ref, err := name.ParseReference(strings.TrimPrefix(f.seed.URL, "http://")+"/"+s, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
 }
