@@ -51,7 +51,7 @@ func serverOptions(cfg *Config, st *store.Store, log *slog.Logger) (server.Optio
 		repl.Runner.Known(r.Rule.Name)
 	}
 	return server.Options{
-		Replication: repl,
+		Replication:  repl,
 		Repositories: repos, DefaultRepository: cfg.DefaultRepository, Store: st, Logger: log, Registry: reg,
 		GCGrace: time.Duration(cfg.Storage.GCGrace), Auth: auth, MaxSize: int64(cfg.Storage.MaxSize),
 		MaxBlobSize: int64(cfg.Limits.MaxBlobSize), MaxDownloads: cfg.Limits.MaxDownloads,
