@@ -120,7 +120,10 @@ func runReplicate(c *cli.Context, out, errOut io.Writer) error {
 				if p.tty {
 					fmt.Fprintln(out)
 				}
-				fmt.Fprintf(errOut, "%s: error: %s: %s\n", label, what, ev.Error)
+				if what != "" {
+					what += ": "
+				}
+				fmt.Fprintf(errOut, "%s: error: %s%s\n", label, what, ev.Error)
 			case "would":
 				if ev.Tag != "" {
 					fmt.Fprintf(out, "would tag %s:%s %s\n", ev.Image, ev.Tag, ev.Digest)

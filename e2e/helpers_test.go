@@ -213,6 +213,13 @@ func startRegistry(t *testing.T) *upstreamRegistry { return startRegistryAuth(t,
 // it demands basic auth.
 func startRegistryAuth(t *testing.T, htpasswd string) *upstreamRegistry {
 	t.Helper()
+	return startRegistryConfig(t, htpasswd, "")
+}
+
+// startRegistryConfig starts distribution's registry with extra lines of
+// its YAML configuration.
+func startRegistryConfig(t *testing.T, htpasswd, extra string) *upstreamRegistry {
+	t.Helper()
 	dir := t.TempDir()
 	port := freePort(t)
 	cfg := fmt.Sprintf(`version: 0.1
@@ -225,7 +232,7 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:%d
-`, filepath.Join(dir, "data"), port)
+`, filepath.Join(dir, "data"), port) + extra
 	if htpasswd != "" {
 		cfg += fmt.Sprintf("auth:\n  htpasswd:\n    realm: e2e\n    path: %s\n", htpasswd)
 	}

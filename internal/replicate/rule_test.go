@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/berth-registry/berth/upstream"
 )
 
 func TestGlob(t *testing.T) {
@@ -131,5 +133,21 @@ func TestListPagesAndBounds(t *testing.T) {
 	})
 	if err == nil {
 		t.Fatal("a string taken for a list")
+	}
+}
+
+// Distribution answers 400 to an n over its catalog's maxentries: the
+// list is read again in the pages the source chooses.
+func TestListWithoutN(t *testing.T) {
+	names := []string{"a", "b", "c", "d", "e"}
+	paged := pages(names, func(last string) string { return `</v2/_catalog?last=` + last + `&n=3>; rel="next"` })
+	got, err := list(context.Background(), "catalog", "tags", func(q url.Values) (*http.Response, error) {
+		if q.Has("n") {
+			return nil, &upstream.Error{StatusCode: http.StatusBadRequest, Code: "PAGINATION_NUMBER_INVALID"}
+		}
+		return paged(q)
+	})
+	if err != nil || strings.Join(got, "") != "abcde" {
+		t.Fatalf("%v %v", got, err)
 	}
 }

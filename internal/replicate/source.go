@@ -52,6 +52,13 @@ func list(ctx context.Context, what, key string, get func(url.Values) (*http.Res
 			return nil, fmt.Errorf("%s: over %d pages or %d names: the list does not end", what, maxPages, maxNames)
 		}
 		resp, err := get(q)
+		var ue *upstream.Error
+		if errors.As(err, &ue) && ue.StatusCode == http.StatusBadRequest && q.Has("n") {
+			// Distribution refuses an n over its catalog's maxentries
+			// (PAGINATION_NUMBER_INVALID): let the source choose.
+			q.Del("n")
+			resp, err = get(q)
+		}
 		if err != nil {
 			return nil, err
 		}
