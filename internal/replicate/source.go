@@ -161,10 +161,6 @@ type platform struct {
 	Variant      string `json:"variant"`
 }
 
-func (m *manifest) isIndex() bool {
-	return m.parsed.Manifests != nil || strings.Contains(m.mediaType, "index") || strings.Contains(m.mediaType, "list")
-}
-
 // getManifest GETs repo's manifest ref; by digest the body must hash to
 // it, by tag to the digest the source announced (when it did).
 func getManifest(ctx context.Context, src Source, repo, ref string) (*manifest, error) {
