@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-registry/berth/internal/faultproxy"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -303,5 +304,53 @@ delete = true   # a tag deleted on the primary goes here too
 		if got := strings.TrimSpace(run(t, time.Minute, nil, tool("crane"), "digest", "--insecure", ref)); got != digest[tag] {
 			t.Errorf("%s from the replica with the primary down: %s, want %s", tag, got, digest[tag])
 		}
+	}
+}
+
+// TestReplicateThroughFaults: distribution's registry behind a proxy
+// that breaks it. Corrupt blobs are refused and nothing is stored; a
+// 429 on every manifest is an error naming each repository and tag; a
+// blob cut once is fetched again within the run; then everything
+// arrives, and berth verify finds the store whole.
+func TestReplicateThroughFaults(t *testing.T) {
+	up := startRegistry(t)
+	want := fillSource(t, up, 3, 1, 64<<10)
+	fp, err := faultproxy.Start(up.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fp.Close() })
+	b := startBerth(t, `default_repository = "internal"
+[[repository]]
+name = "internal"
+kind = "hosted"
+anonymous_pull = true
+`)
+	replicate := func() (string, error) {
+		return runErr(3*time.Minute, nil, berthBin, "replicate", "--server", b.admin(), "--from", "http://"+fp.Addr(), "--to", "internal")
+	}
+	fp.Set(faultproxy.Corrupt, faultproxy.Blobs)
+	out, err := replicate()
+	if err == nil || strings.Count(out, "does not match") < 3 {
+		t.Fatalf("corrupt blobs: %v\n%s", err, out)
+	}
+	if list, _ := runErr(time.Minute, nil, berthBin, "ls", "--server", b.admin(), "internal"); strings.Contains(list, "team/app") {
+		t.Fatalf("images stored from corrupt blobs:\n%s", list)
+	}
+	fp.Set(faultproxy.RateLimited, faultproxy.Manifests)
+	out, err = replicate()
+	for ref := range want {
+		if err == nil || !strings.Contains(out, ref+": ") || !strings.Contains(out, "429") {
+			t.Fatalf("429s: want an error naming %s with its 429 (%v):\n%s", ref, err, out)
+		}
+	}
+	fp.Set(faultproxy.ResetOnce, faultproxy.Blobs)
+	if out, err = replicate(); err != nil || !strings.Contains(out, "3 tags copied") || !strings.Contains(out, "0 errors") {
+		t.Fatalf("after the faults: %v\n%s", err, out)
+	}
+	checkDigests(t, b.addr, "", want)
+	b.proc.stop(syscall.SIGTERM, 20*time.Second)
+	if out, err := runErr(2*time.Minute, nil, berthBin, "verify", "--data-dir", b.data); err != nil || !strings.Contains(out, " 0 problems") {
+		t.Fatalf("berth verify after the faults: %v\n%s", err, out)
 	}
 }
