@@ -56,6 +56,7 @@ func printConfig(w io.Writer, cfg *Config) {
 	}
 	printPolicies(w, cfg)
 	printRouting(w, cfg)
+	printReplication(w, cfg)
 }
 
 func upstreamHost(u string) string {

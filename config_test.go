@@ -262,3 +262,34 @@ upstream_idle_timeout = "90s"
 		t.Errorf("parsed %+v", r)
 	}
 }
+
+func TestCheckConfigPrintsReplication(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "berth.toml")
+	os.WriteFile(f, []byte(`[[repository]]
+name = "internal"
+kind = "hosted"
+
+[[replicate]]
+name = "from-nexus"
+from = "https://nexus.internal:8082"
+username = "berth"
+password = "hunter2"
+to = "internal"
+repositories = ["team/*"]
+every = "10m"
+delete = true
+`), 0o600)
+	var out, errOut bytes.Buffer
+	if err := newApp(&out, &errOut).Run([]string{"berth", "check-config", f}); err != nil {
+		t.Fatal(err)
+	}
+	want := "from-nexus: team/* of https://nexus.internal:8082 as berth → internal, at start and every 10m0s; deletions mirrored"
+	if !strings.Contains(out.String(), want) || strings.Contains(out.String(), "hunter2") {
+		t.Errorf("check-config output lacks %q (or shows the password):\n%s", want, out.String())
+	}
+	os.WriteFile(f, []byte("[[repository]]\nname = \"internal\"\nkind = \"hosted\"\n[[replicate]]\nname = \"r\"\nfrom = \"https://u:hunter2@nexus\"\nto = \"internal\"\n"), 0o600)
+	err := newApp(&out, &errOut).Run([]string{"berth", "check-config", f})
+	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "put credentials in username and password") {
+		t.Errorf("a URL with credentials: %v", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"os"
@@ -79,7 +80,9 @@ func (c *Config) checkReplicate() error {
 			if rc.Username != "" || rc.Password != "" || rc.PasswordFile != "" || rc.CAFile != "" || rc.InsecureSkipVerify {
 				return fmt.Errorf("%s: from names proxy repository %q: its credentials and TLS settings are used (drop them here)", where, rc.From)
 			}
-		} else if u, err := url.Parse(rc.From); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		} else if u, err := url.Parse(rc.From); err == nil && u.User != nil {
+			return fmt.Errorf("%s: from: put credentials in username and password, not in the URL", where)
+		} else if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return fmt.Errorf("%s: from = %q: want a registry URL (https://host[:port]) or a proxy repository's name", where, rc.From)
 		}
 		if rc.Password != "" && rc.PasswordFile != "" {
@@ -175,4 +178,31 @@ func sourceTLS(caFile string, insecure bool) (*tls.Config, error) {
 		cfg.RootCAs = pool
 	}
 	return cfg, nil
+}
+
+// printReplication lists the [[replicate]] rules for check-config.
+func printReplication(w io.Writer, cfg *Config) {
+	if len(cfg.Replicate) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nREPLICATION")
+	for _, rc := range cfg.Replicate {
+		when := "at start; berth replicate " + rc.Name + " runs it again"
+		if rc.Every != 0 {
+			when = "at start and every " + time.Duration(rc.Every).String()
+		}
+		what := "the whole catalog"
+		if len(rc.Repositories) > 0 {
+			what = strings.Join(rc.Repositories, " ")
+		}
+		cred := ""
+		if rc.Username != "" {
+			cred = " as " + rc.Username
+		}
+		fmt.Fprintf(w, "  %s: %s of %s%s → %s, %s", rc.Name, what, rc.From, cred, rc.To, when)
+		if rc.Delete {
+			fmt.Fprint(w, "; deletions mirrored")
+		}
+		fmt.Fprintln(w)
+	}
 }
