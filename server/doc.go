@@ -58,5 +58,7 @@
 //	health.go          upstream health from real requests
 //	ops.go, ops_client.go  the operator commands' contract, both sides
 //	prefetch.go, list.go, ui.go  prefetch, berth ls, the status page
+//	replicate.go       a hosted repository as internal/replicate's target (written
+//	                   as a push would), /admin/replicate, the Replication table
 //	repo.go, respond.go, errors.go, metrics.go, panic.go, validate.go
 package server
