@@ -36,6 +36,7 @@ type Config struct {
 	Prefetch     []PrefetchConfig   `toml:"prefetch"`
 	Policies     []PolicyConfig     `toml:"policy"`
 	Replicate    []ReplicateConfig  `toml:"replicate"`
+	Audit        AuditConfig        `toml:"audit"`
 }
 
 // PolicyConfig is one [[policy]]: what a repository that names it may
@@ -179,6 +180,12 @@ type RepositoryConfig struct {
 	// Policy names the [[policy]] that decides what this repository
 	// serves ("": everything).
 	Policy string `toml:"policy"`
+	// ImmutableTags are globs of a hosted repository's tags that cannot
+	// be moved or deleted once pushed.
+	ImmutableTags []string `toml:"immutable_tags"`
+	// Retention removes a hosted repository's old tags and untagged
+	// manifests.
+	Retention *RetentionConfig `toml:"retention"`
 }
 
 // CredentialConfig is an allowlist proxy's login for one registry host.
@@ -251,7 +258,7 @@ func loadConfigFile(path string) (*Config, error) {
 func (c *Config) setDefaults() error {
 	for _, check := range []func() error{
 		c.setTopDefaults, c.Storage.setDefaults, c.Limits.check, c.setRepositoryDefaults, c.checkAuth,
-		c.checkPrefetch, c.checkReplicate, c.checkListeners, c.checkFiles, c.checkGrants, c.checkPolicies,
+		c.checkPrefetch, c.checkReplicate, c.checkHostedRules, c.checkListeners, c.checkFiles, c.checkGrants, c.checkPolicies,
 	} {
 		if err := check(); err != nil {
 			return err

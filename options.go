@@ -74,7 +74,7 @@ func (c *Config) repositories(connect func(*server.Repository, RepositoryConfig)
 			ServeStale: rc.ServeStale != nil && *rc.ServeStale, AnonymousPull: rc.AnonymousPull != nil && *rc.AnonymousPull,
 			AnonymousPush: rc.AnonymousPush, NSAliases: rc.NSAliases, Members: rc.Members, PushTo: rc.PushTo,
 			EagerLayers: rc.EagerLayers != nil && *rc.EagerLayers,
-			Policy:      policies[rc.Name],
+			Policy:      policies[rc.Name], ImmutableTags: rc.ImmutableTags, Retention: rc.retention(),
 			RangeFetch: server.RangeFetch{Min: int64(rc.RangeFetchMin), Chunk: int64(rc.RangeFetchChunk), Parallel: rc.RangeFetchParallel,
 				Ramp: server.DefaultRangeRamp, SlowRate: server.DefaultRangeSlowRate},
 		}

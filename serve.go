@@ -23,11 +23,12 @@ import (
 
 // Main is a running berth: store, upstream clients, server and listeners.
 type Main struct {
-	cfg   *Config
-	log   *slog.Logger
-	store *store.Store
-	srv   *server.Server
-	repl  *server.Replication // the [[replicate]] rules (replicate_config.go)
+	cfg    *Config
+	log    *slog.Logger
+	store  *store.Store
+	srv    *server.Server
+	repl   *server.Replication // the [[replicate]] rules (replicate_config.go)
+	events *events             // the audit log and webhooks (hosted_config.go)
 
 	cert atomic.Pointer[tls.Certificate]
 
@@ -58,16 +59,21 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 		log.Warn("cannot write the pid file", "err", err)
 	}
 	opts, err := serverOptions(cfg, st, log)
+	var ev *events
+	if err == nil {
+		ev, err = openEvents(cfg, log)
+	}
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
+	opts.Audit = ev
 	srv, err := server.New(opts)
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	return &Main{cfg: cfg, log: log, store: st, srv: srv, repl: opts.Replication, ready: make(chan struct{})}, nil
+	return &Main{cfg: cfg, log: log, store: st, srv: srv, repl: opts.Replication, events: ev, ready: make(chan struct{})}, nil
 }
 
 // Run listens on every configured address and serves until ctx ends, then
@@ -345,6 +351,7 @@ func (m *Main) Close() error {
 	if m.srv != nil {
 		m.srv.Close() // manifest commits under way
 	}
+	m.events.close()
 	return m.store.Close()
 }
 

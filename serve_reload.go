@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+
+	"github.com/berth-registry/berth/internal/audit"
 )
 
 // needsRestart names what differs between the running config and the one
@@ -57,6 +59,7 @@ func needsRestart(running, next *Config) []string {
 		{"[limits]", running.Limits, next.Limits},
 		{"[[prefetch]]", running.Prefetch, next.Prefetch},
 		{"[[replicate]]", running.Replicate, next.Replicate},
+		{"[audit]", running.Audit, next.Audit},
 		{"[auth] token_ttl, token_key_file, external_url, trusted_proxies or max_uploads_per_client",
 			[]any{running.Auth.TokenTTL, running.Auth.TokenKeyFile, running.Auth.ExternalURL, running.Auth.TrustedProxies, running.Auth.MaxUploadsPerClient},
 			[]any{next.Auth.TokenTTL, next.Auth.TokenKeyFile, next.Auth.ExternalURL, next.Auth.TrustedProxies, next.Auth.MaxUploadsPerClient}},
@@ -117,10 +120,24 @@ func (m *Main) reload() {
 			done = append(done, "TLS certificate")
 		}
 	}
+	if err := m.events.reopen(); err != nil {
+		m.log.Error("SIGHUP: audit log not reopened; lines go to the old file", "err", err)
+	} else if m.cfg.Audit.File != "" {
+		done = append(done, "audit log reopened")
+	}
 	m.log.Info("SIGHUP: reloaded", "what", strings.Join(done, ", "), "config", m.cfgPath)
-	if later := needsRestart(m.cfg, cfg); len(later) > 0 {
+	later := needsRestart(m.cfg, cfg)
+	if len(later) > 0 {
 		m.log.Warn("SIGHUP: these changes need a restart to take effect (systemctl restart berth)", "not_applied", strings.Join(later, "; "))
 	}
+	m.events.Record(audit.Event{Action: audit.Reload, User: "operator (SIGHUP)", Detail: "reloaded: " + strings.Join(done, ", ") + needRestartNote(later)})
+}
+
+func needRestartNote(later []string) string {
+	if len(later) == 0 {
+		return ""
+	}
+	return "; need a restart: " + joinWords(later)
 }
 
 // withoutPolicy is r but its policy, which a reload applies.

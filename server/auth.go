@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/berth-registry/berth/internal/audit"
+
 	"github.com/berth-registry/berth/internal/lru"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -361,6 +363,8 @@ func (s *Server) authorize(r *http.Request, p principal, rp *repo, image, client
 		if p.user == nil {
 			return s.challenge(r, clientName, action, "")
 		}
+		record(s, r.Context(), audit.Event{Action: audit.Denied, User: p.name(), Client: clientAddr(r), Repository: rp.Name, Image: image,
+			Outcome: "refused", Detail: "may not " + action})
 		return errf(codeDenied, "%s may not %s %s", p.name(), action, clientName)
 	}
 	if p.token != nil && !p.token.grants("repository", clientName, action) {

@@ -6,8 +6,10 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"time"
 
+	"github.com/berth-registry/berth/internal/audit"
 	"github.com/berth-registry/berth/store"
 )
 
@@ -117,31 +119,17 @@ func (h *hosted) putManifest(w http.ResponseWriter, r *http.Request, img imageRe
 	if pm.schema1() {
 		return errf(codeManifestInvalid, "schema 1 manifests cannot be pushed")
 	}
-	for _, b := range pm.blobs {
-		ok, err := s.blobs.HasLink(ctx, path, b)
-		if err != nil {
-			return err
-		}
-		if ok {
-			if _, err := s.blobs.StatBlob(ctx, b); err == nil {
-				continue
-			} else if !store.IsNotFound(err) {
-				return err
-			}
-		}
-		return errf(codeManifestBlobUnknown, "blob %s is not in the repository", b).withDetail(map[string]string{"digest": b.String()})
+	refs, err := checkRefs(ctx, s, path, pm, false)
+	if err != nil {
+		return err
 	}
-	for _, c := range pm.children {
-		ok, err := s.manifests.HasManifest(ctx, path, c)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return errf(codeManifestBlobUnknown, "manifest %s is not in the repository", c).withDetail(map[string]string{"digest": c.String()})
-		}
+	tags := append(slices.DeleteFunc([]string{tag}, func(t string) bool { return t == "" }), extraTags...)
+	before, err := pushTags(ctx, s, h.repo, path, tags, d)
+	if err != nil {
+		return err
 	}
 	m := store.Manifest{Digest: d, MediaType: pm.mediaType, Body: body, ArtifactType: pm.artifactType, Annotations: pm.annotations, Subject: pm.subject, Hosted: true}
-	if err := s.manifests.PutManifest(ctx, path, m, tag, pm.refs()); err != nil {
+	if err := s.manifests.PutManifest(ctx, path, m, tag, refs); err != nil {
 		return err
 	}
 	for _, t := range extraTags {
@@ -149,6 +137,7 @@ func (h *hosted) putManifest(w http.ResponseWriter, r *http.Request, img imageRe
 			return err
 		}
 	}
+	tagEvents(s, ctx, audit.Event{Action: audit.Push, Repository: h.repo.Name, Image: img.name, Digest: d.String(), MediaType: pm.mediaType, Size: int64(len(body))}, tags, before)
 	hd := w.Header()
 	for _, t := range extraTags {
 		hd.Add("OCI-Tag", t)
@@ -162,19 +151,62 @@ func (h *hosted) putManifest(w http.ResponseWriter, r *http.Request, img imageRe
 	return nil
 }
 
+// checkRefs checks that every blob and child manifest pm names is in the
+// repository (path) and returns them, for the store's references; with
+// partial an index may lack children (a replication of some platforms).
+func checkRefs(ctx context.Context, s *Server, path string, pm *parsedManifest, partial bool) ([]store.Digest, error) {
+	for _, b := range pm.blobs {
+		ok, err := s.blobs.HasLink(ctx, path, b)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			if _, err := s.blobs.StatBlob(ctx, b); err == nil {
+				continue
+			} else if !store.IsNotFound(err) {
+				return nil, err
+			}
+		}
+		return nil, errf(codeManifestBlobUnknown, "blob %s is not in the repository", b).withDetail(map[string]string{"digest": b.String()})
+	}
+	refs := pm.refs()
+	for _, c := range pm.children {
+		ok, err := s.manifests.HasManifest(ctx, path, c)
+		if err != nil {
+			return nil, err
+		}
+		if !ok && !partial {
+			return nil, errf(codeManifestBlobUnknown, "manifest %s is not in the repository", c).withDetail(map[string]string{"digest": c.String()})
+		}
+		if !ok { // a platform left out: not a reference the store must hold
+			refs = slices.DeleteFunc(refs, func(r store.Digest) bool { return r == c })
+		}
+	}
+	return refs, nil
+}
+
 // deleteManifest: DELETE /v2/<name>/manifests/<digest> removes the
 // manifest and its tags (end-9); by tag it removes only the tag.
 func (h *hosted) deleteManifest(w http.ResponseWriter, r *http.Request, img imageRef, rt route) error {
 	s, ctx, path := h.s, r.Context(), img.path()
-	var err error
+	tag := ""
 	if rt.digest.IsZero() {
-		err = s.manifests.DeleteTag(ctx, path, rt.ref)
+		tag = rt.ref
+	}
+	if err := checkTagDelete(ctx, s, h.repo, path, tag, rt.digest); err != nil {
+		record(s, ctx, audit.Event{Action: audit.Delete, Repository: h.repo.Name, Image: img.name, Tag: tag, Digest: rt.digest.String(), Outcome: "refused", Detail: err.Error()})
+		return err
+	}
+	var err error
+	if tag != "" {
+		err = s.manifests.DeleteTag(ctx, path, tag)
 	} else {
 		err = s.manifests.DeleteManifest(ctx, path, rt.digest)
 	}
 	if err != nil {
 		return err
 	}
+	record(s, ctx, audit.Event{Action: audit.Delete, Repository: h.repo.Name, Image: img.name, Tag: tag, Digest: rt.digest.String()})
 	w.WriteHeader(http.StatusAccepted)
 	return nil
 }

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/berth-registry/berth/internal/audit"
+
 	"github.com/berth-registry/berth/internal/lru"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -225,6 +227,7 @@ func (s *Server) loginFailed(r *http.Request, err error, fallback error) error {
 	}
 	s.m.authFailures.WithLabelValues(reason).Inc()
 	s.log.Warn("login failed", "user", truncate(user, 64), "remote", clientAddr(r), "reason", reason, "path", truncate(r.URL.Path, 200))
+	record(s, r.Context(), audit.Event{Action: audit.LoginFailed, User: truncate(user, 64), Client: clientAddr(r), Outcome: "refused", Detail: reason})
 	if ae != nil && ae.retry > 0 {
 		return &regError{Code: codeTooManyRequests, Message: "too many failed logins or password checks; try again later",
 			Header: http.Header{"Retry-After": {strconv.Itoa(int(max(1, ae.retry.Round(time.Second)/time.Second)))}}}

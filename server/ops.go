@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-registry/berth/internal/audit"
+
 	"github.com/berth-registry/berth/store"
 )
 
@@ -122,7 +124,7 @@ func (o StoreOps) List(ctx context.Context, filter string) ([]ListEntry, error) 
 // listener.
 type runningOps struct{ s *Server }
 
-func (o runningOps) GC(_ context.Context, req GCRequest) (GCReply, error) {
+func (o runningOps) GC(ctx context.Context, req GCRequest) (GCReply, error) {
 	if req.Grace < 0 {
 		req.Grace = o.s.opts.GCGrace
 	}
@@ -131,10 +133,21 @@ func (o runningOps) GC(_ context.Context, req GCRequest) (GCReply, error) {
 		return GCReply{}, fmt.Errorf("garbage collection: %w", err)
 	}
 	o.s.log.Info("garbage collection asked by admin", "blobs", res.Blobs, "bytes", res.Bytes, "kept", res.Kept, "grace", req.Grace, "dry_run", req.DryRun)
+	record(o.s, ctx, audit.Event{Action: audit.Admin, User: adminUser, Size: res.Bytes,
+		Detail: fmt.Sprintf("gc: %d blobs deleted (dry run %t, grace %s)", res.Blobs, req.DryRun, req.Grace)})
 	return gcReply(res, req.Grace), nil
 }
 
-func (o runningOps) Backup(_ context.Context, w io.Writer) (int64, error) { return o.s.ops.Backup(w) }
+func (o runningOps) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	n, err := o.s.ops.Backup(w)
+	if err == nil {
+		record(o.s, ctx, audit.Event{Action: audit.Admin, User: adminUser, Size: n, Detail: "backup of the index"})
+	}
+	return n, err
+}
+
+// adminUser is who the admin listener's caller is: whoever may open it.
+const adminUser = "admin"
 
 func (o runningOps) List(ctx context.Context, filter string) ([]ListEntry, error) {
 	s := o.s

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/berth-registry/berth/internal/audit"
+
 	"github.com/berth-registry/berth/internal/policy"
 	"github.com/berth-registry/berth/store"
 )
@@ -122,6 +124,8 @@ func (g *gate) manifest(ctx context.Context, img imageRef, rt route, head bool) 
 		v.Reason += fmt.Sprintf("; berth approve %s@%s releases it now", img.path(), d)
 	}
 	g.s.refused.note(g.rp, img.name, d, v)
+	record(g.s, ctx, audit.Event{Action: audit.Policy, Repository: g.rp.Name, Image: img.name, Digest: d, Outcome: "refused",
+		Detail: fmt.Sprintf("policy %s: %s (rule %s): %s", p.Name, v.Decision, v.Rule, v.Reason)})
 	g.s.log.Info("policy refused a manifest", "repository", g.rp.Name, "name", img.name, "digest", d, "policy", p.Name, "rule", v.Rule, "reason", v.Reason)
 	return manifestAnswer{}, errf(codeDenied, "%s@%s: %s", img.name, d, v.Reason)
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-registry/berth/internal/audit"
+
 	"github.com/berth-registry/berth/internal/policy"
 	"github.com/berth-registry/berth/store"
 )
@@ -26,6 +28,7 @@ func (o runningOps) Approve(ctx context.Context, ref, by string) (ApproveReply, 
 	res, err := approve(ctx, o.s.verdicts, ref, by)
 	if err == nil {
 		o.s.log.Info("digest approved: released from min_age", "name", res.Name, "digest", res.Digest, "by", by)
+		record(o.s, ctx, audit.Event{Action: audit.Admin, User: by, Image: res.Name, Digest: res.Digest, Detail: "approve: released from min_age"})
 	}
 	return res, err
 }

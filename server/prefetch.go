@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/berth-registry/berth/internal/audit"
+
 	"github.com/berth-registry/berth/store"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -281,6 +283,7 @@ func (s *Server) adminPrefetch(listener string) func(w http.ResponseWriter, r *h
 		events := &lineEvents{enc: json.NewEncoder(w), w: w}
 		opts := PrefetchOptions{Platforms: req.Platforms, AllPlatforms: req.AllPlatforms, AllTags: req.AllTags}
 		for _, img := range req.Images {
+			record(s, r.Context(), audit.Event{Action: audit.Admin, User: adminUser, Image: img, Detail: "prefetch"})
 			if err := s.Prefetch(r.Context(), listener, img, opts, func(ev PrefetchEvent) { events.send(ev) }); err != nil {
 				events.send(PrefetchEvent{Image: img, Kind: "error", Error: err.Error()})
 			}

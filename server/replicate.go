@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
+	"github.com/berth-registry/berth/internal/audit"
 	"github.com/berth-registry/berth/internal/replicate"
 	"github.com/berth-registry/berth/store"
 )
@@ -190,20 +190,9 @@ func (t replicaTarget) PutManifest(ctx context.Context, image string, d store.Di
 	if pm.schema1() {
 		return errf(codeManifestInvalid, "%s: schema 1 manifests are not replicated", d)
 	}
-	for _, b := range pm.blobs {
-		if ok, err := t.HasBlob(ctx, image, b); err != nil || !ok {
-			return errf(codeManifestBlobUnknown, "manifest %s: blob %s is not in the repository", d, b)
-		}
-	}
-	refs := pm.refs()
-	for _, c := range pm.children {
-		ok, err := t.s.manifests.HasManifest(ctx, p, c)
-		if err != nil || (!ok && !partial) {
-			return errf(codeManifestBlobUnknown, "manifest %s: manifest %s is not in the repository", d, c)
-		}
-		if !ok { // a platform the rule left out: not a reference the store must hold
-			refs = slices.DeleteFunc(refs, func(r store.Digest) bool { return r == c })
-		}
+	refs, err := checkRefs(ctx, t.s, p, pm, partial)
+	if err != nil {
+		return err
 	}
 	m := store.Manifest{Digest: d, MediaType: pm.mediaType, Body: body, ArtifactType: pm.artifactType, Annotations: pm.annotations, Subject: pm.subject, Hosted: true}
 	return t.s.manifests.PutManifest(ctx, p, m, "", refs)
@@ -214,7 +203,14 @@ func (t replicaTarget) Tag(ctx context.Context, image, tag string, d store.Diges
 	if err != nil {
 		return err
 	}
-	return t.s.manifests.TagChecked(ctx, p, tag, d, time.Now())
+	if err := checkTagMove(ctx, t.s, t.rp, p, tag, d); err != nil {
+		return err
+	}
+	if err := t.s.manifests.TagChecked(ctx, p, tag, d, time.Now()); err != nil {
+		return err
+	}
+	record(t.s, ctx, audit.Event{Action: audit.Replicate, Repository: t.rp.Name, Image: t.prefix + image, Tag: tag, Digest: d.String()})
+	return nil
 }
 
 func (t replicaTarget) DeleteTag(ctx context.Context, image, tag string) error {
@@ -222,7 +218,14 @@ func (t replicaTarget) DeleteTag(ctx context.Context, image, tag string) error {
 	if err != nil {
 		return err
 	}
-	return t.s.manifests.DeleteTag(ctx, p, tag)
+	if err := checkTagDelete(ctx, t.s, t.rp, p, tag, store.Digest{}); err != nil {
+		return err
+	}
+	if err := t.s.manifests.DeleteTag(ctx, p, tag); err != nil {
+		return err
+	}
+	record(t.s, ctx, audit.Event{Action: audit.Replicate, Repository: t.rp.Name, Image: t.prefix + image, Tag: tag, Detail: "tag deleted: the source no longer has it"})
+	return nil
 }
 
 // adminReplicate: POST /admin/replicate with a ReplicateRequest; streams
@@ -255,6 +258,8 @@ func adminReplicate(s *Server) func(w http.ResponseWriter, r *http.Request) erro
 		if err != nil {
 			events.send(replicate.Event{Rule: rule.Name, Kind: "error", Error: err.Error()})
 		}
+		record(s, ctx, audit.Event{Action: audit.Admin, User: adminUser, Repository: rule.To,
+			Detail: fmt.Sprintf("replicate %s (dry run %t): %d tags copied, %d deleted, %d errors", rule.Name, rule.DryRun, rep.Tags, rep.Deleted, rep.Errors)})
 		s.log.Info("replication asked by admin", "rule", rule.Name, "dry_run", rule.DryRun, "tags", rep.Tags, "blobs", rep.Blobs, "bytes", rep.Bytes, "errors", rep.Errors, "took", rep.Took)
 		return nil
 	}

@@ -84,6 +84,7 @@ type reqInfo struct {
 	source           string       // "cache" or "upstream" for bytes served
 	served           string       // the repository whose disk or upstream answered (a group's member)
 	group            string       // the group the request went through, if any
+	client           string       // the client's address (audit events)
 }
 
 type infoKey struct{}
@@ -98,7 +99,7 @@ func infoOf(ctx context.Context) *reqInfo {
 func (s *Server) v2Handler(listener listenerScope) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		info := &reqInfo{repo: "-", kind: "other", listener: listener}
+		info := &reqInfo{repo: "-", kind: "other", listener: listener, client: clientAddr(r)}
 		sw := &statusWriter{ResponseWriter: w}
 		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, info))
 		sw.Header().Set("Docker-Distribution-API-Version", "registry/2.0")

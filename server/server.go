@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/berth-registry/berth/internal/audit"
 	"github.com/berth-registry/berth/internal/fetch"
 	"github.com/berth-registry/berth/internal/lru"
 	"github.com/berth-registry/berth/internal/policy"
@@ -90,6 +91,13 @@ type Repository struct {
 	// Policy decides what the repository serves, by manifest digest (nil:
 	// everything).
 	Policy *policy.Policy
+
+	// ImmutableTags are globs of a hosted repository's tags that cannot
+	// be moved or deleted once pushed.
+	ImmutableTags []string
+	// Retention removes a hosted repository's old tags and untagged
+	// manifests (retention.go; nil: none).
+	Retention *Retention
 }
 
 // RangeFetch is how a proxy fetches a blob longer than Min: in ranges of
@@ -144,6 +152,10 @@ type Options struct {
 	// (and no eager pull wants) goes on before it is cancelled (zero:
 	// 10s).
 	AbandonGrace time.Duration
+	// Audit receives an event for each push, deletion, tag moved, failed
+	// login, refusal, policy decision, retention deletion, replication
+	// and operator action (nil: none).
+	Audit audit.Sink
 	// Replication runs the [[replicate]] rules asked for on the admin
 	// listener and shows them on the status page (nil: none).
 	Replication *Replication
