@@ -90,12 +90,16 @@ func checkTagDelete(ctx context.Context, s *Server, rp *repo, path, tag string, 
 	return nil
 }
 
-// pushTags checks that a push of d may set tags in rp's image (path)
-// and returns where each pointed before (for the tag-moved events).
-func pushTags(ctx context.Context, s *Server, rp *repo, path string, tags []string, d store.Digest) (map[string]string, error) {
+// pushTags checks that the push ev describes may set tags in rp's image
+// (path) and returns where each pointed before (for the tag-moved
+// events); a refusal is recorded.
+func pushTags(ctx context.Context, s *Server, rp *repo, path string, tags []string, ev audit.Event) (map[string]string, error) {
+	d, _ := store.ParseDigest(ev.Digest)
 	before := map[string]string{}
 	for _, t := range tags {
 		if err := checkTagMove(ctx, s, rp, path, t, d); err != nil {
+			ev.Tag, ev.Outcome, ev.Detail = t, "refused", err.Error()
+			record(s, ctx, ev)
 			return nil, err
 		}
 		if ti, err := s.manifests.ResolveTag(ctx, path, t); err == nil {

@@ -124,7 +124,8 @@ func (h *hosted) putManifest(w http.ResponseWriter, r *http.Request, img imageRe
 		return err
 	}
 	tags := append(slices.DeleteFunc([]string{tag}, func(t string) bool { return t == "" }), extraTags...)
-	before, err := pushTags(ctx, s, h.repo, path, tags, d)
+	ev := audit.Event{Action: audit.Push, Repository: h.repo.Name, Image: img.name, Digest: d.String(), MediaType: pm.mediaType, Size: int64(len(body))}
+	before, err := pushTags(ctx, s, h.repo, path, tags, ev)
 	if err != nil {
 		return err
 	}
@@ -137,7 +138,7 @@ func (h *hosted) putManifest(w http.ResponseWriter, r *http.Request, img imageRe
 			return err
 		}
 	}
-	tagEvents(s, ctx, audit.Event{Action: audit.Push, Repository: h.repo.Name, Image: img.name, Digest: d.String(), MediaType: pm.mediaType, Size: int64(len(body))}, tags, before)
+	tagEvents(s, ctx, ev, tags, before)
 	hd := w.Header()
 	for _, t := range extraTags {
 		hd.Add("OCI-Tag", t)
