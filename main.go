@@ -34,6 +34,7 @@ func newApp(stdout, stderr io.Writer) *berthApp {
 			checkConfigCommand(stdout, stderr),
 			prefetchCommand(stdout, stderr),
 			replicateCommand(stdout, stderr),
+			retentionCommand(stdout, stderr),
 			lsCommand(stdout, stderr),
 			approveCommand(stdout, stderr),
 			policyCommand(stdout, stderr),

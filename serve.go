@@ -121,6 +121,11 @@ func (m *Main) Run(ctx context.Context) error {
 	for _, p := range m.cfg.Prefetch {
 		m.srv.Go("scheduled prefetch", func() { m.prefetchLoop(ctx, p) })
 	}
+	for repo, every := range server.RetentionRepositories(m.srv) {
+		if every > 0 {
+			m.srv.Go("scheduled retention", func() { m.retentionLoop(ctx, repo, every) })
+		}
+	}
 	if m.repl != nil {
 		for _, r := range m.repl.Rules {
 			m.srv.Go("scheduled replication", func() { m.replicateLoop(ctx, r) })
@@ -321,6 +326,28 @@ func (m *Main) replicateLoop(ctx context.Context, r server.ReplicationRule) {
 			return
 		}
 		wait = r.Every
+	}
+}
+
+// retentionLoop applies a hosted repository's retention every interval
+// (the first a minute after start).
+func (m *Main) retentionLoop(ctx context.Context, repo string, every time.Duration) {
+	wait := time.Minute
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = every
+		rep, err := server.RunRetention(ctx, m.srv, repo, false)
+		if err != nil {
+			m.log.Error("retention", "repository", repo, "err", err)
+			continue
+		}
+		if len(rep.Tags)+len(rep.Manifests) > 0 {
+			m.log.Info("retention", "repository", repo, "tags", len(rep.Tags), "manifests", len(rep.Manifests), "bytes", rep.Bytes, "kept", rep.Kept, "took", rep.Took)
+		}
 	}
 }
 

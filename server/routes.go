@@ -62,6 +62,7 @@ func (s *Server) AdminHandler(listenerRepo string) http.Handler {
 	serveOps(mux, runningOps{s}, s.log, s.handle)
 	mux.HandleFunc("POST /admin/prefetch", s.handle(formatRegistry, s.adminPrefetch(listenerRepo)))
 	mux.HandleFunc("POST /admin/replicate", s.handle(formatRegistry, adminReplicate(s)))
+	mux.HandleFunc("POST /admin/retention", s.handle(formatRegistry, adminRetention(s)))
 	mux.HandleFunc("POST /admin/policy-test", s.handle(formatRegistry, adminPolicyTest(s, listenerRepo)))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{}))
 	trusted := s.v2Handler(listenerScope{repo: listenerRepo, trusted: true})

@@ -36,6 +36,9 @@ type manifestStore interface {
 	DeleteTag(ctx context.Context, repo, tag string) error
 	Tags(ctx context.Context, repo string) ([]string, error)
 	Repositories(ctx context.Context, prefix string) ([]string, error)
+	// Manifests lists an image's manifests with their push times and
+	// references (retention).
+	Manifests(ctx context.Context, repo string) ([]store.ManifestInfo, error)
 }
 
 // uploadStore is what hosted pushes need.

@@ -115,11 +115,13 @@ type Store struct {
 	// The store's work by area, each a part of Store (its methods are
 	// Store's): upload sessions (uploads.go), eviction and collection
 	// (evict.go), the check and repair of berth verify (check.go), and
-	// the access times and pulls of blobs (below).
+	// the access times and pulls of blobs (below), the listings of
+	// retention (listing.go).
 	uploadArea
 	evictor
 	verifier
 	accessLog
+	lister
 }
 
 // The parts of a Store: each reaches the store it is part of.
@@ -128,6 +130,7 @@ type (
 	evictor    struct{ s *Store }
 	verifier   struct{ s *Store }
 	accessLog  struct{ s *Store }
+	lister     struct{ s *Store }
 )
 
 // Open opens (creating if needed) the store in dir. It empties dir/tmp,
@@ -164,7 +167,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s := &Store{dir: dir, db: db, log: log, access: map[string]accessEntry{}, stop: make(chan struct{}), opts: opts,
 		pins: map[string]int{}, evicting: map[string]bool{}, evictc: make(chan struct{}, 1), cache: newMemCache()}
-	s.uploadArea, s.evictor, s.verifier, s.accessLog = uploadArea{s}, evictor{s}, verifier{s}, accessLog{s}
+	s.uploadArea, s.evictor, s.verifier, s.accessLog, s.lister = uploadArea{s}, evictor{s}, verifier{s}, accessLog{s}, lister{s}
 	err = db.Update(func(tx *bolt.Tx) error { return s.prepare(tx, schema) })
 	if err == nil {
 		err = s.recover()
