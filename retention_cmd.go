@@ -75,4 +75,3 @@ func runRetention(c *cli.Context, out io.Writer) error {
 	}
 	return nil
 }
-

@@ -135,47 +135,7 @@ func retainManifests(ctx context.Context, s *Server, rp *repo, p, image string, 
 	if err != nil {
 		return err
 	}
-	byDigest, child := map[store.Digest]store.ManifestInfo{}, map[store.Digest]bool{}
-	for _, m := range all {
-		byDigest[m.Digest] = m
-	}
-	for _, m := range all {
-		for _, r := range m.Refs {
-			if _, isManifest := byDigest[r]; isManifest {
-				child[r] = true
-			}
-		}
-	}
-	// A manifest stands on its own unless it is a child (of an index)
-	// or a referrer (of a subject here): those live by their parent.
-	for _, m := range all {
-		subject, _ := store.ParseDigest(m.Subject)
-		_, hasSubject := byDigest[subject]
-		young := rp.Retention.UntaggedAfter == 0 || now.Sub(m.Created) < rp.Retention.UntaggedAfter
-		if !dropped[m.Digest] && young && !child[m.Digest] && !hasSubject {
-			live[m.Digest] = true
-		}
-	}
-	// What a live manifest names, and referrers of live subjects, live
-	// too: repeat until nothing changes (an index's children's
-	// signatures).
-	for changed := true; changed; {
-		changed = false
-		for _, m := range all {
-			subject, _ := store.ParseDigest(m.Subject)
-			if !live[m.Digest] && m.Subject != "" && live[subject] {
-				live[m.Digest], changed = true, true
-			}
-			if !live[m.Digest] {
-				continue
-			}
-			for _, r := range m.Refs {
-				if _, isManifest := byDigest[r]; isManifest && !live[r] {
-					live[r], changed = true, true
-				}
-			}
-		}
-	}
+	byDigest := markLive(all, live, dropped, rp.Retention, now)
 	liveBlobs := map[store.Digest]bool{}
 	for _, m := range all {
 		if live[m.Digest] {
@@ -256,4 +216,53 @@ func (a AdminClient) Retention(ctx context.Context, repository string, dry bool)
 		return rep, fmt.Errorf("reading the running berth's answer: %w", err)
 	}
 	return rep, nil
+}
+
+// markLive adds to live the manifests of all that stay: those on their
+// own (not a child, not a referrer of a subject here) that are young or
+// never tagged with UntaggedAfter 0 and not dropped, then what live ones
+// name and the referrers of live subjects. It returns all by digest.
+func markLive(all []store.ManifestInfo, live, dropped map[store.Digest]bool, rt *Retention, now time.Time) map[store.Digest]store.ManifestInfo {
+	byDigest, child := map[store.Digest]store.ManifestInfo{}, map[store.Digest]bool{}
+	for _, m := range all {
+		byDigest[m.Digest] = m
+	}
+	for _, m := range all {
+		for _, r := range m.Refs {
+			if _, isManifest := byDigest[r]; isManifest {
+				child[r] = true
+			}
+		}
+	}
+	// A manifest stands on its own unless it is a child (of an index)
+	// or a referrer (of a subject here): those live by their parent.
+	for _, m := range all {
+		subject, _ := store.ParseDigest(m.Subject)
+		_, hasSubject := byDigest[subject]
+		young := rt.UntaggedAfter == 0 || now.Sub(m.Created) < rt.UntaggedAfter
+		if !dropped[m.Digest] && young && !child[m.Digest] && !hasSubject {
+			live[m.Digest] = true
+		}
+	}
+	// What a live manifest names, and referrers of live subjects, live
+	// too: repeat until nothing changes (an index's children's
+	// signatures).
+	for changed := true; changed; {
+		changed = false
+		for _, m := range all {
+			subject, _ := store.ParseDigest(m.Subject)
+			if !live[m.Digest] && m.Subject != "" && live[subject] {
+				live[m.Digest], changed = true, true
+			}
+			if !live[m.Digest] {
+				continue
+			}
+			for _, r := range m.Refs {
+				if _, isManifest := byDigest[r]; isManifest && !live[r] {
+					live[r], changed = true, true
+				}
+			}
+		}
+	}
+	return byDigest
 }
