@@ -37,6 +37,7 @@ type Config struct {
 	Policies     []PolicyConfig     `toml:"policy"`
 	Replicate    []ReplicateConfig  `toml:"replicate"`
 	Audit        AuditConfig        `toml:"audit"`
+	Webhooks     []WebhookConfig    `toml:"webhook"`
 }
 
 // PolicyConfig is one [[policy]]: what a repository that names it may
@@ -258,7 +259,7 @@ func loadConfigFile(path string) (*Config, error) {
 func (c *Config) setDefaults() error {
 	for _, check := range []func() error{
 		c.setTopDefaults, c.Storage.setDefaults, c.Limits.check, c.setRepositoryDefaults, c.checkAuth,
-		c.checkPrefetch, c.checkReplicate, c.checkHostedRules, c.checkListeners, c.checkFiles, c.checkGrants, c.checkPolicies,
+		c.checkPrefetch, c.checkReplicate, c.checkHostedRules, c.checkWebhooks, c.checkListeners, c.checkFiles, c.checkGrants, c.checkPolicies,
 	} {
 		if err := check(); err != nil {
 			return err

@@ -91,6 +91,14 @@ url = "https://registry-1.docker.io"
 		{"replicate bad semver", base + hosted + "[[replicate]]\nname = \"r\"\nfrom = \"hub\"\nto = \"h\"\nsemver = \">=x\"\n", `semver ">=x"`},
 		{"replicate too often", base + hosted + "[[replicate]]\nname = \"r\"\nfrom = \"hub\"\nto = \"h\"\nevery = \"1s\"\n", "every must be at least 5s"},
 		{"replicate unknown key", base + hosted + "[[replicate]]\nname = \"r\"\nfrom = \"hub\"\nto = \"h\"\ntag = [\"v*\"]\n", "did you mean tags?"},
+		{"immutable tags on a proxy", base + "immutable_tags = [\"v*\"]\n", "immutable_tags and retention are for hosted repositories"},
+		{"retention that removes nothing", hosted + "[repository.retention]\nkeep = [\"v*\"]\n", "retention removes nothing"},
+		{"retention too often", hosted + "[repository.retention]\nkeep_newest = 3\nevery = \"1s\"\n", "retention.every must be at least 1m"},
+		{"retention bad glob", hosted + "[repository.retention]\nkeep_newest = 3\nkeep = [\"[\"]\n", `retention.keep: bad glob "["`},
+		{"retention unknown key", hosted + "[repository.retention]\nkeep_last = 3\n", "unknown key(s): repository.retention.keep_last"},
+		{"webhook bad url", base + "[[webhook]]\nname = \"ci\"\nurl = \"ci.internal\"\n", `webhook[0] "ci": url`},
+		{"webhook bad action", base + "[[webhook]]\nname = \"ci\"\nurl = \"https://ci\"\nactions = [\"pull\"]\n", `action "pull": want one of push, delete`},
+		{"webhook twice", base + "[[webhook]]\nname = \"ci\"\nurl = \"https://ci\"\n[[webhook]]\nname = \"ci\"\nurl = \"https://ci\"\n", "want a name of its own"},
 		{"grant on no repository", base + "[[user]]\nname = \"a\"\npassword_hash = \"$2a$10$DUbwPxEDrDMqEL7WoOUgre9SbJeGuXtT4Ot/eo7OmaL82JHivnzi2\"\npull = [\"intrenal/*\"]\n", `grant "intrenal/*" names repository "intrenal", which is not configured`},
 	}
 	for _, tt := range tests {

@@ -61,7 +61,7 @@ func NewMain(cfg *Config, log *slog.Logger) (*Main, error) {
 	opts, err := serverOptions(cfg, st, log)
 	var ev *events
 	if err == nil {
-		ev, err = openEvents(cfg, log)
+		ev, err = openEvents(cfg, log, opts.Registry)
 	}
 	if err != nil {
 		st.Close()
@@ -121,6 +121,7 @@ func (m *Main) Run(ctx context.Context) error {
 	for _, p := range m.cfg.Prefetch {
 		m.srv.Go("scheduled prefetch", func() { m.prefetchLoop(ctx, p) })
 	}
+	m.srv.Go("webhook delivery", func() { m.events.run(ctx) })
 	for repo, every := range server.RetentionRepositories(m.srv) {
 		if every > 0 {
 			m.srv.Go("scheduled retention", func() { m.retentionLoop(ctx, repo, every) })
