@@ -99,7 +99,7 @@ func TestDeliveryThroughFaultsAndRestart(t *testing.T) {
 	for i := range 20 {
 		d.Record(audit.Event{Action: audit.Push, Repository: "internal", Image: "team/app", Tag: fmt.Sprintf("v%d", i), Digest: "sha256:aa", User: "alice"})
 	}
-	d.Record(audit.Event{Action: audit.Push, Repository: "internal", Image: "other/app"}) // not under the filter
+	d.Record(audit.Event{Action: audit.Push, Repository: "internal", Image: "other/app"})       // not under the filter
 	d.Record(audit.Event{Action: audit.LoginFailed, Repository: "internal", Image: "team/app"}) // not an action it sends
 	eventually(t, "a failed delivery", func() bool { return testutil.ToFloat64(d.m.failed.WithLabelValues("ci")) >= 2 })
 	rc.mode.Store(1)
