@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"slices"
 
 	"github.com/berth-registry/berth/server"
 	"github.com/urfave/cli/v2"
@@ -34,44 +33,40 @@ func runRetention(c *cli.Context, out io.Writer) error {
 	}
 	repos := c.Args().Slice()
 	if len(repos) == 0 {
-		for _, r := range cfg.Repositories {
-			if r.Retention != nil {
-				repos = append(repos, r.Name)
-			}
-		}
-	}
-	if len(repos) == 0 {
-		return cli.Exit("retention: no hosted repository has [repository.retention] rules", 2)
-	}
-	for _, r := range repos {
-		if i := slices.IndexFunc(cfg.Repositories, func(rc RepositoryConfig) bool { return rc.Name == r }); i >= 0 && cfg.Repositories[i].Retention == nil {
-			return cli.Exit(fmt.Sprintf("retention: repository %q has no [repository.retention] rules", r), 2)
-		}
+		repos = []string{""} // the running berth's repositories that have rules
 	}
 	base, client := adminClient(c, cfg)
 	admin := server.AdminClient{Base: base, HTTP: client}
 	dry := c.Bool("dry-run")
 	for _, r := range repos {
-		rep, err := admin.Retention(c.Context, r, dry)
+		reps, err := admin.Retention(c.Context, r, dry)
 		if err != nil {
 			return opsError(c, cfg, "retention", err)
 		}
-		verb := "removed"
-		if dry {
-			verb = "would remove"
+		for _, rep := range reps {
+			printRetention(out, rep, c.Bool("quiet"))
 		}
-		if !c.Bool("quiet") {
-			for _, t := range rep.Tags {
-				fmt.Fprintf(out, "%s tag %s/%s\n", verb, r, t)
-			}
-			for _, m := range rep.Manifests {
-				fmt.Fprintf(out, "%s manifest %s/%s\n", verb, r, m)
-			}
-		}
-		fmt.Fprintf(out, "%s: %s %d tags and %d manifests (up to %s); %d tags kept; in %s\n", r, verb, len(rep.Tags), len(rep.Manifests), humanSize(rep.Bytes), rep.Kept, rep.Took)
 	}
 	if !dry {
 		fmt.Fprintln(out, "the next garbage collection frees their blobs (berth gc runs one now)")
 	}
 	return nil
+}
+
+// printRetention prints what a retention pass removed (or would), then
+// a summary line.
+func printRetention(out io.Writer, rep server.RetentionReport, quiet bool) {
+	verb := "removed"
+	if rep.DryRun {
+		verb = "would remove"
+	}
+	if !quiet {
+		for _, t := range rep.Tags {
+			fmt.Fprintf(out, "%s tag %s/%s\n", verb, rep.Repository, t)
+		}
+		for _, m := range rep.Manifests {
+			fmt.Fprintf(out, "%s manifest %s/%s\n", verb, rep.Repository, m)
+		}
+	}
+	fmt.Fprintf(out, "%s: %s %d tags and %d manifests (up to %s); %d tags kept; in %s\n", rep.Repository, verb, len(rep.Tags), len(rep.Manifests), humanSize(rep.Bytes), rep.Kept, rep.Took)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"path"
@@ -184,40 +185,53 @@ func RetentionRepositories(s *Server) map[string]time.Duration {
 	return out
 }
 
-// adminRetention: POST /admin/retention?repository=&dry_run=.
+// adminRetention: POST /admin/retention?repository=&dry_run= (no
+// repository: every hosted repository with retention rules); answers a
+// list of RetentionReports.
 func adminRetention(s *Server) func(w http.ResponseWriter, r *http.Request) error {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		q := r.URL.Query()
 		dry := q.Get("dry_run") != ""
-		rep, err := RunRetention(r.Context(), s, q.Get("repository"), dry)
-		if err != nil {
-			return err
+		names := []string{q.Get("repository")}
+		if names[0] == "" {
+			names = slices.Sorted(maps.Keys(RetentionRepositories(s)))
+			if len(names) == 0 {
+				return errf(codeRequestInvalid, "no hosted repository of this berth has retention rules")
+			}
 		}
-		record(s, r.Context(), audit.Event{Action: audit.Admin, User: adminUser, Repository: rep.Repository, Size: rep.Bytes,
-			Detail: fmt.Sprintf("retention (dry run %t): %d tags, %d manifests", dry, len(rep.Tags), len(rep.Manifests))})
-		s.log.Info("retention asked by admin", "repository", rep.Repository, "dry_run", dry, "tags", len(rep.Tags), "manifests", len(rep.Manifests), "bytes", rep.Bytes, "took", rep.Took)
-		return writeJSON(w, r, rep)
+		reps := []RetentionReport{}
+		for _, name := range names {
+			rep, err := RunRetention(r.Context(), s, name, dry)
+			if err != nil {
+				return err
+			}
+			record(s, r.Context(), audit.Event{Action: audit.Admin, User: adminUser, Repository: rep.Repository, Size: rep.Bytes,
+				Detail: fmt.Sprintf("retention (dry run %t): %d tags, %d manifests", dry, len(rep.Tags), len(rep.Manifests))})
+			s.log.Info("retention asked by admin", "repository", rep.Repository, "dry_run", dry, "tags", len(rep.Tags), "manifests", len(rep.Manifests), "bytes", rep.Bytes, "took", rep.Took)
+			reps = append(reps, rep)
+		}
+		return writeJSON(w, r, reps)
 	}
 }
 
-// Retention asks the running berth to apply repository's retention.
-func (a AdminClient) Retention(ctx context.Context, repository string, dry bool) (RetentionReport, error) {
+// Retention asks the running berth to apply repository's retention
+// ("": every repository that has rules).
+func (a AdminClient) Retention(ctx context.Context, repository string, dry bool) ([]RetentionReport, error) {
 	q := url.Values{"repository": {repository}}
 	if dry {
 		q.Set("dry_run", "1")
 	}
-	var rep RetentionReport
+	var reps []RetentionReport
 	resp, err := a.do(ctx, http.MethodPost, "/admin/retention?"+q.Encode(), nil)
 	if err != nil {
-		return rep, err
+		return nil, err
 	}
 	defer resp.Body.Close()
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&rep); err != nil {
-		return rep, fmt.Errorf("reading the running berth's answer: %w", err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&reps); err != nil {
+		return nil, fmt.Errorf("reading the running berth's answer: %w", err)
 	}
-	return rep, nil
+	return reps, nil
 }
-
 // markLive adds to live the manifests of all that stay: those on their
 // own (not a child, not a referrer of a subject here) that are young or
 // never tagged with UntaggedAfter 0 and not dropped, then what live ones
