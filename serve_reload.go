@@ -60,6 +60,7 @@ func needsRestart(running, next *Config) []string {
 		{"[[prefetch]]", running.Prefetch, next.Prefetch},
 		{"[[replicate]]", running.Replicate, next.Replicate},
 		{"[audit]", running.Audit, next.Audit},
+		{"[[webhook]]", running.Webhooks, next.Webhooks},
 		{"[auth] token_ttl, token_key_file, external_url, trusted_proxies or max_uploads_per_client",
 			[]any{running.Auth.TokenTTL, running.Auth.TokenKeyFile, running.Auth.ExternalURL, running.Auth.TrustedProxies, running.Auth.MaxUploadsPerClient},
 			[]any{next.Auth.TokenTTL, next.Auth.TokenKeyFile, next.Auth.ExternalURL, next.Auth.TrustedProxies, next.Auth.MaxUploadsPerClient}},

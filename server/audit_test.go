@@ -10,6 +10,9 @@ import (
 	"testing"
 
 	"github.com/berth-registry/berth/internal/audit"
+	"github.com/berth-registry/berth/internal/policy"
+	"github.com/berth-registry/berth/internal/replicate"
+	"github.com/berth-registry/berth/upstream"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
@@ -136,5 +139,26 @@ func TestAuditLoginsDenialsAndAdmin(t *testing.T) {
 		if line, _ := json.Marshal(e); strings.Contains(string(line), "wrong-password") || strings.Contains(string(line), "bobpass") {
 			t.Errorf("a password in the audit log: %s", line)
 		}
+	}
+}
+
+// A policy's refusals and replication's tags are audited.
+func TestAuditPolicyAndReplication(t *testing.T) {
+	up := newFakeUpstream(t)
+	up.push("other/app", "v1", randomImage(t, 512, 1))
+	ev := &events{}
+	b := newTestBerth(t, up, withHosted, withAudit(ev), withPolicy(policy.Policy{Name: "prod", Default: policy.Deny, Allow: []string{"library/*"}}))
+	_, err := remote.Image(b.ref("hub/other/app:v1"))
+	denied(t, err, "deny by default")
+	if p := ev.of(audit.Policy); len(p) == 0 || p[0].Repository != "hub" || p[0].Image != "other/app" || p[0].Outcome != "refused" || !strings.Contains(p[0].Detail, `policy prod: deny (rule default)`) {
+		t.Errorf("policy events: %+v", p)
+	}
+	src, _ := upstream.New(upstream.Options{URL: up.srv.URL})
+	dst, _ := ReplicaTarget(b.srv, "local/mirror")
+	if _, err := replicate.Run(context.Background(), replicate.Rule{Name: "r", To: "local/mirror", Repositories: []string{"other/app"}}, src, dst, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r := ev.of(audit.Replicate); len(r) != 1 || r[0].Repository != "local" || r[0].Image != "mirror/other/app" || r[0].Tag != "v1" || r[0].User != "berth" {
+		t.Errorf("replicate events: %+v", r)
 	}
 }

@@ -209,7 +209,7 @@ func (t replicaTarget) Tag(ctx context.Context, image, tag string, d store.Diges
 	if err := t.s.manifests.TagChecked(ctx, p, tag, d, time.Now()); err != nil {
 		return err
 	}
-	record(t.s, ctx, audit.Event{Action: audit.Replicate, Repository: t.rp.Name, Image: t.prefix + image, Tag: tag, Digest: d.String()})
+	record(t.s, ctx, audit.Event{Action: audit.Replicate, User: "berth", Repository: t.rp.Name, Image: t.prefix + image, Tag: tag, Digest: d.String()})
 	return nil
 }
 
@@ -224,7 +224,7 @@ func (t replicaTarget) DeleteTag(ctx context.Context, image, tag string) error {
 	if err := t.s.manifests.DeleteTag(ctx, p, tag); err != nil {
 		return err
 	}
-	record(t.s, ctx, audit.Event{Action: audit.Replicate, Repository: t.rp.Name, Image: t.prefix + image, Tag: tag, Detail: "tag deleted: the source no longer has it"})
+	record(t.s, ctx, audit.Event{Action: audit.Replicate, User: "berth", Repository: t.rp.Name, Image: t.prefix + image, Tag: tag, Detail: "tag deleted: the source no longer has it"})
 	return nil
 }
 
