@@ -232,6 +232,7 @@ func (a AdminClient) Retention(ctx context.Context, repository string, dry bool)
 	}
 	return reps, nil
 }
+
 // markLive adds to live the manifests of all that stay: those on their
 // own (not a child, not a referrer of a subject here) that are young or
 // never tagged with UntaggedAfter 0 and not dropped, then what live ones
