@@ -47,6 +47,10 @@ type ReplicateConfig struct {
 	Delete       bool     `toml:"delete"`
 	Concurrency  int      `toml:"concurrency"`
 	Every        Duration `toml:"every"`
+	// NotifyToken (${ENV} is expanded) lets the source's webhooks ask for
+	// a run at once: POST /replicate/notify/<name> with "Authorization:
+	// Bearer <token>" (a primary berth's [[webhook]] does).
+	NotifyToken string `toml:"notify_token"`
 }
 
 // rule is the replicate.Rule of rc.
@@ -87,6 +91,9 @@ func (c *Config) checkReplicate() error {
 		}
 		if rc.Password != "" && rc.PasswordFile != "" {
 			return fmt.Errorf("%s: password and password_file are exclusive", where)
+		}
+		if rc.NotifyToken != "" && len(os.ExpandEnv(rc.NotifyToken)) < 16 {
+			return fmt.Errorf("%s: notify_token: want at least 16 characters (it is the only thing between the internet and a run)", where)
 		}
 		if rc.Every != 0 && rc.Every < Duration(5*time.Second) {
 			return fmt.Errorf("%s: every must be at least 5s", where)
@@ -137,7 +144,8 @@ func replication(cfg *Config, repos []server.Repository, log *slog.Logger, m ups
 			}
 			src = c
 		}
-		repl.Rules = append(repl.Rules, server.ReplicationRule{Rule: rc.rule(), Source: src, Every: time.Duration(rc.Every)})
+		repl.Rules = append(repl.Rules, server.ReplicationRule{Rule: rc.rule(), Source: src, Every: time.Duration(rc.Every),
+			NotifyToken: os.ExpandEnv(rc.NotifyToken), Wake: make(chan struct{}, 1)})
 	}
 	// berth replicate --from: a source named on the command line, through
 	// the admin listener (root's): no caps but the tool's own.

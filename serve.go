@@ -298,16 +298,21 @@ func (m *Main) prefetchLoop(ctx context.Context, p PrefetchConfig) {
 }
 
 // replicateLoop runs a [[replicate]] rule at start and then every
-// r.Every (zero: at start only). A run still going when the next is due
-// delays it; a run asked for on the admin listener meanwhile is refused
-// as already running.
+// r.Every (zero: at start only), and when its source notifies it. A run
+// still going when the next is due delays it; a run asked for on the
+// admin listener meanwhile is refused as already running.
 func (m *Main) replicateLoop(ctx context.Context, r server.ReplicationRule) {
 	wait := 2 * time.Second
 	for {
+		var due <-chan time.Time
+		if wait > 0 {
+			due = time.After(wait)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-due:
+		case <-r.Wake: // the source said something changed
 		}
 		dst, err := server.ReplicaTarget(m.srv, r.Rule.To)
 		if err != nil {
@@ -323,10 +328,10 @@ func (m *Main) replicateLoop(ctx context.Context, r server.ReplicationRule) {
 			m.log.Log(ctx, level, "replicated", "rule", r.Rule.Name, "tags", rep.Tags, "unchanged", rep.Unchanged, "blobs", rep.Blobs,
 				"bytes", rep.Bytes, "linked", rep.Linked, "deleted", rep.Deleted, "errors", rep.Errors, "first_errors", rep.FirstErrors, "took", rep.Took, "err", err)
 		}
-		if r.Every == 0 {
+		if r.Every == 0 && r.NotifyToken == "" {
 			return
 		}
-		wait = r.Every
+		wait = r.Every // 0: until the next notification
 	}
 }
 

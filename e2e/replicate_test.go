@@ -247,17 +247,26 @@ concurrency = 2
 }
 
 // TestReplicaFollowsPrimary: a replica's hosted repository follows a
-// primary's by a rule every 5 s (tag lists and HEADs when nothing
-// changed): a new tag arrives, a deleted one goes, and with the primary
-// down the replica serves everything it had.
+// primary's by a rule that runs at start and whenever the primary's
+// webhook tells it something changed (every = "1h": no polling in the
+// test's time): a new tag arrives, a deleted one goes, and with the
+// primary down the replica serves everything it had.
 func TestReplicaFollowsPrimary(t *testing.T) {
-	primary := startBerth(t, `default_repository = "local"
+	const token = "e2e-notify-token-0123456789"
+	replicaAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	primary := startBerth(t, fmt.Sprintf(`default_repository = "local"
 [[repository]]
 name = "local"
 kind = "hosted"
 anonymous_pull = true
 anonymous_push = true   # the test pushes without credentials
-`)
+
+[[webhook]]
+name = "replica"
+url = "http://%s/replicate/notify/primary"
+actions = ["push", "delete", "tag_moved"]
+headers = { Authorization = "Bearer %s" }
+`, replicaAddr, token))
 	digest := map[string]string{}
 	push := func(tag string) {
 		img := writeImageTar(t, testImage(t, "amd64", 1, 64<<10))
@@ -267,7 +276,7 @@ anonymous_push = true   # the test pushes without credentials
 	for _, tag := range []string{"v1", "v2", "v3"} {
 		push(tag)
 	}
-	replica := startBerth(t, fmt.Sprintf(`default_repository = "internal"
+	replica := launchBerth(t, fmt.Sprintf(`default_repository = "internal"
 [[repository]]
 name = "internal"
 kind = "hosted"
@@ -277,9 +286,11 @@ anonymous_pull = true
 name = "primary"
 from = "http://%s"
 to = "internal"
-every = "5s"
-delete = true   # a tag deleted on the primary goes here too
-`, primary.addr))
+every = "1h"            # the primary's webhook says when
+notify_token = "%s"
+delete = true           # a tag deleted on the primary goes here too
+`, primary.addr, token), replicaAddr, "", nil)
+	waitHTTP(t, "http://"+replica.addr+"/healthz", 20*time.Second)
 	tagsAre := func(want string) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
@@ -297,6 +308,9 @@ delete = true   # a tag deleted on the primary goes here too
 	push("v4")
 	run(t, time.Minute, nil, "curl", "-sf", "-X", "DELETE", "http://"+primary.addr+"/v2/team/app/manifests/v1")
 	tagsAre("v2,v3,v4")
+	if n := replica.metric(t, "berth_replicate_images_total", `rule="primary"`); n != 4 {
+		t.Errorf("the replica copied %v images, want 4", n)
+	}
 	primary.proc.stop(syscall.SIGTERM, 20*time.Second)
 	for _, tag := range []string{"v2", "v3", "v4"} {
 		ref := replica.addr + "/team/app:" + tag

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -30,6 +31,11 @@ type ReplicationRule struct {
 	Rule   replicate.Rule
 	Source replicate.Source
 	Every  time.Duration
+	// NotifyToken lets the source (a primary berth's [[webhook]]) ask for
+	// a run now: POST /replicate/notify/<rule> with "Authorization:
+	// Bearer <token>" sends a value on Wake ("": no notifications).
+	NotifyToken string
+	Wake        chan struct{}
 }
 
 // SourceSpec names a registry to replicate from.
@@ -341,4 +347,36 @@ func replicationRows(s *Server, p principal) []replicationRow {
 		rows = append(rows, row)
 	}
 	return rows
+}
+
+// replicateNotify: POST /replicate/notify/{rule}, a source's webhook
+// saying something changed: with the rule's bearer token, the rule runs
+// now (202; several notifications during a run make one more run).
+func replicateNotify(s *Server) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var rule *ReplicationRule
+		if repl := s.opts.Replication; repl != nil {
+			for i := range repl.Rules {
+				if repl.Rules[i].Rule.Name == r.PathValue("rule") && repl.Rules[i].NotifyToken != "" {
+					rule = &repl.Rules[i]
+				}
+			}
+		}
+		if rule == nil {
+			http.Error(w, "no replication rule of that name takes notifications", http.StatusNotFound)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(rule.NotifyToken)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="berth replication"`)
+			http.Error(w, "a bearer token is required", http.StatusUnauthorized)
+			return
+		}
+		io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20)) // the events: which ones does not matter, the rule looks
+		select {
+		case rule.Wake <- struct{}{}:
+		default: // a run is already due
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}
 }

@@ -478,3 +478,54 @@ func (f *fakeUpstream) seedRef(t *testing.T, s string) name.Reference {
 	}
 	return ref
 }
+
+// POST /replicate/notify/<rule>: with the rule's token a run is due (one,
+// however many notifications); without it, 401; a rule that takes none,
+// 404.
+func TestReplicateNotify(t *testing.T) {
+	wake := make(chan struct{}, 1)
+	b := newTestBerth(t, newFakeUpstream(t), withHosted, func(_ *Repository, o *Options) {
+		o.Replication = &Replication{Runner: replicate.NewRunner(nil), Rules: []ReplicationRule{
+			{Rule: replicate.Rule{Name: "primary", To: "local"}, NotifyToken: "0123456789abcdef-token", Wake: wake},
+			{Rule: replicate.Rule{Name: "quiet", To: "local"}, Wake: make(chan struct{}, 1)},
+		}}
+	})
+	post := func(rule, authz string) int {
+		req, _ := http.NewRequest(http.MethodPost, b.http.URL+"/replicate/notify/"+rule, strings.NewReader(`{"events":[{"action":"push"}]}`))
+		req.Header.Set("Content-Type", "application/vnd.docker.distribution.events.v2+json")
+		if authz != "" {
+			req.Header.Set("Authorization", authz)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, c := range []struct {
+		rule, authz string
+		want        int
+	}{
+		{"primary", "", http.StatusUnauthorized},
+		{"primary", "Bearer wrong", http.StatusUnauthorized},
+		{"primary", "Basic MDEyMzQ1Njc4OWFiY2RlZi10b2tlbg==", http.StatusUnauthorized},
+		{"quiet", "Bearer 0123456789abcdef-token", http.StatusNotFound},
+		{"nope", "Bearer 0123456789abcdef-token", http.StatusNotFound},
+	} {
+		if got := post(c.rule, c.authz); got != c.want {
+			t.Errorf("%s with %q: %d, want %d", c.rule, c.authz, got, c.want)
+		}
+	}
+	if len(wake) != 0 {
+		t.Fatal("woken without the token")
+	}
+	for range 3 {
+		if got := post("primary", "Bearer 0123456789abcdef-token"); got != http.StatusAccepted {
+			t.Fatalf("notify: %d", got)
+		}
+	}
+	if len(wake) != 1 {
+		t.Errorf("%d runs due after 3 notifications, want 1", len(wake))
+	}
+}

@@ -48,6 +48,7 @@ func (s *Server) handler(l listenerScope) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("/token", s.serveToken(l))
+	mux.HandleFunc("POST /replicate/notify/{rule}", replicateNotify(s))
 	s.status.uiHandlers(mux, l.repo)
 	return s.recoverPanics(s.withBodyDeadline(mux))
 }
