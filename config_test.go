@@ -301,3 +301,44 @@ delete = true
 		t.Errorf("a URL with credentials: %v", err)
 	}
 }
+
+// berth clients reads the registries from the config: Docker Hub by its
+// client name, aliases, an allowlist (_default), the mirror at the root.
+func TestClientRegistries(t *testing.T) {
+	c, err := loadConfig(strings.NewReader(`default_repository = "all"
+[[repository]]
+name = "hub"
+kind = "proxy"
+url = "https://registry-1.docker.io"
+[[repository]]
+name = "ghcr"
+kind = "proxy"
+urls = ["https://ghcr-mirror.internal", "https://ghcr.io"]
+ns_aliases = ["ghcr.example"]
+[[repository]]
+name = "any"
+kind = "proxy"
+hosts = ["*.gcr.io"]
+[[repository]]
+name = "all"
+kind = "group"
+members = ["hub", "ghcr"]
+`))
+	if err == nil {
+		err = c.setDefaults()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := clientRegistries(c)
+	var got []string
+	for _, r := range o.Registries {
+		got = append(got, r.Host+"="+r.Upstream+"@"+r.Repository)
+	}
+	if want := "docker.io=https://registry-1.docker.io@hub ghcr.io=https://ghcr.io@ghcr ghcr.example=https://ghcr.example@ghcr"; strings.Join(got, " ") != want || !o.Default || !o.DockerMirror {
+		t.Errorf("registries %v (default %v, docker mirror %v), want %s, both true", got, o.Default, o.DockerMirror, want)
+	}
+	if _, err := clientOptions(c, ""); err != nil {
+		t.Errorf("no URL: %v (this host's name and the listen port)", err)
+	}
+}

@@ -35,6 +35,7 @@ func newApp(stdout, stderr io.Writer) *berthApp {
 			prefetchCommand(stdout, stderr),
 			replicateCommand(stdout, stderr),
 			retentionCommand(stdout, stderr),
+			clientsCommand(stdout),
 			lsCommand(stdout, stderr),
 			approveCommand(stdout, stderr),
 			policyCommand(stdout, stderr),

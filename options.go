@@ -50,8 +50,10 @@ func serverOptions(cfg *Config, st *store.Store, log *slog.Logger) (server.Optio
 	for _, r := range repl.Rules {
 		repl.Runner.Known(r.Rule.Name)
 	}
+	clients := clientRegistries(cfg)
+	clients.URL = cfg.Auth.ExternalURL
 	return server.Options{
-		Replication:  repl,
+		Replication: repl, Clients: &clients,
 		Repositories: repos, DefaultRepository: cfg.DefaultRepository, Store: st, Logger: log, Registry: reg,
 		GCGrace: time.Duration(cfg.Storage.GCGrace), Auth: auth, MaxSize: int64(cfg.Storage.MaxSize),
 		MaxBlobSize: int64(cfg.Limits.MaxBlobSize), MaxDownloads: cfg.Limits.MaxDownloads,

@@ -19,6 +19,16 @@ type dockerd struct {
 
 func startDockerd(t *testing.T, mirror string) *dockerd {
 	t.Helper()
+	var args []string
+	if mirror != "" {
+		args = append(args, "--registry-mirror", "http://"+mirror)
+	}
+	return startDockerdArgs(t, args...)
+}
+
+// startDockerdArgs starts a private dockerd with more arguments.
+func startDockerdArgs(t *testing.T, extra ...string) *dockerd {
+	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "bd") // short: unix socket paths are limited
 	if err != nil {
 		t.Fatal(err)
@@ -27,10 +37,7 @@ func startDockerd(t *testing.T, mirror string) *dockerd {
 	sock := "unix://" + dir + "/docker.sock"
 	args := []string{"--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
 		"--data-root", dir + "/data", "--exec-root", dir + "/exec", "--pidfile", dir + "/docker.pid", "-H", sock}
-	if mirror != "" {
-		args = append(args, "--registry-mirror", "http://"+mirror)
-	}
-	start(t, noNet, "dockerd", args...)
+	start(t, noNet, "dockerd", append(args, extra...)...)
 	// The CLI's config (docker login's credentials) stays with this
 	// daemon: in ~/.docker it outlived the test, and skopeo, which reads
 	// it too, sent a stale password to a later berth on the same port.

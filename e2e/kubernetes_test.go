@@ -36,12 +36,8 @@ func TestKubernetesNodePull(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.MkdirAll(filepath.Join(dir, "certs.d", "docker.io"), 0o755)
-	os.WriteFile(filepath.Join(dir, "certs.d", "docker.io", "hosts.toml"), []byte(fmt.Sprintf(`server = "https://registry-1.docker.io"
-
-[host."http://%s"]
-  capabilities = ["pull", "resolve"]
-`, b.addr)), 0o644)
+	// certs.d as berth clients writes it, used as it is.
+	certs := filepath.Join(generateClients(t, b), "etc", "containerd", "certs.d")
 	sock := filepath.Join(dir, "c.sock")
 	os.WriteFile(filepath.Join(dir, "config.toml"), []byte(fmt.Sprintf(`version = 3
 root = %q
@@ -55,7 +51,7 @@ state = %q
   concurrent_layer_fetch_buffer = 1048576
   [plugins.'io.containerd.cri.v1.images'.registry]
     config_path = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, filepath.Join(dir, "certs.d"))), 0o644)
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, certs)), 0o644)
 	start(t, noNet, filepath.Join(bin, "containerd"), "--config", filepath.Join(dir, "config.toml"))
 	crictl := func(args ...string) (string, error) {
 		o, e, err := runIn("", 3*time.Minute, noNet, filepath.Join(bin, "crictl"),

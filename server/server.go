@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/berth-registry/berth/internal/audit"
+	"github.com/berth-registry/berth/internal/clientcfg"
 	"github.com/berth-registry/berth/internal/fetch"
 	"github.com/berth-registry/berth/internal/lru"
 	"github.com/berth-registry/berth/internal/policy"
@@ -156,6 +157,9 @@ type Options struct {
 	// login, refusal, policy decision, retention deletion, replication
 	// and operator action (nil: none).
 	Audit audit.Sink
+	// Clients is what the status page's client configuration page says of
+	// this berth (its URL: the one the browser came by when empty).
+	Clients *clientcfg.Options
 	// Replication runs the [[replicate]] rules asked for on the admin
 	// listener and shows them on the status page (nil: none).
 	Replication *Replication

@@ -28,6 +28,7 @@ func (u *statusPages) uiHandlers(mux *http.ServeMux, listenerRepo string) {
 	mux.HandleFunc("GET /ui/image", s.status.uiPage(s.status.uiImage))
 	mux.HandleFunc("GET /ui/manifest", s.status.uiPage(s.status.uiManifest))
 	mux.HandleFunc("GET /ui/policy", s.status.uiPage(s.status.uiPolicy))
+	mux.HandleFunc("GET /ui/clients", s.status.uiPage(uiClients(s)))
 	mux.HandleFunc("POST /ui/approve", s.status.uiApprove)
 	mux.HandleFunc("GET /ui/login", func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.auth.authenticate(r)

@@ -2,11 +2,14 @@ package server
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/berth-registry/berth/internal/clientcfg"
 	"github.com/berth-registry/berth/store"
+	"github.com/berth-registry/berth/upstream"
 )
 
 func TestStatusPageAccess(t *testing.T) {
@@ -109,5 +112,27 @@ func TestGroupPageNamesItsMembers(t *testing.T) {
 	page := string(readAll(t, resp))
 	if resp.StatusCode != 200 || strings.Contains(page, "nothing stored yet") || !strings.Contains(page, `href="/ui/repository?repo=hub"`) {
 		t.Errorf("group page: %d\n%s", resp.StatusCode, page)
+	}
+}
+
+// The client set-up page shows berth clients' files for the URL the
+// reader came by, with the registries of repositories the reader may
+// see only.
+func TestStatusPageClients(t *testing.T) {
+	b := newTestBerth(t, newFakeUpstream(t), func(_ *Repository, o *Options) {
+		o.Repositories = append(o.Repositories, Repository{Name: "private", Kind: KindProxy, Upstream: &upstream.Client{}, UpstreamHost: "private.example"})
+		o.Clients = &clientcfg.Options{DockerMirror: true, Registries: []clientcfg.Registry{
+			{Host: "docker.io", Upstream: "https://registry-1.docker.io", Repository: "hub"},
+			{Host: "private.example", Upstream: "https://private.example", Repository: "private"},
+		}}
+	})
+	page := string(readAll(t, b.get(http.MethodGet, "/ui/clients")))
+	for _, want := range []string{"/etc/containerd/certs.d/docker.io/hosts.toml", "[host.&#34;" + b.http.URL + "&#34;]", "registry-mirrors", b.host + "/hub"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("client page lacks %q", want)
+		}
+	}
+	if strings.Contains(page, "private.example") {
+		t.Error("the page shows a repository anonymous readers may not pull")
 	}
 }
