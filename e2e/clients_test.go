@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -69,6 +68,6 @@ func TestGeneratedClientConfigs(t *testing.T) {
 	if pulls() <= before {
 		t.Error("podman's pull did not go through berth")
 	}
-	t.Log(fmt.Sprintf("client × generated file: docker × %s, containerd 1.6 × %s, podman × %s, containerd 2.x + crictl × certs.d (TestKubernetesNodePull)",
-		"/etc/docker/daemon.json", "/etc/containerd/certs.d/docker.io/hosts.toml", "/etc/containers/registries.conf.d/50-berth.conf"))
+	t.Logf("client × generated file: docker × %s, containerd 1.6 × %s, podman × %s, containerd 2.x + crictl × certs.d (TestKubernetesNodePull)",
+		"/etc/docker/daemon.json", "/etc/containerd/certs.d/docker.io/hosts.toml", "/etc/containers/registries.conf.d/50-berth.conf")
 }
