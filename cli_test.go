@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -476,4 +477,43 @@ func TestMinProcs(t *testing.T) {
 			t.Errorf("minProcs(%q, %d) = %d, want %d", tc.env, tc.current, got, tc.want)
 		}
 	}
+}
+
+// berth doctor on a copy of a node's files: a node berth clients set up
+// passes (exit 0); one without config_path fails (exit 1) with the fix.
+func TestDoctorCommand(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" || (r.URL.Path == "/v2/library/app/manifests/v1" && r.URL.Query().Get("ns") == "docker.io") {
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	dir, root := t.TempDir(), t.TempDir()
+	if out, err := runCLI(t, dir, "clients", "--url", srv.URL, "--out", root); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	os.WriteFile(filepath.Join(root, "etc/containerd/config.toml"), []byte("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n"), 0o644)
+	out, err := runCLI(t, dir, "doctor", "--root", root, "--url", srv.URL, "--image", "library/app:v1")
+	if err != nil || !strings.Contains(out, "OK   containerd docker.io") || !strings.Contains(out, "HEAD library/app:v1 through berth: 200") {
+		t.Fatalf("doctor on a node berth clients set up: %v\n%s", err, out)
+	}
+	os.WriteFile(filepath.Join(root, "etc/containerd/config.toml"), []byte("version = 2\n"), 0o644)
+	out, err = runCLI(t, dir, "doctor", "--root", root, "--url", srv.URL, "--image", "library/nope:v1")
+	if code := exitCode(err); code != 1 || !strings.Contains(out, "config_path is not set") || !strings.Contains(out, "fix: set config_path") || !strings.Contains(out, "HEAD library/nope:v1 through berth: 404") {
+		t.Errorf("doctor on a node without config_path: exit %d\n%s", code, out)
+	}
+}
+
+// exitCode is the exit code err asks for (0 for nil, 1 for an error
+// without one).
+func exitCode(err error) int {
+	var ec cli.ExitCoder
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ec):
+		return ec.ExitCode()
+	}
+	return 1
 }

@@ -36,6 +36,7 @@ func newApp(stdout, stderr io.Writer) *berthApp {
 			replicateCommand(stdout, stderr),
 			retentionCommand(stdout, stderr),
 			clientsCommand(stdout),
+			doctorCommand(stdout),
 			lsCommand(stdout, stderr),
 			approveCommand(stdout, stderr),
 			policyCommand(stdout, stderr),

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -67,6 +68,16 @@ func TestGeneratedClientConfigs(t *testing.T) {
 	}
 	if pulls() <= before {
 		t.Error("podman's pull did not go through berth")
+	}
+	// berth doctor on the same files (with containerd's config_path, as
+	// a node has it) finds every path through berth, and berth answering.
+	os.WriteFile(filepath.Join(dir, "etc", "containerd", "config.toml"), []byte("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n"), 0o644)
+	if out, err := runErr(time.Minute, nil, berthBin, "doctor", "--root", dir, "--url", "http://"+b.addr, "--image", "library/gen:v1"); err != nil || strings.Count(out, "OK ") != 6 {
+		t.Errorf("berth doctor on the generated files: %v\n%s", err, out)
+	}
+	os.Remove(filepath.Join(dir, "etc", "containerd", "certs.d", "docker.io", "hosts.toml"))
+	if out, err := runErr(time.Minute, nil, berthBin, "doctor", "--root", dir, "--url", "http://"+b.addr); err == nil || !strings.Contains(out, "no hosts.toml for docker.io") {
+		t.Errorf("berth doctor without the hosts.toml: %v\n%s", err, out)
 	}
 	t.Logf("client × generated file: docker × %s, containerd 1.6 × %s, podman × %s, containerd 2.x + crictl × certs.d (TestKubernetesNodePull)",
 		"/etc/docker/daemon.json", "/etc/containerd/certs.d/docker.io/hosts.toml", "/etc/containers/registries.conf.d/50-berth.conf")
