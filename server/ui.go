@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -29,6 +30,9 @@ func (u *statusPages) uiHandlers(mux *http.ServeMux, listenerRepo string) {
 	mux.HandleFunc("GET /ui/manifest", s.status.uiPage(s.status.uiManifest))
 	mux.HandleFunc("GET /ui/policy", s.status.uiPage(s.status.uiPolicy))
 	mux.HandleFunc("GET /ui/clients", s.status.uiPage(uiClients(s)))
+	mux.HandleFunc("GET /ui/search", s.status.uiPage(uiSearch(s)))
+	mux.HandleFunc("GET /ui/confirm", s.status.uiPage(uiConfirm(s)))
+	mux.HandleFunc("POST /ui/action", uiDo(s))
 	mux.HandleFunc("POST /ui/approve", s.status.uiApprove)
 	mux.HandleFunc("GET /ui/login", func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.auth.authenticate(r)
@@ -221,11 +225,10 @@ func (u *statusPages) uiOverview(r *http.Request, p principal) (string, map[stri
 	bytes, blobs := s.ops.Stats()
 	data := map[string]any{"Title": "status", "Repos": rows, "HitRatio": ratio(totHit, totAll),
 		"CacheBytes": humanBytes(totCache), "UpstreamBytes": humanBytes(totUp), "StoreBytes": humanBytes(float64(bytes)),
-		"Blobs": blobs, "DiskFree": humanBytes(float64(diskFree(s.ops.Dir())))}
+		"Blobs": blobs, "DiskFree": humanBytes(float64(diskFree(s.ops.Dir()))), "Replication": replicationRows(s, p), "Admin": p.user != nil && p.user.Admin}
 	if n := s.m.damaged(s.ops); n > 0 {
 		data["Damaged"] = n
 	}
-	data["Replication"] = replicationRows(s, p)
 	if at := s.diskFullAt.Load(); at != 0 {
 		data["DiskFull"] = ago(time.Since(time.Unix(0, at)))
 	}
@@ -267,15 +270,13 @@ func (u *statusPages) uiRepository(r *http.Request, p principal) (string, map[st
 	}
 	var rows []row
 	paths, _ := s.index.Repositories(r.Context(), rp.Name+"/")
-	for _, path := range paths {
-		image := strings.TrimPrefix(path, rp.Name+"/")
-		if !allowed(p, rp, image, actionPull) {
-			continue
-		}
+	paths = slices.DeleteFunc(paths, func(path string) bool { return !allowed(p, rp, strings.TrimPrefix(path, rp.Name+"/"), actionPull) })
+	pg := pageOf(r, len(paths))
+	for _, path := range paths[pg.From:pg.To] { // a page at a time: tags are counted for what is shown
 		tags, _ := s.index.Tags(r.Context(), path)
-		rows = append(rows, row{image, len(tags)})
+		rows = append(rows, row{strings.TrimPrefix(path, rp.Name+"/"), len(tags)})
 	}
-	data := map[string]any{"Title": rp.Name, "Repo": rp.Name, "Kind": rp.Kind, "Images": rows}
+	data := map[string]any{"Title": rp.Name, "Repo": rp.Name, "Kind": rp.Kind, "Images": rows, "Page": pg}
 	if rp.asGroup() != nil {
 		var members []string
 		for _, m := range rp.Members {
@@ -311,6 +312,7 @@ func (u *statusPages) uiImage(r *http.Request, p principal) (string, map[string]
 	type row struct {
 		Tag, Digest, MediaType, Size, LastPulled string
 		Pulls                                    int64
+		Pull                                     []string
 	}
 	var rows []row
 	tags, _ := s.index.Tags(r.Context(), path)
@@ -319,7 +321,7 @@ func (u *statusPages) uiImage(r *http.Request, p principal) (string, map[string]
 		if err != nil {
 			continue
 		}
-		rw := row{Tag: t, Digest: ti.Digest.String()}
+		rw := row{Tag: t, Digest: ti.Digest.String(), Pull: pullCommands(r.Host + "/" + path + ":" + t)}
 		if m, err := s.index.PeekManifest(r.Context(), path, ti.Digest); err == nil {
 			rw.MediaType = m.MediaType
 			rw.Size = humanBytes(float64(imageSize(r.Context(), s.index, path, m)))
@@ -332,7 +334,8 @@ func (u *statusPages) uiImage(r *http.Request, p principal) (string, map[string]
 		}
 		rows = append(rows, rw)
 	}
-	return "image", map[string]any{"Title": image, "Repo": rp.Name, "Image": image, "Tags": rows}, nil
+	return "image", map[string]any{"Title": image, "Repo": rp.Name, "Image": image, "Tags": rows,
+		"CanDelete": p.user != nil && p.user.Admin && rp.Kind == KindHosted}, nil
 }
 
 func (u *statusPages) uiManifest(r *http.Request, p principal) (string, map[string]any, error) {
