@@ -313,6 +313,7 @@ func (u *statusPages) uiImage(r *http.Request, p principal) (string, map[string]
 		Tag, Digest, MediaType, Size, LastPulled string
 		Pulls                                    int64
 		Pull                                     []string
+		Platforms, Referrers, Verdict            string
 	}
 	var rows []row
 	tags, _ := s.index.Tags(r.Context(), path)
@@ -325,6 +326,7 @@ func (u *statusPages) uiImage(r *http.Request, p principal) (string, map[string]
 		if m, err := s.index.PeekManifest(r.Context(), path, ti.Digest); err == nil {
 			rw.MediaType = m.MediaType
 			rw.Size = humanBytes(float64(imageSize(r.Context(), s.index, path, m)))
+			rw.Platforms, rw.Referrers, rw.Verdict = tagDetails(r.Context(), s, rp, path, t, m)
 		}
 		var at time.Time
 		rw.Pulls, at = s.index.Pulls(r.Context(), ti.Digest)

@@ -7,10 +7,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/berth-registry/berth/internal/audit"
+	"github.com/berth-registry/berth/internal/policy"
 	"github.com/berth-registry/berth/store"
 )
 
@@ -210,4 +212,64 @@ func pageOf(r *http.Request, n int) page {
 		pg.Next = pg.Number + 1
 	}
 	return pg
+}
+
+// tagDetails are what the image page says of a tag's manifest m besides
+// its size: the platforms of an index, its referrers (signatures, SBOMs)
+// and the verdict of the repository's policy, when there is one.
+func tagDetails(ctx context.Context, s *Server, rp *repo, path, tag string, m store.Manifest) (platforms, referrers, verdict string) {
+	if pm, err := parseManifest(m.Body, m.MediaType); err == nil && pm.index != nil {
+		var ps []string
+		for _, c := range pm.index.Manifests {
+			if c.Platform != nil {
+				ps = append(ps, c.Platform.OS+"/"+c.Platform.Architecture+strings.TrimRight("/"+c.Platform.Variant, "/"))
+			}
+		}
+		platforms = strings.Join(ps, ", ")
+	}
+	if refs, err := s.manifests.Referrers(ctx, path, m.Digest); err == nil && len(refs) > 0 {
+		kinds := map[string]int{}
+		for _, r := range refs {
+			k := r.ArtifactType
+			if k == "" {
+				k = r.MediaType
+			}
+			kinds[k]++
+		}
+		var parts []string
+		for k, n := range kinds {
+			parts = append(parts, fmt.Sprintf("%d × %s", n, k))
+		}
+		slices.Sort(parts)
+		referrers = strings.Join(parts, ", ")
+	}
+	if g, ok := rp.impl.(*gate); ok {
+		if p := g.cur.Load(); p != nil {
+			verdict = pageVerdict(ctx, s, p, path[len(rp.Name)+1:], tag, m.Digest.String())
+		}
+	}
+	return platforms, referrers, verdict
+}
+
+// pageVerdict is what the image page says of policy p for a digest: what
+// berth remembered of it (a denied tag, an index let through), else what
+// the rules say by name, tag and digest (signatures and age are weighed
+// at a pull; berth policy test weighs them now).
+func pageVerdict(ctx context.Context, s *Server, p *gatePolicy, image, tag, d string) string {
+	if v, ok, err := s.verdicts.GetVerdict(ctx, p.key(d)); err == nil && ok && (v.Decision == string(policy.Allow) || v.Decision == string(policy.Deny)) {
+		out := fmt.Sprintf("%s (policy %s, rule %s)", v.Decision, p.Name, v.Rule)
+		if v.Decision == string(policy.Deny) && v.Reason != "" {
+			out += ": " + v.Reason
+		}
+		return out
+	}
+	v := p.Decide(policy.Subject{Image: image, Digest: d, Tags: []string{tag}, Approved: true}, time.Now())
+	out := fmt.Sprintf("%s by its rules (policy %s, rule %s)", v.Decision, p.Name, v.Rule)
+	if v.Decision == policy.Deny {
+		out += ": " + v.Reason
+	}
+	if p.RequireSignature || p.MinAge > 0 {
+		out += "; its signatures and age are weighed at a pull (berth policy test)"
+	}
+	return out
 }

@@ -9,7 +9,11 @@ import (
 	"testing"
 
 	"github.com/berth-registry/berth/internal/audit"
+	"github.com/berth-registry/berth/internal/policy"
 	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
@@ -119,5 +123,34 @@ func TestStatusPageWork(t *testing.T) {
 	}
 	if up.count("GET manifest") == 0 {
 		t.Error("the prefetch fetched nothing")
+	}
+}
+
+// The image page says what a tag is: an index's platforms, its
+// referrers, and the policy's verdict.
+func TestImagePageDetails(t *testing.T) {
+	b := newTestBerth(t, newFakeUpstream(t), withHosted, func(_ *Repository, o *Options) {
+		p := policy.Policy{Name: "prod", Default: policy.Allow}
+		if err := p.Check(); err != nil {
+			t.Fatal(err)
+		}
+		o.Repositories[len(o.Repositories)-1].Policy = &p
+	})
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: randomImage(t, 300, 1), Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+		mutate.IndexAddendum{Add: randomImage(t, 300, 1), Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}}})
+	if err := remote.WriteIndex(b.ref("team/multi:v1"), idx); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := idx.Digest()
+	pushReferrer(t, b, "team/multi", d)
+	if _, err := remote.Index(b.ref("team/multi:v1")); err != nil { // a pull: the policy decides
+		t.Fatal(err)
+	}
+	page := string(readAll(t, b.get(http.MethodGet, "/ui/image?repo=local&name=team/multi")))
+	for _, want := range []string{"platforms: linux/amd64, linux/arm/v7", "referrers: 1 × application/vnd.oci.image.config.v1&#43;json", "policy: allow by its rules (policy prod, rule default)"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("image page lacks %q", want)
+		}
 	}
 }
