@@ -186,10 +186,35 @@ func (n node) containerd() []Finding {
 		return out
 	}
 	dirs := strings.Split(certs, ":")
+	transfer := transferPull(cfg)
 	for _, reg := range n.o.Registries {
-		out = append(out, n.hostsTOML(reg, dirs))
+		f := n.hostsTOML(reg, dirs)
+		switch {
+		case f.Level == OK && transfer && len(dirs) > 1:
+			// containerd 2.1+ pulls through its transfer service, which
+			// takes config_path as one directory (containerd#12415).
+			f.Level, f.Why = Bad, "containerd 2.1+ pulls CRI images through its transfer service, which reads config_path "+certs+" as one directory, not a list: it finds no hosts.toml"
+			f.Fix = `config_path = "` + dirs[0] + `" (one directory), or use_local_image_pull = true under [plugins."io.containerd.cri.v1.images"]`
+		case f.Level == OK && transfer:
+			f.Level = Warn
+			f.Why += "; containerd 2.1+ pulls through its transfer service here, which some set-ups do not point at certs.d: if berth sees no pulls from this node, set use_local_image_pull = true under [plugins.\"io.containerd.cri.v1.images\"]"
+		}
+		out = append(out, f)
 	}
 	return out
+}
+
+// transferPull reports whether a containerd 2.x config (version 3) pulls
+// CRI images through the transfer service (use_local_image_pull unset or
+// false, the default from 2.1).
+func transferPull(cfg map[string]any) bool {
+	if v, _ := cfg["version"].(int64); v < 3 {
+		return false
+	}
+	plugins, _ := cfg["plugins"].(map[string]any)
+	images, _ := plugins["io.containerd.cri.v1.images"].(map[string]any)
+	local, _ := images["use_local_image_pull"].(bool)
+	return !local
 }
 
 // hostsTOML finds reg's hosts.toml (or _default's) in the certs.d dirs.

@@ -104,3 +104,23 @@ func TestNodeThatBypassesBerth(t *testing.T) {
 		t.Error("a URL without a scheme accepted")
 	}
 }
+
+// containerd 2.x: the transfer service takes config_path as one
+// directory; a list (2.2's default) finds no hosts.toml.
+func TestContainerdTransferService(t *testing.T) {
+	root := t.TempDir()
+	write(t, root, "etc/containerd/certs.d/docker.io/hosts.toml", "[host.\"http://edge.internal:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n")
+	cases := map[string]struct{ config, level, want string }{
+		"a list, transfer service":  {"version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n", Bad, "as one directory, not a list"},
+		"one dir, transfer service": {"version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/etc/containerd/certs.d'\n", Warn, "use_local_image_pull = true"},
+		"a list, local pull":        {"version = 3\n[plugins.'io.containerd.cri.v1.images']\n  use_local_image_pull = true\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n", OK, "names berth"},
+		"1.x":                       {"version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d:/etc/docker/certs.d\"\n", OK, "names berth"},
+	}
+	for name, c := range cases {
+		write(t, root, "etc/containerd/config.toml", c.config)
+		fs, _ := Check(Options{Root: root, URL: "http://edge.internal:5000"})
+		if f := levels(fs)["containerd docker.io"]; f.Level != c.level || !strings.Contains(f.Why+" "+f.Fix, c.want) {
+			t.Errorf("%s: %+v, want %s with %q", name, f, c.level, c.want)
+		}
+	}
+}
