@@ -30,6 +30,8 @@ func clientsCommand(stdout io.Writer) *cli.Command {
 			&cli.StringFlag{Name: "url", Usage: "berth's `URL` as clients reach it (default: [auth] external_url, else this host's name and the listen port)"},
 			&cli.StringFlag{Name: "ca", Usage: "`PATH` of berth's CA certificate on the nodes (https with a private CA)"},
 			&cli.StringFlag{Name: "out", Usage: "write the files under `DIR` (DIR/etc/docker/daemon.json, ...) instead of printing them"},
+			&cli.StringFlag{Name: "username", Usage: "a berth `USER` for nodes, when pulls need credentials (containerd's hosts.toml and k3s' registries.yaml carry them; written 0600)"},
+			&cli.StringFlag{Name: "password-file", Usage: "`FILE` whose first line is that user's password (or BERTH_CLIENT_PASSWORD)"},
 		},
 		Action: func(c *cli.Context) error { return runClients(c, stdout) },
 	}
@@ -45,6 +47,17 @@ func runClients(c *cli.Context, out io.Writer) error {
 		return cli.Exit("clients: "+err.Error(), 2)
 	}
 	o.CA = c.String("ca")
+	if o.Username = c.String("username"); o.Username != "" {
+		o.Password = os.Getenv("BERTH_CLIENT_PASSWORD")
+		if f := c.String("password-file"); f != "" {
+			if o.Password, err = readPassword("clients", "", f); err != nil {
+				return err
+			}
+		}
+		if o.Password == "" {
+			return cli.Exit("clients: --username needs --password-file or BERTH_CLIENT_PASSWORD", 2)
+		}
+	}
 	files, err := clientcfg.Generate(o)
 	if err != nil {
 		return cli.Exit("clients: "+err.Error(), 2)
@@ -59,7 +72,11 @@ func runClients(c *cli.Context, out io.Writer) error {
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return err
 		}
-		if err := os.WriteFile(p, []byte(f.Content), 0o644); err != nil {
+		mode := os.FileMode(0o644)
+		if f.Secret {
+			mode = 0o600
+		}
+		if err := os.WriteFile(p, []byte(f.Content), mode); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "%-10s %s\n           %s\n", f.Client, p, f.Note)

@@ -3,11 +3,14 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // generateClients runs berth clients for b (its config, its address) and
@@ -78,6 +81,25 @@ func TestGeneratedClientConfigs(t *testing.T) {
 	os.Remove(filepath.Join(dir, "etc", "containerd", "certs.d", "docker.io", "hosts.toml"))
 	if out, err := runErr(time.Minute, nil, berthBin, "doctor", "--root", dir, "--url", "http://"+b.addr); err == nil || !strings.Contains(out, "no hosts.toml for docker.io") {
 		t.Errorf("berth doctor without the hosts.toml: %v\n%s", err, out)
+	}
+	// A berth that wants credentials: containerd's hosts.toml carries
+	// them (berth clients --username), written 0600.
+	hash, _ := bcrypt.GenerateFromPassword([]byte("node-pw"), bcrypt.MinCost)
+	private := startBerth(t, strings.Replace(proxyConfig(up.proxy), `kind = "proxy"`, `kind = "proxy"
+anonymous_pull = false
+ns_aliases = ["docker.io"]`, 1)+fmt.Sprintf("\n[[user]]\nname = \"node\"\npassword_hash = %q\npull = [\"hub\"]\n", hash))
+	pwFile := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(pwFile, []byte("node-pw\n"), 0o600)
+	dir2 := t.TempDir()
+	run(t, time.Minute, nil, berthBin, "clients", "--config", filepath.Join(private.dir, "berth.toml"), "--url", "http://"+private.addr, "--username", "node", "--password-file", pwFile, "--out", dir2)
+	hostsFile := filepath.Join(dir2, "etc", "containerd", "certs.d", "docker.io", "hosts.toml")
+	if st, err := os.Stat(hostsFile); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("hosts.toml with credentials: %v %v", st, err)
+	}
+	ctr("images", "rm", "docker.io/library/gen:v1")
+	ctr("images", "pull", "--hosts-dir", filepath.Join(dir2, "etc", "containerd", "certs.d"), "--snapshotter", "native", "docker.io/library/gen:v1")
+	if n := private.metric(t, "berth_http_requests_total", `kind="manifest"`, `code="200"`); n < 1 {
+		t.Error("containerd's pull with the generated credentials did not go through the private berth")
 	}
 	t.Logf("client × generated file: docker × %s, containerd 1.6 × %s, podman × %s, containerd 2.x + crictl × certs.d (TestKubernetesNodePull)",
 		"/etc/docker/daemon.json", "/etc/containerd/certs.d/docker.io/hosts.toml", "/etc/containers/registries.conf.d/50-berth.conf")

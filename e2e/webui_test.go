@@ -18,10 +18,10 @@ import (
 // TestWebUIWithKeyboard: the status page in headless Chromium, worked
 // with the keyboard alone as an admin: search for an image (type, Enter),
 // open it, delete a hosted tag through its confirmation, prefetch an
-// image and collect garbage from the overview. A screenshot of each page
+// image and collect garbage from the overview, approve a held image. A screenshot of each page
 // goes to build/screenshots.
 func TestWebUIWithKeyboard(t *testing.T) {
-	clientRow(t, "chromium", "web UI by keyboard: search, delete a hosted tag, prefetch, gc")
+	clientRow(t, "chromium", "web UI by keyboard: search, delete a hosted tag, prefetch, gc, approve")
 	up := startRegistry(t)
 	up.push(t, "library/ui-cached:v1", testImage(t, "amd64", 1, 64<<10))
 	hash, _ := bcrypt.GenerateFromPassword([]byte("root-pw"), bcrypt.MinCost)
@@ -31,13 +31,24 @@ name = "local"
 kind = "hosted"
 anonymous_pull = true
 
+[[repository]]
+name = "quarantine"       # the same upstream, with new images held
+kind = "proxy"
+url = "http://%s"
+library_prefix = true
+policy = "aged"
+
+[[policy]]
+name = "aged"
+min_age = "72h"
+
 [[user]]
 name = "root"
 password_hash = %q
 admin = true
 pull = ["*"]
 push = ["*"]
-`, hash))
+`, up.proxy, hash))
 	root := authn.FromConfig(authn.AuthConfig{Username: "root", Password: "root-pw"})
 	for _, tag := range []string{"v1", "v2"} {
 		ref, _ := name.ParseReference(b.addr+"/local/team/webapp:"+tag, name.Insecure)
@@ -107,6 +118,22 @@ push = ["*"]
 	br.settle("/ui/action")
 	if !strings.Contains(br.text(), "Garbage collection deleted") {
 		t.Fatalf("after gc:\n%s", br.text())
+	}
+	// Approve a held image from the "held & refused" page.
+	held := b.addr + "/quarantine/library/ui-cached:v1"
+	if out, err := runErr(time.Minute, nil, tool("crane"), "digest", "--insecure", held); err == nil || !strings.Contains(out, "quarantined") {
+		t.Fatalf("a new image through the aged policy: %v\n%s", err, out)
+	}
+	br.open(base + "/ui/policy")
+	shots = append(shots, br.screenshot("ui-held.png"))
+	br.tabTo(`form[action="/ui/approve"] button`)
+	br.key("Enter")
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(br.text(), "approved") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if out, err := runErr(time.Minute, nil, tool("crane"), "digest", "--insecure", held); err != nil {
+		t.Errorf("the approved image: %v\n%s", err, out)
 	}
 	for _, page := range []struct{ url, file string }{
 		{base + "/ui/repository?name=local", "ui-repository.png"},

@@ -6,6 +6,7 @@
 package clientcfg
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net"
 	"net/url"
@@ -36,6 +37,11 @@ type Options struct {
 	// CA is where berth's CA certificate is on a node (https with a
 	// private CA; "" for none).
 	CA string
+	// Username and Password are a berth user's, for a berth whose
+	// repositories do not allow anonymous pulls (mirrors get no
+	// credentials from their clients): written into the files that can
+	// carry them.
+	Username, Password string
 }
 
 // File is one generated file: Path is where it goes on a node.
@@ -44,6 +50,7 @@ type File struct {
 	Path    string `json:"path"`
 	Content string `json:"content"`
 	Note    string `json:"note,omitempty"` // what to do after writing it
+	Secret  bool   `json:"secret,omitempty"` // it holds credentials: mode 0600
 }
 
 // Generate returns the files for every client kind.
@@ -61,6 +68,9 @@ func Generate(o Options) ([]File, error) {
 	}
 	files = append(files, containerd(o, regs)...)
 	files = append(files, podman(o, u, regs), k3s(o, u, regs), kind())
+	for i := range files {
+		files[i].Secret = o.Username != "" && (files[i].Client == "containerd" || files[i].Client == "k3s")
+	}
 	return files, nil
 }
 
@@ -84,6 +94,9 @@ func docker(o Options, u *url.URL) (File, bool) {
 	}
 	b.WriteString("\n}\n")
 	note := "merge into an existing daemon.json, then: systemctl restart docker. Docker mirrors Docker Hub only; pull other registries as " + u.Host + "/<repository>/<image>."
+	if o.Username != "" {
+		note += " Docker sends a mirror no credentials: the Docker Hub proxy needs anonymous_pull = true for it (docker login " + u.Host + " covers pulls named " + u.Host + "/...)."
+	}
 	if o.CA != "" {
 		note += " Put berth's CA in /etc/docker/certs.d/" + u.Host + "/ca.crt."
 	}
@@ -100,6 +113,9 @@ func hostsTOML(o Options, server string) string {
 	fmt.Fprintf(&b, "[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", o.URL)
 	if o.CA != "" {
 		fmt.Fprintf(&b, "  ca = %q\n", o.CA)
+	}
+	if o.Username != "" {
+		fmt.Fprintf(&b, "  [host.%q.header]\n    authorization = %q\n", o.URL, "Basic "+base64.StdEncoding.EncodeToString([]byte(o.Username+":"+o.Password)))
 	}
 	return b.String()
 }
@@ -130,8 +146,11 @@ func podman(o Options, u *url.URL, regs []Registry) File {
 			b.WriteString("insecure = true\n")
 		}
 	}
-	return File{Client: "podman", Path: "/etc/containers/registries.conf.d/50-berth.conf", Content: b.String(),
-		Note: "the mirror location names berth's repository as a path prefix; podman pull docker.io/library/nginx then asks berth. For berth's CA: /etc/containers/certs.d/" + u.Host + "/ca.crt"}
+	note := "the mirror location names berth's repository as a path prefix; podman pull docker.io/library/nginx then asks berth. For berth's CA: /etc/containers/certs.d/" + u.Host + "/ca.crt"
+	if o.Username != "" {
+		note += ". Credentials: podman login " + u.Host + " (CRI-O: the kubelet's pull secret, or /etc/containers/auth.json)"
+	}
+	return File{Client: "podman", Path: "/etc/containers/registries.conf.d/50-berth.conf", Content: b.String(), Note: note}
 }
 
 func k3s(o Options, u *url.URL, regs []Registry) File {
@@ -147,8 +166,14 @@ func k3s(o Options, u *url.URL, regs []Registry) File {
 	for _, h := range hosts {
 		fmt.Fprintf(&b, "  %q:\n    endpoint:\n      - %q\n", h, o.URL)
 	}
+	if o.CA != "" || o.Username != "" {
+		fmt.Fprintf(&b, "configs:\n  %q:\n", u.Host)
+	}
+	if o.Username != "" {
+		fmt.Fprintf(&b, "    auth:\n      username: %q\n      password: %q\n", o.Username, o.Password)
+	}
 	if o.CA != "" {
-		fmt.Fprintf(&b, "configs:\n  %q:\n    tls:\n      ca_file: %q\n", u.Host, o.CA)
+		fmt.Fprintf(&b, "    tls:\n      ca_file: %q\n", o.CA)
 	}
 	return File{Client: "k3s", Path: "/etc/rancher/k3s/registries.yaml", Content: b.String(),
 		Note: "k3s and rke2 (/etc/rancher/rke2/registries.yaml) read it at start: systemctl restart k3s (or rke2-server / rke2-agent)"}

@@ -78,3 +78,26 @@ func TestGenerate(t *testing.T) {
 		}
 	}
 }
+
+// Credentials go where a client can carry them, in files made secret.
+func TestGenerateWithCredentials(t *testing.T) {
+	files, err := Generate(Options{URL: "https://edge.internal:5000", Username: "node", Password: "s3cret", DockerMirror: true,
+		Registries: []Registry{{Host: "docker.io", Upstream: "https://registry-1.docker.io", Repository: "hub"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := byPath(files)
+	hosts := m["/etc/containerd/certs.d/docker.io/hosts.toml"]
+	if !strings.Contains(hosts.Content, `[host."https://edge.internal:5000".header]`) || !strings.Contains(hosts.Content, `authorization = "Basic bm9kZTpzM2NyZXQ="`) || !hosts.Secret {
+		t.Errorf("hosts.toml:\n%s (secret %v)", hosts.Content, hosts.Secret)
+	}
+	k := m["/etc/rancher/k3s/registries.yaml"]
+	if !strings.Contains(k.Content, "auth:\n      username: \"node\"\n      password: \"s3cret\"") || !k.Secret {
+		t.Errorf("registries.yaml:\n%s", k.Content)
+	}
+	for _, p := range []string{"/etc/docker/daemon.json", "/etc/containers/registries.conf.d/50-berth.conf"} {
+		if f := m[p]; strings.Contains(f.Content, "s3cret") || f.Secret || !strings.Contains(f.Note, "login") {
+			t.Errorf("%s carries the password or says nothing of logging in: %+v", p, f)
+		}
+	}
+}
