@@ -49,7 +49,7 @@ type File struct {
 	Client  string `json:"client"`
 	Path    string `json:"path"`
 	Content string `json:"content"`
-	Note    string `json:"note,omitempty"` // what to do after writing it
+	Note    string `json:"note,omitempty"`   // what to do after writing it
 	Secret  bool   `json:"secret,omitempty"` // it holds credentials: mode 0600
 }
 
