@@ -50,7 +50,7 @@ unit:
 	$(GO) test -race -count=1 ./...
 
 ## stress: the unit packages 20 times over with the race detector; a test that fails
-## once in twenty is a defect (about 10 minutes on 2 cores)
+## once in twenty is a defect (about 40 minutes on 2 cores; the server package is most of it)
 STRESS_COUNT ?= 20
 stress:
 	$(GO) test -race -count=$(STRESS_COUNT) -timeout 60m ./server/ ./store/ ./upstream/ ./internal/... .
