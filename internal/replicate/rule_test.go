@@ -151,3 +151,21 @@ func TestListWithoutN(t *testing.T) {
 		t.Fatalf("%v %v", got, err)
 	}
 }
+
+// A source that pages names of megabytes is stopped by the bytes the
+// list holds, before the page or name count would stop it.
+func TestListBytesBound(t *testing.T) {
+	defer func(v int) { maxListBytes = v }(maxListBytes)
+	maxListBytes = 1 << 20
+	big := strings.Repeat("a", 300<<10)
+	page := 0
+	_, err := list(context.Background(), "x", "tags", func(url.Values) (*http.Response, error) {
+		page++
+		hdr := http.Header{"Link": {fmt.Sprintf(`</v2/x/tags/list?last=%s%05d>; rel="next"`, big[:10], page)}}
+		body := fmt.Sprintf(`{"tags":["%s%05d"]}`, big, page)
+		return &http.Response{StatusCode: 200, Header: hdr, Body: io.NopCloser(strings.NewReader(body))}, nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "1 MiB of names") || page > 5 {
+		t.Fatalf("after %d pages of 300 KiB names: %v", page, err)
+	}
+}

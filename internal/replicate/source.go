@@ -39,6 +39,10 @@ const (
 	maxDepth     = 4    // index → child (→ referrer → …) nesting
 )
 
+// maxListBytes bounds the bytes of the names of one whole list (100k
+// names of 255 bytes fit); a variable for the test.
+var maxListBytes = 32 << 20
+
 // list reads a paged list (the catalog or a tag list): get asks for a
 // page given n and last; key is the JSON field. Pages must advance (each
 // last name above the one before) and stop within maxPages and maxNames:
@@ -46,10 +50,10 @@ const (
 func list(ctx context.Context, what, key string, get func(url.Values) (*http.Response, error)) ([]string, error) {
 	var all []string
 	q := url.Values{"n": {strconv.Itoa(pageSize)}}
-	last := ""
+	last, held := "", 0
 	for page := 0; ; page++ {
-		if page == maxPages || len(all) > maxNames {
-			return nil, fmt.Errorf("%s: over %d pages or %d names: the list does not end", what, maxPages, maxNames)
+		if page == maxPages || len(all) > maxNames || held > maxListBytes {
+			return nil, fmt.Errorf("%s: over %d pages, %d names or %d MiB of names: the list does not end", what, maxPages, maxNames, maxListBytes>>20)
 		}
 		resp, err := get(q)
 		var ue *upstream.Error
@@ -76,6 +80,9 @@ func list(ctx context.Context, what, key string, get func(url.Values) (*http.Res
 			return nil, fmt.Errorf("%s: page %d is not a list: %v", what, page+1, err)
 		}
 		all = append(all, names...)
+		for _, n := range names {
+			held += len(n)
+		}
 		if next == "" || len(names) == 0 {
 			return all, nil
 		}
