@@ -144,12 +144,15 @@ type RepositoryConfig struct {
 	// when its manifest is served, before the client asks (default true).
 	EagerLayers *bool `toml:"eager_layers"`
 	// A blob of more than RangeFetchMin bytes is fetched from upstream as
-	// byte ranges of RangeFetchChunk, RangeFetchParallel at a time (the
-	// first range is RangeFetchMin long). Defaults 32MiB, 16MiB, 4;
-	// range_fetch_parallel = 1 fetches one stream per blob.
-	RangeFetchMin      Size `toml:"range_fetch_min"`
-	RangeFetchChunk    Size `toml:"range_fetch_chunk"`
-	RangeFetchParallel int  `toml:"range_fetch_parallel"`
+	// byte ranges of at most RangeFetchChunk (the first range is
+	// RangeFetchMin long): RangeFetchParallel streams at first, up to
+	// RangeFetchMaxParallel while the aggregate rate still rises with them
+	// (never more than max_upstream_connections). Defaults 32MiB, 16MiB,
+	// 4, 16; range_fetch_parallel = 1 fetches one stream per blob.
+	RangeFetchMin         Size `toml:"range_fetch_min"`
+	RangeFetchChunk       Size `toml:"range_fetch_chunk"`
+	RangeFetchParallel    int  `toml:"range_fetch_parallel"`
+	RangeFetchMaxParallel int  `toml:"range_fetch_max_parallel"`
 	// ForwardNS passes a ?ns= no other proxy answers on to this proxy's
 	// upstream, a mirror of many registries (a berth a tier up).
 	ForwardNS bool `toml:"forward_ns"`

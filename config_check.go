@@ -227,6 +227,9 @@ func (r *RepositoryConfig) rangeDefaults(where string) error {
 	if r.RangeFetchParallel == 0 {
 		r.RangeFetchParallel = 4
 	}
+	if r.RangeFetchMaxParallel == 0 {
+		r.RangeFetchMaxParallel = max(16, r.RangeFetchParallel)
+	}
 	switch {
 	case r.RangeFetchMin < 0 || r.RangeFetchChunk < 0:
 		return fmt.Errorf("config: %s: range_fetch_min and range_fetch_chunk must be positive sizes", where)
@@ -234,6 +237,8 @@ func (r *RepositoryConfig) rangeDefaults(where string) error {
 		return fmt.Errorf("config: %s: range_fetch_chunk %s is below 1MiB (each range is a request)", where, r.RangeFetchChunk)
 	case r.RangeFetchParallel < 1 || r.RangeFetchParallel > 32:
 		return fmt.Errorf("config: %s: range_fetch_parallel %d is not between 1 (one stream per blob) and 32", where, r.RangeFetchParallel)
+	case r.RangeFetchMaxParallel < r.RangeFetchParallel || r.RangeFetchMaxParallel > 32:
+		return fmt.Errorf("config: %s: range_fetch_max_parallel %d is not between range_fetch_parallel (%d) and 32", where, r.RangeFetchMaxParallel, r.RangeFetchParallel)
 	}
 	return nil
 }

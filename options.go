@@ -78,7 +78,7 @@ func (c *Config) repositories(connect func(*server.Repository, RepositoryConfig)
 			EagerLayers: rc.EagerLayers != nil && *rc.EagerLayers,
 			Policy:      policies[rc.Name], ImmutableTags: rc.ImmutableTags, Retention: rc.retention(),
 			RangeFetch: server.RangeFetch{Min: int64(rc.RangeFetchMin), Chunk: int64(rc.RangeFetchChunk), Parallel: rc.RangeFetchParallel,
-				Ramp: server.DefaultRangeRamp, SlowRate: server.DefaultRangeSlowRate},
+				MaxParallel: rc.rangeCeiling(), Ramp: server.DefaultRangeRamp, SlowRate: server.DefaultRangeSlowRate},
 		}
 		if rc.Kind == server.KindProxy && connect != nil {
 			if err := connect(&r, rc); err != nil {
@@ -88,6 +88,15 @@ func (c *Config) repositories(connect func(*server.Repository, RepositoryConfig)
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// rangeCeiling is the most streams one ranged download may run: the
+// configured ceiling, within max_upstream_connections when it is set.
+func (r RepositoryConfig) rangeCeiling() int {
+	if r.MaxUpstreamConnections > 0 {
+		return max(1, min(r.RangeFetchMaxParallel, r.MaxUpstreamConnections))
+	}
+	return r.RangeFetchMaxParallel
 }
 
 // repositoryPolicies is the policy of each repository that names one

@@ -116,7 +116,38 @@ func logRanges(up *fakeUpstream, change func(w http.ResponseWriter, r *http.Requ
 // ranged is a berth option: blobs over 2 MiB in 1 MiB ranges, 4 at once.
 func ranged(r *Repository, o *Options) {
 	r.DockerHub = true
-	r.RangeFetch = RangeFetch{Min: 2 << 20, Chunk: 1 << 20, Parallel: 4}
+	// No takeovers or steals: these tests count every byte sent, and a
+	// stolen half costs the bytes in flight (fetch's own tests cover them).
+	r.RangeFetch = RangeFetch{Min: 2 << 20, Chunk: 1 << 20, Parallel: 4, StallAfter: time.Hour}
+}
+
+// wantTiling checks that the Range headers the upstream was asked cover
+// the blob exactly once: the first range, then pieces of at most chunk.
+func wantTiling(t *testing.T, l *rangeLog, size int64) {
+	t.Helper()
+	type span struct{ a, b int64 }
+	var spans []span
+	for _, r := range l.ranges() {
+		var a, b int64
+		if _, err := fmt.Sscanf(r, "bytes=%d-%d", &a, &b); err != nil {
+			t.Fatalf("range %q: %v", r, err)
+		}
+		spans = append(spans, span{a, b})
+	}
+	slices.SortFunc(spans, func(x, y span) int { return int(x.a - y.a) })
+	next := int64(0)
+	for i, s := range spans {
+		switch {
+		case s.a != next:
+			t.Fatalf("ranges %v: byte %d asked for %s", l.ranges(), next, map[bool]string{true: "twice", false: "never"}[s.a < next])
+		case i == 0 && s.b != 2<<20-1, i > 0 && s.b-s.a+1 > 1<<20:
+			t.Fatalf("ranges %v: range %d-%d is not the first range or a chunk", l.ranges(), s.a, s.b)
+		}
+		next = s.b + 1
+	}
+	if next != size {
+		t.Fatalf("ranges %v end at %d, the blob at %d", l.ranges(), next, size)
+	}
 }
 
 // pullBlob GETs blob d through b and checks every byte.
@@ -153,11 +184,7 @@ func TestRangedFetchEveryByteOnce(t *testing.T) {
 	}
 	wg.Wait()
 	waitNoDownloads(t, b.srv)
-	want := []string{"bytes=0-2097151"}
-	for off := int64(2 << 20); off < size; off += 1 << 20 {
-		want = append(want, fmt.Sprintf("bytes=%d-%d", off, min(off+1<<20, size)-1))
-	}
-	wantRanges(t, log, want)
+	wantTiling(t, log, size)
 	wantFetchedOnce(t, b, log, ld.String(), size)
 	if b.srv.repos["hub"].noRanges.Load() {
 		t.Error("ranges marked unsupported by an upstream that answered them")
@@ -204,10 +231,6 @@ func TestRangedFetchPace(t *testing.T) {
 	ld := firstLayer(t, img)
 	layers, _ := img.Layers()
 	size, _ := layers[0].Size()
-	chunks := []string{"bytes=0-2097151"}
-	for off := int64(2 << 20); off < size; off += 1 << 20 {
-		chunks = append(chunks, fmt.Sprintf("bytes=%d-%d", off, min(off+1<<20, size)-1))
-	}
 	for _, tc := range []struct {
 		name string
 		ramp time.Duration
@@ -215,7 +238,7 @@ func TestRangedFetchPace(t *testing.T) {
 		want []string
 	}{
 		{"fast: the first range ends first", time.Hour, false, []string{"bytes=0-2097151", fmt.Sprintf("bytes=2097152-%d", size-1)}},
-		{"slow: judged while the first range runs", 20 * time.Millisecond, true, chunks},
+		{"slow: judged while the first range runs", 20 * time.Millisecond, true, nil}, // chunks
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := newFakeUpstream(t)
@@ -235,7 +258,11 @@ func TestRangedFetchPace(t *testing.T) {
 			})
 			pullBlob(t, b, "/v2/app/blobs/"+ld.String(), ld.String(), size)
 			waitNoDownloads(t, b.srv)
-			wantRanges(t, log, tc.want)
+			if tc.want != nil {
+				wantRanges(t, log, tc.want)
+			} else {
+				wantTiling(t, log, size)
+			}
 			wantFetchedOnce(t, b, log, ld.String(), size)
 		})
 	}
@@ -479,9 +506,9 @@ func TestRangedFetchFollowsRedirect(t *testing.T) {
 	waitNoDownloads(t, b.srv)
 	mu.Lock()
 	defer mu.Unlock()
-	ranges := 1 + int((size-(2<<20)+(1<<20)-1)/(1<<20)) // the first range and the chunks
-	if served != ranges {
-		t.Errorf("the CDN served %d ranges, want %d", served, ranges)
+	ranges := served // the first range and the chunks, each once
+	if atLeast := 1 + int((size-(2<<20)+(1<<20)-1)/(1<<20)); served < atLeast {
+		t.Errorf("the CDN served %d ranges, want %d or more", served, atLeast)
 	}
 	// Each signature serves 3 ranges; a refused one is resolved again
 	// once, however many ranges it refused: ceil(ranges/3) registry GETs.

@@ -21,6 +21,8 @@ type metrics struct {
 	upstreamErrors  *prometheus.CounterVec   // repository, reason
 	resumed         *prometheus.CounterVec   // repository
 	eager           *prometheus.CounterVec   // repository
+	rangeStreams    *prometheus.HistogramVec // repository
+	rangeMoves      *prometheus.CounterVec   // repository, how
 	inflight        prometheus.Gauge
 	digestMismatch  *prometheus.CounterVec // repository
 	passThrough     *prometheus.CounterVec // repository, reason
@@ -83,6 +85,11 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 			"repository", "source"),
 		eager: counterVec("berth_eager_downloads_total", "Blob downloads started when their image manifest was served, before a client asked (eager_layers).",
 			"repository"),
+		rangeStreams: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "berth_range_fetch_streams",
+			Help: "Streams a ranged upstream download ran at most at once (it adapts them to what the path carries).", Buckets: []float64{1, 2, 4, 8, 16, 32}},
+			[]string{"repository"}),
+		rangeMoves: counterVec("berth_range_fetch_moves_total", "Work moved between the streams of ranged downloads: steal (half of a lagging stream's rest), takeover (a stalled stream's rest), throttled (a stream ended by a 429 or 503).",
+			"repository", "how"),
 		resumed:        counterVec("berth_upstream_resumed_total", "Upstream blob downloads that broke and continued from the last byte on disk.", "repository"),
 		upstreamBytes:  counterVec("berth_upstream_bytes_total", "Bytes of manifests and blobs read from upstream registries.", "repository"),
 		upstreamErrors: counterVec("berth_upstream_errors_total", "Failed upstream operations by reason (unavailable, denied, digest, size, timeout, budget, other).", "repository", "reason"),
@@ -110,7 +117,7 @@ func newMetrics(reg prometheus.Registerer, st opsStore) *metrics {
 	}
 	reg.MustRegister(m.authFailures, m.refused, m.groupResults, m.groupBytes, m.policyDecisions)
 	reg.MustRegister(m.panics, m.diskFull, m.requests, m.requestDuration, m.cache, m.servedBytes,
-		m.upstreamBytes, m.upstreamErrors, m.resumed, m.eager, m.inflight, m.digestMismatch, m.passThrough)
+		m.upstreamBytes, m.upstreamErrors, m.resumed, m.eager, m.inflight, m.digestMismatch, m.passThrough, m.rangeStreams, m.rangeMoves)
 	if st != nil {
 		reg.MustRegister(m.storeCollectors(st)...)
 	}
@@ -164,6 +171,9 @@ func (m *metrics) initRepository(name string, proxy bool) {
 		m.upstreamBytes.WithLabelValues(name)
 		m.resumed.WithLabelValues(name)
 		m.eager.WithLabelValues(name)
+		for _, how := range []string{"steal", "takeover", "throttled"} {
+			m.rangeMoves.WithLabelValues(name, how)
+		}
 		m.digestMismatch.WithLabelValues(name)
 		m.passThrough.WithLabelValues(name, "store_error")
 	}
@@ -174,9 +184,10 @@ func (m *metrics) initRepository(name string, proxy bool) {
 func (m *metrics) dropRepository(name string) {
 	l := prometheus.Labels{"repository": name}
 	for _, v := range []*prometheus.CounterVec{m.requests, m.cache, m.servedBytes, m.upstreamBytes, m.upstreamErrors,
-		m.resumed, m.eager, m.digestMismatch, m.passThrough} {
+		m.resumed, m.eager, m.digestMismatch, m.passThrough, m.rangeMoves} {
 		v.DeletePartialMatch(l)
 	}
+	m.rangeStreams.DeletePartialMatch(l)
 	m.groupResults.DeletePartialMatch(prometheus.Labels{"member": name})
 	m.groupBytes.DeletePartialMatch(prometheus.Labels{"member": name})
 }

@@ -55,7 +55,18 @@ func (p *proxy) rangeJob(job fetch.Job, img imageRef, d store.Digest) fetch.Job 
 	if rf.Parallel < 2 || rf.Min <= 0 || rf.Chunk <= 0 || rp.noRanges.Load() {
 		return job
 	}
-	job.Ranges = fetch.RangePlan{Min: rf.Min, Chunk: rf.Chunk, Parallel: rf.Parallel, Ramp: rf.Ramp, SlowRate: rf.SlowRate}
+	job.Ranges = fetch.RangePlan{Min: rf.Min, Chunk: rf.Chunk, Parallel: rf.Parallel, MaxParallel: rf.MaxParallel,
+		Ramp: rf.Ramp, SlowRate: rf.SlowRate, StallAfter: rf.StallAfter}
+	job.RangesEnded = func(st fetch.RangeStats) {
+		s.m.rangeStreams.WithLabelValues(img.label()).Observe(float64(st.Peak))
+		for how, n := range map[string]int{"steal": st.Steals, "takeover": st.Takeovers, "throttled": st.Throttled} {
+			if n > 0 {
+				s.m.rangeMoves.WithLabelValues(img.label(), how).Add(float64(n))
+			}
+		}
+		s.log.Debug("ranged upstream download", "repository", rp.Name, "digest", d, "requests", st.Requests,
+			"streams_peak", st.Peak, "streams_held", st.Held, "steals", st.Steals, "takeovers", st.Takeovers, "throttled", st.Throttled)
+	}
 	job.FetchRange = limitRanges(p.blobRanges(img, d), s.declared.limit(img.path(), d))
 	job.NoRanges = func() {
 		if !rp.noRanges.Swap(true) {
@@ -120,6 +131,9 @@ func (p *proxy) blobRanges(img imageRef, d store.Digest) fetch.RangeFunc {
 			// Refusing bytes 0 to min-1 of a shorter blob instead of
 			// cutting the range at its end (as RFC 9110 asks).
 			return nil, -1, false, fmt.Errorf("%w: %w", fetch.ErrNoRanges, err)
+		}
+		if errors.As(err, &ue) && (ue.StatusCode == http.StatusTooManyRequests || ue.StatusCode == http.StatusServiceUnavailable) {
+			return nil, -1, false, fmt.Errorf("%w: %w", fetch.ErrThrottled, err) // fewer streams
 		}
 		if err != nil {
 			return nil, -1, false, err

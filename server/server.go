@@ -102,16 +102,19 @@ type Repository struct {
 }
 
 // RangeFetch is how a proxy fetches a blob longer than Min: in ranges of
-// Chunk bytes (the first Min), Parallel at a time. With SlowRate set the
-// others start only when the first range brought less than SlowRate
-// bytes a second in two Ramps in a row: a faster stream (loopback, a LAN)
-// fetches the rest alone, as one more range. SlowRate or Ramp 0: Parallel
-// at once from the first answer.
+// at most Chunk bytes (the first Min), Parallel streams at first and up
+// to MaxParallel while the aggregate rate still rises with them. With
+// SlowRate set the others start only when the first range brought less
+// than SlowRate bytes a second in two Ramps in a row: a faster stream
+// (loopback, a LAN) fetches the rest alone, as one more range. SlowRate
+// or Ramp 0: Parallel at once from the first answer. StallAfter: see
+// fetch.RangePlan (0: its default).
 type RangeFetch struct {
-	Min, Chunk int64
-	Parallel   int
-	Ramp       time.Duration
-	SlowRate   float64
+	Min, Chunk            int64
+	Parallel, MaxParallel int
+	Ramp                  time.Duration
+	SlowRate              float64
+	StallAfter            time.Duration
 }
 
 // The pace a proxy judges its first range by: one stream that brings

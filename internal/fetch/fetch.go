@@ -160,6 +160,8 @@ type Job struct {
 	Ranges     RangePlan
 	FetchRange RangeFunc
 	NoRanges   func() // told when the upstream answered a range request otherwise; may be nil
+	// RangesEnded is told what a ranged download did; may be nil.
+	RangesEnded func(RangeStats)
 
 	// Client started the download (its address; "" for berth's own
 	// work), counted against the per-client bound. Keep: the download is

@@ -24,7 +24,11 @@ type Pace struct {
 	from  time.Time // the window: since when...
 	bytes int64     // ...from how many bytes
 	slow  int       // slow windows in a row before it
+	rate  float64   // the last window's bytes a second per stream
 }
+
+// Rate is the bytes a second per stream of the last window judged.
+func (p *Pace) Rate() float64 { return p.rate }
 
 // Start begins a window at now with bytes in.
 func (p *Pace) Start(now time.Time, bytes int64) { p.from, p.bytes = now, bytes }
@@ -41,6 +45,7 @@ func (p *Pace) Judge(now time.Time, bytes int64, streams int) Verdict {
 		rate /= secs
 	}
 	rate /= float64(max(streams, 1))
+	p.rate = rate
 	p.Start(now, bytes)
 	if rate >= p.SlowRate {
 		p.slow = 0

@@ -16,30 +16,57 @@ import (
 // upstream honours ranges (a 206 whose Content-Range is exactly the range
 // asked, with the blob's total) and how long the blob is. A blob no
 // longer than min is whole in that answer; a longer one is cut into
-// chunks that up to parallel streams fetch at once, each written at its
-// offset. Readers follow the contiguous prefix, which is hashed in order
-// as it grows, so the digest check and the held-back last byte work as
-// for one stream.
+// pieces that several streams fetch at once, each written at its offset.
+// Readers follow the contiguous prefix, which is hashed in order as it
+// grows, so the digest check and the held-back last byte work as for one
+// stream.
 //
 // With a slowRate the first range is judged first: when it brings less
 // than slowRate bytes a second in two ramps in a row, the path holds one
-// stream back and the other streams start; after one ramp at slowRate or
+// stream back and parallel streams start; after one ramp at slowRate or
 // more the first stream asks for the whole rest as one more range (on
 // loopback several streams only share the CPU and the disk). A first
 // range that ends before it is judged is fast.
 //
+// How many streams run is adapted (streams.go): parallel at first, more
+// while the aggregate rate still rises with them, fewer when it does
+// not, and never more than maxParallel. The pieces (pieces.go) are cut
+// as streams ask for work, smaller toward the end so that the streams
+// finish together, and a stream with nothing left to claim takes work
+// from one that lags: half of a slow stream's rest, or the whole rest of
+// a stream that has brought nothing for a while (a stall on a lossy
+// path), whose request is then dropped.
+//
 // An upstream that answers a range otherwise (a 200, a wrong
 // Content-Range, no total) is told to noRanges (the proxy remembers it)
 // and the blob continues as one stream: from the 200 itself when it came
-// first, else from the first byte not on disk.
+// first, else from the first byte not on disk. A range refused with
+// ErrThrottled (a 429 or 503) ends its stream and lowers the ceiling,
+// unless it is the last stream.
 
 // RangePlan is how a download cuts a blob into ranges.
 type RangePlan struct {
-	Min      int64         // blobs longer than this are fetched in ranges; the first range is bytes 0 to Min-1
-	Chunk    int64         // the size of every later range
-	Parallel int           // streams at once; < 2: one stream
-	Ramp     time.Duration // the window the first range is judged in, while it runs alone...
-	SlowRate float64       // ...slow under this many bytes a second (two windows); 0: parallel at once
+	Min         int64         // blobs longer than this are fetched in ranges; the first range is bytes 0 to Min-1
+	Chunk       int64         // the largest later range
+	Parallel    int           // streams at first; < 2: one stream
+	MaxParallel int           // streams at most (≤ Parallel: no more are ever opened)
+	Ramp        time.Duration // the window the first range is judged in, while it runs alone...
+	SlowRate    float64       // ...slow under this many bytes a second (two windows); 0: parallel at once
+	// StallAfter: a stream that brings nothing this long is taken over
+	// (0: ten ramps, four round trips, at least 500ms); one that would
+	// end a fifth of it or more after another could fetch half its rest
+	// gives that half away.
+	StallAfter time.Duration
+}
+
+// RangeStats is what a ranged download did, told to Job.RangesEnded.
+type RangeStats struct {
+	Requests  int // range requests made, the first included
+	Peak      int // streams at once, at most
+	Held      int // streams the adaptation settled on (0: it never measured)
+	Steals    int // halves of a lagging stream's rest taken by another
+	Takeovers int // stalled streams whose rest another fetched
+	Throttled int // streams ended by a 429 or 503
 }
 
 // RangeFunc GETs bytes start to end (inclusive) of the blob. With ranged
@@ -53,27 +80,34 @@ type RangeFunc func(ctx context.Context, start, end int64) (body io.ReadCloser, 
 // asked for.
 var ErrNoRanges = errors.New("upstream did not answer the byte range asked for")
 
+// ErrThrottled marks a range the upstream refused for load (429, 503):
+// the download runs fewer streams.
+var ErrThrottled = errors.New("upstream refused a range for load")
+
 // errRangesFallback ends a range worker whose upstream stopped answering
 // ranges: the rest of the blob comes as one stream.
 var errRangesFallback = errors.New("falling back to one stream")
 
-// piece is one range of a ranged download: bytes [start, end), got of
-// them on disk (contiguous from start).
-type piece struct {
-	start, end, got int64
-	claimed         bool
-}
+// errLeft ends a worker that left on its own (fewer streams wanted, or
+// throttled); it has taken itself off live already.
+var errLeft = errors.New("stream no longer wanted")
 
 // rangedRun is the state of one ranged download, guarded by d.mu.
 type rangedRun struct {
 	d        *Download
 	job      Job
+	plan     RangePlan
 	total    int64
-	pieces   []*piece
-	head     int     // the first piece not complete
-	live     int     // workers running
-	pace     Verdict // Fast: one stream fetches the rest; Slow: parallel streams a chunk each
-	judged   Pace    // the first range's windows
+	pieces   []*piece // sorted by start, covering [0, next)
+	next     int64    // the first byte no piece covers
+	head     int      // the first piece not complete
+	received int64    // bytes written by every stream
+	live     int      // workers running
+	pace     Verdict  // Fast: one stream fetches the rest; Slow: parallel streams
+	judged   Pace     // the first range's windows
+	rtt      time.Duration
+	ctl      streams
+	stats    RangeStats
 	fallback bool
 	err      error
 	cancel   context.CancelFunc
@@ -83,7 +117,10 @@ type rangedRun struct {
 // one as asked, else as one stream.
 func (d *Download) ranged(ctx context.Context, job Job) error {
 	plan := job.Ranges
-	body, total, ranged, err := job.FetchRange(ctx, 0, plan.Min-1)
+	asked := time.Now()
+	fctx, fcancel := context.WithCancel(ctx) // a takeover of the first range drops it
+	defer fcancel()
+	body, total, ranged, err := job.FetchRange(fctx, 0, plan.Min-1)
 	switch {
 	case errors.Is(err, ErrNoRanges):
 		d.noRanges(job)
@@ -97,61 +134,67 @@ func (d *Download) ranged(ctx context.Context, job Job) error {
 	case total <= plan.Min:
 		return d.stream(ctx, job, body, total) // the whole blob is in this answer
 	}
-
-	r := &rangedRun{d: d, job: job, total: total, pieces: []*piece{{start: 0, end: plan.Min, claimed: true}}}
-	for off := plan.Min; off < total; off += plan.Chunk {
-		r.pieces = append(r.pieces, &piece{start: off, end: min(off+plan.Chunk, total)})
-	}
+	now := time.Now()
+	first := &piece{start: 0, end: plan.Min, claimed: true, asked: asked, first: now, last: now, cancel: fcancel}
+	r := &rangedRun{d: d, job: job, plan: plan, total: total, pieces: []*piece{first}, next: plan.Min, rtt: now.Sub(asked)}
+	r.stats.Requests = 1
+	outer := ctx
 	ctx, r.cancel = context.WithCancel(ctx)
 	defer r.cancel()
 	var wg sync.WaitGroup
-	// start runs n more workers, the first of them on body when given.
+	// start runs n more workers, the first of them on the first piece
+	// when body is given.
 	start := func(n int, body io.ReadCloser) {
-		d.update(func() { r.live += n })
+		d.update(func() {
+			r.live += n
+			r.stats.Peak = max(r.stats.Peak, r.live)
+		})
 		wg.Add(n)
 		for range n {
-			first, at := body, 0
-			if body == nil {
-				at = -1
+			p := (*piece)(nil)
+			if body != nil {
+				p = first
 			}
+			b := body
 			body = nil
 			d.g.spawn("blob range download", func() {
 				defer wg.Done()
 				err := ErrDownloadPanicked
 				defer func() { r.exit(err) }()
-				err = r.work(ctx, first, at)
+				err = r.work(ctx, p, b)
 			})
 		}
 	}
-	workers := min(plan.Parallel, len(r.pieces))
 	d.update(func() { d.started, d.size = true, total })
-	var judge <-chan time.Time
+	t := time.NewTicker(max(plan.Ramp, 10*time.Millisecond))
+	defer t.Stop()
 	if plan.SlowRate <= 0 || plan.Ramp <= 0 {
-		r.pace = Slow
-		start(workers, body)
+		d.update(func() { r.slow(now, plan.SlowRate) })
+		start(r.ctl.target, body)
 	} else {
 		r.judged = Pace{SlowRate: plan.SlowRate, SlowWindows: 2}
-		r.judged.Start(time.Now(), 0) // the first window: from the first answer
+		r.judged.Start(now, 0) // the first window: from the first answer
 		start(1, body)
-		t := time.NewTicker(plan.Ramp)
-		defer t.Stop()
-		judge = t.C
 	}
-	err = r.absorbAll(ctx, judge, func() bool {
-		p := r.judge()
-		if p == Slow {
-			start(workers-1, nil)
-		}
-		return p != Unjudged
-	})
+	err = r.absorbAll(ctx, t.C, func() { start(r.tick(), nil) })
+	r.cancel() // idle workers leave
 	wg.Wait()
+	if job.RangesEnded != nil {
+		d.mu.Lock()
+		stats := r.stats
+		if r.pace == Slow {
+			stats.Held = r.ctl.target
+		}
+		d.mu.Unlock()
+		job.RangesEnded(stats)
+	}
 	if err != nil {
 		return err
 	}
 	if r.fallback {
 		// Everything up to the prefix is hashed; the rest comes as one
 		// stream, over any ranges already on disk.
-		return d.stream(ctx, job, nil, -1)
+		return d.stream(outer, job, nil, -1)
 	}
 	return nil
 }
@@ -163,24 +206,45 @@ func (d *Download) noRanges(job Job) {
 	}
 }
 
-// judge looks at the first range's pace each ramp while it runs alone,
-// unless its worker settled it already (its range ended first: fast).
-// One window at slowRate or more is fast; two in a row under it are slow
-// (one is not enough: on a busy machine a fast path can start slowly).
-func (r *rangedRun) judge() Verdict {
+// tick is the ramp's heartbeat: while the first range runs alone it is
+// judged (one window at slowRate or more is fast, two in a row under it
+// slow); once parallel, the number of streams is adapted. It returns how
+// many workers to start.
+func (r *rangedRun) tick() int {
 	d := r.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	now := time.Now()
 	if r.pace == Unjudged {
-		r.pace = r.judged.Judge(time.Now(), d.written, 1)
+		switch r.judged.Judge(now, r.received, 1) {
+		case Fast:
+			r.pace = Fast
+		case Slow:
+			r.slow(now, r.judged.SlowRate)
+			return r.ctl.target - r.live
+		}
+		return 0
 	}
-	return r.pace
+	if r.pace != Slow || r.fallback || r.err != nil {
+		return 0
+	}
+	return max(0, r.ctl.measure(now, r.received, r.live))
+}
+
+// slow turns the run parallel: streams start at plan.Parallel, measured
+// against one stream's rate (the first range's, at most slowRate).
+func (r *rangedRun) slow(now time.Time, single float64) {
+	r.pace = Slow
+	if rate := r.judged.Rate(); rate > 0 {
+		single = rate
+	}
+	r.ctl = newStreams(r.plan, single, r.rtt, now)
 }
 
 // absorbAll hashes the contiguous prefix as it grows, until the blob is
-// complete, a worker fails, or the workers stop for a fallback. Each time
-// judge fires it calls judged, until judged returns true.
-func (r *rangedRun) absorbAll(ctx context.Context, judge <-chan time.Time, judged func() bool) error {
+// complete, a worker fails, or the workers stop for a fallback. Each
+// heartbeat calls beat.
+func (r *rangedRun) absorbAll(ctx context.Context, heartbeat <-chan time.Time, beat func()) error {
 	d := r.d
 	for {
 		d.mu.Lock()
@@ -199,10 +263,8 @@ func (r *rangedRun) absorbAll(ctx context.Context, judge <-chan time.Time, judge
 		}
 		select {
 		case <-ch:
-		case <-judge:
-			if judged() {
-				judge = nil
-			}
+		case <-heartbeat:
+			beat()
 		case <-ctx.Done():
 			// A worker failing cancels ctx after recording its error.
 			d.mu.Lock()
@@ -216,9 +278,13 @@ func (r *rangedRun) absorbAll(ctx context.Context, judge <-chan time.Time, judge
 	}
 }
 
-// exit records that a worker ended (with err, unless it is nil or the
-// fallback).
+// exit records that a worker ended (with err, unless it is nil, the
+// fallback, or a worker that left).
 func (r *rangedRun) exit(err error) {
+	if errors.Is(err, errLeft) {
+		r.d.update(func() {})
+		return
+	}
 	if err != nil && !errors.Is(err, errRangesFallback) {
 		r.fail(err)
 	}
@@ -235,98 +301,86 @@ func (r *rangedRun) fail(err error) {
 	r.cancel()
 }
 
-// claim returns the next pieces nobody fetches yet, [i, j), or -1: one
-// piece on a slow path, all that are left on a fast one. A claim before
-// the pace is judged comes from the first range ending first: fast.
-func (r *rangedRun) claim() (i, j int) {
-	d := r.d
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if r.fallback || r.err != nil {
-		return -1, -1
-	}
-	if r.pace == Unjudged {
-		r.pace = Fast
-	}
-	for i, p := range r.pieces {
-		if p.claimed {
-			continue
-		}
-		j := i + 1
-		for r.pace == Fast && j < len(r.pieces) && !r.pieces[j].claimed {
-			j++
-		}
-		for _, q := range r.pieces[i:j] {
-			q.claimed = true
-		}
-		return i, j
-	}
-	return -1, -1
-}
-
-// work fetches pieces until none is left: first piece at with body when
-// at >= 0.
-func (r *rangedRun) work(ctx context.Context, body io.ReadCloser, at int) error {
+// work fetches pieces until none is left (or the worker is no longer
+// wanted): first p with body when given. A worker with nothing to claim
+// waits a ramp and looks again: a stream may lag or stall by then.
+func (r *rangedRun) work(ctx context.Context, p *piece, body io.ReadCloser) error {
 	buf := make([]byte, 256<<10)
+	var last *piece // the piece this worker fetched last: its rate and round trip
 	for {
-		to := at + 1
-		if at < 0 {
-			if at, to = r.claim(); at < 0 {
-				return nil
+		if p == nil {
+			var done bool
+			if p, done = r.claim(last); done {
+				return errLeft
+			}
+			if p == nil {
+				select {
+				case <-time.After(max(r.plan.Ramp, 10*time.Millisecond)):
+				case <-ctx.Done():
+					r.d.update(func() { r.live-- })
+					return errLeft
+				}
+				continue
 			}
 		}
-		if err := r.fill(ctx, at, to, body, buf); err != nil {
+		if err := r.fill(ctx, p, body, buf); err != nil {
 			return err
 		}
-		body, at = nil, -1
+		last, p, body = p, nil, nil
 	}
 }
 
-// fill fetches the rest of pieces [i, j) as one range (from body when
-// given), continuing a broken stream from the last byte on disk up to
-// maxResumes times.
-func (r *rangedRun) fill(ctx context.Context, i, j int, body io.ReadCloser, buf []byte) error {
+// fill fetches the rest of p (from body when given), continuing a broken
+// stream from the last byte on disk up to maxResumes times. Another
+// worker may cut p's end meanwhile (a steal): the stream stops there.
+func (r *rangedRun) fill(ctx context.Context, p *piece, body io.ReadCloser, buf []byte) error {
 	d := r.d
 	defer func() {
 		if body != nil {
 			body.Close()
 		}
-	}()
-	last := r.pieces[j-1].end // the run's end
-	resumes := 0
-	for i < j {
-		p := r.pieces[i]
 		d.mu.Lock()
-		from := p.start + p.got // only this worker changes p.got
+		cancel := p.cancel
+		p.cancel = nil
 		d.mu.Unlock()
-		if from == p.end {
-			i++
-			continue
+		if cancel != nil {
+			cancel()
 		}
-		if body == nil {
-			b, total, ranged, err := r.job.FetchRange(ctx, from, last-1)
-			switch {
-			case err == nil && (!ranged || total != r.total):
-				b.Close()
-				fallthrough
-			case errors.Is(err, ErrNoRanges):
-				d.noRanges(r.job)
-				d.update(func() { r.fallback = true })
-				return errRangesFallback
-			case err != nil:
+	}()
+	asked := p.end // the end of the range the open body answers
+	resumes := 0
+	for {
+		d.mu.Lock()
+		from, end := p.start+p.got, p.end
+		d.mu.Unlock()
+		if from >= end {
+			return nil
+		}
+		if body == nil || from >= asked {
+			if body != nil {
+				body.Close()
+			}
+			b, err := r.request(ctx, p, from, end)
+			if err != nil {
 				return err
 			}
-			body = b
+			if b == nil {
+				return nil // taken over meanwhile
+			}
+			body, asked = b, end
 		}
-		n, rerr := body.Read(buf[:min(int64(len(buf)), p.end-from)])
+		n, rerr := body.Read(buf[:min(int64(len(buf)), end-from)])
 		if n > 0 {
 			if _, err := d.w.WriteAt(buf[:n], from); err != nil {
 				return fmt.Errorf("%w: %w", ErrStoreWrite, err)
 			}
-			r.progress(p, int64(n))
+			r.progress(p, from, int64(n))
 		}
-		if rerr == nil || (rerr == io.EOF && from+int64(n) == last) {
+		if rerr == nil || (rerr == io.EOF && from+int64(n) == asked) {
 			continue
+		}
+		if r.taken(p) {
+			return nil // the rest is another worker's now; its request was dropped
 		}
 		if rerr == io.EOF {
 			rerr = io.ErrUnexpectedEOF
@@ -334,29 +388,45 @@ func (r *rangedRun) fill(ctx context.Context, i, j int, body io.ReadCloser, buf 
 		body.Close()
 		body = nil
 		if resumes == maxResumes || ctx.Err() != nil {
-			return fmt.Errorf("%w: reading bytes %d-%d of the blob: %w", ErrUpstreamBroken, p.start, last-1, rerr)
+			return fmt.Errorf("%w: reading bytes %d-%d of the blob: %w", ErrUpstreamBroken, p.start, end-1, rerr)
 		}
 		resumes++
 		if r.job.Resumed != nil {
 			r.job.Resumed()
 		}
 	}
-	return nil
 }
 
-// progress counts n more bytes of p on disk and moves the readable prefix.
-func (r *rangedRun) progress(p *piece, n int64) {
+// request asks for bytes [from, end) of p on a context a takeover can
+// cancel. A nil body and error: p was taken over while asking.
+func (r *rangedRun) request(ctx context.Context, p *piece, from, end int64) (io.ReadCloser, error) {
 	d := r.d
+	rctx, cancel := context.WithCancel(ctx)
 	d.update(func() {
-		p.got += n
-		for r.head < len(r.pieces) && r.pieces[r.head].got == r.pieces[r.head].end-r.pieces[r.head].start {
-			r.head++
+		if p.cancel != nil {
+			p.cancel() // the request before, broken
 		}
-		if r.head == len(r.pieces) {
-			d.written = r.total
-		} else {
-			h := r.pieces[r.head]
-			d.written = h.start + h.got
-		}
+		p.cancel, p.asked = cancel, time.Now()
+		r.stats.Requests++
 	})
+	b, total, ranged, err := r.job.FetchRange(rctx, from, end-1)
+	switch {
+	case err == nil && (!ranged || total != r.total):
+		b.Close()
+		fallthrough
+	case errors.Is(err, ErrNoRanges):
+		d.noRanges(r.job)
+		d.update(func() { r.fallback = true })
+		return nil, errRangesFallback
+	case err != nil && r.taken(p):
+		return nil, nil
+	case errors.Is(err, ErrThrottled):
+		if r.throttled(p) {
+			return nil, errLeft
+		}
+		return nil, err
+	case err != nil:
+		return nil, err
+	}
+	return b, nil
 }

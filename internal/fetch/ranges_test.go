@@ -1,0 +1,263 @@
+package fetch
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berth-registry/berth/store"
+	"github.com/berth-registry/berth/store/storetest"
+	"golang.org/x/time/rate"
+)
+
+// path is an emulated upstream for ranged downloads: each answer capped
+// at stream bytes a second, all answers together at link (0: no cap),
+// with hooks that stall, slow or refuse chosen requests.
+type path struct {
+	blob   []byte
+	stream float64
+	link   *rate.Limiter
+
+	mu       sync.Mutex
+	requests int
+	open     int // answers being read now
+	maxOpen  int
+	sent     int64
+	// answer decides request i (0 the first): an error refuses it; a
+	// rate above 0 replaces stream; stall holds it after 64 KiB until
+	// the channel is closed.
+	answer func(i, open int) (err error, streamRate float64, stall <-chan struct{})
+}
+
+func newPath(size int, stream, link float64) *path {
+	p := &path{blob: make([]byte, size), stream: stream}
+	rand.Read(p.blob)
+	if link > 0 {
+		p.link = rate.NewLimiter(rate.Limit(link), 64<<10)
+	}
+	return p
+}
+
+func (p *path) fetchRange(ctx context.Context, start, end int64) (io.ReadCloser, int64, bool, error) {
+	p.mu.Lock()
+	i := p.requests
+	p.requests++
+	var err error
+	streamRate, stall := p.stream, (<-chan struct{})(nil)
+	if p.answer != nil {
+		var r float64
+		err, r, stall = p.answer(i, p.open)
+		if r > 0 {
+			streamRate = r
+		}
+	}
+	if err == nil {
+		p.open++
+		p.maxOpen = max(p.maxOpen, p.open)
+	}
+	p.mu.Unlock()
+	if err != nil {
+		return nil, -1, false, err
+	}
+	end = min(end, int64(len(p.blob))-1)
+	b := &pathBody{p: p, ctx: ctx, data: p.blob[start : end+1], stall: stall}
+	if streamRate > 0 {
+		b.lim = rate.NewLimiter(rate.Limit(streamRate), 64<<10)
+	}
+	return b, int64(len(p.blob)), true, nil
+}
+
+func (p *path) bytesSent() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sent
+}
+
+type pathBody struct {
+	p      *path
+	ctx    context.Context
+	data   []byte
+	off    int
+	lim    *rate.Limiter
+	stall  <-chan struct{}
+	closed bool
+}
+
+func (b *pathBody) Read(buf []byte) (int, error) {
+	if b.off == len(b.data) {
+		return 0, io.EOF
+	}
+	if b.stall != nil && b.off >= 64<<10 {
+		select {
+		case <-b.stall:
+			b.stall = nil
+		case <-b.ctx.Done():
+			return 0, b.ctx.Err()
+		}
+	}
+	n := min(len(buf), len(b.data)-b.off, 32<<10)
+	for _, l := range []*rate.Limiter{b.lim, b.p.link} {
+		if l != nil {
+			if err := l.WaitN(b.ctx, n); err != nil {
+				return 0, err
+			}
+		}
+	}
+	copy(buf, b.data[b.off:b.off+n])
+	b.off += n
+	b.p.mu.Lock()
+	b.p.sent += int64(n)
+	b.p.mu.Unlock()
+	return n, nil
+}
+
+func (b *pathBody) Close() error {
+	b.p.mu.Lock()
+	if !b.closed {
+		b.p.open--
+	}
+	b.closed = true
+	b.p.mu.Unlock()
+	return nil
+}
+
+// rangedDownload fetches p's blob with plan and returns what the download
+// reported, failing the test unless the stored blob is right within limit.
+func rangedDownload(t *testing.T, p *path, plan RangePlan, limit time.Duration) RangeStats {
+	t.Helper()
+	st := storetest.Open(t)
+	g := NewGroup(Config{Timeout: time.Minute, NewTemp: storeTemps(st)})
+	want := store.DigestOf(p.blob)
+	stats := make(chan RangeStats, 1)
+	ended := make(chan error, 1)
+	dl, _, err := g.Join(context.Background(), Job{
+		Want: want, Ranges: plan, FetchRange: p.fetchRange,
+		Fetch: func(ctx context.Context, _, _ int64) (io.ReadCloser, int64, error) {
+			return nil, -1, errors.New("one stream asked for: the ranges fell back")
+		},
+		RangesEnded: func(s RangeStats) { stats <- s },
+		Ended:       func(err error) { ended <- err },
+		Keep:        true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dl.Release()
+	select {
+	case err := <-ended:
+		if err != nil {
+			t.Fatalf("download: %v", err)
+		}
+	case <-time.After(limit):
+		t.Fatalf("the download did not end within %s", limit)
+	}
+	if _, err := st.StatBlob(context.Background(), want); err != nil {
+		t.Fatalf("the blob was not stored: %v", err)
+	}
+	return <-stats
+}
+
+// TestRangesGrowWhileTheLinkHasRoom: streams of 4 MB/s on a 32 MB/s link
+// start at 2 and grow; the probe past what the link carries is given
+// back, and every byte crosses the path once.
+func TestRangesGrowWhileTheLinkHasRoom(t *testing.T) {
+	p := newPath(24<<20, 4e6, 32e6)
+	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 2, MaxParallel: 16, Ramp: 20 * time.Millisecond, SlowRate: 1e12}
+	st := rangedDownload(t, p, plan, 30*time.Second)
+	t.Logf("%+v, %d requests answered, %d bytes", st, p.requests, p.bytesSent())
+	if st.Peak < 8 {
+		t.Errorf("at most %d streams at once; the link carries 8 of them", st.Peak)
+	}
+	if st.Held == 0 || st.Held >= st.Peak {
+		t.Errorf("held %d streams after a peak of %d: the probe past the link's rate should be given back", st.Held, st.Peak)
+	}
+	if sent := p.bytesSent(); sent != int64(len(p.blob)) {
+		t.Errorf("the path carried %d bytes for a blob of %d", sent, len(p.blob))
+	}
+}
+
+// TestRangesDoNotGrowOnAFullLink: streams of 4 MB/s on an 8 MB/s link: the
+// first window shows the link full, so no stream beyond the first four
+// is ever opened, and two are kept.
+func TestRangesDoNotGrowOnAFullLink(t *testing.T) {
+	p := newPath(12<<20, 4e6, 8e6)
+	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 4, MaxParallel: 16, Ramp: 20 * time.Millisecond, SlowRate: 1e12}
+	st := rangedDownload(t, p, plan, 30*time.Second)
+	t.Logf("%+v", st)
+	if st.Peak != 4 || p.maxOpen > 4 {
+		t.Errorf("%d streams at most (%d answers open at once), want the first 4 only", st.Peak, p.maxOpen)
+	}
+	if st.Held < 1 || st.Held > 3 {
+		t.Errorf("held %d streams on a link that carries 2", st.Held)
+	}
+}
+
+// TestRangesStallTakenOver: a stream that stops (a lossy path) has its
+// rest fetched by another; its request is dropped and the download ends
+// long before the stall would.
+func TestRangesStallTakenOver(t *testing.T) {
+	p := newPath(8<<20, 0, 0)
+	stall := make(chan struct{})
+	defer close(stall)
+	p.answer = func(i, _ int) (error, float64, <-chan struct{}) {
+		if i == 2 {
+			return nil, 0, stall
+		}
+		return nil, 0, nil
+	}
+	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 4, MaxParallel: 4, StallAfter: 200 * time.Millisecond}
+	st := rangedDownload(t, p, plan, 20*time.Second)
+	if st.Takeovers != 1 {
+		t.Errorf("%d takeovers, want 1: %+v", st.Takeovers, st)
+	}
+	if sent := p.bytesSent(); sent != int64(len(p.blob)) {
+		t.Errorf("the path carried %d bytes for a blob of %d", sent, len(p.blob))
+	}
+}
+
+// TestRangesLaggardGivesHalf: one stream at a tenth of the others' rate
+// gives the second half of its rest to a stream that ran out of work.
+func TestRangesLaggardGivesHalf(t *testing.T) {
+	p := newPath(16<<20, 16e6, 0)
+	p.answer = func(i, _ int) (error, float64, <-chan struct{}) {
+		if i == 1 {
+			return nil, 1e6, nil
+		}
+		return nil, 0, nil
+	}
+	plan := RangePlan{Min: 1 << 20, Chunk: 4 << 20, Parallel: 4, MaxParallel: 4, StallAfter: 10 * time.Second}
+	st := rangedDownload(t, p, plan, 30*time.Second)
+	if st.Steals < 1 {
+		t.Errorf("no steal from the slow stream: %+v", st)
+	}
+	// The slow stream is cut where the half begins: it stops there, at
+	// most one read of it past that byte.
+	if sent := p.bytesSent(); sent > int64(len(p.blob))+int64(st.Steals)*(32<<10) {
+		t.Errorf("the path carried %d bytes for a blob of %d (%d steals)", sent, len(p.blob), st.Steals)
+	}
+}
+
+// TestRangesThrottled: an upstream that refuses a fourth concurrent range
+// with a 429 gets three streams; the refused stream's piece is fetched by
+// another and the download completes.
+func TestRangesThrottled(t *testing.T) {
+	p := newPath(12<<20, 8e6, 0)
+	p.answer = func(i, open int) (error, float64, <-chan struct{}) {
+		if open >= 3 {
+			return ErrThrottled, 0, nil
+		}
+		return nil, 0, nil
+	}
+	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 4, MaxParallel: 16, Ramp: 20 * time.Millisecond, SlowRate: 1e12}
+	st := rangedDownload(t, p, plan, 30*time.Second)
+	if st.Throttled < 1 || p.maxOpen > 3 {
+		t.Errorf("%d streams throttled, %d answers open at most: %+v", st.Throttled, p.maxOpen, st)
+	}
+	if sent := p.bytesSent(); sent != int64(len(p.blob)) {
+		t.Errorf("the path carried %d bytes for a blob of %d", sent, len(p.blob))
+	}
+}
