@@ -177,8 +177,8 @@ func (b *bench) report(took time.Duration) {
 		pin = "servers pinned to CPU " + *srvCPUs + ", clients and upstream on the others"
 	}
 	fmt.Fprintf(tw, "\nberth benchmark (%d runs; median (min–max)); %s; %s\n", *repeats, pin, time.Now().UTC().Format(time.RFC3339))
-	fmt.Fprintln(tw, "metric\tberth\tdistribution (proxy)\tnginx (files)\tdirect (no cache)\tberth/distribution\tberth/nginx\tberth/direct")
-	fmt.Fprintln(tw, strings.Repeat("-", 20)+"\t-----\t-----\t-----\t-----\t-----\t-----\t-----")
+	fmt.Fprintln(tw, "metric\tberth\tdistribution (proxy)\tnginx (files)\tdirect (no cache)\tlink alone\tberth/distribution\tberth/nginx\tberth/direct\tberth/link")
+	fmt.Fprintln(tw, strings.Repeat("-", 20)+"\t-----\t-----\t-----\t-----\t-----\t-----\t-----\t-----\t-----")
 	type row struct {
 		Metric      string               `json:"metric"`
 		Values      map[string][]float64 `json:"values"`
@@ -186,6 +186,7 @@ func (b *bench) report(took time.Duration) {
 		RatioDist   string               `json:"berth_over_distribution"`
 		RatioNginx  string               `json:"berth_over_nginx"`
 		RatioDirect string               `json:"berth_over_direct"`
+		RatioLink   string               `json:"berth_over_link"`
 	}
 	var rows []row
 	for _, k := range order {
@@ -193,13 +194,14 @@ func (b *bench) report(took time.Duration) {
 		if v == nil {
 			continue
 		}
-		rd, rn, rdir := ratio(v["berth"], v["distribution"]), ratio(v["berth"], v["nginx"]), ratio(v["berth"], v["direct"])
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k, cell(v["berth"]), cell(v["distribution"]), cell(v["nginx"]), cell(v["direct"]), rd, rn, rdir)
+		rd, rn, rdir, rl := ratio(v["berth"], v["distribution"]), ratio(v["berth"], v["nginx"]), ratio(v["berth"], v["direct"]), ratio(v["berth"], v["link"])
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k, cell(v["berth"]), cell(v["distribution"]), cell(v["nginx"]), cell(v["direct"]), cell(v["link"]),
+			rd, rn, rdir, rl)
 		med := map[string]float64{}
 		for sys, vals := range v {
 			med[sys] = median(vals)
 		}
-		rows = append(rows, row{k, v, med, rd, rn, rdir})
+		rows = append(rows, row{k, v, med, rd, rn, rdir, rl})
 	}
 	tw.Flush()
 	fmt.Printf("\nbenchmark took %s; results in %s\n", took.Round(time.Second), filepath.Join(*outDir, "bench.json"))

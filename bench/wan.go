@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -34,16 +35,25 @@ var (
 // wanProxy forwards to the upstream across an emulated long path and
 // counts the body bytes of blob GETs per digest.
 type wanProxy struct {
-	addr    string
-	target  string
-	latency time.Duration
-	stream  float64 // bytes/s per response
-	link    *rate.Limiter
+	addr     string
+	target   string
+	latency  time.Duration
+	stream   float64 // bytes/s per response
+	linkRate float64 // bytes/s of the link
+	link     *rate.Limiter
 
 	mu   sync.Mutex
 	sent map[string]int64 // digest → blob body bytes sent
 	cut  map[string]int64 // digest → break the next response that crosses this byte of the blob
 	srv  *http.Server
+
+	// A lossy path: at each MiB a blob response carries, it stalls for
+	// stallFor with probability stallShare, drawn from rng (seeded: every
+	// run draws the same sequence); stalls counts them.
+	stallShare float64
+	stallFor   time.Duration
+	rng        *rand.Rand
+	stalls     int
 }
 
 func newWANProxy(target string, latency time.Duration, streamMBs, linkMBs float64) (*wanProxy, error) {
@@ -52,7 +62,7 @@ func newWANProxy(target string, latency time.Duration, streamMBs, linkMBs float6
 		return nil, err
 	}
 	const burst = 256 << 10
-	p := &wanProxy{addr: ln.Addr().String(), target: target, latency: latency, stream: streamMBs * 1e6,
+	p := &wanProxy{addr: ln.Addr().String(), target: target, latency: latency, stream: streamMBs * 1e6, linkRate: linkMBs * 1e6,
 		link: rate.NewLimiter(rate.Limit(linkMBs*1e6), burst), sent: map[string]int64{}, cut: map[string]int64{}}
 	tr := &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}
 	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serve(w, r, tr) })}
@@ -107,10 +117,16 @@ func (p *wanProxy) serve(w http.ResponseWriter, r *http.Request, tr *http.Transp
 		}
 		p.mu.Unlock()
 	}
+	nextDraw := int64(0) // the next MiB boundary a stall is drawn at
 	// Paced in slices: each waits for its share of this stream and of
 	// the link.
 	const slice = 32 << 10
-	stream := rate.NewLimiter(rate.Limit(p.stream), slice*2)
+	// No per-stream cap on the link alone (a limiter of one stream's
+	// small burst would itself hold a 200 MB/s stream back).
+	var stream *rate.Limiter
+	if p.stream < p.linkRate {
+		stream = rate.NewLimiter(rate.Limit(p.stream), slice*2)
+	}
 	buf := make([]byte, slice)
 	var sent int64
 	for {
@@ -119,8 +135,20 @@ func (p *wanProxy) serve(w http.ResponseWriter, r *http.Request, tr *http.Transp
 			if limit >= 0 && sent+int64(n) > limit {
 				n = int(limit - sent)
 			}
-			if err := stream.WaitN(r.Context(), n); err != nil {
-				return
+			if digest != "" && sent >= nextDraw {
+				nextDraw += 1 << 20
+				if p.drawStall() {
+					select {
+					case <-time.After(p.stallFor):
+					case <-r.Context().Done():
+						return
+					}
+				}
+			}
+			if stream != nil {
+				if err := stream.WaitN(r.Context(), n); err != nil {
+					return
+				}
 			}
 			if err := p.link.WaitN(r.Context(), n); err != nil {
 				return
@@ -146,6 +174,27 @@ func (p *wanProxy) serve(w http.ResponseWriter, r *http.Request, tr *http.Transp
 	}
 }
 
+// drawStall draws whether a lossy path stalls here.
+func (p *wanProxy) drawStall() bool {
+	if p.rng == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.rng.Float64() >= p.stallShare {
+		return false
+	}
+	p.stalls++
+	return true
+}
+
+// stallCount is how many stalls the path has made.
+func (p *wanProxy) stallCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stalls
+}
+
 // wanRun is the long-path scenario: each system on a fresh cache per
 // measurement, and "direct", the client pulling from the upstream across
 // the same path.
@@ -155,6 +204,10 @@ func (b *bench) wanRun(upAddr string, r int) error {
 		return err
 	}
 	defer wan.close()
+	log.Printf("run %d/%d: long path: the link alone (one stream may use all of it)", r, *repeats)
+	if err := b.wanLink(upAddr); err != nil {
+		return err
+	}
 	for _, name := range []string{"direct", "berth", "distribution"} {
 		log.Printf("run %d/%d: long path (%s, %.0f MB/s a stream, %.0f MB/s link): %s", r, *repeats, *wanLatency, *wanStream, *wanLink, name)
 		// (a) the 8×16 MiB image, three layers at a time.
@@ -181,7 +234,10 @@ func (b *bench) wanRun(upAddr string, r int) error {
 			return err
 		}
 	}
-	return nil
+	if *only == "wan-pull" || *skipLimits {
+		return nil
+	}
+	return b.wanLimits(upAddr, r)
 }
 
 // freshOnWAN starts system name on an empty cache in front of the long
@@ -214,19 +270,17 @@ func (b *bench) wanBigBlob(name string, wan *wanProxy, n int) error {
 		return err
 	}
 	before := wan.bytes(b.images.big)
-	// Twenty clients reading and hashing 5 GB would measure this
-	// machine's second CPU (where they run with the upstream), not the
-	// path: they drop the bytes in the kernel and count them; the one
-	// client checks the digest.
-	var wall time.Duration
-	if n == 1 {
-		wall, _, err = b.concurrentBlob(s, n, true)
-	} else {
-		var got int64
-		wall, got, err = discardOnce(n, s.blobURL("bench/big", b.images.big))
-		if err == nil && got != int64(n)*size {
-			err = fmt.Errorf("%d clients received %d bytes, want %d", n, got, int64(n)*size)
-		}
+	// Clients reading and hashing would measure this machine's second
+	// CPU (where they run with the upstream and the path), not the path:
+	// they drop the bytes in the kernel and count them (berth and
+	// distribution check the digest themselves).
+	cpu0 := cpuSeconds(s.pid)
+	wall, err := discardBlob(s, n, b.images.big, size)
+	if err == nil && s.pid != 0 {
+		b.record(fmt.Sprintf("long path: %d client(s): server CPU s", n), name, cpuSeconds(s.pid)-cpu0)
+	}
+	if err == nil && name == "berth" {
+		b.recordStreams(fmt.Sprintf("long path: %d client(s)", n), s)
 	}
 	s.stop()
 	if err != nil {
@@ -238,6 +292,16 @@ func (b *bench) wanBigBlob(name string, wan *wanProxy, n int) error {
 		b.record("long path: 1 client: MB/s", name, float64(*bigMiB)*1.048576/wall.Seconds())
 	}
 	return nil
+}
+
+// discardBlob has n clients that drop the bytes in the kernel GET blob
+// d of size bytes at once through s.
+func discardBlob(s *system, n int, d string, size int64) (time.Duration, error) {
+	wall, got, err := discardOnce(n, s.blobURL("bench/big", d))
+	if err == nil && got != int64(n)*size {
+		err = fmt.Errorf("%s: %d clients received %d bytes, want %d", s.name, n, got, int64(n)*size)
+	}
+	return wall, err
 }
 
 // wanCut: the upstream stream cut once at half the blob. A client

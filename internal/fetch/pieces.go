@@ -91,11 +91,7 @@ func (r *rangedRun) steal(last *piece, now time.Time) *piece {
 		if rest <= 0 || !q.claimed || q.asked.IsZero() {
 			continue
 		}
-		seen := q.last
-		if seen.Before(q.asked) {
-			seen = q.asked
-		}
-		if now.Sub(seen) >= stall {
+		if now.Sub(q.lastSeen()) >= stall {
 			return r.split(q, q.start+q.got, now, true)
 		}
 		if rest < 2*r.minPiece() {
@@ -119,6 +115,27 @@ func (r *rangedRun) steal(last *piece, now time.Time) *piece {
 		return nil
 	}
 	return r.split(victim, victim.start+victim.got+rest/2, now, false)
+}
+
+// takeOver splits off the rest of every stream that has brought nothing
+// for stallAfter, for new workers.
+func (r *rangedRun) takeOver(now time.Time) []*piece {
+	var taken []*piece
+	stall := r.stallAfter()
+	for _, q := range slices.Clone(r.pieces[r.head:]) {
+		if q.claimed && q.end > q.start+q.got && !q.asked.IsZero() && now.Sub(q.lastSeen()) >= stall {
+			taken = append(taken, r.split(q, q.start+q.got, now, true))
+		}
+	}
+	return taken
+}
+
+// lastSeen is when p last brought a byte, or was asked for.
+func (p *piece) lastSeen() time.Time {
+	if p.last.Before(p.asked) {
+		return p.asked
+	}
+	return p.last
 }
 
 // stallAfter is how long a stream may bring nothing before its rest is

@@ -142,18 +142,22 @@ func (d *Download) ranged(ctx context.Context, job Job) error {
 	ctx, r.cancel = context.WithCancel(ctx)
 	defer r.cancel()
 	var wg sync.WaitGroup
-	// start runs n more workers, the first of them on the first piece
-	// when body is given.
-	start := func(n int, body io.ReadCloser) {
+	// start runs n more workers: the first on the first piece when body
+	// is given, the first len(taken) on those pieces (taken over).
+	start := func(n int, body io.ReadCloser, taken []*piece) {
+		n = max(n, len(taken))
 		d.update(func() {
 			r.live += n
 			r.stats.Peak = max(r.stats.Peak, r.live)
 		})
 		wg.Add(n)
-		for range n {
+		for i := range n {
 			p := (*piece)(nil)
-			if body != nil {
+			switch {
+			case body != nil:
 				p = first
+			case i < len(taken):
+				p = taken[i]
 			}
 			b := body
 			body = nil
@@ -170,13 +174,13 @@ func (d *Download) ranged(ctx context.Context, job Job) error {
 	defer t.Stop()
 	if plan.SlowRate <= 0 || plan.Ramp <= 0 {
 		d.update(func() { r.slow(now, plan.SlowRate) })
-		start(r.ctl.target, body)
+		start(r.ctl.target, body, nil)
 	} else {
 		r.judged = Pace{SlowRate: plan.SlowRate, SlowWindows: 2}
 		r.judged.Start(now, 0) // the first window: from the first answer
-		start(1, body)
+		start(1, body, nil)
 	}
-	err = r.absorbAll(ctx, t.C, func() { start(r.tick(), nil) })
+	err = r.absorbAll(ctx, t.C, func() { start(r.tick()) })
 	r.cancel() // idle workers leave
 	wg.Wait()
 	if job.RangesEnded != nil {
@@ -208,27 +212,45 @@ func (d *Download) noRanges(job Job) {
 
 // tick is the ramp's heartbeat: while the first range runs alone it is
 // judged (one window at slowRate or more is fast, two in a row under it
-// slow); once parallel, the number of streams is adapted. It returns how
-// many workers to start.
-func (r *rangedRun) tick() int {
+// slow); once parallel, the number of streams is adapted. A stream that
+// has brought nothing for stallAfter is taken over by a new worker (its
+// own leaves when it finds more streams than wanted). It returns how
+// many workers to start, and the pieces taken over for them.
+func (r *rangedRun) tick() (int, io.ReadCloser, []*piece) {
 	d := r.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := time.Now()
+	if r.fallback || r.err != nil {
+		return 0, nil, nil
+	}
+	taken := r.takeOver(now)
 	if r.pace == Unjudged {
 		switch r.judged.Judge(now, r.received, 1) {
 		case Fast:
 			r.pace = Fast
 		case Slow:
 			r.slow(now, r.judged.SlowRate)
-			return r.ctl.target - r.live
+			return r.ctl.target - r.live, nil, taken
 		}
-		return 0
+		return 0, nil, taken
 	}
-	if r.pace != Slow || r.fallback || r.err != nil {
-		return 0
+	if r.pace != Slow {
+		return 0, nil, taken
 	}
-	return max(0, r.ctl.measure(now, r.received, r.live))
+	return max(0, r.ctl.measure(now, r.received, r.flowing(now.Add(-r.ctl.window)))), nil, taken
+}
+
+// flowing is how many pieces brought bytes since since: the streams that
+// are not stalled.
+func (r *rangedRun) flowing(since time.Time) int {
+	n := 0
+	for _, p := range r.pieces[r.head:] {
+		if p.last.After(since) {
+			n++
+		}
+	}
+	return n
 }
 
 // slow turns the run parallel: streams start at plan.Parallel, measured
