@@ -58,6 +58,7 @@ type bench struct {
 	upProc  *exec.Cmd
 	procs   []*exec.Cmd
 	results map[string]map[string][]float64 // metric → system → values
+	curve   map[string]map[int][]float64    // cost curve: metric → store size → values
 	images  *seeded
 	mu      sync.Mutex
 }

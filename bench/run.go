@@ -22,7 +22,7 @@ func (b *bench) run() error {
 	if err := b.seed(upAddr); err != nil {
 		return err
 	}
-	for r := 1; r <= *repeats; r++ {
+	for r := 1; r <= *repeats && *only != "curve"; r++ {
 		switch *only {
 		case "wan", "wan-pull":
 			if err := b.wanRun(upAddr, r); err != nil {
@@ -49,7 +49,13 @@ func (b *bench) run() error {
 			return err
 		}
 	}
+	if *only == "" || *only == "curve" {
+		if err := b.curveAll(); err != nil {
+			return err
+		}
+	}
 	b.report(time.Since(t0))
+	b.curveReport()
 	return nil
 }
 

@@ -60,7 +60,7 @@ fi
 # page test renders it in a real browser), systemd (systemd-analyze),
 # podman and buildah (registries.conf mirror clients), haproxy (the
 # cluster example's balancer, beside nginx), prometheus (promtool checks
-# examples/prometheus).
+# examples/prometheus), gnuplot (the cost curve of make bench).
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v systemd-analyze >/dev/null || need+=(systemd)
@@ -73,6 +73,7 @@ command -v podman >/dev/null || need+=(podman)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v buildah >/dev/null || need+=(buildah)
 command -v promtool >/dev/null || need+=(prometheus) # promtool checks the alert rules
+command -v gnuplot >/dev/null || need+=(gnuplot-nox) # make bench plots the cost curve
 if ((${#need[@]})); then
   echo "install-tools: apt-get install ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

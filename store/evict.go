@@ -138,29 +138,41 @@ func (ev *evictor) Evict() (n int, freed int64, err error) {
 		}
 		sort.Slice(cands, func(i, j int) bool { return cands[i].access < cands[j].access })
 		progress := false
+		var batch []deletion
+		var projected int64 // the bytes batch frees
+		flush := func() error {
+			res, err := deleteBlobs(s, batch, func(rec blobRecord) bool { return !rec.Hosted })
+			batch, projected = batch[:0], 0
+			for _, r := range res {
+				progress = true
+				gone = append(gone, r.digest)
+				n++
+				freed += r.size
+				s.counters.evictions.Add(1)
+				s.counters.evictedBytes.Add(r.size)
+				for _, ref := range r.refs {
+					refs[ref]--
+				}
+			}
+			return err
+		}
 		for _, c := range cands {
-			if s.used() <= low {
+			if s.used()-projected <= low {
 				break
 			}
 			if refs[c.digest] > 0 {
 				continue
 			}
-			size, dropped, ok, err := s.deleteBlob(c.digest, repos[c.digest], func(rec blobRecord) bool { return !rec.Hosted })
-			if err != nil {
-				return n, freed, err
+			batch = append(batch, deletion{digest: c.digest, repos: repos[c.digest]})
+			projected += c.size
+			if len(batch) == deleteBatch {
+				if err := flush(); err != nil {
+					return n, freed, err
+				}
 			}
-			if !ok {
-				continue
-			}
-			progress = true
-			gone = append(gone, c.digest)
-			n++
-			freed += size
-			s.counters.evictions.Add(1)
-			s.counters.evictedBytes.Add(size)
-			for _, r := range dropped {
-				refs[r]--
-			}
+		}
+		if err := flush(); err != nil {
+			return n, freed, err
 		}
 		if !progress {
 			break
@@ -168,6 +180,11 @@ func (ev *evictor) Evict() (n int, freed int64, err error) {
 	}
 	return n, freed, nil
 }
+
+// deleteBatch is how many blobs eviction and GC delete per index
+// transaction: few enough that readers and writers wait for one commit,
+// not for a whole pass.
+const deleteBatch = 2048
 
 // GCOptions tune a garbage collection.
 type GCOptions struct {
@@ -249,16 +266,26 @@ func (ev *evictor) GC(opts GCOptions) (GCResult, error) {
 		sort.Strings(res.Digests)
 		return res, nil
 	}
-	for d := range garbage {
-		size, _, ok, err := s.deleteBlob(d, nil, func(rec blobRecord) bool { return rec.Created < cutoff })
-		if err != nil {
-			return res, err
-		}
-		if ok {
+	batch := make([]deletion, 0, deleteBatch)
+	flush := func() error {
+		done, err := deleteBlobs(s, batch, func(rec blobRecord) bool { return rec.Created < cutoff })
+		batch = batch[:0]
+		for _, d := range done {
 			res.Blobs++
-			res.Bytes += size
-			res.Digests = append(res.Digests, d)
+			res.Bytes += d.size
+			res.Digests = append(res.Digests, d.digest)
 		}
+		return err
+	}
+	for d := range garbage {
+		if batch = append(batch, deletion{digest: d}); len(batch) == deleteBatch {
+			if err := flush(); err != nil {
+				return res, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return res, err
 	}
 	sort.Strings(res.Digests)
 	err = s.dropLinks(res.Digests)

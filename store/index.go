@@ -60,46 +60,50 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m Manifest, tag st
 	if _, err := s.PutBlob(ctx, m.Digest, m.Body); err != nil {
 		return err
 	}
+	return s.db.Update(func(tx *bolt.Tx) error { return putManifestTx(s, tx, repo, m, tag, refs) })
+}
+
+// putManifestTx records m in repo (its bytes are stored already): the
+// index entry, its links, its referrer entry and its tag.
+func putManifestTx(s *Store, tx *bolt.Tx, repo string, m Manifest, tag string, refs []Digest) error {
 	rec := manifestRecord{
 		MediaType: m.MediaType, Size: int64(len(m.Body)), Subject: m.Subject,
 		ArtifactType: m.ArtifactType, Annotations: m.Annotations, Created: time.Now().UnixNano(),
 	}
 	v, _ := json.Marshal(rec)
-	return s.db.Update(func(tx *bolt.Tx) error {
-		s.cache.forgetOnCommit(tx, repoKey(repo, m.Digest.String()), repoKey(repo, tag))
-		if err := tx.Bucket(bucketManifests).Put(repoKey(repo, m.Digest.String()), v); err != nil {
+	s.cache.forgetOnCommit(tx, repoKey(repo, m.Digest.String()), repoKey(repo, tag))
+	if err := tx.Bucket(bucketManifests).Put(repoKey(repo, m.Digest.String()), v); err != nil {
+		return err
+	}
+	kind := LinkFetched
+	if m.Hosted {
+		kind = LinkPushed
+	}
+	if err := putLink(tx, repo, m.Digest, kind); err != nil {
+		return err
+	}
+	refList := make([]string, len(refs))
+	for i, r := range refs {
+		refList[i] = r.String()
+		if err := putLink(tx, repo, r, LinkReferenced); err != nil {
 			return err
 		}
-		kind := LinkFetched
-		if m.Hosted {
-			kind = LinkPushed
-		}
-		if err := putLink(tx, repo, m.Digest, kind); err != nil {
+	}
+	rv, _ := json.Marshal(refList)
+	if err := tx.Bucket(bucketRefs).Put(repoKey(repo, m.Digest.String()), rv); err != nil {
+		return err
+	}
+	if m.Subject != "" {
+		ref, _ := json.Marshal(Referrer{Digest: m.Digest.String(), MediaType: m.MediaType, Size: int64(len(m.Body)),
+			ArtifactType: m.ArtifactType, Annotations: m.Annotations})
+		if err := tx.Bucket(bucketReferrers).Put(repoKey(repo, m.Subject+"\x00"+m.Digest.String()), ref); err != nil {
 			return err
 		}
-		refList := make([]string, len(refs))
-		for i, r := range refs {
-			refList[i] = r.String()
-			if err := putLink(tx, repo, r, LinkReferenced); err != nil {
-				return err
-			}
-		}
-		rv, _ := json.Marshal(refList)
-		if err := tx.Bucket(bucketRefs).Put(repoKey(repo, m.Digest.String()), rv); err != nil {
-			return err
-		}
-		if m.Subject != "" {
-			ref, _ := json.Marshal(Referrer{Digest: m.Digest.String(), MediaType: m.MediaType, Size: int64(len(m.Body)),
-				ArtifactType: m.ArtifactType, Annotations: m.Annotations})
-			if err := tx.Bucket(bucketReferrers).Put(repoKey(repo, m.Subject+"\x00"+m.Digest.String()), ref); err != nil {
-				return err
-			}
-		}
-		if tag != "" {
-			return putTag(tx, repo, tag, m.Digest, time.Now())
-		}
-		return nil
-	})
+	}
+	if tag != "" {
+		return putTag(tx, repo, tag, m.Digest, time.Now())
+	}
+	return nil
 }
 
 // Referrer describes a manifest whose subject is another manifest.
