@@ -71,7 +71,9 @@ func (b *bench) curvePlot(sizes []int, metrics []string) error {
 		title, unit string
 		match       func(string) bool
 	}{
-		{"passes and start-up", "seconds", func(m string) bool { return strings.HasSuffix(m, ": s") || strings.HasSuffix(m, ": ms") && strings.Contains(m, "start-up") }},
+		{"passes and start-up", "seconds", func(m string) bool {
+			return strings.HasSuffix(m, ": s") || strings.HasSuffix(m, ": ms") && strings.Contains(m, "start-up")
+		}},
 		{"memory and index", "MiB", func(m string) bool { return strings.HasSuffix(m, ": MiB") }},
 		{"manifest p99 of a warm hammer", "ms", func(m string) bool { return strings.Contains(m, "p99") && strings.HasSuffix(m, ": ms") }},
 	}
