@@ -14,6 +14,10 @@ import (
 
 func (b *bench) run() error {
 	t0 := time.Now()
+	if *only == "sim" {
+		simReport()
+		return nil
+	}
 	upAddr, err := b.startUpstream()
 	if err != nil {
 		return err
@@ -56,6 +60,9 @@ func (b *bench) run() error {
 	}
 	b.report(time.Since(t0))
 	b.curveReport()
+	if *only == "" {
+		simReport()
+	}
 	return nil
 }
 

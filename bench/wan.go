@@ -29,7 +29,7 @@ var (
 	berthExtra = flag.String("berth-config", "", "lines added to berth's proxy repository in its config (e.g. eager_layers = false)")
 	wanLog     = flag.Bool("wan-log", false, "log each request across the long path and how long it took")
 	traceDir   = flag.String("trace", "", "with -only cold: save a Go runtime trace and a CPU profile of berth during each cold pull in this directory (go tool trace, go tool pprof)")
-	only       = flag.String("only", "", `run one scenario: "wan" (the long path), "wan-pull" (its docker-like pull alone) "cold" (the loopback cold pull of one client) or "cold20" (the big blob by 20 on loopback)`)
+	only       = flag.String("only", "", `run one scenario: "wan" (the long path, with the lossy and narrow paths), "wan-pull" (its docker-like pull alone), "cold" (the loopback cold pull of one client), "cold20" (the big blob by 20 on loopback), "curve" (the cost curve) or "sim" (the thousand-node model)`)
 )
 
 // wanProxy forwards to the upstream across an emulated long path and
@@ -231,6 +231,11 @@ func (b *bench) wanRun(upAddr string, r int) error {
 			}
 		}
 		if err := b.wanCut(name, wan); err != nil {
+			return err
+		}
+	}
+	if !*skipCluster {
+		if err := b.wanCluster(wan, r); err != nil {
 			return err
 		}
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"net/http"
 	"time"
 
 	"github.com/berth-registry/berth/internal/fetch"
@@ -60,6 +61,10 @@ type eager struct {
 	// takes it and is counted as a miss from upstream, not as a hit: the
 	// bytes crossed the link for that pull.
 	fetched *lru.Cache[string, struct{}]
+	// balancer is the external_url berth sits behind ("": none); client
+	// asks it for prefetches (eager_cluster.go).
+	balancer string
+	client   *http.Client
 }
 
 // eagerFetchedTTL is how long a blob an eager download fetched counts as
@@ -73,8 +78,11 @@ func (e *eager) tookEager(img imageRef, d store.Digest) bool {
 	return ok
 }
 
-func newEager() *eager {
-	return &eager{ramp: eagerRamp, slowRate: eagerSlowRate, slowAnswer: eagerSlowAnswer, slots: make(chan struct{}, eagerInFlight), seen: lru.New[string, struct{}](10_000, 10*time.Minute),
+func newEager(balancer string) *eager {
+	// The balancer is the operator's own: no HTTP(S)_PROXY between them.
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: prefetchParallel},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	return &eager{balancer: balancer, client: client, ramp: eagerRamp, slowRate: eagerSlowRate, slowAnswer: eagerSlowAnswer, slots: make(chan struct{}, eagerInFlight), seen: lru.New[string, struct{}](10_000, 10*time.Minute),
 		fetched: lru.New[string, struct{}](10_000, eagerFetchedTTL).WithCost(4<<20, lru.StringBytes[struct{}])}
 }
 
@@ -102,6 +110,10 @@ func (p *proxy) eagerLayers(img imageRef, m store.Manifest) {
 		// now (blob_limit.go).
 		s.declared.declare(img.path(), pm)
 		if !rp.EagerLayers {
+			return
+		}
+		if p.viaBalancer() {
+			p.eagerViaBalancer(img, pm.blobs)
 			return
 		}
 		run := p.newEagerRun(img, pm.blobs[0])
@@ -174,44 +186,56 @@ func (e *eagerRun) makeRoom() {
 // means to start no more (enough eager downloads run, or the store
 // cannot write).
 func (e *eagerRun) start(d store.Digest) bool {
-	s, rp := e.p.s, e.p.repo
 	e.makeRoom()
-	ctx := context.Background()
-	if _, err := s.blobs.StatBlob(ctx, d); err == nil {
+	if _, err := e.p.s.blobs.StatBlob(context.Background(), d); err == nil {
 		return true
 	}
+	dl, started, more := e.p.eagerDownload(e.img, d, e.ended)
+	if started {
+		e.running[d.String()] = dl
+		e.pace.Start(time.Now(), bytesIn(e.running))
+	}
+	return more
+}
+
+// eagerDownload starts blob d's download for no reader yet (the client's
+// GETs join it), within the eager bound; ended, when given, is told its
+// digest when it ends. started: it is this call's download; more false:
+// start no more (enough eager downloads run, or the store cannot write).
+func (p *proxy) eagerDownload(img imageRef, d store.Digest, ended chan<- string) (dl *fetch.Download, started, more bool) {
+	s, rp := p.s, p.repo
 	select {
 	case s.eager.slots <- struct{}{}:
 	default:
-		return false // enough under way; clients fetch the rest as they ask
+		return nil, false, false // enough under way; clients fetch the rest as they ask
 	}
-	job := e.p.blobJob(e.img, d)
-	job.Keep = true // no reader yet: the client's GETs join it
+	job := p.blobJob(img, d)
+	job.Keep = true
 	onEnd := job.Ended
-	fetchedKey := e.img.at(d.String())
+	fetchedKey := img.at(d.String())
 	job.Ended = func(err error) {
 		if err != nil {
 			s.eager.fetched.Remove(fetchedKey)
 		}
 		<-s.eager.slots
-		e.ended <- d.String()
+		if ended != nil {
+			ended <- d.String()
+		}
 		onEnd(err)
 	}
-	dl, leader, err := s.fetches.Join(ctx, job)
+	dl, leader, err := s.fetches.Join(context.Background(), job)
 	if err != nil {
 		<-s.eager.slots
-		return errors.Is(err, fetch.ErrStored) // a client's download just stored it: go on
+		return nil, false, errors.Is(err, fetch.ErrStored) // a client's download just stored it: go on
 	}
 	dl.Release() // no reader here: clients join it
 	if !leader {
 		<-s.eager.slots // already in flight: not ours
-		return true
+		return nil, false, true
 	}
 	s.eager.fetched.Add(fetchedKey, struct{}{})
-	e.running[d.String()] = dl
-	e.pace.Start(time.Now(), bytesIn(e.running))
 	s.m.eager.WithLabelValues(rp.Name).Inc()
-	return true
+	return dl, true, true
 }
 
 // bytesIn is the bytes on disk of the downloads together.

@@ -28,6 +28,9 @@ func (p *proxy) blob(w http.ResponseWriter, r *http.Request, img imageRef, d sto
 		return err
 	}
 	linked = linked || s.commits.names(img.path(), d)
+	if r.Method == http.MethodGet && r.Header.Get(prefetchHeader) != "" {
+		return p.prefetch(w, img, d, linked)
+	}
 	f, err := s.blobs.OpenBlob(ctx, d)
 	switch {
 	case err == nil:

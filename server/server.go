@@ -236,7 +236,7 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxBlobSize <= 0 {
 		opts.MaxBlobSize = DefaultMaxBlobSize
 	}
-	s := &Server{opts: opts, repos: map[string]*repo{}, log: opts.Logger, eager: newEager(),
+	s := &Server{opts: opts, repos: map[string]*repo{}, log: opts.Logger, eager: newEager(opts.Auth.ExternalURL),
 		resolver:     opts.Resolver,
 		loggedCauses: lru.New[string, struct{}](1000, time.Minute).WithCost(1<<20, lru.StringBytes[struct{}])}
 	s.status = statusPages{s: s}
