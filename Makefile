@@ -75,7 +75,7 @@ fuzz:
 	$(GO) test ./server/ -run '^$$' -fuzz FuzzAllowlistDial -fuzztime 30s
 	$(GO) test ./internal/reghost/ -run '^$$' -fuzz FuzzParse -fuzztime 30s
 
-## bench: berth against distribution's proxy mode, nginx and a direct pull, on loopback and across an emulated long path, 3 runs, medians and ratios (about 14 minutes;
+## bench: berth against distribution's proxy mode, nginx, a direct pull and the link alone, on loopback and across emulated long, lossy and narrow paths, a cluster behind nginx, the cost curve at 10k/100k/1M blobs (table and build/bench/cost-curve.png) and the thousand-node model; 3 runs, medians and ratios (about 40 minutes;
 ## servers under test on CPU 0, the driver, load generators and upstream on CPU 1)
 bench: tools build
 	GO=$(GO) scripts/bench.sh

@@ -13,7 +13,11 @@
 // client ever receives a complete wrong blob (WaitVerified waits for the
 // check). A stream that breaks resumes from the last byte on disk; a big
 // blob on a slow path comes as parallel byte ranges (ranges.go), judged
-// by a Pace, the same judge the server's eager layers use.
+// by a Pace, the same judge the server's eager layers use. How many
+// streams run adapts to what the path carries (streams.go), and the
+// pieces are cut and moved between streams as they go (pieces.go): a
+// stream that lags gives half its rest away, one that stalls loses all
+// of it.
 //
 //	Group.Join(job) → *Download (leader or follower) → Release when done
 //	Download.Wait / WaitDone / WaitVerified

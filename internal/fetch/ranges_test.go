@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -166,14 +167,14 @@ func rangedDownload(t *testing.T, p *path, plan RangePlan, limit time.Duration) 
 // back, and every byte crosses the path once.
 func TestRangesGrowWhileTheLinkHasRoom(t *testing.T) {
 	p := newPath(24<<20, 4e6, 32e6)
-	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 2, MaxParallel: 16, Ramp: 20 * time.Millisecond, SlowRate: 1e12}
+	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 2, MaxParallel: 16, Ramp: 20 * time.Millisecond, SlowRate: 1e12, StallAfter: time.Hour}
 	st := rangedDownload(t, p, plan, 30*time.Second)
 	t.Logf("%+v, %d requests answered, %d bytes", st, p.requests, p.bytesSent())
-	if st.Peak < 8 {
+	// How far it grows depends on the machine's timing (a busy one
+	// measures less and stops sooner); TestStreamsAdapt has the exact
+	// steps.
+	if st.Peak <= plan.Parallel {
 		t.Errorf("at most %d streams at once; the link carries 8 of them", st.Peak)
-	}
-	if st.Held == 0 || st.Held >= st.Peak {
-		t.Errorf("held %d streams after a peak of %d: the probe past the link's rate should be given back", st.Held, st.Peak)
 	}
 	if sent := p.bytesSent(); sent != int64(len(p.blob)) {
 		t.Errorf("the path carried %d bytes for a blob of %d", sent, len(p.blob))
@@ -185,14 +186,14 @@ func TestRangesGrowWhileTheLinkHasRoom(t *testing.T) {
 // is ever opened, and two are kept.
 func TestRangesDoNotGrowOnAFullLink(t *testing.T) {
 	p := newPath(12<<20, 4e6, 8e6)
-	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 4, MaxParallel: 16, Ramp: 20 * time.Millisecond, SlowRate: 1e12}
+	// Ramps of 50 ms: one stream's rate alone is judged over 100 ms, long
+	// enough that a busy machine does not make it look slower than the
+	// link is full.
+	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 4, MaxParallel: 16, Ramp: 50 * time.Millisecond, SlowRate: 1e12, StallAfter: time.Hour}
 	st := rangedDownload(t, p, plan, 30*time.Second)
 	t.Logf("%+v", st)
 	if st.Peak != 4 || p.maxOpen > 4 {
 		t.Errorf("%d streams at most (%d answers open at once), want the first 4 only", st.Peak, p.maxOpen)
-	}
-	if st.Held < 1 || st.Held > 3 {
-		t.Errorf("held %d streams on a link that carries 2", st.Held)
 	}
 }
 
@@ -210,12 +211,15 @@ func TestRangesStallTakenOver(t *testing.T) {
 		return nil, 0, nil
 	}
 	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 4, MaxParallel: 4, StallAfter: 200 * time.Millisecond}
+	// The stall never ends before the test does: the download can only
+	// end by a takeover (on a busy machine a stream that was not
+	// scheduled for the stall time is taken over too: one piece again).
 	st := rangedDownload(t, p, plan, 20*time.Second)
-	if st.Takeovers != 1 {
-		t.Errorf("%d takeovers, want 1: %+v", st.Takeovers, st)
+	if st.Takeovers < 1 {
+		t.Errorf("no takeover: %+v", st)
 	}
-	if sent := p.bytesSent(); sent != int64(len(p.blob)) {
-		t.Errorf("the path carried %d bytes for a blob of %d", sent, len(p.blob))
+	if sent := p.bytesSent(); sent > int64(len(p.blob))+int64(st.Takeovers-1)*plan.Chunk {
+		t.Errorf("the path carried %d bytes for a blob of %d (%d takeovers)", sent, len(p.blob), st.Takeovers)
 	}
 }
 
@@ -252,12 +256,51 @@ func TestRangesThrottled(t *testing.T) {
 		}
 		return nil, 0, nil
 	}
-	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 4, MaxParallel: 16, Ramp: 20 * time.Millisecond, SlowRate: 1e12}
+	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 4, MaxParallel: 16, Ramp: 20 * time.Millisecond, SlowRate: 1e12, StallAfter: time.Hour}
 	st := rangedDownload(t, p, plan, 30*time.Second)
 	if st.Throttled < 1 || p.maxOpen > 3 {
 		t.Errorf("%d streams throttled, %d answers open at most: %+v", st.Throttled, p.maxOpen, st)
 	}
 	if sent := p.bytesSent(); sent != int64(len(p.blob)) {
 		t.Errorf("the path carried %d bytes for a blob of %d", sent, len(p.blob))
+	}
+}
+
+// TestStreamsAdapt: the stream count's steps, on a clock of its own. A
+// 200 MB/s link at 25 MB/s a stream: 4 streams bring 100 MB/s (room:
+// 8), 8 bring 200 (room: 16), 16 bring 200 (full: back to 8). A 50 MB/s
+// link: 4 bring 50, full at once: 2, and none opened. A 429 caps it.
+func TestStreamsAdapt(t *testing.T) {
+	const single = 25e6
+	plan := RangePlan{Parallel: 4, MaxParallel: 16, Ramp: 50 * time.Millisecond}
+	rtt := 40 * time.Millisecond
+	run := func(link float64) (targets []int, opened int) {
+		now := time.Unix(0, 0)
+		s := newStreams(plan, single, rtt, now)
+		var received float64
+		for range 100 {
+			now = now.Add(plan.Ramp)
+			received += min(float64(s.target)*single, link) * plan.Ramp.Seconds()
+			before := s.target
+			opened += s.measure(now, int64(received), s.target)
+			if s.target != before {
+				targets = append(targets, s.target)
+			}
+		}
+		return targets, opened
+	}
+	if got, opened := run(200e6); !slices.Equal(got, []int{8, 16, 8}) || opened != 12 {
+		t.Errorf("200 MB/s link: targets %v, %d opened; want [8 16 8], 12", got, opened)
+	}
+	if got, opened := run(50e6); !slices.Equal(got, []int{2}) || opened != 0 {
+		t.Errorf("50 MB/s link: targets %v, %d opened; want [2], 0", got, opened)
+	}
+	s := newStreams(plan, single, rtt, time.Unix(0, 0))
+	s.throttle(3)
+	if s.target != 3 || s.max != 3 || s.growing {
+		t.Errorf("after a 429 with 3 streams left: %+v", s)
+	}
+	if s := newStreams(RangePlan{Parallel: 4, MaxParallel: 2}, single, rtt, time.Unix(0, 0)); s.target != 2 {
+		t.Errorf("Parallel 4 within a ceiling of 2 (max_upstream_connections): %d streams", s.target)
 	}
 }
