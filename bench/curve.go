@@ -185,6 +185,14 @@ anonymous_pull = true
 	b.curvePoint(label("manifest p99 during GC: ms"), n, ms(percentile(during, 0.99)))
 	b.curvePoint(label("manifest p99 during GC ÷ idle"), n, float64(percentile(during, 0.99))/float64(max(percentile(idle, 0.99), 1)))
 	stop(cmd)
+	if err := b.curveOffline(cfg, dir, n); err != nil {
+		return err
+	}
+	return curveEvict(b, data, n)
+}
+
+// curveOffline times berth's offline commands on the store of cfg.
+func (b *bench) curveOffline(cfg, dir string, n int) error {
 	for _, c := range []struct {
 		what string
 		args []string
@@ -197,9 +205,9 @@ anonymous_pull = true
 		if out, err := exec.Command(*berthBin, c.args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("berth %s: %v: %.300s", c.args[0], err, out)
 		}
-		b.curvePoint(label(c.what), n, time.Since(t).Seconds())
+		b.curvePoint("cost curve: "+c.what, n, time.Since(t).Seconds())
 	}
-	return curveEvict(b, data, n)
+	return nil
 }
 
 // curveEvict runs an eviction pass that frees 10% of the cached bytes

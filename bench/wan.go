@@ -104,19 +104,7 @@ func (p *wanProxy) serve(w http.ResponseWriter, r *http.Request, tr *http.Transp
 	if m := blobRe.FindStringSubmatch(r.URL.Path); m != nil && r.Method == http.MethodGet {
 		digest = m[1]
 	}
-	limit := int64(-1)
-	if digest != "" && resp.StatusCode/100 == 2 {
-		start := int64(0)
-		if cr := resp.Header.Get("Content-Range"); cr != "" {
-			fmt.Sscanf(cr, "bytes %d-", &start)
-		}
-		p.mu.Lock()
-		if at, ok := p.cut[digest]; ok && start <= at && (resp.ContentLength < 0 || at < start+resp.ContentLength) {
-			limit = at - start
-			delete(p.cut, digest)
-		}
-		p.mu.Unlock()
-	}
+	limit := p.cutAt(digest, resp)
 	nextDraw := int64(0) // the next MiB boundary a stall is drawn at
 	// Paced in slices: each waits for its share of this stream and of
 	// the link.
@@ -137,12 +125,8 @@ func (p *wanProxy) serve(w http.ResponseWriter, r *http.Request, tr *http.Transp
 			}
 			if digest != "" && sent >= nextDraw {
 				nextDraw += 1 << 20
-				if p.drawStall() {
-					select {
-					case <-time.After(p.stallFor):
-					case <-r.Context().Done():
-						return
-					}
+				if !p.stall(r) {
+					return
 				}
 			}
 			if stream != nil {
@@ -171,6 +155,38 @@ func (p *wanProxy) serve(w http.ResponseWriter, r *http.Request, tr *http.Transp
 		if rerr != nil {
 			return
 		}
+	}
+}
+
+// cutAt is the body byte a blob response breaks at (cutNext), or -1.
+func (p *wanProxy) cutAt(digest string, resp *http.Response) int64 {
+	if digest == "" || resp.StatusCode/100 != 2 {
+		return -1
+	}
+	start := int64(0)
+	if cr := resp.Header.Get("Content-Range"); cr != "" {
+		fmt.Sscanf(cr, "bytes %d-", &start)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if at, ok := p.cut[digest]; ok && start <= at && (resp.ContentLength < 0 || at < start+resp.ContentLength) {
+		delete(p.cut, digest)
+		return at - start
+	}
+	return -1
+}
+
+// stall holds a response for stallFor when a lossy path draws a stall
+// here; false: the request ended meanwhile.
+func (p *wanProxy) stall(r *http.Request) bool {
+	if !p.drawStall() {
+		return true
+	}
+	select {
+	case <-time.After(p.stallFor):
+		return true
+	case <-r.Context().Done():
+		return false
 	}
 }
 

@@ -103,36 +103,7 @@ func (ev *evictor) Evict() (n int, freed int64, err error) {
 		}
 	}()
 	for pass := 0; pass < 16 && s.used() > low; pass++ {
-		var cands []candidate
-		var repos map[string][]string
-		var refs map[string]int
-		s.flushMu.RLock() // an access being flushed is in the map or the index
-		err := s.db.View(func(tx *bolt.Tx) error {
-			repos, refs = manifestRepos(tx), refCounts(tx)
-			acc := tx.Bucket(bucketAccess)
-			return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
-				var rec blobRecord
-				if json.Unmarshal(v, &rec) != nil || rec.Hosted {
-					return nil
-				}
-				c := candidate{digest: string(k), size: rec.Size, access: rec.Created}
-				if a := acc.Get(k); len(a) >= 8 {
-					c.access = decodeInt(a[:8])
-				}
-				cands = append(cands, c)
-				return nil
-			})
-		})
-		if err == nil {
-			s.accessMu.Lock()
-			for i := range cands {
-				if e, ok := s.access[cands[i].digest]; ok {
-					cands[i].access = e.last
-				}
-			}
-			s.accessMu.Unlock()
-		}
-		s.flushMu.RUnlock()
+		cands, repos, refs, err := evictCandidates(s)
 		if err != nil {
 			return n, freed, err
 		}
@@ -179,6 +150,45 @@ func (ev *evictor) Evict() (n int, freed int64, err error) {
 		}
 	}
 	return n, freed, nil
+}
+
+// evictCandidates lists the cached (not hosted) blobs with their last
+// access, and the manifests' repositories and reference counts.
+func evictCandidates(s *Store) ([]candidate, map[string][]string, map[string]int, error) {
+	var cands []candidate
+	var repos map[string][]string
+	var refs map[string]int
+	s.flushMu.RLock() // an access being flushed is in the map or the index
+	err := s.db.View(func(tx *bolt.Tx) error {
+		repos, refs = manifestRepos(tx), refCounts(tx)
+		acc := tx.Bucket(bucketAccess)
+		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+			var rec blobRecord
+			if json.Unmarshal(v, &rec) != nil || rec.Hosted {
+				return nil
+			}
+			c := candidate{digest: string(k), size: rec.Size, access: rec.Created}
+			if a := acc.Get(k); len(a) >= 8 {
+				c.access = decodeInt(a[:8])
+			}
+			cands = append(cands, c)
+			return nil
+		})
+	})
+	if err == nil {
+		s.accessMu.Lock()
+		for i := range cands {
+			if e, ok := s.access[cands[i].digest]; ok {
+				cands[i].access = e.last
+			}
+		}
+		s.accessMu.Unlock()
+	}
+	s.flushMu.RUnlock()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return cands, repos, refs, nil
 }
 
 // deleteBatch is how many blobs eviction and GC delete per index
@@ -266,6 +276,19 @@ func (ev *evictor) GC(opts GCOptions) (GCResult, error) {
 		sort.Strings(res.Digests)
 		return res, nil
 	}
+	if err := gcDelete(s, garbage, cutoff, &res); err != nil {
+		return res, err
+	}
+	sort.Strings(res.Digests)
+	err = s.dropLinks(res.Digests)
+	s.counters.gcBlobs.Add(int64(res.Blobs))
+	s.counters.gcBytes.Add(res.Bytes)
+	return res, err
+}
+
+// gcDelete deletes the garbage blobs still older than cutoff, a batch
+// per index transaction, adding them to res.
+func gcDelete(s *Store, garbage map[string]int64, cutoff int64, res *GCResult) error {
 	batch := make([]deletion, 0, deleteBatch)
 	flush := func() error {
 		done, err := deleteBlobs(s, batch, func(rec blobRecord) bool { return rec.Created < cutoff })
@@ -280,18 +303,11 @@ func (ev *evictor) GC(opts GCOptions) (GCResult, error) {
 	for d := range garbage {
 		if batch = append(batch, deletion{digest: d}); len(batch) == deleteBatch {
 			if err := flush(); err != nil {
-				return res, err
+				return err
 			}
 		}
 	}
-	if err := flush(); err != nil {
-		return res, err
-	}
-	sort.Strings(res.Digests)
-	err = s.dropLinks(res.Digests)
-	s.counters.gcBlobs.Add(int64(res.Blobs))
-	s.counters.gcBytes.Add(res.Bytes)
-	return res, err
+	return flush()
 }
 
 func lastNUL(b []byte) int {

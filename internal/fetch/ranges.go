@@ -183,15 +183,7 @@ func (d *Download) ranged(ctx context.Context, job Job) error {
 	err = r.absorbAll(ctx, t.C, func() { start(r.tick()) })
 	r.cancel() // idle workers leave
 	wg.Wait()
-	if job.RangesEnded != nil {
-		d.mu.Lock()
-		stats := r.stats
-		if r.pace == Slow {
-			stats.Held = r.ctl.target
-		}
-		d.mu.Unlock()
-		job.RangesEnded(stats)
-	}
+	r.report()
 	if err != nil {
 		return err
 	}
@@ -201,6 +193,20 @@ func (d *Download) ranged(ctx context.Context, job Job) error {
 		return d.stream(outer, job, nil, -1)
 	}
 	return nil
+}
+
+// report tells the job what the ranged download did.
+func (r *rangedRun) report() {
+	if r.job.RangesEnded == nil {
+		return
+	}
+	r.d.mu.Lock()
+	stats := r.stats
+	if r.pace == Slow {
+		stats.Held = r.ctl.target
+	}
+	r.d.mu.Unlock()
+	r.job.RangesEnded(stats)
 }
 
 // noRanges tells the job's owner that ranges did not work.

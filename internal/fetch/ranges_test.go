@@ -31,7 +31,7 @@ type path struct {
 	// answer decides request i (0 the first): an error refuses it; a
 	// rate above 0 replaces stream; stall holds it after 64 KiB until
 	// the channel is closed.
-	answer func(i, open int) (err error, streamRate float64, stall <-chan struct{})
+	answer func(i, open int) (streamRate float64, stall <-chan struct{}, err error)
 }
 
 func newPath(size int, stream, link float64) *path {
@@ -51,7 +51,7 @@ func (p *path) fetchRange(ctx context.Context, start, end int64) (io.ReadCloser,
 	streamRate, stall := p.stream, (<-chan struct{})(nil)
 	if p.answer != nil {
 		var r float64
-		err, r, stall = p.answer(i, p.open)
+		r, stall, err = p.answer(i, p.open)
 		if r > 0 {
 			streamRate = r
 		}
@@ -204,11 +204,11 @@ func TestRangesStallTakenOver(t *testing.T) {
 	p := newPath(8<<20, 0, 0)
 	stall := make(chan struct{})
 	defer close(stall)
-	p.answer = func(i, _ int) (error, float64, <-chan struct{}) {
+	p.answer = func(i, _ int) (float64, <-chan struct{}, error) {
 		if i == 2 {
-			return nil, 0, stall
+			return 0, stall, nil
 		}
-		return nil, 0, nil
+		return 0, nil, nil
 	}
 	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 4, MaxParallel: 4, StallAfter: 200 * time.Millisecond}
 	// The stall never ends before the test does: the download can only
@@ -227,11 +227,11 @@ func TestRangesStallTakenOver(t *testing.T) {
 // gives the second half of its rest to a stream that ran out of work.
 func TestRangesLaggardGivesHalf(t *testing.T) {
 	p := newPath(16<<20, 16e6, 0)
-	p.answer = func(i, _ int) (error, float64, <-chan struct{}) {
+	p.answer = func(i, _ int) (float64, <-chan struct{}, error) {
 		if i == 1 {
-			return nil, 1e6, nil
+			return 1e6, nil, nil
 		}
-		return nil, 0, nil
+		return 0, nil, nil
 	}
 	plan := RangePlan{Min: 1 << 20, Chunk: 4 << 20, Parallel: 4, MaxParallel: 4, StallAfter: 10 * time.Second}
 	st := rangedDownload(t, p, plan, 30*time.Second)
@@ -250,11 +250,11 @@ func TestRangesLaggardGivesHalf(t *testing.T) {
 // another and the download completes.
 func TestRangesThrottled(t *testing.T) {
 	p := newPath(12<<20, 8e6, 0)
-	p.answer = func(i, open int) (error, float64, <-chan struct{}) {
+	p.answer = func(i, open int) (float64, <-chan struct{}, error) {
 		if open >= 3 {
-			return ErrThrottled, 0, nil
+			return 0, nil, ErrThrottled
 		}
-		return nil, 0, nil
+		return 0, nil, nil
 	}
 	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 4, MaxParallel: 16, Ramp: 20 * time.Millisecond, SlowRate: 1e12, StallAfter: time.Hour}
 	st := rangedDownload(t, p, plan, 30*time.Second)
