@@ -168,6 +168,20 @@ func (b *browser) tabTo(selector string) int {
 	return 0
 }
 
+// focused waits until the element matching selector has the focus (a
+// page's autofocus lands a moment after it has loaded: an Enter pressed
+// before that goes nowhere).
+func (b *browser) focused(selector string) {
+	b.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for b.eval(fmt.Sprintf("document.activeElement && document.activeElement.matches(%q)", selector)) != "true" {
+		if time.Now().After(deadline) {
+			b.t.Fatalf("%s never had the focus on %s", selector, b.eval("location.href"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func (b *browser) typeText(s string) { b.call("Input.insertText", map[string]any{"text": s}) }
 
 // screenshot saves the page as build/screenshots/name.

@@ -105,6 +105,7 @@ push = ["*"]
 	br.typeText("hub/library/ui-cached:v1")
 	br.key("Enter")
 	br.settle("/ui/confirm?action=prefetch")
+	br.focused("button[type=submit]")
 	br.key("Enter") // the confirmation's button has the focus
 	br.settle("/ui/action")
 	if !strings.Contains(br.text(), "Prefetched hub/library/ui-cached:v1") {
@@ -114,6 +115,7 @@ push = ["*"]
 	br.tabTo(`a[href="/ui/confirm?action=gc"]`)
 	br.key("Enter")
 	br.settle("/ui/confirm?action=gc")
+	br.focused("button[type=submit]")
 	br.key("Enter")
 	br.settle("/ui/action")
 	if !strings.Contains(br.text(), "Garbage collection deleted") {

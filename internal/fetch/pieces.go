@@ -78,8 +78,8 @@ func (r *rangedRun) claim(last *piece) (p *piece, leave bool) {
 }
 
 // steal takes work from the stream that lags most, for a worker whose
-// last piece was last: the whole rest of a stream that has brought
-// nothing for stallAfter (its request is dropped), else the second half
+// last piece was last: the whole rest of a stalled stream (its request
+// is dropped), else the second half
 // of the rest of one that would end later than this worker could fetch
 // that half, by its own rate and round trip. nil: nobody lags.
 func (r *rangedRun) steal(last *piece, now time.Time) *piece {
@@ -91,7 +91,7 @@ func (r *rangedRun) steal(last *piece, now time.Time) *piece {
 		if rest <= 0 || !q.claimed || q.asked.IsZero() {
 			continue
 		}
-		if now.Sub(q.lastSeen()) >= stall {
+		if r.stalled(q, now) {
 			return r.split(q, q.start+q.got, now, true)
 		}
 		if rest < 2*r.minPiece() {
@@ -117,17 +117,36 @@ func (r *rangedRun) steal(last *piece, now time.Time) *piece {
 	return r.split(victim, victim.start+victim.got+rest/2, now, false)
 }
 
-// takeOver splits off the rest of every stream that has brought nothing
-// for stallAfter, for new workers.
+// takeOver splits off the rest of every stream that has stalled, for new
+// workers.
 func (r *rangedRun) takeOver(now time.Time) []*piece {
 	var taken []*piece
-	stall := r.stallAfter()
 	for _, q := range slices.Clone(r.pieces[r.head:]) {
-		if q.claimed && q.end > q.start+q.got && !q.asked.IsZero() && now.Sub(q.lastSeen()) >= stall {
+		if r.stalled(q, now) {
 			taken = append(taken, r.split(q, q.start+q.got, now, true))
 		}
 	}
 	return taken
+}
+
+// stalled reports whether q's stream has brought nothing for stallAfter
+// while another brought bytes since: one that has finished, or one still
+// flowing in the last half of that time. Then the path stalls this
+// stream, not the whole process (a busy machine, a disk that holds every
+// write) or the upstream (it answers everyone slowly). A stream alone is
+// never taken over: a copy of its request would wait the same.
+func (r *rangedRun) stalled(q *piece, now time.Time) bool {
+	stall := r.stallAfter()
+	if !q.claimed || q.end <= q.start+q.got || q.asked.IsZero() || now.Sub(q.lastSeen()) < stall {
+		return false
+	}
+	for _, o := range r.pieces {
+		done := o.got >= o.end-o.start
+		if o != q && o.last.After(q.lastSeen()) && (done || o.last.After(now.Add(-stall/2))) {
+			return true
+		}
+	}
+	return false
 }
 
 // lastSeen is when p last brought a byte, or was asked for.

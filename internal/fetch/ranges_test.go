@@ -304,3 +304,27 @@ func TestStreamsAdapt(t *testing.T) {
 		t.Errorf("Parallel 4 within a ceiling of 2 (max_upstream_connections): %d streams", s.target)
 	}
 }
+
+// TestRangesLoneStreamNotTakenOver: on a fast path one stream fetches the
+// rest; when it pauses past the stall time (a busy machine, a slow
+// upstream) nothing else flows, so it is not taken over: a second request
+// would wait the same and fetch the bytes twice.
+func TestRangesLoneStreamNotTakenOver(t *testing.T) {
+	p := newPath(4<<20, 0, 0)
+	pause := make(chan struct{})
+	time.AfterFunc(400*time.Millisecond, func() { close(pause) })
+	p.answer = func(i, _ int) (float64, <-chan struct{}, error) {
+		if i == 1 { // the rest, after the first range
+			return 0, pause, nil
+		}
+		return 0, nil, nil
+	}
+	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 4, MaxParallel: 4, Ramp: 20 * time.Millisecond, SlowRate: 1, StallAfter: 100 * time.Millisecond}
+	st := rangedDownload(t, p, plan, 20*time.Second)
+	if st.Takeovers != 0 || st.Requests != 2 {
+		t.Errorf("%+v: want the first range and the rest, no takeover", st)
+	}
+	if sent := p.bytesSent(); sent != int64(len(p.blob)) {
+		t.Errorf("the path carried %d bytes for a blob of %d", sent, len(p.blob))
+	}
+}
