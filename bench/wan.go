@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,7 @@ var (
 	wanSkip    = flag.Bool("no-wan", false, "skip the long-path scenario")
 	berthExtra = flag.String("berth-config", "", "lines added to berth's proxy repository in its config (e.g. eager_layers = false)")
 	wanLog     = flag.Bool("wan-log", false, "log each request across the long path and how long it took")
+	wanSystems = flag.String("wan-systems", "direct,berth,distribution", "long path: the systems measured (a comma-separated subset)")
 	traceDir   = flag.String("trace", "", "with -only cold: save a Go runtime trace and a CPU profile of berth during each cold pull in this directory (go tool trace, go tool pprof)")
 	only       = flag.String("only", "", `run one scenario: "wan" (the long path, with the lossy and narrow paths), "wan-pull" (its docker-like pull alone), "cold" (the loopback cold pull of one client), "cold20" (the big blob by 20 on loopback), "curve" (the cost curve) or "sim" (the thousand-node model)`)
 )
@@ -224,7 +226,7 @@ func (b *bench) wanRun(upAddr string, r int) error {
 	if err := b.wanLink(upAddr); err != nil {
 		return err
 	}
-	for _, name := range []string{"direct", "berth", "distribution"} {
+	for _, name := range strings.Split(*wanSystems, ",") {
 		log.Printf("run %d/%d: long path (%s, %.0f MB/s a stream, %.0f MB/s link): %s", r, *repeats, *wanLatency, *wanStream, *wanLink, name)
 		// (a) the 8×16 MiB image, three layers at a time.
 		s, err := b.freshOnWAN(name, wan)

@@ -15,6 +15,7 @@ import (
 type piece struct {
 	start, end, got int64
 	claimed         bool
+	waiting         bool               // asked ahead: its worker reads it when its current piece ends
 	asked           time.Time          // when its current request was made
 	first, last     time.Time          // its first and latest bytes since then
 	cancel          context.CancelFunc // drops its current request (a takeover)
@@ -56,25 +57,30 @@ func (r *rangedRun) claim(last *piece) (p *piece, leave bool) {
 		}
 	}
 	if r.next < r.total {
-		size := r.total - r.next // fast: the whole rest as one range
-		if r.pace == Slow {
-			// Guided: pieces shrink toward the end, so the streams end
-			// together.
-			size = min(r.plan.Chunk, max(size/int64(max(r.ctl.target, 1)), r.minPiece()))
-			if r.total-r.next-size < r.minPiece() {
-				size = r.total - r.next
-			}
-		}
-		p = &piece{start: r.next, end: r.next + size, claimed: true}
-		r.pieces = append(r.pieces, p)
-		r.next = p.end
-		return p, false
+		return r.cut(), false
 	}
 	if r.head == len(r.pieces) {
 		r.live--
 		return nil, true
 	}
 	return r.steal(last, time.Now()), false
+}
+
+// cut claims the next piece of the bytes no piece covers yet (there are
+// some): fast, the whole rest as one range; parallel, guided: pieces
+// shrink toward the end, so the streams end together.
+func (r *rangedRun) cut() *piece {
+	size := r.total - r.next
+	if r.pace == Slow {
+		size = min(r.plan.Chunk, max(size/int64(max(r.ctl.target, 1)), r.minPiece()))
+		if r.total-r.next-size < r.minPiece() {
+			size = r.total - r.next
+		}
+	}
+	p := &piece{start: r.next, end: r.next + size, claimed: true}
+	r.pieces = append(r.pieces, p)
+	r.next = p.end
+	return p
 }
 
 // steal takes work from the stream that lags most, for a worker whose
@@ -109,7 +115,7 @@ func (r *rangedRun) steal(last *piece, now time.Time) *piece {
 		return nil
 	}
 	rest := victim.end - victim.start - victim.got
-	rtt := last.first.Sub(last.asked)
+	rtt := max(last.first.Sub(last.asked), r.rtt) // an answer asked ahead came without its round trip
 	mine := rtt + time.Duration(float64(rest/2)/last.rate()*float64(time.Second))
 	if worst < mine*3/2 || worst < stall/5 {
 		return nil
@@ -137,7 +143,7 @@ func (r *rangedRun) takeOver(now time.Time) []*piece {
 // never taken over: a copy of its request would wait the same.
 func (r *rangedRun) stalled(q *piece, now time.Time) bool {
 	stall := r.stallAfter()
-	if !q.claimed || q.end <= q.start+q.got || q.asked.IsZero() || now.Sub(q.lastSeen()) < stall {
+	if !q.claimed || q.waiting || q.end <= q.start+q.got || q.asked.IsZero() || now.Sub(q.lastSeen()) < stall {
 		return false
 	}
 	for _, o := range r.pieces {

@@ -67,6 +67,7 @@ type RangeStats struct {
 	Steals    int // halves of a lagging stream's rest taken by another
 	Takeovers int // stalled streams whose rest another fetched
 	Throttled int // streams ended by a 429 or 503
+	Ahead     int // requests made before their stream's piece before ended
 }
 
 // RangeFunc GETs bytes start to end (inclusive) of the blob. With ranged
@@ -260,13 +261,22 @@ func (r *rangedRun) flowing(since time.Time) int {
 }
 
 // slow turns the run parallel: streams start at plan.Parallel, measured
-// against one stream's rate (the first range's, at most slowRate).
+// against one stream's rate (the first range's, at most slowRate). The
+// first range, asked Min long to judge the path, is cut to a chunk and
+// its rest left for the next stream: at one stream's rate it would end
+// long after the others, and until it does the readers (and the hash)
+// wait at its end.
 func (r *rangedRun) slow(now time.Time, single float64) {
 	r.pace = Slow
 	if rate := r.judged.Rate(); rate > 0 {
 		single = rate
 	}
 	r.ctl = newStreams(r.plan, single, r.rtt, now)
+	first := r.pieces[0]
+	if cut := max(first.start+first.got+r.minPiece(), r.plan.Chunk); len(r.pieces) == 1 && cut+r.minPiece() <= first.end {
+		r.pieces = append(r.pieces, &piece{start: cut, end: first.end})
+		first.end = cut
+	}
 }
 
 // absorbAll hashes the contiguous prefix as it grows, until the blob is
@@ -335,7 +345,17 @@ func (r *rangedRun) fail(err error) {
 func (r *rangedRun) work(ctx context.Context, p *piece, body io.ReadCloser) error {
 	buf := make([]byte, 256<<10)
 	var last *piece // the piece this worker fetched last: its rate and round trip
+	var next *ahead // the next piece, asked for before this one ends
+	defer func() { r.drop(next) }()
 	for {
+		if p == nil && next != nil {
+			a := next
+			next = nil
+			var err error
+			if p, body, err = r.take(a); err != nil {
+				return err
+			}
+		}
 		if p == nil {
 			var done bool
 			if p, done = r.claim(last); done {
@@ -351,7 +371,7 @@ func (r *rangedRun) work(ctx context.Context, p *piece, body io.ReadCloser) erro
 				continue
 			}
 		}
-		if err := r.fill(ctx, p, body, buf); err != nil {
+		if err := r.fill(ctx, p, body, buf, &next); err != nil {
 			return err
 		}
 		last, p, body = p, nil, nil
@@ -361,7 +381,9 @@ func (r *rangedRun) work(ctx context.Context, p *piece, body io.ReadCloser) erro
 // fill fetches the rest of p (from body when given), continuing a broken
 // stream from the last byte on disk up to maxResumes times. Another
 // worker may cut p's end meanwhile (a steal): the stream stops there.
-func (r *rangedRun) fill(ctx context.Context, p *piece, body io.ReadCloser, buf []byte) error {
+// When p's rest is about a round trip of its stream, the next piece is
+// asked for (into *next, when empty).
+func (r *rangedRun) fill(ctx context.Context, p *piece, body io.ReadCloser, buf []byte, next **ahead) error {
 	d := r.d
 	defer func() {
 		if body != nil {
@@ -403,6 +425,9 @@ func (r *rangedRun) fill(ctx context.Context, p *piece, body io.ReadCloser, buf 
 				return fmt.Errorf("%w: %w", ErrStoreWrite, err)
 			}
 			r.progress(p, from, int64(n))
+			if *next == nil {
+				*next = r.askAhead(ctx, p, end-from-int64(n))
+			}
 		}
 		if rerr == nil || (rerr == io.EOF && from+int64(n) == asked) {
 			continue
@@ -428,6 +453,19 @@ func (r *rangedRun) fill(ctx context.Context, p *piece, body io.ReadCloser, buf 
 // request asks for bytes [from, end) of p on a context a takeover can
 // cancel. A nil body and error: p was taken over while asking.
 func (r *rangedRun) request(ctx context.Context, p *piece, from, end int64) (io.ReadCloser, error) {
+	return r.answered(p, r.ask(ctx, p, from, end))
+}
+
+// answer is the upstream's answer to a range request.
+type answer struct {
+	body   io.ReadCloser
+	total  int64
+	ranged bool
+	err    error
+}
+
+// ask makes p's request for bytes [from, end).
+func (r *rangedRun) ask(ctx context.Context, p *piece, from, end int64) answer {
 	d := r.d
 	rctx, cancel := context.WithCancel(ctx)
 	d.update(func() {
@@ -437,7 +475,15 @@ func (r *rangedRun) request(ctx context.Context, p *piece, from, end int64) (io.
 		p.cancel, p.asked = cancel, time.Now()
 		r.stats.Requests++
 	})
-	b, total, ranged, err := r.job.FetchRange(rctx, from, end-1)
+	var a answer
+	a.body, a.total, a.ranged, a.err = r.job.FetchRange(rctx, from, end-1)
+	return a
+}
+
+// answered takes p's answer: its body, or what the worker does instead.
+func (r *rangedRun) answered(p *piece, a answer) (io.ReadCloser, error) {
+	d := r.d
+	b, total, ranged, err := a.body, a.total, a.ranged, a.err
 	switch {
 	case err == nil && (!ranged || total != r.total):
 		b.Close()

@@ -19,9 +19,10 @@ import (
 // at stream bytes a second, all answers together at link (0: no cap),
 // with hooks that stall, slow or refuse chosen requests.
 type path struct {
-	blob   []byte
-	stream float64
-	link   *rate.Limiter
+	blob    []byte
+	stream  float64
+	link    *rate.Limiter
+	latency time.Duration // before each answer
 
 	mu       sync.Mutex
 	requests int
@@ -44,6 +45,13 @@ func newPath(size int, stream, link float64) *path {
 }
 
 func (p *path) fetchRange(ctx context.Context, start, end int64) (io.ReadCloser, int64, bool, error) {
+	if p.latency > 0 {
+		select {
+		case <-time.After(p.latency):
+		case <-ctx.Done():
+			return nil, -1, false, ctx.Err()
+		}
+	}
 	p.mu.Lock()
 	i := p.requests
 	p.requests++
@@ -181,6 +189,28 @@ func TestRangesGrowWhileTheLinkHasRoom(t *testing.T) {
 	}
 }
 
+// TestRangesAskAhead: on a path with a round trip of 30 ms, each stream
+// asks for its next piece while its current one's last round trip of
+// bytes comes, so its answer is there when the piece ends. Every byte
+// still crosses the path once, and at most one request a stream waits
+// ahead.
+func TestRangesAskAhead(t *testing.T) {
+	p := newPath(16<<20, 8e6, 0)
+	p.latency = 30 * time.Millisecond
+	plan := RangePlan{Min: 1 << 20, Chunk: 1 << 20, Parallel: 4, MaxParallel: 4, Ramp: 20 * time.Millisecond, SlowRate: 1e12, StallAfter: time.Hour}
+	st := rangedDownload(t, p, plan, 30*time.Second)
+	t.Logf("%+v, %d answers open at most", st, p.maxOpen)
+	if st.Ahead == 0 {
+		t.Errorf("no piece was asked for ahead of its stream's last: %+v", st)
+	}
+	if sent := p.bytesSent(); sent != int64(len(p.blob)) {
+		t.Errorf("the path carried %d bytes for a blob of %d", sent, len(p.blob))
+	}
+	if p.maxOpen > 2*plan.MaxParallel {
+		t.Errorf("%d answers open at once for %d streams", p.maxOpen, plan.MaxParallel)
+	}
+}
+
 // TestRangesDoNotGrowOnAFullLink: streams of 4 MB/s on an 8 MB/s link: the
 // first window shows the link full, so no stream beyond the first four
 // is ever opened, and two are kept.
@@ -274,13 +304,14 @@ func TestStreamsAdapt(t *testing.T) {
 	const single = 25e6
 	plan := RangePlan{Parallel: 4, MaxParallel: 16, Ramp: 50 * time.Millisecond}
 	rtt := 40 * time.Millisecond
-	run := func(link float64) (targets []int, opened int) {
+	// aggregate is the path's rate with n streams.
+	run := func(aggregate func(n int) float64) (targets []int, opened int) {
 		now := time.Unix(0, 0)
 		s := newStreams(plan, single, rtt, now)
 		var received float64
 		for range 100 {
 			now = now.Add(plan.Ramp)
-			received += min(float64(s.target)*single, link) * plan.Ramp.Seconds()
+			received += aggregate(s.target) * plan.Ramp.Seconds()
 			before := s.target
 			opened += s.measure(now, int64(received), s.target)
 			if s.target != before {
@@ -289,11 +320,26 @@ func TestStreamsAdapt(t *testing.T) {
 		}
 		return targets, opened
 	}
-	if got, opened := run(200e6); !slices.Equal(got, []int{8, 16, 8}) || opened != 12 {
+	link := func(rate float64) func(int) float64 {
+		return func(n int) float64 { return min(float64(n)*single, rate) }
+	}
+	if got, opened := run(link(200e6)); !slices.Equal(got, []int{8, 16, 8}) || opened != 12 {
 		t.Errorf("200 MB/s link: targets %v, %d opened; want [8 16 8], 12", got, opened)
 	}
-	if got, opened := run(50e6); !slices.Equal(got, []int{2}) || opened != 0 {
+	if got, opened := run(link(50e6)); !slices.Equal(got, []int{2}) || opened != 0 {
 		t.Errorf("50 MB/s link: targets %v, %d opened; want [2], 0", got, opened)
+	}
+	// An upstream that slows every stream when 16 come (or a window that
+	// caught them before they flowed): 80 MB/s in all would say 3
+	// streams, but 8 were seen to carry 200 MB/s, and 8 stay.
+	dip := func(n int) float64 {
+		if n >= 16 {
+			return 80e6
+		}
+		return float64(n) * single
+	}
+	if got, _ := run(dip); !slices.Equal(got, []int{8, 16, 8}) {
+		t.Errorf("a dip at 16 streams: targets %v; want [8 16 8]", got)
 	}
 	s := newStreams(plan, single, rtt, time.Unix(0, 0))
 	s.throttle(3)
