@@ -17,7 +17,8 @@
 // streams run adapts to what the path carries (streams.go), and the
 // pieces are cut and moved between streams as they go (pieces.go): a
 // stream that lags gives half its rest away, one that stalls loses all
-// of it.
+// of it, and each asks for its next piece a round trip before its
+// current one ends (ahead.go).
 //
 //	Group.Join(job) → *Download (leader or follower) → Release when done
 //	Download.Wait / WaitDone / WaitVerified
