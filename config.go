@@ -147,7 +147,7 @@ type RepositoryConfig struct {
 	// byte ranges of at most RangeFetchChunk (the first range is
 	// RangeFetchMin long): RangeFetchParallel streams at first, up to
 	// RangeFetchMaxParallel while the aggregate rate still rises with them
-	// (never more than max_upstream_connections). Defaults 32MiB, 16MiB,
+	// (never more than max_upstream_connections). Defaults 16MiB, 16MiB,
 	// 4, 16; range_fetch_parallel = 1 fetches one stream per blob.
 	RangeFetchMin         Size `toml:"range_fetch_min"`
 	RangeFetchChunk       Size `toml:"range_fetch_chunk"`

@@ -219,7 +219,9 @@ func loadHtpasswd(file string) (map[string]string, error) {
 // rangeDefaults fills in and checks a proxy's range_fetch_* settings.
 func (r *RepositoryConfig) rangeDefaults(where string) error {
 	if r.RangeFetchMin == 0 {
-		r.RangeFetchMin = 32 << 20
+		// The first range as long as a chunk: longer, it ends after the
+		// first wave of pieces, and the readers wait at its end.
+		r.RangeFetchMin = 16 << 20
 	}
 	if r.RangeFetchChunk == 0 {
 		r.RangeFetchChunk = 16 << 20

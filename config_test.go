@@ -123,7 +123,7 @@ func TestConfigDefaults(t *testing.T) {
 	if c.Listen != ":5000" || c.DataDir != "./berth-data" || c.DefaultRepository != "dockerhub" ||
 		r.URL != "https://registry-1.docker.io" || time.Duration(r.TagTTL) != time.Hour ||
 		time.Duration(r.NotFoundTTL) != time.Minute || !*r.ServeStale || !*r.AnonymousPull ||
-		r.RangeFetchMin != 32<<20 || r.RangeFetchChunk != 16<<20 || r.RangeFetchParallel != 4 {
+		r.RangeFetchMin != 16<<20 || r.RangeFetchChunk != 16<<20 || r.RangeFetchParallel != 4 {
 		t.Fatalf("defaults: %+v %+v", c, r)
 	}
 }

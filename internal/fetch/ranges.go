@@ -261,22 +261,13 @@ func (r *rangedRun) flowing(since time.Time) int {
 }
 
 // slow turns the run parallel: streams start at plan.Parallel, measured
-// against one stream's rate (the first range's, at most slowRate). The
-// first range, asked Min long to judge the path, is cut to a chunk and
-// its rest left for the next stream: at one stream's rate it would end
-// long after the others, and until it does the readers (and the hash)
-// wait at its end.
+// against one stream's rate (the first range's, at most slowRate).
 func (r *rangedRun) slow(now time.Time, single float64) {
 	r.pace = Slow
 	if rate := r.judged.Rate(); rate > 0 {
 		single = rate
 	}
 	r.ctl = newStreams(r.plan, single, r.rtt, now)
-	first := r.pieces[0]
-	if cut := max(first.start+first.got+r.minPiece(), r.plan.Chunk); len(r.pieces) == 1 && cut+r.minPiece() <= first.end {
-		r.pieces = append(r.pieces, &piece{start: cut, end: first.end})
-		first.end = cut
-	}
 }
 
 // absorbAll hashes the contiguous prefix as it grows, until the blob is
