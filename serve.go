@@ -162,7 +162,6 @@ func (m *Main) listen(binds []ListenerConfig, tlsCfg *tls.Config, errc chan<- er
 			ReadHeaderTimeout: 30 * time.Second, // slow clients cannot hold connections open
 			IdleTimeout:       2 * time.Minute,
 			MaxHeaderBytes:    64 << 10,
-			ConnContext:       server.ConnContext,
 			TLSConfig:         tlsCfg,
 			ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
 		}

@@ -143,6 +143,17 @@ type limitedConn struct {
 	once    sync.Once
 }
 
+// ReadFrom passes a response's body to the TCP connection's own
+// ReadFrom, which sends a file with sendfile(2). Without it the embedded
+// net.Conn hides that method and net/http copies every blob through a
+// user-space buffer.
+func (c *limitedConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(writerOnly{c.Conn}, r)
+}
+
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.l.release(c.addr, c.counted) })

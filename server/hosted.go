@@ -229,9 +229,6 @@ func (h *hosted) blob(w http.ResponseWriter, r *http.Request, img imageRef, d st
 	}
 	defer f.Close()
 	s.cacheResult(ctx, h.repo, "blob", resultHit, "cache")
-	if f.Info.Size >= largeBlob && r.Method == http.MethodGet {
-		limitUnsent(ctx)
-	}
 	serveBlobFile(w, r, d, f.File)
 	return nil
 }

@@ -99,9 +99,6 @@ func (p *proxy) blobHit(w http.ResponseWriter, r *http.Request, img imageRef, f 
 	} else {
 		s.cacheResult(ctx, rp, "blob", resultHit, "cache")
 	}
-	if f.Info.Size >= largeBlob && r.Method == http.MethodGet {
-		limitUnsent(ctx)
-	}
 	serveBlobFile(w, r, d, f.File)
 	return nil
 }
