@@ -6,9 +6,9 @@ import (
 )
 
 // streams decides how many range streams a download runs. It starts at
-// the plan's Parallel and measures the aggregate rate in windows, each
-// after the streams of the last change have had time to flow (a round
-// trip and a ramp). When the streams that flowed in a window (a stalled
+// the plan's Parallel and measures the aggregate rate in windows of a
+// ramp, each after the streams of the last change have had time to flow
+// (a round trip and half a ramp). When the streams that flowed in a window (a stalled
 // one does not count) each brought at least 70% of one stream's rate
 // alone (a doubling on a full path leaves each half of it or less; a
 // busy machine leaves streams with room a little short of one alone),
@@ -28,7 +28,7 @@ type streams struct {
 	settle      time.Duration
 	window      time.Duration
 	growing     bool
-	passed      int       // the last count whose streams each flowed at one stream's rate
+	passed      int       // the last count whose streams each flowed at 70% of one stream's rate or more
 	changed     time.Time // when target last changed
 	from        time.Time // the window: since when, from how many bytes (zero: not started)
 	bytes       int64
