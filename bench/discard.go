@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/url"
@@ -141,7 +142,12 @@ func discardOnce(n int, rawURL string) (time.Duration, int64, error) {
 			}
 		}()
 	}
+	stop := make(chan struct{})
+	if *wanLog && n > 1 {
+		go logProgress(n, start, &total, stop)
+	}
 	wg.Wait()
+	close(stop)
 	close(errc)
 	return time.Since(start), total.Load(), <-errc
 }
@@ -154,4 +160,20 @@ func (o oneByteReader) Read(p []byte) (int, error) {
 		p = p[:1]
 	}
 	return o.r.Read(p)
+}
+
+// logProgress logs, every 100 ms until stop, how far n clients have got
+// on average (with -wan-log): when they wait for the download and when
+// for the server.
+func logProgress(n int, start time.Time, total *atomic.Int64, stop chan struct{}) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			log.Printf("%d clients at %.2fs: %.1f MiB each on average", n, time.Since(start).Seconds(), float64(total.Load())/float64(n)/(1<<20))
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -28,9 +29,9 @@ var (
 	wanLink    = flag.Float64("wan-link-mbs", 200, "long path: MB/s of the whole link")
 	wanSkip    = flag.Bool("no-wan", false, "skip the long-path scenario")
 	berthExtra = flag.String("berth-config", "", "lines added to berth's proxy repository in its config (e.g. eager_layers = false)")
-	wanLog     = flag.Bool("wan-log", false, "log each request across the long path and how long it took")
+	wanLog     = flag.Bool("wan-log", false, "log each request across the long path and how long it took, and every 100 ms how far many clients of one blob have got")
 	wanSystems = flag.String("wan-systems", "direct,berth,distribution", "long path: the systems measured (a comma-separated subset)")
-	traceDir   = flag.String("trace", "", "with -only cold: save a Go runtime trace and a CPU profile of berth during each cold pull in this directory (go tool trace, go tool pprof)")
+	traceDir   = flag.String("trace", "", "with -only cold: save a Go runtime trace and a CPU profile of berth during each cold pull in this directory (go tool trace, go tool pprof); on the long path, a CPU profile of the big blob by many clients")
 	only       = flag.String("only", "", `run one scenario: "wan" (the long path, with the lossy and narrow paths), "wan-pull" (its docker-like pull alone), "cold" (the loopback cold pull of one client), "cold20" (the big blob by 20 on loopback), "curve" (the cost curve) or "sim" (the thousand-node model)`)
 )
 
@@ -297,8 +298,21 @@ func (b *bench) wanBigBlob(name string, wan *wanProxy, n int) error {
 	// CPU (where they run with the upstream and the path), not the path:
 	// they drop the bytes in the kernel and count them (berth and
 	// distribution check the digest themselves).
+	var profiled chan error
+	if s.pprof != "" && n > 1 { // -trace: a CPU profile of the many-client pull
+		profiled = make(chan error, 1)
+		go func() {
+			profiled <- saveProfile(s.pprof, "profile", filepath.Join(*traceDir, fmt.Sprintf("wan-%d.cpu", n)))
+		}()
+		time.Sleep(100 * time.Millisecond)
+	}
 	cpu0 := cpuSeconds(s.pid)
 	wall, err := discardBlob(s, n, b.images.big, size)
+	if profiled != nil {
+		if perr := <-profiled; err == nil {
+			err = perr
+		}
+	}
 	if err == nil && s.pid != 0 {
 		b.record(fmt.Sprintf("long path: %d client(s): server CPU s", n), name, cpuSeconds(s.pid)-cpu0)
 	}
