@@ -29,7 +29,7 @@ func (r *rangedRun) askAhead(ctx context.Context, p *piece, left int64) *ahead {
 	// The piece's rate is trusted once it has flowed for half a ramp:
 	// its first reads come at any rate. (A tail piece of 2 MiB at 25
 	// MB/s flows for 84 ms; its next is asked 40 ms before its end.)
-	flowed := p.last.Sub(p.first) >= r.plan.Ramp/2
+	flowed := r.measured(p)
 	if r.pace == Slow && r.err == nil && !r.fallback && r.live <= r.ctl.target && r.next < r.total &&
 		flowed && float64(left) <= p.rate()*r.rtt.Seconds() {
 		q = r.cut()

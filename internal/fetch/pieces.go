@@ -21,6 +21,14 @@ type piece struct {
 	cancel          context.CancelFunc // drops its current request (a takeover)
 }
 
+// measured reports whether p's rate can be trusted: it has flowed for
+// half a ramp (its first reads come at any rate). steal also wants the
+// bytes of a smallest piece: a stream that broke after a byte and is
+// asking again has a "rate" of that byte over the wait, and half its rest
+// stolen on that figure costs the bytes its new request sends past the
+// cut.
+func (r *rangedRun) measured(p *piece) bool { return p.last.Sub(p.first) >= r.plan.Ramp/2 }
+
 // rate is the bytes a second p has brought since its first byte (0: none yet).
 func (p *piece) rate() float64 {
 	secs := p.last.Sub(p.first).Seconds()
@@ -104,8 +112,8 @@ func (r *rangedRun) steal(last *piece, now time.Time) *piece {
 			continue
 		}
 		rate := q.rate()
-		if rate <= 0 {
-			continue
+		if rate <= 0 || !r.measured(q) || q.got < r.minPiece() {
+			continue // no rate worth acting on yet (a stream that broke after a byte and asks again)
 		}
 		if left := time.Duration(float64(rest) / rate * float64(time.Second)); left > worst {
 			victim, worst = q, left
