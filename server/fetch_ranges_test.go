@@ -68,7 +68,9 @@ func wantRanges(t *testing.T, l *rangeLog, want []string) {
 func wantFetchedOnce(t *testing.T, b *testBerth, l *rangeLog, digest string, size int64) {
 	t.Helper()
 	if n := l.sentBytes(); n != size {
+		l.mu.Lock()
 		t.Errorf("upstream sent %d bytes for a blob of %d; the GETs: %+v", n, size, l.gets)
+		l.mu.Unlock()
 	}
 	if _, err := b.store.StatBlob(t.Context(), store.MustDigest(digest)); err != nil {
 		t.Errorf("not cached: %v", err)
