@@ -72,6 +72,18 @@ func (b *bench) record(metric, system string, v float64) {
 	b.results[metric][system] = append(b.results[metric][system], v)
 }
 
+// last is the latest value of metric for system in this run of the
+// driver (false: none yet).
+func (b *bench) last(metric, system string) (float64, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	v := b.results[metric][system]
+	if len(v) == 0 {
+		return 0, false
+	}
+	return v[len(v)-1], true
+}
+
 func (b *bench) cleanup() {
 	for _, p := range append(b.procs, b.upProc) {
 		if p != nil && p.Process != nil {
@@ -326,18 +338,60 @@ func writeJSON(path string, v any) {
 // system, irq, softirq, steal from /proc/stat): the server, the client
 // and the kernel's work for both, wherever it ran.
 func machineCPUSeconds() float64 {
+	servers, others := cpuBusy()
+	return servers + others
+}
+
+// cpuBusy is the busy time so far of the CPUs the servers are pinned to
+// (-server-cpus) and of the others, where the driver, its clients and the
+// upstream run (all of it in others when the servers are not pinned).
+func cpuBusy() (servers, others float64) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0
+		return 0, 0
 	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
-	var total float64
-	for _, i := range []int{1, 2, 3, 6, 7, 8} {
-		if i < len(f) {
+	pinned := cpuList(*srvCPUs)
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line) // cpuN user nice system idle iowait irq softirq steal ...
+		if len(f) < 9 || len(f[0]) < 4 || !strings.HasPrefix(f[0], "cpu") {
+			continue
+		}
+		n, err := strconv.Atoi(f[0][3:])
+		if err != nil {
+			continue
+		}
+		var busy float64
+		for _, i := range []int{1, 2, 3, 6, 7, 8} {
 			v, _ := strconv.ParseFloat(f[i], 64)
-			total += v
+			busy += v / 100 // USER_HZ
+		}
+		if pinned[n] {
+			servers += busy
+		} else {
+			others += busy
 		}
 	}
-	return total / 100 // USER_HZ
+	return servers, others
+}
+
+// cpuList parses a taskset list such as "0", "0-1" or "0,2-3".
+func cpuList(s string) map[int]bool {
+	cpus := map[int]bool{}
+	for _, part := range strings.Split(s, ",") {
+		lo, hi, found := strings.Cut(strings.TrimSpace(part), "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil {
+			continue
+		}
+		z := a
+		if found {
+			if z, err = strconv.Atoi(hi); err != nil {
+				continue
+			}
+		}
+		for c := a; c <= z && c-a < 4096; c++ {
+			cpus[c] = true
+		}
+	}
+	return cpus
 }

@@ -314,7 +314,14 @@ func (b *bench) wanBigBlob(name string, wan *wanProxy, n int) error {
 		}
 	}
 	if err == nil && s.pid != 0 {
-		b.record(fmt.Sprintf("long path: %d client(s): server CPU s", n), name, cpuSeconds(s.pid)-cpu0)
+		cpu := cpuSeconds(s.pid) - cpu0
+		b.record(fmt.Sprintf("long path: %d client(s): server CPU s", n), name, cpu)
+		// The server's CPU for the pull on its one core, over the link's
+		// time: the wall ÷ link this pull could reach if that work were
+		// packed from its first millisecond.
+		if link, ok := b.last(fmt.Sprintf("long path: cold %d MiB blob, %d client(s): wall s", *bigMiB, n), "link"); ok && link > 0 {
+			b.record(fmt.Sprintf("long path: %d client(s): server CPU s ÷ link's wall s", n), name, cpu/link)
+		}
 	}
 	if err == nil && name == "berth" {
 		b.recordStreams(fmt.Sprintf("long path: %d client(s)", n), s)
